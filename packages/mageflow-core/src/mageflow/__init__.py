@@ -1,0 +1,79 @@
+"""MageFlow: write task orchestration once, run it on the task manager you already use.
+
+The module-level functions use the default instance: the first :class:`Mageflow` created
+in this process, else one built from the environment on first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from mageflow import errors
+from mageflow.app import Mageflow, default_instance
+from mageflow.backend.base import Capabilities, RunContext, TaskBackend, TaskDefinition
+from mageflow.flows.build import TaskLike
+from mageflow.flows.handles import ChainSignature, Signature, SwarmSignature
+from mageflow.models import ReturnValue, SignatureState, SignatureStatus, SwarmConfig
+
+__version__ = "0.1.0"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+async def sign(task: TaskLike, **kwargs: Any) -> Signature:
+    """:meth:`Mageflow.sign` on the default instance."""
+    return await default_instance().sign(task, **kwargs)
+
+
+async def chain(tasks: Sequence[TaskLike], **kwargs: Any) -> ChainSignature:
+    """:meth:`Mageflow.chain` on the default instance."""
+    return await default_instance().chain(tasks, **kwargs)
+
+
+async def swarm(tasks: Sequence[TaskLike] = (), **kwargs: Any) -> SwarmSignature:
+    """:meth:`Mageflow.swarm` on the default instance."""
+    return await default_instance().swarm(tasks, **kwargs)
+
+
+async def load(key: str) -> Signature:
+    """:meth:`Mageflow.load` on the default instance."""
+    return await default_instance().load(key)
+
+
+def register_task(name: str | None = None, **options: Any) -> Callable[[F], F]:
+    """``@mageflow.register_task("name")``: :meth:`Mageflow.task` on the default instance."""
+    return default_instance().task(name, **options)
+
+
+def handle_task_callback() -> Callable[[F], F]:
+    """Accepted for compatibility: every MageFlow task already handles its callbacks."""
+
+    def decorate(fn: F) -> F:
+        return fn
+
+    return decorate
+
+
+__all__ = [
+    "Capabilities",
+    "ChainSignature",
+    "Mageflow",
+    "ReturnValue",
+    "RunContext",
+    "Signature",
+    "SignatureState",
+    "SignatureStatus",
+    "SwarmConfig",
+    "SwarmSignature",
+    "TaskBackend",
+    "TaskDefinition",
+    "__version__",
+    "chain",
+    "errors",
+    "handle_task_callback",
+    "load",
+    "register_task",
+    "sign",
+    "swarm",
+]

@@ -1,0 +1,273 @@
+"""The :class:`Mageflow` instance: task registry, backend, store, and the workflow API."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel
+
+from mageflow.backend.base import HEADER_KEY, OutgoingTask, RunContext, TaskBackend, TaskDefinition
+from mageflow.errors import ConfigurationError, TaskAlreadyRegisteredError, TaskNotRegisteredError
+from mageflow.flows.build import (
+    ROOT,
+    TaskLike,
+    WorkflowBuilder,
+    callbacks_of,
+    new_item_id,
+    new_workflow_id,
+)
+from mageflow.flows.handles import ChainSignature, Signature, SwarmSignature, handle_for
+from mageflow.flows.inspect import read_def
+from mageflow.flows.tasks import RegisteredTask, run_task
+from mageflow.models.config import SwarmConfig
+from mageflow.models.signatures import NodeDef
+from mageflow.plugins.manager import backend_for_native, load_backend_class
+from mageflow.plugins.settings import MageflowSettings
+from mageflow.store.base import Publish, StateStore
+from mageflow.store.memory import MemoryStore
+from mageflow.store.redis import RedisStore
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_default: Mageflow | None = None
+
+
+def default_instance() -> Mageflow:
+    """The first :class:`Mageflow` created in this process, else one from the environment."""
+    global _default
+    if _default is None:
+        Mageflow()
+    assert _default is not None
+    return _default
+
+
+class Mageflow:
+    """One MageFlow application: a backend, a store and the tasks registered on it.
+
+    ``Mageflow()`` reads ``MAGEFLOW_BACKEND`` / ``MAGEFLOW_REDIS_URL``; ``backend=`` and
+    ``redis_url=`` override them; native objects may be passed positionally (a Hatchet
+    client or taskiq broker selects its backend; a redis client or URL is the store).
+    Other keyword arguments go to the backend (``broker=``, ``hatchet=`` ...).
+    """
+
+    def __init__(
+        self,
+        *native: Any,
+        backend: str | TaskBackend | None = None,
+        redis_url: str | None = None,
+        store: StateStore | None = None,
+        key_prefix: str | None = None,
+        **backend_options: Any,
+    ) -> None:
+        global _default
+        settings = MageflowSettings()
+        redis_client: aioredis.Redis | str | None = redis_url
+        for obj in native:
+            if isinstance(obj, aioredis.Redis) or (
+                isinstance(obj, str) and obj.startswith(("redis://", "rediss://", "unix://"))
+            ):
+                redis_client = obj
+            else:
+                name = backend_for_native(obj)
+                if name is None:
+                    raise ConfigurationError(
+                        f"no installed backend accepts a {type(obj).__module__}."
+                        f"{type(obj).__name__}; pass backend= explicitly"
+                    )
+                backend = backend or name
+                option = {"hatchet": "hatchet", "taskiq": "broker"}.get(name, "native")
+                backend_options.setdefault(option, obj)
+        if store is None:
+            redis_client = redis_client or settings.redis_url
+            if redis_client is None or redis_client == "memory://":
+                store = MemoryStore()
+            else:
+                store = RedisStore(
+                    redis_client,
+                    prefix=key_prefix or settings.key_prefix,
+                    active_ttl=settings.active_ttl,
+                    finished_ttl=settings.finished_ttl,
+                )
+        self.store: StateStore = store
+        if isinstance(backend, TaskBackend):
+            if backend_options:
+                raise ConfigurationError(
+                    f"options {sorted(backend_options)} given with a backend instance; "
+                    "configure the backend object instead"
+                )
+            self.backend = backend
+        else:
+            cls = load_backend_class(backend or settings.backend)
+            self.backend = cls.from_options(backend_options)
+        self.tasks: dict[str, RegisteredTask] = {}
+        self._started = False
+        if _default is None:
+            _default = self
+
+    # -- registration -------------------------------------------------------------------
+    def task(
+        self,
+        name: str | None = None,
+        *,
+        input_validator: type[BaseModel] | None = None,
+        retries: int = 0,
+        timeout: float | None = None,
+    ) -> Callable[[F], F]:
+        """Register a function (async or sync) as a task runnable by name on any worker.
+
+        It receives a validated ``input_validator`` model, or a dict without one.
+        ``retries`` extra attempts are made on failure; error callbacks fire after the last.
+        """
+
+        def decorate(fn: F) -> F:
+            task_name = name or fn.__name__
+            existing = self.tasks.get(task_name)
+            if existing is not None and existing.fn is not fn:
+                raise TaskAlreadyRegisteredError(
+                    f"task name {task_name!r} is already registered to {existing.fn!r}; "
+                    "choose another name"
+                )
+            registered = RegisteredTask(task_name, fn, input_validator, retries, timeout)
+            self.tasks[task_name] = registered
+            self.backend.register(
+                TaskDefinition(
+                    name=task_name,
+                    handler=functools.partial(self._handle, registered),
+                    retries=retries,
+                    timeout=timeout,
+                    input_model=input_validator,
+                )
+            )
+            fn.__mageflow_task__ = task_name  # type: ignore[attr-defined]
+            return fn
+
+        return decorate
+
+    async def _handle(self, task: RegisteredTask, payload: Any, ctx: RunContext) -> Any:
+        await self.ensure_started()
+        return await run_task(self, task, payload, ctx)
+
+    def task_name_of(self, value: TaskLike) -> str:
+        name = value if isinstance(value, str) else getattr(value, "__mageflow_task__", None)
+        if not isinstance(name, str):
+            raise TypeError(
+                f"expected a signature, a @mf.task function or a task name, got {value!r}"
+            )
+        if name not in self.tasks:
+            raise TaskNotRegisteredError(name, self.tasks)
+        return name
+
+    # -- building workflows ---------------------------------------------------------------
+    async def sign(
+        self,
+        task: TaskLike,
+        *,
+        task_identifiers: dict[str, Any] | None = None,
+        success_callbacks: Sequence[TaskLike] | TaskLike | None = None,
+        error_callbacks: Sequence[TaskLike] | TaskLike | None = None,
+        **kwargs: Any,
+    ) -> Signature:
+        """A stored signature of ``task`` with ``kwargs`` merged into its message."""
+        if isinstance(task, Signature) and not (kwargs or success_callbacks or error_callbacks):
+            return task
+        name = self.task_name_of(task)
+        b = WorkflowBuilder(self, new_workflow_id())
+        ok, err = await b.callbacks(
+            ROOT, callbacks_of(success_callbacks), callbacks_of(error_callbacks)
+        )
+        b.node(
+            ROOT,
+            NodeDef(kind="task", task=name, on_success=ok, on_error=err),
+            kwargs=kwargs,
+            identifiers=task_identifiers,
+        )
+        await b.commit()
+        return Signature(self, f"{b.wf}.{ROOT}")
+
+    async def chain(
+        self,
+        tasks: Sequence[TaskLike],
+        *,
+        name: str | None = None,
+        success: Sequence[TaskLike] | TaskLike | None = None,
+        error: Sequence[TaskLike] | TaskLike | None = None,
+    ) -> ChainSignature:
+        """Steps run in order; step k+1 receives step k's result; ``success`` gets the last
+        result; a failing step fires its own error callbacks, then ``error``."""
+        b = WorkflowBuilder(self, new_workflow_id())
+        steps = [f"{ROOT}.{i}" for i in range(len(tasks))]
+        for sid, t in zip(steps, tasks):
+            await b.task_like(sid, t, parent=ROOT)
+        ok, err = await b.callbacks(ROOT, callbacks_of(success), callbacks_of(error))
+        b.node(ROOT, NodeDef(kind="chain", name=name, steps=steps, on_success=ok, on_error=err))
+        await b.commit()
+        return ChainSignature(self, f"{b.wf}.{ROOT}")
+
+    async def swarm(
+        self,
+        tasks: Sequence[TaskLike] = (),
+        *,
+        success_callbacks: Sequence[TaskLike] | TaskLike | None = None,
+        error_callbacks: Sequence[TaskLike] | TaskLike | None = None,
+        config: SwarmConfig | None = None,
+        is_swarm_closed: bool = True,
+        task_name: str | None = None,
+    ) -> SwarmSignature:
+        """Items run in parallel (``config.max_concurrency`` at most, across workers).
+        Pass ``is_swarm_closed=False`` to :meth:`SwarmSignature.add_task` later."""
+        config = config or SwarmConfig()
+        b = WorkflowBuilder(self, new_workflow_id())
+        items = [new_item_id(ROOT) for _ in tasks]
+        for sid, t in zip(items, tasks):
+            await b.task_like(sid, t, parent=ROOT)
+        ok, err = await b.callbacks(
+            ROOT, callbacks_of(success_callbacks), callbacks_of(error_callbacks)
+        )
+        b.node(
+            ROOT,
+            NodeDef(
+                kind="swarm",
+                name=task_name,
+                on_success=ok,
+                on_error=err,
+                max_concurrency=config.max_concurrency,
+                stop_after_n_failures=config.stop_after_n_failures,
+            ),
+        )
+        if is_swarm_closed:
+            b.fields[f"{ROOT}:closed"] = "1"
+        b.lists[f"i:{ROOT}"] = items
+        await b.commit()
+        return SwarmSignature(self, f"{b.wf}.{ROOT}")
+
+    async def load(self, key: str) -> Signature:
+        """The signature, chain or swarm stored under ``key``."""
+        d = await read_def(self, key)
+        return handle_for(self, key, d.kind)
+
+    # -- transport ------------------------------------------------------------------------
+    async def ensure_started(self) -> None:
+        if not self._started:
+            self._started = True
+            await self.backend.startup()
+
+    async def publish(self, publishes: Sequence[Publish]) -> None:
+        """Send what a transition said must be published."""
+        if not publishes:
+            return
+        await self.ensure_started()
+        await self.backend.publish_many(
+            [OutgoingTask(p.task_name, p.payload, {HEADER_KEY: p.key}) for p in publishes]
+        )
+
+    def run_worker(self, *, concurrency: int | None = None) -> None:
+        """Serve this instance's tasks until interrupted (blocking)."""
+        self.backend.run_worker(concurrency=concurrency)
+
+    async def aclose(self) -> None:
+        await self.backend.shutdown()
+        await self.store.close()
+        self._started = False

@@ -1,0 +1,135 @@
+"""The adapter contract: the whole surface a task manager adapter implements.
+
+An adapter is thin transport. It registers the core's task wrapper under a task name,
+publishes messages by name, tells the wrapper which attempt is running, and runs workers.
+It never contains chain, swarm or callback logic: that lives in :mod:`mageflow.flows`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+from mageflow.errors import CapabilityNotSupportedError
+
+JSON = Any
+"""A value made of dicts, lists, str, int, float, bool and None only."""
+
+HEADER_KEY = "mageflow-key"
+"""Header carrying the signature key of the published task."""
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the running task knows about its delivery, filled in by the adapter."""
+
+    task_name: str
+    run_id: str
+    """Identifies one logical run across retries and broker redeliveries of the same message."""
+    attempt: int
+    """1 for the first attempt, 2 for the first retry, ..."""
+    is_final_attempt: bool
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+TaskHandler = Callable[[JSON, RunContext], Awaitable[JSON]]
+"""The core's wrapper. Adapters call it with the published payload; it returns the JSON
+result or raises. :class:`mageflow.errors.NonRetryableError` means: do not retry."""
+
+
+@dataclass(frozen=True)
+class TaskDefinition:
+    """A task as the core hands it to :meth:`TaskBackend.register`."""
+
+    name: str
+    handler: TaskHandler
+    retries: int = 0
+    """Extra attempts after the first one fails."""
+    timeout: float | None = None
+    """Seconds a single attempt may run, where the task manager enforces it."""
+    input_model: type[BaseModel] | None = None
+    """The user's input validator, for adapters that show or check input schemas."""
+
+
+@dataclass(frozen=True)
+class OutgoingTask:
+    """One message to publish: a task name, a JSON payload and string headers."""
+
+    task_name: str
+    payload: JSON
+    headers: Mapping[str, str]
+    priority: int | None = None
+    delay: float | None = None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Optional features an adapter declares. The core degrades when one is missing.
+
+    - ``cancel_running``: :meth:`TaskBackend.cancel` stops a task mid-run. Without it,
+      ``interrupt`` behaves as ``suspend``: running tasks finish, nothing new starts.
+    - ``priorities``: :attr:`OutgoingTask.priority` is honoured. Without it, ignored.
+    - ``delayed_start``: :attr:`OutgoingTask.delay` is honoured. Without it, the task
+      runs at once.
+    - ``remote_workers``: tasks run in worker processes other than the publisher's.
+    """
+
+    cancel_running: bool = False
+    priorities: bool = False
+    delayed_start: bool = False
+    remote_workers: bool = True
+
+
+class TaskBackend(abc.ABC):
+    """Base class of every backend. Implement :meth:`register`, :meth:`publish` and
+    :meth:`run_worker`; the rest has working defaults."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    @abc.abstractmethod
+    def register(self, definition: TaskDefinition) -> None:
+        """Make ``definition.name`` runnable by this task manager's workers."""
+
+    @abc.abstractmethod
+    async def publish(self, task: OutgoingTask) -> str:
+        """Send one task; return its run id. Must not wait for the task to run."""
+
+    async def publish_many(self, tasks: Sequence[OutgoingTask]) -> list[str]:
+        """Send several tasks; override when the task manager has a bulk call."""
+        return [await self.publish(task) for task in tasks]
+
+    async def cancel(self, run_ids: Sequence[str]) -> None:
+        """Stop running tasks. Only called when ``capabilities.cancel_running``."""
+        raise CapabilityNotSupportedError(f"backend {self.name!r} cannot cancel running tasks")
+
+    @abc.abstractmethod
+    def run_worker(self, *, concurrency: int | None = None) -> None:
+        """Serve the registered tasks until interrupted (blocking; used by the CLI)."""
+
+    async def startup(self) -> None:
+        """Open connections before the first publish. Called once, lazily."""
+
+    async def shutdown(self) -> None:
+        """Release what :meth:`startup` opened."""
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> TaskBackend:
+        """Build the backend from the extra keyword arguments given to ``Mageflow(...)``
+        (e.g. ``broker=`` or ``hatchet=``) and the environment. Unknown options must raise
+        :class:`mageflow.errors.ConfigurationError`."""
+        return cls(**options)
+
+    @classmethod
+    def claims(cls, native: object) -> bool:
+        """True when ``native`` (a client or broker object) belongs to this backend, so
+        that ``Mageflow(native_obj)`` can pick the backend by the object it is given."""
+        return False
+
+    def describe(self) -> Mapping[str, str]:
+        """Short settings summary for ``mageflow backends`` and error messages."""
+        return {}

@@ -1,0 +1,175 @@
+"""The built-in ``local`` backend: an in-process asyncio task manager.
+
+It is a real backend, not a mock: published tasks go through a queue, ``workers``
+independent worker loops each run up to ``concurrency`` tasks at once, failures are
+retried with the attempt number reported, running tasks can be cancelled, and a worker
+that dies holding a message (see :class:`mageflow.flows.faults.SimulatedCrash`) has that
+message redelivered. It is the embedded default and the reference for adapter authors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mageflow.backend.base import (
+    Capabilities,
+    OutgoingTask,
+    RunContext,
+    TaskBackend,
+    TaskDefinition,
+)
+from mageflow.errors import ConfigurationError, NonRetryableError, TaskNotRegisteredError
+from mageflow.flows.faults import SimulatedCrash
+
+log = logging.getLogger("mageflow.local")
+
+
+@dataclass
+class _Message:
+    task: OutgoingTask
+    run_id: str
+    attempt: int = 1
+
+
+class LocalBackend(TaskBackend):
+    """In-process backend. ``workers`` worker loops × ``concurrency`` slots each."""
+
+    name = "local"
+    capabilities = Capabilities(
+        cancel_running=True, priorities=False, delayed_start=True, remote_workers=False
+    )
+
+    def __init__(self, *, workers: int = 1, concurrency: int = 100, retry_delay: float = 0.0):
+        if workers < 1 or concurrency < 1:
+            raise ConfigurationError("local backend needs workers >= 1 and concurrency >= 1")
+        self.workers = workers
+        self.concurrency = concurrency
+        self.retry_delay = retry_delay
+        self.definitions: dict[str, TaskDefinition] = {}
+        self._queue: asyncio.Queue[_Message] | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._running: dict[str, asyncio.Task[Any]] = {}
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> LocalBackend:
+        unknown = set(options) - {"workers", "concurrency", "retry_delay"}
+        if unknown:
+            raise ConfigurationError(
+                f"unknown option(s) for the local backend: {sorted(unknown)}; "
+                "it accepts workers=, concurrency=, retry_delay="
+            )
+        return cls(**options)
+
+    def register(self, definition: TaskDefinition) -> None:
+        self.definitions[definition.name] = definition
+
+    def _ensure_workers(self) -> asyncio.Queue[_Message]:
+        loop = asyncio.get_running_loop()
+        if self._queue is None or self._loop is not loop:
+            self._queue = asyncio.Queue()
+            self._loop = loop
+            self._loops = [
+                loop.create_task(self._worker(i), name=f"mageflow-local-worker-{i}")
+                for i in range(self.workers)
+            ]
+        return self._queue
+
+    async def publish(self, task: OutgoingTask) -> str:
+        if task.task_name not in self.definitions:
+            raise TaskNotRegisteredError(task.task_name, self.definitions)
+        queue = self._ensure_workers()
+        message = _Message(task, run_id=uuid.uuid4().hex)
+        if task.delay:
+            asyncio.get_running_loop().call_later(task.delay, queue.put_nowait, message)
+        else:
+            queue.put_nowait(message)
+        return message.run_id
+
+    async def redeliver(self, run_id: str, task: OutgoingTask, attempt: int = 1) -> None:
+        """Deliver a message again under the same run id, as a broker does after a worker
+        died holding it (for tests of duplicate deliveries)."""
+        self._ensure_workers().put_nowait(_Message(task, run_id, attempt))
+
+    async def _worker(self, index: int) -> None:
+        assert self._queue is not None
+        slots = asyncio.Semaphore(self.concurrency)
+        while True:
+            await slots.acquire()
+            message = await self._queue.get()
+            job = asyncio.create_task(self._execute(message))
+            self._inflight.add(job)
+            job.add_done_callback(self._inflight.discard)
+            job.add_done_callback(lambda _t: slots.release())
+
+    async def _execute(self, message: _Message) -> None:
+        assert self._queue is not None
+        definition = self.definitions[message.task.task_name]
+        ctx = RunContext(
+            task_name=definition.name,
+            run_id=message.run_id,
+            attempt=message.attempt,
+            is_final_attempt=message.attempt > definition.retries,
+            headers=dict(message.task.headers),
+        )
+        call = asyncio.ensure_future(
+            asyncio.wait_for(definition.handler(message.task.payload, ctx), definition.timeout)
+        )
+        self._running[message.run_id] = call
+        try:
+            await call
+        except SimulatedCrash:
+            log.warning("worker died holding %s; redelivering", message.run_id)
+            self._queue.put_nowait(message)
+        except asyncio.CancelledError:
+            if not call.cancelled():
+                raise
+            log.info("run %s cancelled", message.run_id)
+        except NonRetryableError as exc:
+            log.info("run %s failed for good: %s", message.run_id, exc)
+        except Exception as exc:
+            if ctx.is_final_attempt:
+                log.info("run %s failed on its final attempt: %r", message.run_id, exc)
+            else:
+                message.attempt += 1
+                if self.retry_delay:
+                    await asyncio.sleep(self.retry_delay)
+                self._queue.put_nowait(message)
+        finally:
+            self._running.pop(message.run_id, None)
+
+    async def cancel(self, run_ids: Any) -> None:
+        for run_id in run_ids:
+            call = self._running.get(run_id)
+            if call is not None:
+                call.cancel()
+
+    def run_worker(self, *, concurrency: int | None = None) -> None:
+        if concurrency:
+            self.concurrency = concurrency
+
+        async def serve() -> None:
+            self._ensure_workers()
+            await asyncio.Event().wait()
+
+        try:
+            asyncio.run(serve())
+        except KeyboardInterrupt:
+            pass
+
+    async def shutdown(self) -> None:
+        for job in [*self._loops, *self._inflight]:
+            job.cancel()
+        await asyncio.gather(*self._loops, *self._inflight, return_exceptions=True)
+        self._loops = []
+        self._queue = None
+        self._loop = None
+
+    def describe(self) -> Mapping[str, str]:
+        return {"workers": str(self.workers), "concurrency": str(self.concurrency)}

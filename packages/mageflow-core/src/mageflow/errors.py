@@ -1,0 +1,105 @@
+"""Every error a user can cause, one class each, with a message that says what to do."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class MageflowError(Exception):
+    """Base class of all MageFlow errors."""
+
+
+class ConfigurationError(MageflowError):
+    """Settings that cannot work together (unknown option, missing adapter setting)."""
+
+
+class UnknownBackendError(ConfigurationError):
+    """The requested backend is not installed."""
+
+    def __init__(self, name: str, installed: Iterable[str]) -> None:
+        import difflib
+
+        names = sorted(installed)
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        super().__init__(
+            f"no MageFlow backend named {name!r}; installed: {', '.join(names) or 'none'}."
+            f"{hint} Install one with `pip install mageflow-<backend>`."
+        )
+        self.name = name
+        self.installed = names
+
+
+class CapabilityNotSupportedError(MageflowError):
+    """The backend does not offer an optional capability that was asked for."""
+
+
+class TaskNotRegisteredError(MageflowError):
+    """A task name that no ``@mf.task`` registered in this process."""
+
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        names = sorted(known)
+        shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
+        super().__init__(
+            f"task {name!r} is not registered; register it with @mf.task(name={name!r}) "
+            f"or import the module that does. Registered: {shown or 'none'}"
+        )
+        self.name = name
+
+
+class TaskAlreadyRegisteredError(MageflowError):
+    """Two different functions registered under one task name."""
+
+
+class StoreUnavailableError(MageflowError):
+    """Redis could not be reached. The URL is shown without its password."""
+
+
+class SignatureNotFoundError(MageflowError, KeyError):
+    """No signature, chain or swarm is stored under this key (unknown or expired)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "signature not found"
+
+
+class SwarmClosedError(MageflowError):
+    """Adding a task to a swarm that was closed."""
+
+
+class WorkflowFinishedError(MageflowError):
+    """A lifecycle operation on a workflow that already finished (done, failed, canceled)."""
+
+
+class SignatureInUseError(MageflowError):
+    """A signature given to a chain/swarm/callback list that already belongs to a workflow
+    or already ran. Sign a new one instead."""
+
+
+class PayloadNotSerializableError(MageflowError, TypeError):
+    """A message, keyword or result that is not JSON-serialisable."""
+
+
+class InvalidTaskInputError(MageflowError, ValueError):
+    """A task's input failed its ``input_validator``; the message names the fields."""
+
+
+class NonRetryableError(MageflowError):
+    """Raised by the core's wrapper when retrying cannot help (invalid input, result not
+    JSON, unknown task). Adapters map it to their task manager's "do not retry"."""
+
+
+class TaskFailedError(MageflowError):
+    """``aio_run`` waited for a signature that failed; carries the recorded error."""
+
+    def __init__(self, key: str, error: dict[str, str] | None) -> None:
+        err = error or {}
+        super().__init__(
+            f"{key} failed: {err.get('type', 'Error')}: {err.get('message', '')}".rstrip(": ")
+        )
+        self.key = key
+        self.error_type = err.get("type")
+        self.error_message = err.get("message")
+
+
+class WaitTimeoutError(MageflowError, TimeoutError):
+    """``aio_run`` / ``wait`` gave up before the signature finished."""

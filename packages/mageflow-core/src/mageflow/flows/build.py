@@ -1,0 +1,144 @@
+"""Turning what a user passes (signatures, task functions, task names) into stored records.
+
+Every workflow has a root ``r``; children get dotted ids (``r.0`` chain step,
+``r.i3f2a1b`` swarm item, ``r.s0`` / ``r.e0`` callbacks). A signature that was signed on
+its own is *moved* into the workflow that uses it: its records are copied under the new
+id and its old standalone workflow is deleted, so one workflow = one hash tag.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from mageflow.errors import SignatureInUseError
+from mageflow.flows.messages import to_json
+from mageflow.models.signatures import NodeDef
+from mageflow.store.base import split_key
+
+if TYPE_CHECKING:
+    from mageflow.app import Mageflow
+    from mageflow.flows.handles import Signature
+
+TaskLike = Any
+"""A :class:`Signature`, a function registered with ``@mf.task`` or a task name."""
+
+ROOT = "r"
+
+
+def new_workflow_id() -> str:
+    return secrets.token_hex(8)
+
+
+def new_item_id(parent: str) -> str:
+    return f"{parent}.i{secrets.token_hex(4)}"
+
+
+def callbacks_of(value: TaskLike | Sequence[TaskLike] | None) -> list[TaskLike]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _rename(sid: str, old_root: str, new_root: str) -> str:
+    if sid == old_root:
+        return new_root
+    if sid.startswith(old_root + "."):
+        return new_root + sid[len(old_root) :]
+    return sid
+
+
+class WorkflowBuilder:
+    """Collects the records of one new workflow (or of one item added to a swarm)."""
+
+    def __init__(self, mf: Mageflow, wf: str) -> None:
+        self.mf = mf
+        self.wf = wf
+        self.fields: dict[str, str] = {}
+        self.lists: dict[str, list[str]] = {}
+        self.moved: list[tuple[Signature, str]] = []
+        self.now = str(int(time.time() * 1000))
+
+    def node(
+        self,
+        sid: str,
+        definition: NodeDef,
+        *,
+        kwargs: dict[str, Any] | None = None,
+        identifiers: dict[str, Any] | None = None,
+    ) -> None:
+        self.fields[sid] = definition.dump()
+        self.fields[f"{sid}:s"] = "pending"
+        self.fields[f"{sid}:c"] = self.now
+        if kwargs:
+            self.fields[f"{sid}:kw"] = to_json(kwargs, "signature kwargs")
+        if identifiers:
+            self.fields[f"{sid}:id"] = to_json(identifiers, "task_identifiers")
+
+    async def task_like(
+        self, sid: str, value: TaskLike, *, parent: str | None = None, owner: str | None = None
+    ) -> None:
+        """Store ``value`` under ``sid``: a new task node, or a moved signature."""
+        from mageflow.flows.handles import Signature
+
+        if isinstance(value, Signature):
+            await self._move(sid, value, parent, owner)
+            return
+        name = self.mf.task_name_of(value)
+        self.node(sid, NodeDef(kind="task", task=name, parent=parent, owner=owner))
+
+    async def callbacks(
+        self, owner_sid: str, success: Iterable[TaskLike], error: Iterable[TaskLike]
+    ) -> tuple[list[str], list[str]]:
+        ok: list[str] = []
+        err: list[str] = []
+        for i, cb in enumerate(success):
+            ok.append(f"{owner_sid}.s{i}")
+            await self.task_like(ok[-1], cb, owner=owner_sid)
+        for i, cb in enumerate(error):
+            err.append(f"{owner_sid}.e{i}")
+            await self.task_like(err[-1], cb, owner=owner_sid)
+        return ok, err
+
+    async def _move(self, sid: str, sig: Signature, parent: str | None, owner: str | None) -> None:
+        old_wf, old_sid = split_key(sig.key)
+        if old_sid != ROOT or any(s is sig for s, _ in self.moved):
+            raise SignatureInUseError(
+                f"{sig.key} already belongs to a workflow; sign a new one to use it again"
+            )
+        records = await self.mf.store.read_all(old_wf)
+        if not records:
+            raise SignatureInUseError(f"{sig.key} no longer exists (expired or already used)")
+        if records.get(f"{ROOT}:d") or records.get(f"{ROOT}:s") != "pending":
+            raise SignatureInUseError(f"{sig.key} was already run; sign a new one to use it")
+        for field, value in records.items():
+            old, sep, attr = field.partition(":")
+            new_sid = _rename(old, ROOT, sid)
+            if not sep:
+                d = NodeDef.model_validate(json.loads(value))
+                d.parent = parent if old == ROOT else d.parent and _rename(d.parent, ROOT, sid)
+                d.owner = owner if old == ROOT else d.owner and _rename(d.owner, ROOT, sid)
+                d.on_success = [_rename(x, ROOT, sid) for x in d.on_success]
+                d.on_error = [_rename(x, ROOT, sid) for x in d.on_error]
+                d.steps = [_rename(x, ROOT, sid) for x in d.steps]
+                self.fields[new_sid] = d.dump()
+            else:
+                self.fields[f"{new_sid}:{attr}"] = value
+        for name in ("i",):
+            items = await self.mf.store.read_list(old_wf, f"{name}:{ROOT}")
+            if items:
+                self.lists[f"{name}:{sid}"] = [_rename(x, ROOT, sid) for x in items]
+        self.moved.append((sig, sid))
+
+    async def commit(self) -> None:
+        """Write the new records, then drop the standalone workflows that were moved."""
+        await self.mf.store.write(self.wf, self.fields, self.lists)
+        for sig, sid in self.moved:
+            old_wf, _ = split_key(sig.key)
+            await self.mf.store.delete(old_wf)
+            sig.key = f"{self.wf}.{sid}"

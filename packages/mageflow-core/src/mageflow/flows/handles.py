@@ -1,0 +1,156 @@
+"""What users hold: :class:`Signature`, :class:`ChainSignature`, :class:`SwarmSignature`."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from mageflow.errors import TaskFailedError, WaitTimeoutError
+from mageflow.flows.build import ROOT, TaskLike, WorkflowBuilder, new_item_id
+from mageflow.flows.messages import message_json
+from mageflow.models.signatures import NodeDef, SignatureState
+from mageflow.models.status import SignatureStatus
+from mageflow.store.base import split_key
+
+if TYPE_CHECKING:
+    from mageflow.app import Mageflow
+
+
+class Signature:
+    """A task (or chain, or swarm) with its kwargs and callbacks, stored under :attr:`key`.
+
+    A signature runs once; sign a new one to run the same task again.
+    """
+
+    kind = "task"
+
+    def __init__(self, mf: Mageflow, key: str) -> None:
+        self.mf = mf
+        self.key = key
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.key}>"
+
+    @property
+    def _wf_sid(self) -> tuple[str, str]:
+        return split_key(self.key)
+
+    async def aio_run_no_wait(self, message: Any = None) -> None:
+        """Publish with ``message`` (a mapping or pydantic model) and return at once."""
+        await self._run(message, watch=False)
+
+    async def aio_run(self, message: Any = None, *, timeout: float | None = None) -> Any:
+        """Publish and wait for the result. Raises :class:`TaskFailedError` on failure and
+        :class:`WaitTimeoutError` after ``timeout`` seconds."""
+        await self._run(message, watch=True)
+        return await self.wait(timeout)
+
+    async def _run(self, message: Any, watch: bool) -> None:
+        raw = message_json(message)
+        publishes = await self.mf.store.run(self.key, raw, watch=watch)
+        await self.mf.publish(publishes)
+
+    async def wait(self, timeout: float | None = None) -> Any:
+        """Wait (pushed, not polled) until finished; return the result or raise."""
+        wf, sid = self._wf_sid
+        try:
+            status = await self.mf.store.wait(wf, sid, timeout)
+        except TimeoutError as exc:
+            raise WaitTimeoutError(f"{self.key} did not finish within {timeout} s") from exc
+        result, error = await self.mf.store.read(wf, [f"{sid}:r", f"{sid}:e"])
+        if status == "done":
+            return None if result is None else json.loads(result)
+        if status == "canceled":
+            raise TaskFailedError(self.key, {"type": "Canceled", "message": "workflow canceled"})
+        raise TaskFailedError(self.key, json.loads(error) if error else None)
+
+    async def get_status(self) -> SignatureStatus:
+        wf, sid = self._wf_sid
+        (status,) = await self.mf.store.read(wf, [f"{sid}:s"])
+        if status is None:
+            from mageflow.errors import SignatureNotFoundError
+
+            raise SignatureNotFoundError(f"no signature stored under {self.key!r}")
+        return SignatureStatus(status)
+
+    async def get_state(self) -> SignatureState:
+        """A snapshot: status, attempts, timings, result or error, children, counts."""
+        from mageflow.flows.inspect import read_state
+
+        return await read_state(self.mf, self.key)
+
+    async def suspend(self) -> None:
+        """Stop what has not started; running tasks finish, what follows them waits."""
+        await self.mf.store.suspend(self.key, interrupt=False, can_cancel=False)
+
+    async def interrupt(self) -> None:
+        """Suspend and also cancel running tasks where the backend can; those run again
+        on :meth:`resume`. Without that capability this is :meth:`suspend`."""
+        can_cancel = self.mf.backend.capabilities.cancel_running
+        run_ids = await self.mf.store.suspend(self.key, interrupt=True, can_cancel=can_cancel)
+        if run_ids:
+            await self.mf.backend.cancel(run_ids)
+
+    async def resume(self) -> None:
+        """Continue where it stopped; nothing runs twice. Raises
+        :class:`WorkflowFinishedError` on a finished workflow."""
+        await self.mf.publish(await self.mf.store.resume(self.key))
+
+    async def cancel(self) -> None:
+        """Stop a whole workflow for good: nothing more starts, no callback fires."""
+        run_ids = await self.mf.store.cancel(self.key)
+        if run_ids and self.mf.backend.capabilities.cancel_running:
+            await self.mf.backend.cancel(run_ids)
+
+
+class ChainSignature(Signature):
+    """Steps run one after the other; step k+1 receives step k's result."""
+
+    kind = "chain"
+
+
+class SwarmSignature(Signature):
+    """Items run in parallel under a concurrency cap; callbacks fire once when closed and
+    every item has finished, with the item results in item order."""
+
+    kind = "swarm"
+
+    async def add_task(self, task: TaskLike, **kwargs: Any) -> Signature:
+        """Add an item; run it with ``await item.aio_run_no_wait(message)`` (its message is
+        merged over the swarm's), or let :meth:`close_swarm` / the swarm's run queue it.
+        Raises :class:`SwarmClosedError` when closed."""
+        wf, sid = self._wf_sid
+        builder = WorkflowBuilder(self.mf, wf)
+        item_sid = new_item_id(sid)
+        if kwargs:
+            task = await self.mf.sign(task, **kwargs)
+        await builder.task_like(item_sid, task, parent=sid)
+        if builder.lists:
+            await self.mf.store.write(wf, {}, builder.lists)
+        await self.mf.store.add_item(self.key, item_sid, builder.fields)
+        for sig, _ in builder.moved:
+            old_wf, _old = split_key(sig.key)
+            await self.mf.store.delete(old_wf)
+            sig.key = f"{wf}.{item_sid}"
+        d = NodeDef.model_validate(json.loads(builder.fields[item_sid]))
+        return handle_for(self.mf, f"{wf}.{item_sid}", d.kind)
+
+    async def close_swarm(self) -> None:
+        """No more items; the swarm completes once every item has finished."""
+        await self.mf.publish(await self.mf.store.close_swarm(self.key))
+
+    async def is_swarm_closed(self) -> bool:
+        wf, sid = self._wf_sid
+        (closed,) = await self.mf.store.read(wf, [f"{sid}:closed"])
+        return closed == "1"
+
+
+def handle_for(mf: Mageflow, key: str, kind: str) -> Signature:
+    if kind == "chain":
+        return ChainSignature(mf, key)
+    if kind == "swarm":
+        return SwarmSignature(mf, key)
+    return Signature(mf, key)
+
+
+__all__ = ["ROOT", "ChainSignature", "Signature", "SwarmSignature", "handle_for"]

@@ -1,0 +1,112 @@
+"""Registered user tasks and the wrapper every backend runs them through."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from mageflow.backend.base import HEADER_KEY, JSON, RunContext
+from mageflow.errors import InvalidTaskInputError, NonRetryableError, PayloadNotSerializableError
+from mageflow.flows import faults
+from mageflow.flows.messages import build_input, error_json, to_json
+from mageflow.models.return_value import return_value_field
+
+if TYPE_CHECKING:
+    from mageflow.app import Mageflow
+
+log = logging.getLogger("mageflow.worker")
+
+
+@dataclass(frozen=True)
+class RegisteredTask:
+    name: str
+    fn: Callable[..., Any]
+    input_model: type[BaseModel] | None
+    retries: int
+    timeout: float | None
+
+    @property
+    def return_field(self) -> str:
+        return return_value_field(self.input_model)
+
+    async def call(self, data: dict[str, Any]) -> Any:
+        arg: Any = data
+        if self.input_model is not None:
+            try:
+                arg = self.input_model.model_validate(data)
+            except ValidationError as exc:
+                fields = ", ".join(
+                    ".".join(str(p) for p in e["loc"]) or "<root>" for e in exc.errors()
+                )
+                raise InvalidTaskInputError(
+                    f"input of task {self.name!r} is invalid (fields: {fields}): {exc}"
+                ) from exc
+        if inspect.iscoroutinefunction(self.fn):
+            return await self.fn(arg)
+        result = await asyncio.to_thread(self.fn, arg)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+
+def _result_json(task: RegisteredTask, result: Any) -> str:
+    return to_json(result, f"the result of task {task.name!r}")
+
+
+async def run_task(mf: Mageflow, task: RegisteredTask, payload: JSON, ctx: RunContext) -> JSON:
+    """What a worker does with one delivery: one start transition, the user code, one
+    finish transition, then the publishes that finish implies."""
+    key = ctx.headers.get(HEADER_KEY)
+    if key is None or not isinstance(payload, dict):
+        # Invoked outside MageFlow (e.g. kicked by hand): plain call, no orchestration.
+        data = payload if isinstance(payload, dict) else {}
+        return json.loads(_result_json(task, await task.call(data)))
+    store = mf.store
+    raw = json.dumps(payload, separators=(",", ":"))
+    outcome = await store.start(key, ctx.run_id, raw)
+    if outcome.action == "redo":
+        log.info(
+            "redelivered %s (%s): re-issuing %d publish(es)", key, task.name, len(outcome.owed)
+        )
+        await mf.publish(outcome.owed)
+        return None
+    if outcome.action != "run":
+        log.info("delivery of %s (%s) skipped: %s", key, task.name, outcome.action)
+        return None
+    data = build_input(payload, outcome.kwargs, task.return_field)
+    try:
+        result_json = _result_json(task, await task.call(data))
+    except (InvalidTaskInputError, PayloadNotSerializableError, NonRetryableError) as exc:
+        await _fail(mf, task, key, exc, data)
+        raise NonRetryableError(str(exc)) from exc
+    except Exception as exc:
+        if not ctx.is_final_attempt:
+            log.warning(
+                "%s (%s) attempt %d failed: %r; will retry", key, task.name, ctx.attempt, exc
+            )
+            raise
+        await _fail(mf, task, key, exc, data)
+        raise
+    publishes = await store.finish(key, True, result_json)
+    faults.check(faults.AFTER_FINISH, task.name)
+    await mf.publish(publishes)
+    return json.loads(result_json)
+
+
+async def _fail(
+    mf: Mageflow, task: RegisteredTask, key: str, exc: BaseException, data: dict[str, Any]
+) -> None:
+    try:
+        original = to_json(data, "input")
+    except PayloadNotSerializableError:
+        original = "{}"
+    publishes = await mf.store.finish(key, False, error_json(exc), original)
+    faults.check(faults.AFTER_FINISH, task.name)
+    await mf.publish(publishes)

@@ -1,0 +1,15 @@
+"""Pydantic models: signatures, swarm configuration, statuses, ``ReturnValue``."""
+
+from mageflow.models.config import SwarmConfig
+from mageflow.models.return_value import ReturnValue, return_value_field
+from mageflow.models.signatures import NodeDef, SignatureState
+from mageflow.models.status import SignatureStatus
+
+__all__ = [
+    "NodeDef",
+    "ReturnValue",
+    "SignatureState",
+    "SignatureStatus",
+    "SwarmConfig",
+    "return_value_field",
+]

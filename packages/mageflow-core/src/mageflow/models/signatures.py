@@ -1,0 +1,60 @@
+"""Pydantic models of what is stored for a signature, a chain and a swarm."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mageflow.models.status import SignatureStatus
+
+Kind = Literal["task", "chain", "swarm"]
+
+
+class NodeDef(BaseModel):
+    """Structural definition of one signature (never user data). Short field names keep
+    the hash small; the Lua transitions read them."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    kind: Kind = Field(alias="k")
+    task: str | None = Field(default=None, alias="t")
+    parent: str | None = Field(default=None, alias="p")
+    owner: str | None = Field(default=None, alias="o")
+    on_success: list[str] = Field(default_factory=list, alias="ok")
+    on_error: list[str] = Field(default_factory=list, alias="err")
+    steps: list[str] = Field(default_factory=list)
+    max_concurrency: int | None = Field(default=None, alias="mc")
+    stop_after_n_failures: int | None = Field(default=None, alias="sa")
+    name: str | None = Field(default=None, alias="n")
+
+    def dump(self) -> str:
+        return self.model_dump_json(by_alias=True, exclude_none=True, exclude_defaults=True)
+
+
+def _ts(ms: str | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc)
+
+
+class SignatureState(BaseModel):
+    """A snapshot of one signature, chain or swarm, as ``get_state()`` and the CLI show it."""
+
+    key: str
+    kind: Kind
+    name: str
+    status: SignatureStatus
+    attempts: int = 0
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    parent: str | None = None
+    children: list[str] = Field(default_factory=list)
+    counts: dict[str, int] = Field(default_factory=dict)
+    """For swarms: items total / queued / running / finished / failed."""
+
+    @staticmethod
+    def timestamps(c: str | None, t0: str | None, t1: str | None) -> dict[str, datetime | None]:
+        return {"created_at": _ts(c), "started_at": _ts(t0), "finished_at": _ts(t1)}

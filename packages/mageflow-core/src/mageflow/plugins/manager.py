@@ -1,0 +1,79 @@
+"""Entry-point discovery (group ``mageflow``) with pluggy, and backend selection by name.
+
+``MAGEFLOW_PLUGINS=a,b`` restricts which entry points load; ``MAGEFLOW_TRACE_PLUGINS=1``
+logs every hook call.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from functools import lru_cache
+from importlib import metadata
+
+import pluggy
+
+from mageflow.backend.base import TaskBackend
+from mageflow.errors import ConfigurationError, UnknownBackendError
+from mageflow.plugins.hookspecs import PROJECT, BackendHooks, BackendSpec
+
+log = logging.getLogger("mageflow.plugins")
+
+
+@lru_cache(maxsize=1)
+def plugin_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(BackendHooks)
+    allowed = os.environ.get("MAGEFLOW_PLUGINS")
+    if allowed:
+        wanted = {name.strip() for name in allowed.split(",") if name.strip()}
+        for ep in metadata.entry_points(group=PROJECT):
+            if ep.name in wanted and pm.get_plugin(ep.name) is None:
+                pm.register(ep.load(), name=ep.name)
+    else:
+        pm.load_setuptools_entrypoints(PROJECT)
+    if os.environ.get("MAGEFLOW_TRACE_PLUGINS"):
+        pm.trace.root.setwriter(lambda msg: log.info("%s", msg.rstrip()))
+        pm.enable_tracing()
+    return pm
+
+
+def backend_specs() -> dict[str, BackendSpec]:
+    """Installed backends by name."""
+    found: dict[str, BackendSpec] = {}
+    plugin_manager().hook.register_backends(register=lambda spec: found.setdefault(spec.name, spec))
+    return found
+
+
+def load_backend_class(name: str) -> type[TaskBackend]:
+    specs = backend_specs()
+    spec = specs.get(name)
+    if spec is None:
+        raise UnknownBackendError(name, specs)
+    module_name, _, attr = spec.target.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"backend {name!r} is registered but cannot be imported ({exc}); reinstall "
+            f"{spec.distribution or 'its package'}"
+        ) from exc
+
+
+def backend_for_native(obj: object) -> str | None:
+    """The backend whose SDK the object (a client, a broker) comes from."""
+    modules = {cls.__module__.split(".")[0] for cls in type(obj).__mro__}
+    for name, spec in backend_specs().items():
+        if modules.intersection(spec.native_modules):
+            return name
+    return None
+
+
+def distribution_version(spec: BackendSpec) -> str:
+    if spec.distribution is None:
+        return "?"
+    try:
+        return metadata.version(spec.distribution)
+    except metadata.PackageNotFoundError:
+        return "?"

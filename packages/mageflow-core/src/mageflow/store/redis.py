@@ -1,0 +1,172 @@
+"""``RedisStore``: workflow state in Redis; every transition is one EVALSHA round trip."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from mageflow.errors import StoreUnavailableError
+from mageflow.store.base import TERMINAL, StateStore
+
+_SCRIPT = resources.files("mageflow.store").joinpath("lua/transitions.lua").read_text()
+
+DEFAULT_PREFIX = "mageflow"
+DEFAULT_ACTIVE_TTL = 7 * 24 * 3600
+DEFAULT_FINISHED_TTL = 24 * 3600
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class RedisStore(StateStore):
+    """State in Redis under ``prefix``. Keys of one workflow share the hash tag ``{wf}``,
+    so the Lua transitions also work on Redis Cluster. JSON only, never pickle."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis | str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        active_ttl: int = DEFAULT_ACTIVE_TTL,
+        finished_ttl: int = DEFAULT_FINISHED_TTL,
+    ) -> None:
+        if isinstance(client, str):
+            self.url = client
+            self.client: aioredis.Redis = aioredis.Redis.from_url(client, decode_responses=True)
+        else:
+            kw = client.connection_pool.connection_kwargs
+            self.url = f"redis://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
+            self.client = client
+        self.prefix = prefix
+        self.active_ttl = active_ttl
+        self.finished_ttl = finished_ttl
+        self._sha: str | None = None
+
+    def _hash(self, wf: str) -> str:
+        return f"{self.prefix}:{{{wf}}}"
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"cannot reach Redis at {redact_url(self.url)}: {exc}. Check MAGEFLOW_REDIS_URL "
+            "and that the server is running."
+        )
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    async def _transition(self, wf: str, op: str, *args: str) -> list[str]:
+        argv = [op, str(int(time.time() * 1000)), str(self.active_ttl), str(self.finished_ttl)]
+        argv.extend(args)
+        keys = [self._hash(wf)]
+        try:
+            if self._sha is None:
+                self._sha = await self.client.script_load(_SCRIPT)
+            try:
+                reply = await self.client.evalsha(self._sha, 1, *keys, *argv)
+            except NoScriptError:
+                self._sha = await self.client.script_load(_SCRIPT)
+                reply = await self.client.evalsha(self._sha, 1, *keys, *argv)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return [str(x) for x in reply]
+
+    async def write(
+        self, wf: str, fields: Mapping[str, str], lists: Mapping[str, Sequence[str]]
+    ) -> None:
+        h = self._hash(wf)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(h, mapping=dict(fields))  # type: ignore[arg-type]
+            pipe.expire(h, self.active_ttl)
+            for name, values in lists.items():
+                if values:
+                    pipe.rpush(f"{h}:{name}", *values)
+                    pipe.expire(f"{h}:{name}", self.active_ttl)
+            pipe.zadd(f"{self.prefix}:index", {wf: time.time()})
+            await self._call(pipe.execute())
+
+    async def delete(self, wf: str) -> None:
+        h = self._hash(wf)
+        keys = [k async for k in self.client.scan_iter(match=f"{h}:*", count=1000)]
+        await self._call(self.client.delete(h, *keys))
+        await self._call(self.client.zrem(f"{self.prefix}:index", wf))
+
+    async def read(self, wf: str, fields: Sequence[str]) -> list[str | None]:
+        if not fields:
+            return []
+        values = await self._call(self.client.hmget(self._hash(wf), list(fields)))
+        return list(values)
+
+    async def read_all(self, wf: str) -> dict[str, str]:
+        return dict(await self._call(self.client.hgetall(self._hash(wf))))
+
+    async def read_list(self, wf: str, name: str, start: int = 0, stop: int = -1) -> list[str]:
+        return list(await self._call(self.client.lrange(f"{self._hash(wf)}:{name}", start, stop)))
+
+    async def count(self, wf: str, name: str) -> int:
+        key = f"{self._hash(wf)}:{name}"
+        kind = await self._call(self.client.type(key))
+        if kind == "set":
+            return int(await self._call(self.client.scard(key)))
+        if kind == "list":
+            return int(await self._call(self.client.llen(key)))
+        return 0
+
+    async def list_workflows(self, limit: int = 100) -> list[str]:
+        ids = await self._call(self.client.zrevrange(f"{self.prefix}:index", 0, limit - 1))
+        return [str(i) for i in ids]
+
+    async def wait(self, wf: str, sid: str, timeout: float | None) -> str:
+        h = self._hash(wf)
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        pubsub = self.client.pubsub()
+        try:
+            await self._call(pubsub.subscribe(f"{h}:done"))
+            await self._call(self.client.hset(h, f"{sid}:w", "1"))
+            while True:
+                status = await self._call(self.client.hget(h, f"{sid}:s"))
+                if status in TERMINAL:
+                    return str(status)
+                # Woken by the transition's PUBLISH; the status is re-read at most every
+                # 5 s as a safety net should a message be lost on a reconnect.
+                left = 5.0
+                if deadline is not None:
+                    left = min(left, deadline - asyncio.get_running_loop().time())
+                    if left <= 0:
+                        raise TimeoutError
+                while left > 0:
+                    started = asyncio.get_running_loop().time()
+                    msg = await self._call(
+                        pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+                    )
+                    if msg is None or msg.get("data") == sid:
+                        break
+                    left -= asyncio.get_running_loop().time() - started
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def ping(self) -> None:
+        await self._call(self.client.ping())
+
+    async def close(self) -> None:
+        await self.client.aclose()
