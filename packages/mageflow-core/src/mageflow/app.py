@@ -199,7 +199,7 @@ class Mageflow:
         result; a failing step fires its own error callbacks, then ``error``."""
         b = WorkflowBuilder(self, new_workflow_id())
         steps = [f"{ROOT}.{i}" for i in range(len(tasks))]
-        for sid, t in zip(steps, tasks):
+        for sid, t in zip(steps, tasks, strict=True):
             await b.task_like(sid, t, parent=ROOT)
         ok, err = await b.callbacks(ROOT, callbacks_of(success), callbacks_of(error))
         b.node(ROOT, NodeDef(kind="chain", name=name, steps=steps, on_success=ok, on_error=err))
@@ -221,7 +221,7 @@ class Mageflow:
         config = config or SwarmConfig()
         b = WorkflowBuilder(self, new_workflow_id())
         items = [new_item_id(ROOT) for _ in tasks]
-        for sid, t in zip(items, tasks):
+        for sid, t in zip(items, tasks, strict=True):
             await b.task_like(sid, t, parent=ROOT)
         ok, err = await b.callbacks(
             ROOT, callbacks_of(success_callbacks), callbacks_of(error_callbacks)

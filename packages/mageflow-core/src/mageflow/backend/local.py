@@ -10,6 +10,7 @@ message redelivered. It is the embedded default and the reference for adapter au
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Mapping
@@ -37,7 +38,7 @@ class _Message:
 
 
 class LocalBackend(TaskBackend):
-    """In-process backend. ``workers`` worker loops × ``concurrency`` slots each."""
+    """In-process backend. ``workers`` worker loops, ``concurrency`` slots each."""
 
     name = "local"
     capabilities = Capabilities(
@@ -158,10 +159,8 @@ class LocalBackend(TaskBackend):
             self._ensure_workers()
             await asyncio.Event().wait()
 
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve())
-        except KeyboardInterrupt:
-            pass
 
     async def shutdown(self) -> None:
         for job in [*self._loops, *self._inflight]:

@@ -1,9 +1,11 @@
 """Fault points for crash tests: make a worker die exactly where a real one can.
 
-Armed in-process with :func:`arm`, or for worker subprocesses with the environment
-variable ``MAGEFLOW_FAULT=<point>:<task-name>[:<marker-file>]``. A fault fires once: in
-``exit`` mode the process dies with ``os._exit(137)`` (as under ``kill -9``) after
-creating the marker file, so a restarted worker does not die again.
+A fault is armed by creating the file ``<dir>/<point>__<task-name>`` in the fault
+directory (``MAGEFLOW_FAULT_DIR`` for worker subprocesses, or :func:`configure`
+in-process). The first worker to reach that point for that task removes the file and
+dies: with ``os._exit(137)`` (as under ``kill -9``) when ``hard`` is true, else by raising
+:class:`SimulatedCrash`, which the ``local`` backend treats as the death of the worker
+holding the message. Unarmed, a check costs one ``os.environ`` lookup.
 """
 
 from __future__ import annotations
@@ -14,31 +16,37 @@ from pathlib import Path
 AFTER_FINISH = "after-finish"
 """After the completion transition was stored, before what it implies is published."""
 
+_dir: Path | None = None
+
 
 class SimulatedCrash(BaseException):
-    """Raised in-process at an armed fault point; the ``local`` backend treats it as the
-    death of the worker holding the message and redelivers that message."""
+    """Raised at an armed fault point in-process; see the module docstring."""
 
 
-_armed: dict[tuple[str, str], bool] = {}
+def configure(directory: str | Path | None) -> None:
+    """Use ``directory`` for fault files in this process (``None``: environment only)."""
+    global _dir
+    _dir = None if directory is None else Path(directory)
 
 
-def arm(point: str, task_name: str) -> None:
-    _armed[(point, task_name)] = True
+def arm(directory: str | Path, point: str, task_name: str) -> Path:
+    """Arm one fault; returns the file that does it."""
+    path = Path(directory) / f"{point}__{task_name}"
+    path.write_text("armed")
+    return path
 
 
-def check(point: str, task_name: str) -> None:
-    if _armed.pop((point, task_name), False):
-        raise SimulatedCrash(f"{point} in {task_name}")
-    spec = os.environ.get("MAGEFLOW_FAULT")
-    if not spec:
-        return
-    parts = spec.split(":", 2)
-    if len(parts) < 2 or (parts[0], parts[1]) != (point, task_name):
-        return
-    marker = Path(parts[2]) if len(parts) == 3 else None
-    if marker is not None:
-        if marker.exists():
+def check(point: str, task_name: str, *, hard: bool) -> None:
+    directory = _dir
+    if directory is None:
+        env = os.environ.get("MAGEFLOW_FAULT_DIR")
+        if not env:
             return
-        marker.write_text(str(os.getpid()))
-    os._exit(137)
+        directory = Path(env)
+    try:
+        (directory / f"{point}__{task_name}").unlink()
+    except FileNotFoundError:
+        return
+    if hard:
+        os._exit(137)
+    raise SimulatedCrash(f"{point} in {task_name}")

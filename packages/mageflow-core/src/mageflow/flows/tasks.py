@@ -95,7 +95,7 @@ async def run_task(mf: Mageflow, task: RegisteredTask, payload: JSON, ctx: RunCo
         await _fail(mf, task, key, exc, data)
         raise
     publishes = await store.finish(key, True, result_json)
-    faults.check(faults.AFTER_FINISH, task.name)
+    faults.check(faults.AFTER_FINISH, task.name, hard=mf.backend.capabilities.remote_workers)
     await mf.publish(publishes)
     return json.loads(result_json)
 
@@ -108,5 +108,5 @@ async def _fail(
     except PayloadNotSerializableError:
         original = "{}"
     publishes = await mf.store.finish(key, False, error_json(exc), original)
-    faults.check(faults.AFTER_FINISH, task.name)
+    faults.check(faults.AFTER_FINISH, task.name, hard=mf.backend.capabilities.remote_workers)
     await mf.publish(publishes)

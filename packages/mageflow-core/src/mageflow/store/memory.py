@@ -261,7 +261,7 @@ class _Transition:
                 pl = self.get(sid, "pl") or self.payload("", None, None, None)
                 self.lst("h", holder).append(self.spec(d["t"], sid, pl))
         elif d["k"] == "chain":
-            if self.get(sid, "s") == "active":
+            if self.get(sid, "d") and self.get(sid, "s") not in TERMINAL:
                 self.take_running(d["steps"][int(self.get(sid, "cur") or "0")], holder, out)
         else:
             for it in sorted(self.running(sid)):

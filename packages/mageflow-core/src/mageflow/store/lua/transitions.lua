@@ -241,7 +241,7 @@ local function take_running(sid, holder, out)
       redis.call('RPUSH', key('h', holder), spec(d.t, sid, get(sid, 'pl') or payload('', nil, nil, nil)))
     end
   elseif d.k == 'chain' then
-    if get(sid, 's') == 'active' then
+    if get(sid, 'd') and not TERMINAL[get(sid, 's')] then
       take_running(d.steps[tonumber(get(sid, 'cur') or '0') + 1], holder, out)
     end
   else

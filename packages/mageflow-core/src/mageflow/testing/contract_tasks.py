@@ -1,0 +1,108 @@
+"""The tasks the contract suite runs. A backend's worker app calls :func:`register` on its
+``Mageflow`` instance so that worker processes serve them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pydantic import BaseModel
+
+from mageflow.app import Mageflow
+from mageflow.models.return_value import ReturnValue
+from mageflow.testing.probe import get_probe
+
+RETRIES = 2
+"""Extra attempts configured on ``contract.fail`` and ``contract.flaky``."""
+
+
+class AddInput(BaseModel):
+    ns: str
+    x: int
+    y: int
+
+
+class DoubleInput(BaseModel):
+    ns: str
+    value: ReturnValue[int]
+
+
+class Unserialisable:
+    pass
+
+
+def _public(message: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in message.items() if k != "ns"}
+
+
+def register(mf: Mageflow) -> None:
+    """Register every ``contract.*`` task on ``mf``."""
+
+    @mf.task("contract.echo")
+    async def echo(message: dict[str, Any]) -> dict[str, Any]:
+        await get_probe().record(message["ns"], "echo", _public(message))
+        return _public(message)
+
+    @mf.task("contract.add", input_validator=AddInput)
+    async def add(message: AddInput) -> int:
+        await get_probe().record(message.ns, "add", [message.x, message.y])
+        return message.x + message.y
+
+    @mf.task("contract.double", input_validator=DoubleInput)
+    async def double(message: DoubleInput) -> int:
+        await get_probe().record(message.ns, "double", message.value)
+        return message.value * 2
+
+    @mf.task("contract.total")
+    async def total(message: dict[str, Any]) -> int:
+        values = message["mageflow_results"]
+        await get_probe().record(message["ns"], "total", values)
+        return sum(v for v in values if isinstance(v, int))
+
+    @mf.task("contract.collect")
+    async def collect(message: dict[str, Any]) -> str:
+        await get_probe().record(message["ns"], message.get("tag", "collect"), _public(message))
+        return "collected"
+
+    @mf.task("contract.fail", retries=RETRIES)
+    async def fail(message: dict[str, Any]) -> None:
+        await get_probe().record(message["ns"], "fail-attempt", _public(message))
+        raise ValueError(message.get("reason", "it failed"))
+
+    @mf.task("contract.flaky", retries=RETRIES)
+    async def flaky(message: dict[str, Any]) -> str:
+        probe = get_probe()
+        await probe.record(message["ns"], "flaky-attempt", message.get("id"))
+        attempts = await probe.events(message["ns"], "flaky-attempt")
+        if len(attempts) <= message.get("fail_times", 1):
+            raise RuntimeError("flaky failure")
+        return "recovered"
+
+    @mf.task("contract.slow")
+    async def slow(message: dict[str, Any]) -> Any:
+        probe = get_probe()
+        ns = message["ns"]
+        await probe.enter(ns)
+        try:
+            await probe.record(ns, "slow-start", message.get("id"))
+            await asyncio.sleep(message.get("seconds", 0.05))
+        finally:
+            await probe.leave(ns)
+        if message.get("fail"):
+            raise ValueError(f"item {message.get('id')} failed")
+        await probe.record(ns, "slow-done", message.get("id"))
+        return message.get("id")
+
+    @mf.task("contract.block")
+    async def block(message: dict[str, Any]) -> str:
+        probe = get_probe()
+        ns = message["ns"]
+        await probe.record(ns, "block-start", message.get("id"))
+        while not await probe.flag(ns, "release"):
+            await asyncio.sleep(0.02)
+        await probe.record(ns, "block-done", message.get("id"))
+        return "released"
+
+    @mf.task("contract.bad_result")
+    async def bad_result(message: dict[str, Any]) -> Any:
+        return {"value": Unserialisable()}
