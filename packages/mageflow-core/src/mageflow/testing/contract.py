@@ -140,7 +140,8 @@ class BackendContract:
         attempts = await harness.probe.events(ns, "fail-attempt")
         assert len(attempts) == RETRIES + 1
         assert got["mageflow_error"] == {"type": "ValueError", "message": "boom"}
-        assert got["order"] == 7 and got["extra"] == 1
+        assert got["order"] == 7
+        assert got["extra"] == 1
         assert await harness.probe.events(ns, "ok") == []
         assert await sig.get_status() is SignatureStatus.FAILED
 
@@ -181,7 +182,8 @@ class BackendContract:
         assert got["mageflow_results"] == 12
         assert await harness.probe.events(ns, "double") == [3, 6]
         state = await wf.get_state()
-        assert state.name == "pipeline" and state.status is SignatureStatus.DONE
+        assert state.name == "pipeline"
+        assert state.status is SignatureStatus.DONE
 
     async def test_failing_step_stops_chain_and_fires_both_error_callbacks(
         self, harness: ContractHarness
@@ -544,7 +546,7 @@ class BackendContract:
     async def test_unknown_task_name_raises_and_worker_keeps_serving(
         self, harness: ContractHarness
     ) -> None:
-        with pytest.raises(TaskNotRegisteredError, match="contract.echo"):
+        with pytest.raises(TaskNotRegisteredError, match=r"contract\.echo"):
             await harness.app.sign("contract.no-such-task")
         with pytest.raises(TaskNotRegisteredError):
             await harness.app.chain(["contract.echo", "contract.no-such-task"])

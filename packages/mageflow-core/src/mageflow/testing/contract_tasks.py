@@ -98,7 +98,7 @@ def register(mf: Mageflow) -> None:
         probe = get_probe()
         ns = message["ns"]
         await probe.record(ns, "block-start", message.get("id"))
-        while not await probe.flag(ns, "release"):
+        while not await probe.flag(ns, "release"):  # noqa: ASYNC110 - flag set by another process
             await asyncio.sleep(0.02)
         await probe.record(ns, "block-done", message.get("id"))
         return "released"

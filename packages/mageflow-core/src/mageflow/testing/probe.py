@@ -107,11 +107,11 @@ class RedisProbe(Probe):
 
     async def record(self, ns: str, event: str, data: Any) -> None:
         key = self._k(ns, "ev", event)
-        await self.client.rpush(key, json.dumps(data))  # type: ignore[misc]
+        await self.client.rpush(key, json.dumps(data))
         await self.client.expire(key, 3600)
 
     async def events(self, ns: str, event: str) -> list[Any]:
-        raw = await self.client.lrange(self._k(ns, "ev", event), 0, -1)  # type: ignore[misc]
+        raw = await self.client.lrange(self._k(ns, "ev", event), 0, -1)
         return [json.loads(x) for x in raw]
 
     async def enter(self, ns: str) -> int:
