@@ -1,0 +1,5 @@
+"""The ``mageflow`` command line."""
+
+from mageflow.cli.main import cli, main
+
+__all__ = ["cli", "main"]

@@ -61,7 +61,7 @@ class WorkflowBuilder:
         self.wf = wf
         self.fields: dict[str, str] = {}
         self.lists: dict[str, list[str]] = {}
-        self.moved: list[tuple[Signature, str]] = []
+        self.moved: list[tuple[Signature, str, list[str]]] = []
         self.now = str(int(time.time() * 1000))
 
     def node(
@@ -107,7 +107,7 @@ class WorkflowBuilder:
 
     async def _move(self, sid: str, sig: Signature, parent: str | None, owner: str | None) -> None:
         old_wf, old_sid = split_key(sig.key)
-        if old_sid != ROOT or any(s is sig for s, _ in self.moved):
+        if old_sid != ROOT or any(s is sig for s, _, _ in self.moved):
             raise SignatureInUseError(
                 f"{sig.key} already belongs to a workflow; sign a new one to use it again"
             )
@@ -116,11 +116,16 @@ class WorkflowBuilder:
             raise SignatureInUseError(f"{sig.key} no longer exists (expired or already used)")
         if records.get(f"{ROOT}:d") or records.get(f"{ROOT}:s") != "pending":
             raise SignatureInUseError(f"{sig.key} was already run; sign a new one to use it")
+        old_lists: list[str] = []
         for field, value in records.items():
             old, sep, attr = field.partition(":")
             new_sid = _rename(old, ROOT, sid)
             if not sep:
                 d = NodeDef.model_validate(json.loads(value))
+                if d.kind == "swarm":
+                    old_lists.append(f"i:{old}")
+                    items = await self.mf.store.read_list(old_wf, f"i:{old}")
+                    self.lists[f"i:{new_sid}"] = [_rename(x, ROOT, sid) for x in items]
                 d.parent = parent if old == ROOT else d.parent and _rename(d.parent, ROOT, sid)
                 d.owner = owner if old == ROOT else d.owner and _rename(d.owner, ROOT, sid)
                 d.on_success = [_rename(x, ROOT, sid) for x in d.on_success]
@@ -129,16 +134,16 @@ class WorkflowBuilder:
                 self.fields[new_sid] = d.dump()
             else:
                 self.fields[f"{new_sid}:{attr}"] = value
-        for name in ("i",):
-            items = await self.mf.store.read_list(old_wf, f"{name}:{ROOT}")
-            if items:
-                self.lists[f"{name}:{sid}"] = [_rename(x, ROOT, sid) for x in items]
-        self.moved.append((sig, sid))
+        self.moved.append((sig, sid, old_lists))
 
     async def commit(self) -> None:
         """Write the new records, then drop the standalone workflows that were moved."""
         await self.mf.store.write(self.wf, self.fields, self.lists)
-        for sig, sid in self.moved:
+        await self.drop_moved()
+
+    async def drop_moved(self) -> None:
+        """Delete the standalone workflows that were moved in; repoint their handles."""
+        for sig, sid, lists in self.moved:
             old_wf, _ = split_key(sig.key)
-            await self.mf.store.delete(old_wf)
+            await self.mf.store.delete(old_wf, lists)
             sig.key = f"{self.wf}.{sid}"

@@ -128,10 +128,7 @@ class SwarmSignature(Signature):
         if builder.lists:
             await self.mf.store.write(wf, {}, builder.lists)
         await self.mf.store.add_item(self.key, item_sid, builder.fields)
-        for sig, _ in builder.moved:
-            old_wf, _old = split_key(sig.key)
-            await self.mf.store.delete(old_wf)
-            sig.key = f"{wf}.{item_sid}"
+        await builder.drop_moved()
         d = NodeDef.model_validate(json.loads(builder.fields[item_sid]))
         return handle_for(self.mf, f"{wf}.{item_sid}", d.kind)
 

@@ -102,8 +102,8 @@ class StateStore(abc.ABC):
         """Create records: hash ``fields`` and auxiliary ``lists`` (``"i:<sid>"`` ...)."""
 
     @abc.abstractmethod
-    async def delete(self, wf: str) -> None:
-        """Delete a whole workflow."""
+    async def delete(self, wf: str, lists: Sequence[str] = ()) -> None:
+        """Delete a workflow's hash and the named auxiliary lists."""
 
     @abc.abstractmethod
     async def read(self, wf: str, fields: Sequence[str]) -> list[str | None]:

@@ -450,7 +450,7 @@ class MemoryStore(StateStore):
         for name, values in lists.items():
             workflow.lists.setdefault(name, []).extend(values)
 
-    async def delete(self, wf: str) -> None:
+    async def delete(self, wf: str, lists: Sequence[str] = ()) -> None:
         self._wfs.pop(wf, None)
 
     async def read(self, wf: str, fields: Sequence[str]) -> list[str | None]:

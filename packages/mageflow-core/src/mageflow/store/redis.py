@@ -47,10 +47,16 @@ class RedisStore(StateStore):
         prefix: str = DEFAULT_PREFIX,
         active_ttl: int = DEFAULT_ACTIVE_TTL,
         finished_ttl: int = DEFAULT_FINISHED_TTL,
+        max_connections: int = 64,
     ) -> None:
         if isinstance(client, str):
             self.url = client
-            self.client: aioredis.Redis = aioredis.Redis.from_url(client, decode_responses=True)
+            # a blocking pool queues callers when all connections are busy instead of
+            # failing a transition under a burst of concurrent completions
+            pool = aioredis.BlockingConnectionPool.from_url(
+                client, decode_responses=True, max_connections=max_connections, timeout=30
+            )
+            self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         else:
             kw = client.connection_pool.connection_kwargs
             self.url = f"redis://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
@@ -105,11 +111,12 @@ class RedisStore(StateStore):
             pipe.zadd(f"{self.prefix}:index", {wf: time.time()})
             await self._call(pipe.execute())
 
-    async def delete(self, wf: str) -> None:
+    async def delete(self, wf: str, lists: Sequence[str] = ()) -> None:
         h = self._hash(wf)
-        keys = [k async for k in self.client.scan_iter(match=f"{h}:*", count=1000)]
-        await self._call(self.client.delete(h, *keys))
-        await self._call(self.client.zrem(f"{self.prefix}:index", wf))
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(h, *(f"{h}:{name}" for name in lists))
+            pipe.zrem(f"{self.prefix}:index", wf)
+            await self._call(pipe.execute())
 
     async def read(self, wf: str, fields: Sequence[str]) -> list[str | None]:
         if not fields:
@@ -142,9 +149,11 @@ class RedisStore(StateStore):
         pubsub = self.client.pubsub()
         try:
             await self._call(pubsub.subscribe(f"{h}:done"))
-            await self._call(self.client.hset(h, f"{sid}:w", "1"))
+            # HSETNX / HMGET: commands the Lua transitions never use, so INFO commandstats
+            # tells client round trips apart from commands run inside scripts.
+            await self._call(self.client.hsetnx(h, f"{sid}:w", "1"))
             while True:
-                status = await self._call(self.client.hget(h, f"{sid}:s"))
+                (status,) = await self._call(self.client.hmget(h, [f"{sid}:s"]))
                 if status in TERMINAL:
                     return str(status)
                 # Woken by the transition's PUBLISH; the status is re-read at most every

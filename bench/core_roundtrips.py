@@ -1,0 +1,136 @@
+"""Core benchmark: the local backend on RedisStore (not a test; prints figures).
+
+Measures, in one run against a throwaway Redis server:
+- Redis round trips per chain step and per swarm item, from INFO commandstats deltas.
+  Client-issued commands are told apart from commands run inside the Lua transitions
+  because the client only ever sends commands the scripts never use (EVALSHA, HMGET,
+  HSETNX, SUBSCRIBE, ...); the total including in-script commands is shown too.
+- per-item time of a 1,000 vs a 20,000 item swarm (target ratio <= 1.2).
+
+    python bench/core_roundtrips.py [--steps 200] [--small 1000] [--large 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from mageflow import Mageflow, SwarmConfig
+from mageflow.backend.local import LocalBackend
+from mageflow.store import RedisStore
+from mageflow.testing.redis_server import redis_server
+
+CLIENT_ONLY = {
+    "evalsha",
+    "eval",
+    "hmget",
+    "hsetnx",
+    "subscribe",
+    "unsubscribe",
+    "ping",
+    "multi",
+    "exec",
+    "script|load",
+    "script",
+    "hgetall",
+    "zadd",
+    "zrem",
+    "type",
+}
+
+
+async def commandstats(client: aioredis.Redis) -> dict[str, int]:
+    info = await client.info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
+
+
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
+
+
+def build_app(url: str) -> Mageflow:
+    app = Mageflow(backend=LocalBackend(workers=1, concurrency=200), store=RedisStore(url))
+
+    @app.task("noop")
+    async def noop(msg: dict[str, Any]) -> int:
+        return 1
+
+    @app.task("pass")
+    async def pass_on(msg: dict[str, Any]) -> Any:
+        return msg.get("mageflow_results", 0)
+
+    return app
+
+
+async def measure(
+    app: Mageflow, client: aioredis.Redis, label: str, units: int, run: Any
+) -> tuple[float, dict[str, int]]:
+    before = await commandstats(client)
+    started = time.perf_counter()
+    await run()
+    elapsed = time.perf_counter() - started
+    used = delta(before, await commandstats(client))
+    client_calls = sum(v for k, v in used.items() if k in CLIENT_ONLY)
+    total = sum(used.values())
+    print(
+        f"{label:<28} {units:>7} units  {elapsed * 1000 / units:8.3f} ms/unit  "
+        f"round trips/unit {client_calls / units:5.2f}  "
+        f"(all commands incl. in-script {total / units:6.2f})"
+    )
+    return elapsed / units, used
+
+
+async def main(args: argparse.Namespace) -> None:
+    with redis_server() as server:
+        client = aioredis.Redis.from_url(server.url, decode_responses=True)
+        app = build_app(server.url)
+        print(f"redis {server.version} ({server.strategy}); local backend, RedisStore")
+
+        # chain: created first, then measured from run to completion
+        steps = args.steps
+        wf = await app.chain(["noop"] + ["pass"] * (steps - 1))
+        await app.chain(["noop"])  # warm the script cache
+        _, used = await measure(
+            app, client, "chain step", steps, lambda: wf.aio_run({}, timeout=120)
+        )
+        print(f"    chain client commands: { {k: v for k, v in used.items() if k in CLIENT_ONLY} }")
+
+        per_item: dict[int, list[float]] = {}
+        for n in (args.small, args.large):
+            per_item[n] = []
+            for rep in range(args.repeat):
+                sw = await app.swarm(["noop"] * n, config=SwarmConfig(max_concurrency=100))
+                cost, used = await measure(
+                    app,
+                    client,
+                    f"swarm item (n={n}, run {rep + 1})",
+                    n,
+                    lambda sw=sw: sw.aio_run({}, timeout=600),
+                )
+                per_item[n].append(cost)
+            print(
+                f"    swarm client commands (last run): "
+                f"{ {k: v for k, v in used.items() if k in CLIENT_ONLY} }"
+            )
+        small = statistics.median(per_item[args.small])
+        large = statistics.median(per_item[args.large])
+        print(
+            f"per-item time ratio n={args.large} / n={args.small}: {large / small:.3f} "
+            f"(target <= 1.2; medians of {args.repeat} runs)"
+        )
+        await app.aclose()
+        await client.aclose()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--small", type=int, default=1000)
+    parser.add_argument("--large", type=int, default=20000)
+    parser.add_argument("--repeat", type=int, default=3)
+    asyncio.run(main(parser.parse_args()))

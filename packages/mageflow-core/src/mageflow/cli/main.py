@@ -1,0 +1,80 @@
+"""``mageflow`` commands: backends, demo, worker."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from mageflow.app import Mageflow
+from mageflow.errors import MageflowError
+
+console = Console()
+
+
+@click.group()
+@click.version_option(package_name="mageflow-core")
+def cli() -> None:
+    """MageFlow: task orchestration on the task manager you already use."""
+
+
+@cli.command()
+def backends() -> None:
+    """List installed backends with their versions."""
+    from mageflow.plugins.manager import backend_specs, distribution_version
+
+    table = Table("backend", "distribution", "version", "target")
+    for name, spec in sorted(backend_specs().items()):
+        table.add_row(name, spec.distribution or "?", distribution_version(spec), spec.target)
+    console.print(table)
+
+
+@cli.command()
+@click.option("--redis-url", default=None, help="Store in Redis instead of memory.")
+def demo(redis_url: str | None) -> None:
+    """Run a chain, a capped swarm, a failing task and a nested workflow, in-process."""
+    from mageflow.cli.demo import run_demo
+
+    asyncio.run(run_demo(console, redis_url))
+
+
+def load_app(target: str) -> Mageflow:
+    """Import ``module:attr`` and return the Mageflow instance it names."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise click.BadParameter(f"expected MODULE:ATTR, got {target!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}") from exc
+    app = getattr(module, attr, None)
+    if not isinstance(app, Mageflow):
+        raise click.BadParameter(f"{target!r} is not a Mageflow instance")
+    return app
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--concurrency", type=int, default=None, help="Tasks one worker runs at once.")
+def worker(target: str, concurrency: int | None) -> None:
+    """Serve the tasks of the Mageflow instance TARGET (``module:attr``)."""
+    app = load_app(target)
+    console.print(
+        f"[bold]mageflow worker[/] backend={app.backend.name} tasks={len(app.tasks)}",
+        highlight=False,
+    )
+    app.run_worker(concurrency=concurrency)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except MageflowError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
