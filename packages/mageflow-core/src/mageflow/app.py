@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -26,7 +27,7 @@ from mageflow.models.config import SwarmConfig
 from mageflow.models.signatures import NodeDef
 from mageflow.plugins.manager import backend_for_native, load_backend_class
 from mageflow.plugins.settings import MageflowSettings
-from mageflow.store.base import Publish, StateStore
+from mageflow.store.base import Publish, StateStore, split_key
 from mageflow.store.memory import MemoryStore
 from mageflow.store.redis import RedisStore
 
@@ -103,6 +104,7 @@ class Mageflow:
             cls = load_backend_class(backend or settings.backend)
             self.backend = cls.from_options(backend_options)
         self.tasks: dict[str, RegisteredTask] = {}
+        self._handles: dict[str, weakref.WeakSet[Signature]] = {}
         self._started = False
         if _default is None:
             _default = self
@@ -247,6 +249,19 @@ class Mageflow:
         """The signature, chain or swarm stored under ``key``."""
         d = await read_def(self, key)
         return handle_for(self, key, d.kind)
+
+    # -- handles ---------------------------------------------------------------------------
+    def track(self, handle: Signature) -> None:
+        """Remember a live handle so that moving its workflow can update its key."""
+        wf, _ = split_key(handle.key)
+        self._handles.setdefault(wf, weakref.WeakSet()).add(handle)
+
+    def rehome(self, old_wf: str, new_key: Callable[[str], str]) -> None:
+        """Point every live handle of ``old_wf`` at its new key (``new_key(old_sid)``)."""
+        for handle in list(self._handles.pop(old_wf, ())):
+            _, sid = split_key(handle.key)
+            handle.key = new_key(sid)
+            self.track(handle)
 
     # -- transport ------------------------------------------------------------------------
     async def ensure_started(self) -> None:

@@ -8,6 +8,7 @@ id and its old standalone workflow is deleted, so one workflow = one hash tag.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import time
@@ -146,4 +147,7 @@ class WorkflowBuilder:
         for sig, sid, lists in self.moved:
             old_wf, _ = split_key(sig.key)
             await self.mf.store.delete(old_wf, lists)
-            sig.key = f"{self.wf}.{sid}"
+            self.mf.rehome(old_wf, functools.partial(self._new_key, sid))
+
+    def _new_key(self, new_root: str, old_sid: str) -> str:
+        return f"{self.wf}.{_rename(old_sid, ROOT, new_root)}"

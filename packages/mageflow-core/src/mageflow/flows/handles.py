@@ -27,6 +27,7 @@ class Signature:
     def __init__(self, mf: Mageflow, key: str) -> None:
         self.mf = mf
         self.key = key
+        mf.track(self)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.key}>"
