@@ -1,0 +1,68 @@
+"""The CLI as a user runs it: real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def run(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mageflow", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_backends_lists_local_with_version() -> None:
+    out = run("backends")
+    assert out.returncode == 0, out.stderr
+    assert "local" in out.stdout
+    assert "mageflow-core" in out.stdout
+
+
+def test_demo_runs_every_part() -> None:
+    out = run("demo", env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    assert "chain" in out.stdout and "-> 45" in out.stdout
+    assert "peak concurrency 3 (cap 3)" in out.stdout
+    assert out.stdout.count("upload report.pdf: attempt failed") == 3
+    assert out.stdout.count("error callback: ConnectionError") == 1
+    assert "-> [15, 15, 15]" in out.stdout
+
+
+def test_worker_rejects_bad_target(tmp_path: Path) -> None:
+    out = run("worker", "nosuchmodule:mf", cwd=tmp_path)
+    assert out.returncode != 0
+    assert "cannot import 'nosuchmodule'" in out.stderr
+
+
+def test_local_worker_serves_until_interrupted(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(
+        "from mageflow import Mageflow\nmf = Mageflow(backend='local')\n"
+        "@mf.task('t')\nasync def t(m):\n    return 1\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mageflow", "worker", "app:mf"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        line = ""
+        while time.monotonic() < deadline and "mageflow worker" not in line:
+            line = proc.stdout.readline() if proc.stdout else ""
+        assert "backend=local tasks=1" in line
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
