@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+
 from mageflow import Mageflow
 from mageflow.backend.local import LocalBackend
 from mageflow.flows import faults

@@ -66,3 +66,28 @@ def test_local_worker_serves_until_interrupted(tmp_path: Path) -> None:
         assert proc.wait(timeout=10) == 0
     finally:
         proc.kill()
+
+
+def test_broken_plugin_is_reported_and_others_still_work(tmp_path: Path) -> None:
+    # a real installed distribution (dist-info on sys.path) whose entry point cannot import
+    dist = tmp_path / "broken_adapter-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-adapter\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[mageflow]\nbroken = no_such_module_xyz.plugin\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "COLUMNS": "200"}
+    out = run("backends", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "broken" in out.stdout and "failed to load" in out.stdout
+    assert "local" in out.stdout
+    code = (
+        "from mageflow import Mageflow\n"
+        "from mageflow.errors import ConfigurationError\n"
+        "Mageflow(backend='local')\n"
+        "try:\n    Mageflow(backend='broken')\n"
+        "except ConfigurationError as e:\n    print('refused:', e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "refused: backend 'broken' is installed but its plugin failed to load" in out.stdout

@@ -26,11 +26,13 @@ def cli() -> None:
 @cli.command()
 def backends() -> None:
     """List installed backends with their versions."""
-    from mageflow.plugins.manager import backend_specs, distribution_version
+    from mageflow.plugins.manager import backend_specs, broken_plugins, distribution_version
 
     table = Table("backend", "distribution", "version", "target")
     for name, spec in sorted(backend_specs().items()):
         table.add_row(name, spec.distribution or "?", distribution_version(spec), spec.target)
+    for name, error in sorted(broken_plugins.items()):
+        table.add_row(name, "?", "?", f"[red]failed to load: {error}[/]")
     console.print(table)
 
 

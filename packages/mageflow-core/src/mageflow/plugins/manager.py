@@ -21,18 +21,25 @@ from mageflow.plugins.hookspecs import PROJECT, BackendHooks, BackendSpec
 log = logging.getLogger("mageflow.plugins")
 
 
+broken_plugins: dict[str, str] = {}
+"""Entry points that failed to import, with the error: one broken adapter must not take
+the others (or the core) down with it; ``mageflow backends`` shows them."""
+
+
 @lru_cache(maxsize=1)
 def plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(BackendHooks)
     allowed = os.environ.get("MAGEFLOW_PLUGINS")
-    if allowed:
-        wanted = {name.strip() for name in allowed.split(",") if name.strip()}
-        for ep in metadata.entry_points(group=PROJECT):
-            if ep.name in wanted and pm.get_plugin(ep.name) is None:
-                pm.register(ep.load(), name=ep.name)
-    else:
-        pm.load_setuptools_entrypoints(PROJECT)
+    wanted = {n.strip() for n in allowed.split(",") if n.strip()} if allowed else None
+    for ep in metadata.entry_points(group=PROJECT):
+        if (wanted is not None and ep.name not in wanted) or pm.get_plugin(ep.name):
+            continue
+        try:
+            pm.register(ep.load(), name=ep.name)
+        except Exception as exc:
+            broken_plugins[ep.name] = f"{type(exc).__name__}: {exc}"
+            log.warning("mageflow plugin %r (%s) failed to load: %s", ep.name, ep.value, exc)
     if os.environ.get("MAGEFLOW_TRACE_PLUGINS"):
         pm.trace.root.setwriter(lambda msg: log.info("%s", msg.rstrip()))
         pm.enable_tracing()
@@ -49,6 +56,11 @@ def backend_specs() -> dict[str, BackendSpec]:
 def load_backend_class(name: str) -> type[TaskBackend]:
     specs = backend_specs()
     spec = specs.get(name)
+    if spec is None and name in broken_plugins:
+        raise ConfigurationError(
+            f"backend {name!r} is installed but its plugin failed to load: "
+            f"{broken_plugins[name]}"
+        )
     if spec is None:
         raise UnknownBackendError(name, specs)
     module_name, _, attr = spec.target.partition(":")
