@@ -67,11 +67,15 @@ def load_app(target: str) -> Mageflow:
 def worker(target: str, concurrency: int | None) -> None:
     """Serve the tasks of the Mageflow instance TARGET (``module:attr``)."""
     app = load_app(target)
-    console.print(
-        f"[bold]mageflow worker[/] backend={app.backend.name} tasks={len(app.tasks)}",
-        highlight=False,
-    )
-    app.run_worker(concurrency=concurrency)
+    try:
+        console.print(
+            f"[bold]mageflow worker[/] backend={app.backend.name} tasks={len(app.tasks)}",
+            highlight=False,
+        )
+        app.run_worker(concurrency=concurrency)
+    except KeyboardInterrupt:
+        pass
+    console.print("mageflow worker stopped")
 
 
 def main() -> None:
