@@ -58,8 +58,7 @@ def load_backend_class(name: str) -> type[TaskBackend]:
     spec = specs.get(name)
     if spec is None and name in broken_plugins:
         raise ConfigurationError(
-            f"backend {name!r} is installed but its plugin failed to load: "
-            f"{broken_plugins[name]}"
+            f"backend {name!r} is installed but its plugin failed to load: {broken_plugins[name]}"
         )
     if spec is None:
         raise UnknownBackendError(name, specs)

@@ -423,6 +423,28 @@ class BackendContract:
         assert len(await harness.probe.events(ns, "block-start")) == (2 if can_cancel else 1)
         assert len(await self.events(harness, ns, "echo", 1)) == 1
 
+    async def test_cancel_stops_for_good(self, harness: ContractHarness) -> None:
+        ns = _ns()
+        app = harness.app
+        on_ok = await app.sign("contract.collect", ns=ns, tag="ok")
+        wf = await app.chain(
+            [await app.sign("contract.block", id="b"), await app.sign("contract.echo", ns=ns)],
+            success=on_ok,
+        )
+        await wf.aio_run_no_wait({"ns": ns})
+        await self._started(harness, ns)
+        await wf.cancel()
+        assert await wf.get_status() is SignatureStatus.CANCELED
+        await harness.probe.set_flag(ns, "release")
+        with pytest.raises(TaskFailedError) as info:
+            await wf.wait(timeout=harness.timeout)
+        assert info.value.error_type == "Canceled"
+        await asyncio.sleep(harness.settle)
+        assert await harness.probe.events(ns, "echo") == []
+        assert await harness.probe.events(ns, "ok") == []
+        with pytest.raises(WorkflowFinishedError):
+            await wf.resume()
+
     async def test_resume_finished_workflow_raises(self, harness: ContractHarness) -> None:
         sig = await harness.app.sign("contract.echo")
         await sig.aio_run({"ns": _ns()}, timeout=harness.timeout)
