@@ -1,0 +1,1 @@
+"""MageFlow's taskiq backend: :class:`mageflow_taskiq.backend.TaskiqBackend`."""

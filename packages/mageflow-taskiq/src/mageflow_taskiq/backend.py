@@ -1,0 +1,334 @@
+"""MageFlow transport over taskiq.
+
+Every MageFlow task becomes a taskiq task of the configured broker, named after the
+MageFlow task. A message carries two keyword arguments, ``payload`` (the JSON payload)
+and ``headers`` (string headers, among them :data:`mageflow.backend.base.HEADER_KEY`),
+serialised by the broker's serializer, which must not be pickle.
+
+Retries use taskiq's retry middleware (:class:`~taskiq.SimpleRetryMiddleware` is added
+to the broker when neither it nor :class:`~taskiq.SmartRetryMiddleware` is present). The
+task function sets the ``retry_on_error`` and ``max_retries`` labels of the running
+message from the worker's :class:`TaskDefinition`, and reads the middleware's
+``_retries`` label for the attempt number. The retry middleware re-sends with the same
+taskiq ``task_id``, which is therefore the run id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import signal
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from taskiq import (
+    AsyncBroker,
+    Context,
+    InMemoryBroker,
+    SimpleRetryMiddleware,
+    SmartRetryMiddleware,
+    TaskiqDepends,
+    TaskiqEvents,
+    TaskiqState,
+)
+from taskiq.kicker import AsyncKicker
+from taskiq.receiver import Receiver
+from taskiq.serializers import PickleSerializer
+
+from mageflow.backend.base import (
+    Capabilities,
+    OutgoingTask,
+    RunContext,
+    TaskBackend,
+    TaskDefinition,
+    TaskHandler,
+)
+from mageflow.errors import ConfigurationError, NonRetryableError
+from mageflow_taskiq.streams import ReclaimingStreamBroker, build_stream_broker, cancel_and_wait
+
+logger = logging.getLogger(__name__)
+
+ENV_BROKER = "MAGEFLOW_TASKIQ_BROKER"
+ENV_URL = "MAGEFLOW_TASKIQ_URL"
+ENV_QUEUE = "MAGEFLOW_TASKIQ_QUEUE"
+ENV_IDLE_TIMEOUT = "MAGEFLOW_TASKIQ_IDLE_TIMEOUT"
+DEFAULT_QUEUE = "mageflow"
+DEFAULT_IDLE_TIMEOUT = 60.0
+"""Seconds after which the messages of a worker that stopped renewing its claims (it died,
+or its event loop was blocked for 2/3 of this) are handed to another worker."""
+
+_OPTIONS = ("broker", "broker_url", "queue_name", "idle_timeout")
+_RETRIES = "_retries"  # written by taskiq's retry middlewares: retries done so far
+_MAX_RETRIES = "max_retries"  # read by them: total attempts allowed
+_RETRY_ON_ERROR = "retry_on_error"
+_PUBLISH_CONCURRENCY = 16
+_HOW_TO_CONFIGURE = (
+    "pass broker=<taskiq broker or 'module:attr'> or broker_url='redis://...', "
+    f"or set {ENV_BROKER}=module:attr or {ENV_URL}=redis://host:6379/0"
+)
+
+
+def _import_broker(spec: str) -> Any:
+    from taskiq.cli.utils import import_object
+
+    try:
+        obj = import_object(spec)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"cannot import the taskiq broker {spec!r} (expected 'module:attribute', "
+            f"as for `taskiq worker`): {exc}"
+        ) from exc
+    return obj() if inspect.isfunction(obj) else obj  # a factory, as `taskiq worker` allows
+
+
+def _float_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number of seconds, got {raw!r}") from None
+
+
+def _task_function(definition: TaskDefinition) -> Any:
+    """The taskiq task behind ``definition``: builds the RunContext, runs the handler."""
+    handler: TaskHandler = definition.handler
+    max_attempts = definition.retries + 1
+
+    async def run(
+        payload: Any = None,
+        headers: dict[str, str] | None = None,
+        context: Context = TaskiqDepends(),  # noqa: B008 (taskiq injects it)
+    ) -> Any:
+        message = context.message
+        labels = message.labels
+        attempt = int(labels.get(_RETRIES, 0)) + 1
+        # The retry middleware reads these labels of this very message in on_error, so
+        # the worker's registration, not the publisher, decides how often to retry.
+        labels[_MAX_RETRIES] = max_attempts
+        labels[_RETRY_ON_ERROR] = definition.retries > 0
+        ctx = RunContext(
+            task_name=definition.name,
+            run_id=message.task_id,
+            attempt=attempt,
+            is_final_attempt=attempt >= max_attempts,
+            headers=dict(headers or {}),
+        )
+        try:
+            if definition.timeout is None:
+                return await handler(payload, ctx)
+            return await asyncio.wait_for(handler(payload, ctx), definition.timeout)
+        except NonRetryableError:
+            labels[_RETRY_ON_ERROR] = False
+            raise
+
+    run.__qualname__ = run.__name__ = definition.name
+    return run
+
+
+class ShutdownSafeReceiver(Receiver):
+    """taskiq's Receiver, except that on shutdown it cancels the pending broker read until
+    that read really stops. On Python < 3.12 ``asyncio.wait_for``, which redis-py uses to
+    send a command, can swallow a cancellation; the worker then never exits. ``run_worker``
+    uses it; for the CLI add ``--receiver mageflow_taskiq.backend:ShutdownSafeReceiver``.
+    """
+
+    async def _close_prefetch_state(self, state: Any) -> Any:
+        if state.current_message is not None:
+            await cancel_and_wait(state.current_message)
+        return await super()._close_prefetch_state(state)
+
+
+def _signals_wake_loop(broker: AsyncBroker) -> None:
+    """Make taskiq's worker react to SIGINT/SIGTERM at once.
+
+    ``taskiq worker`` installs its handlers with ``signal.signal``, which does not wake the
+    event loop: the shutdown only starts when the broker's blocking read returns, right
+    where a swallowed cancellation (see :class:`ShutdownSafeReceiver`) leaves a
+    RedisStreamBroker worker running forever. Routing the same handlers through
+    ``loop.add_signal_handler`` runs them at once, while the read is still waiting.
+    """
+
+    def on_startup(_state: TaskiqState) -> None:
+        if not broker.is_worker_process or threading.current_thread() != threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(sig)
+            if callable(handler):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(sig, handler, sig, None)
+
+    broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, on_startup)
+
+
+class TaskiqBackend(TaskBackend):
+    """Runs MageFlow tasks as taskiq tasks of one broker."""
+
+    name = "taskiq"
+    capabilities = Capabilities(
+        cancel_running=False,  # taskiq 0.13 has no API to stop a running task
+        priorities=False,  # a ``priority`` label is sent; only some brokers (aio-pika) use it
+        delayed_start=False,  # taskiq delays only through its separate scheduler process
+        remote_workers=True,
+    )
+
+    def __init__(self, broker: AsyncBroker, *, import_path: str | None = None) -> None:
+        if not isinstance(broker, AsyncBroker):
+            raise ConfigurationError(
+                f"broker= must be a taskiq broker (AsyncBroker), got {type(broker).__name__}"
+            )
+        if isinstance(broker.serializer, PickleSerializer):
+            raise ConfigurationError(
+                "MageFlow payloads are JSON; give the taskiq broker a JSON serializer "
+                "instead of PickleSerializer (taskiq's default JSONSerializer works)"
+            )
+        if not any(
+            isinstance(m, (SimpleRetryMiddleware, SmartRetryMiddleware)) for m in broker.middlewares
+        ):
+            # default_retry_label=False: tasks that are not MageFlow's are left alone.
+            broker.add_middlewares(SimpleRetryMiddleware(default_retry_label=False))
+        _signals_wake_loop(broker)
+        self.broker = broker
+        self.import_path = import_path
+        self._started = False
+        self._start_lock = asyncio.Lock()
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> TaskiqBackend:
+        unknown = sorted(set(options) - set(_OPTIONS))
+        if unknown:
+            raise ConfigurationError(
+                f"unknown option(s) for the taskiq backend: {', '.join(unknown)}; "
+                f"accepted: {', '.join(o + '=' for o in _OPTIONS)}"
+            )
+        broker = options.get("broker")
+        url = options.get("broker_url")
+        if broker is not None and url is not None:
+            raise ConfigurationError("give the taskiq backend broker= or broker_url=, not both")
+        if broker is None and url is None:
+            broker = os.environ.get(ENV_BROKER) or None
+            url = None if broker else os.environ.get(ENV_URL) or None
+        if broker is None and url is None:
+            raise ConfigurationError(f"the taskiq backend has no broker: {_HOW_TO_CONFIGURE}")
+        if url is not None:
+            queue = options.get("queue_name") or os.environ.get(ENV_QUEUE) or DEFAULT_QUEUE
+            idle = options.get("idle_timeout")
+            idle = _float_env(ENV_IDLE_TIMEOUT, DEFAULT_IDLE_TIMEOUT) if idle is None else idle
+            return cls._for(
+                build_stream_broker(str(url), queue_name=queue, idle_timeout=float(idle))
+            )
+        if "queue_name" in options or "idle_timeout" in options:
+            raise ConfigurationError(
+                "queue_name= and idle_timeout= apply only with broker_url=; "
+                "set them on your own broker instead"
+            )
+        if isinstance(broker, str):
+            return cls._for(_import_broker(broker), import_path=broker)
+        return cls._for(broker)
+
+    @classmethod
+    def _for(cls, broker: Any, import_path: str | None = None) -> TaskiqBackend:
+        if cls is TaskiqBackend and isinstance(broker, InMemoryBroker):
+            return _InMemoryTaskiqBackend(broker, import_path=import_path)
+        return cls(broker, import_path=import_path)
+
+    @classmethod
+    def claims(cls, native: object) -> bool:
+        return isinstance(native, AsyncBroker)
+
+    def register(self, definition: TaskDefinition) -> None:
+        idle_ms = getattr(self.broker, "idle_timeout", None)
+        if (
+            isinstance(idle_ms, int)
+            and not isinstance(self.broker, ReclaimingStreamBroker)
+            and (definition.timeout or 0) * 1000 >= idle_ms
+        ):
+            logger.warning(
+                "task %r may run %ss, longer than the broker's idle_timeout (%ss): a run "
+                "still going then is delivered to a second worker (use broker_url=)",
+                definition.name,
+                definition.timeout,
+                idle_ms / 1000,
+            )
+        self.broker.register_task(_task_function(definition), task_name=definition.name)
+
+    async def publish(self, task: OutgoingTask) -> str:
+        await self.startup()
+        labels: dict[str, Any] = {}
+        if task.priority is not None:
+            labels["priority"] = task.priority
+        kicker: AsyncKicker[Any, Any] = AsyncKicker(task.task_name, self.broker, labels)
+        sent = await kicker.kiq(payload=task.payload, headers=dict(task.headers))
+        return sent.task_id
+
+    async def publish_many(self, tasks: Sequence[OutgoingTask]) -> list[str]:
+        await self.startup()
+        limit = asyncio.Semaphore(_PUBLISH_CONCURRENCY)
+
+        async def one(task: OutgoingTask) -> str:
+            async with limit:
+                return await self.publish(task)
+
+        return list(await asyncio.gather(*(one(task) for task in tasks)))
+
+    async def startup(self) -> None:
+        # In a worker the receiver owns the broker's lifecycle.
+        if self._started or self.broker.is_worker_process:
+            return
+        async with self._start_lock:
+            if not self._started:
+                # For RedisStreamBroker this also creates the consumer group, without
+                # which messages sent before the first worker starts would be skipped.
+                await self.broker.startup()
+                self._started = True
+
+    async def shutdown(self) -> None:
+        if self._started:
+            self._started = False
+            await self.broker.shutdown()
+
+    def run_worker(self, *, concurrency: int | None = None) -> None:
+        """Serve in this process, like ``taskiq worker module:broker --workers 1``;
+        ``concurrency`` is taskiq's ``--max-async-tasks``. SIGINT/SIGTERM stop it after
+        the running tasks finish. For several processes run ``taskiq worker -w N``."""
+        if isinstance(self.broker, InMemoryBroker):
+            raise ConfigurationError(
+                "InMemoryBroker runs tasks inside the publishing process; it has no "
+                f"workers. Use a Redis broker ({ENV_URL}) to run workers"
+            )
+        from taskiq.cli.worker.args import WorkerArgs
+        from taskiq.cli.worker.run import start_listen
+
+        args = WorkerArgs(
+            broker=self.broker,  # type: ignore[arg-type]  # start_listen accepts an instance
+            modules=[],
+            workers=1,
+            max_async_tasks=concurrency or WorkerArgs.max_async_tasks,
+            receiver=f"{__name__}:{ShutdownSafeReceiver.__name__}",
+        )
+        logging.basicConfig(level=args.log_level, format=args.log_format)
+        logging.getLogger("taskiq").setLevel(args.log_level)
+        start_listen(args)
+
+    def describe(self) -> Mapping[str, str]:
+        info = {"broker": type(self.broker).__name__}
+        if self.import_path:
+            info["import_path"] = self.import_path
+        queue, idle_ms = (getattr(self.broker, a, None) for a in ("queue_name", "idle_timeout"))
+        if isinstance(queue, str):
+            info["queue_name"] = queue
+        if isinstance(idle_ms, int):
+            info["idle_timeout"] = f"{idle_ms / 1000:g}s"
+        return info
+
+
+class _InMemoryTaskiqBackend(TaskiqBackend):
+    """A TaskiqBackend over InMemoryBroker: tasks run in the publisher's process."""
+
+    capabilities = Capabilities(remote_workers=False)

@@ -1,0 +1,196 @@
+"""TaskiqBackend configuration, and the adapter run in-process on taskiq's InMemoryBroker."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from taskiq import InMemoryBroker, SimpleRetryMiddleware, SmartRetryMiddleware
+from taskiq.serializers import PickleSerializer
+from taskiq_redis import ListQueueBroker
+
+from mageflow.backend.base import HEADER_KEY, OutgoingTask, RunContext, TaskDefinition
+from mageflow.errors import ConfigurationError, NonRetryableError
+from mageflow.plugins.hookspecs import BackendSpec
+from mageflow_taskiq.backend import (
+    ENV_BROKER,
+    ENV_IDLE_TIMEOUT,
+    ENV_QUEUE,
+    ENV_URL,
+    TaskiqBackend,
+)
+from mageflow_taskiq.streams import ReclaimingStreamBroker
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (ENV_BROKER, ENV_URL, ENV_QUEUE, ENV_IDLE_TIMEOUT):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def app_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    name = f"fake_taskiq_app_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(
+        textwrap.dedent(
+            """
+            from taskiq import InMemoryBroker
+            broker = InMemoryBroker()
+            def make_broker():
+                return InMemoryBroker()
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+def test_nothing_configured_says_what_to_set() -> None:
+    with pytest.raises(ConfigurationError, match=f"{ENV_BROKER}.*{ENV_URL}"):
+        TaskiqBackend.from_options({})
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"brokr": InMemoryBroker()}, "unknown option.*brokr.*accepted: broker="),
+        ({"broker": InMemoryBroker(), "broker_url": "redis://x"}, "not both"),
+        ({"broker": InMemoryBroker(), "queue_name": "q"}, "only with broker_url"),
+        ({"broker": object()}, "must be a taskiq broker"),
+        ({"broker": "no_colon"}, "module:attribute"),
+        ({"broker": "no_such_module_xyz:broker"}, "cannot import"),
+    ],
+)
+def test_bad_options_raise_configuration_error(options: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        TaskiqBackend.from_options(options)
+
+
+def test_pickle_is_refused() -> None:
+    broker = InMemoryBroker().with_serializer(PickleSerializer())
+    with pytest.raises(ConfigurationError, match="JSON"):
+        TaskiqBackend.from_options({"broker": broker})
+
+
+def test_broker_from_url_option_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = TaskiqBackend.from_options({"broker_url": "redis://localhost:1/0"})
+    assert isinstance(backend.broker, ReclaimingStreamBroker)
+    assert (backend.broker.queue_name, backend.broker.idle_timeout) == ("mageflow", 60_000)
+    assert backend.capabilities.remote_workers
+    assert not backend.capabilities.cancel_running
+    assert not backend.capabilities.delayed_start
+
+    monkeypatch.setenv(ENV_URL, "redis://localhost:1/0")
+    monkeypatch.setenv(ENV_QUEUE, "jobs")
+    monkeypatch.setenv(ENV_IDLE_TIMEOUT, "2.5")
+    backend = TaskiqBackend.from_options({})
+    assert (backend.broker.queue_name, backend.broker.idle_timeout) == ("jobs", 2500)
+    assert backend.describe()["queue_name"] == "jobs"
+
+    monkeypatch.setenv(ENV_IDLE_TIMEOUT, "soon")
+    with pytest.raises(ConfigurationError, match=ENV_IDLE_TIMEOUT):
+        TaskiqBackend.from_options({})
+
+
+def test_broker_from_import_string(app_module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = TaskiqBackend.from_options({"broker": f"{app_module}:broker"})
+    assert backend.broker is sys.modules[app_module].broker
+    assert backend.describe()["import_path"] == f"{app_module}:broker"
+
+    monkeypatch.setenv(ENV_BROKER, f"{app_module}:make_broker")  # a factory, as taskiq allows
+    monkeypatch.setenv(ENV_URL, "redis://ignored")  # the broker variable wins
+    assert isinstance(TaskiqBackend.from_options({}).broker, InMemoryBroker)
+
+
+def test_claims_taskiq_brokers_only() -> None:
+    assert TaskiqBackend.claims(InMemoryBroker())
+    assert TaskiqBackend.claims(ListQueueBroker("redis://localhost:1"))
+    assert not TaskiqBackend.claims(object())
+
+
+def test_retry_middleware_is_added_once_and_only_when_missing() -> None:
+    broker = InMemoryBroker()
+    TaskiqBackend(broker)
+    TaskiqBackend(broker)
+    assert sum(isinstance(m, SimpleRetryMiddleware) for m in broker.middlewares) == 1
+
+    smart = InMemoryBroker().with_middlewares(SmartRetryMiddleware(default_delay=0))
+    TaskiqBackend(smart)
+    assert len(smart.middlewares) == 1
+
+
+def test_in_memory_broker_runs_no_workers() -> None:
+    backend = TaskiqBackend.from_options({"broker": InMemoryBroker()})
+    assert not backend.capabilities.remote_workers
+    with pytest.raises(ConfigurationError, match="no workers"):
+        backend.run_worker()
+
+
+async def test_in_memory_round_trip_with_retries() -> None:
+    seen: list[tuple[Any, RunContext]] = []
+
+    async def handler(payload: Any, ctx: RunContext) -> Any:
+        seen.append((payload, ctx))
+        if payload == "fatal":
+            raise NonRetryableError("no")
+        if payload == "flaky" and not ctx.is_final_attempt:
+            raise RuntimeError("again")
+        if payload == "hang":
+            await asyncio.sleep(5)
+        return payload
+
+    backend = TaskiqBackend.from_options({"broker": InMemoryBroker()})
+    backend.register(TaskDefinition(name="t.h", handler=handler, retries=2, timeout=0.2))
+    await backend.startup()
+    ids = await backend.publish_many(
+        [OutgoingTask("t.h", p, {HEADER_KEY: p}) for p in ("ok", "flaky", "fatal", "hang")]
+    )
+    for _ in range(40):
+        await backend.broker.wait_all()
+        await asyncio.sleep(0.05)
+    await backend.shutdown()
+
+    by_payload: dict[str, list[RunContext]] = {}
+    for payload, ctx in seen:
+        by_payload.setdefault(payload, []).append(ctx)
+    attempts = {p: [(c.attempt, c.is_final_attempt) for c in cs] for p, cs in by_payload.items()}
+    assert attempts == {
+        "ok": [(1, False)],
+        "flaky": [(1, False), (2, False), (3, True)],
+        "fatal": [(1, False)],
+        "hang": [(1, False), (2, False), (3, True)],  # the timeout fails each attempt
+    }
+    for run_id, payload in zip(ids, ("ok", "flaky", "fatal", "hang"), strict=True):
+        assert {c.run_id for c in by_payload[payload]} == {run_id}
+        assert {c.headers[HEADER_KEY] for c in by_payload[payload]} == {payload}
+
+
+def test_plugin_registers_the_backend_without_importing_taskiq() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        from mageflow_taskiq import plugin
+        specs = []
+        plugin.register_backends(register=specs.append)
+        print(repr(specs[0]))
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("taskiq", "taskiq_redis")))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        env={"PYTHONPATH": ":".join(p for p in sys.path if p)},
+    ).stdout.splitlines()  # fmt: skip
+    assert out[0] == repr(
+        BackendSpec(
+            name="taskiq",
+            target="mageflow_taskiq.backend:TaskiqBackend",
+            native_modules=("taskiq", "taskiq_redis"),
+            distribution="mageflow-taskiq",
+        )
+    )
+    assert out[1] == "[]"
