@@ -43,7 +43,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on every package's src/."""
-    session.install(*PACKAGES, "mypy>=1.11")
+    session.install(*PACKAGES, "mypy>=1.11", "pytest>=8", "pytest-asyncio>=0.24")
     session.run("mypy")
 
 

@@ -75,7 +75,12 @@ def test_redis_url_positional_and_unknown_backend_option() -> None:
         Mageflow(object())
 
 
-async def test_module_level_functions_use_default_instance() -> None:
+async def test_module_level_functions_use_default_instance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the default instance is the first one created in the process; start from none
+    monkeypatch.setattr(mageflow.app, "_default", None)
+    monkeypatch.delenv("MAGEFLOW_REDIS_URL", raising=False)
     default = mageflow.app.default_instance()
 
     @mageflow.register_task("api-default-task")

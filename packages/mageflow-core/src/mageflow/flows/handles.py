@@ -6,8 +6,10 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from mageflow.errors import TaskFailedError, WaitTimeoutError
+from mageflow.flows import observe
 from mageflow.flows.build import ROOT, TaskLike, WorkflowBuilder, new_item_id
 from mageflow.flows.messages import message_json
+from mageflow.models.events import WorkflowEvent
 from mageflow.models.signatures import NodeDef, SignatureState
 from mageflow.models.status import SignatureStatus
 from mageflow.store.base import split_key
@@ -48,8 +50,9 @@ class Signature:
 
     async def _run(self, message: Any, watch: bool) -> None:
         raw = message_json(message)
-        publishes = await self.mf.store.run(self.key, raw, watch=watch)
-        await self.mf.publish(publishes)
+        transition = await self.mf.store.run(self.key, raw, watch=watch)
+        await self.mf.publish(transition.publishes)
+        observe.store_events(transition.events)
 
     async def wait(self, timeout: float | None = None) -> Any:
         """Wait (pushed, not polled) until finished; return the result or raise."""
@@ -83,6 +86,17 @@ class Signature:
     async def suspend(self) -> None:
         """Stop what has not started; running tasks finish, what follows them waits."""
         await self.mf.store.suspend(self.key, interrupt=False, can_cancel=False)
+        self._lifecycle("mageflow_workflow_suspended", "suspended")
+
+    def _lifecycle(self, hook: str, status: str) -> None:
+        event = WorkflowEvent(
+            name=hook.removeprefix("mageflow_"),
+            key=self.key,
+            workflow=observe.root_of(self.key),
+            kind=self.kind,
+            status=status,
+        )
+        observe.emit(hook, event)
 
     async def interrupt(self) -> None:
         """Suspend and also cancel running tasks where the backend can; those run again
@@ -91,11 +105,15 @@ class Signature:
         run_ids = await self.mf.store.suspend(self.key, interrupt=True, can_cancel=can_cancel)
         if run_ids:
             await self.mf.backend.cancel(run_ids)
+        self._lifecycle("mageflow_workflow_suspended", "interrupted")
 
     async def resume(self) -> None:
         """Continue where it stopped; nothing runs twice. Raises
         :class:`WorkflowFinishedError` on a finished workflow."""
-        await self.mf.publish(await self.mf.store.resume(self.key))
+        transition = await self.mf.store.resume(self.key)
+        await self.mf.publish(transition.publishes)
+        self._lifecycle("mageflow_workflow_resumed", "active")
+        observe.store_events(transition.events)
 
     async def cancel(self) -> None:
         """Stop a whole workflow for good: nothing more starts, no callback fires."""
@@ -135,7 +153,9 @@ class SwarmSignature(Signature):
 
     async def close_swarm(self) -> None:
         """No more items; the swarm completes once every item has finished."""
-        await self.mf.publish(await self.mf.store.close_swarm(self.key))
+        transition = await self.mf.store.close_swarm(self.key)
+        await self.mf.publish(transition.publishes)
+        observe.store_events(transition.events)
 
     async def is_swarm_closed(self) -> bool:
         wf, sid = self._wf_sid

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from mageflow.backend.base import HEADER_KEY, JSON, RunContext
 from mageflow.errors import InvalidTaskInputError, NonRetryableError, PayloadNotSerializableError
-from mageflow.flows import faults
+from mageflow.flows import faults, observe
 from mageflow.flows.messages import build_input, error_json, to_json
 from mageflow.models.return_value import return_value_field
 
@@ -81,32 +81,68 @@ async def run_task(mf: Mageflow, task: RegisteredTask, payload: JSON, ctx: RunCo
         log.info("delivery of %s (%s) skipped: %s", key, task.name, outcome.action)
         return None
     data = build_input(payload, outcome.kwargs, task.return_field)
+    observe.task_event(
+        "mageflow_task_started", key, task.name, attempt=ctx.attempt, run_id=ctx.run_id
+    )
     try:
         result_json = _result_json(task, await task.call(data))
     except (InvalidTaskInputError, PayloadNotSerializableError, NonRetryableError) as exc:
-        await _fail(mf, task, key, exc, data)
+        await _fail(mf, task, key, exc, data, ctx)
         raise NonRetryableError(str(exc)) from exc
     except Exception as exc:
         if not ctx.is_final_attempt:
             log.warning(
                 "%s (%s) attempt %d failed: %r; will retry", key, task.name, ctx.attempt, exc
             )
+            observe.task_event(
+                "mageflow_task_retried",
+                key,
+                task.name,
+                attempt=ctx.attempt,
+                run_id=ctx.run_id,
+                error=json.loads(error_json(exc)),
+            )
             raise
-        await _fail(mf, task, key, exc, data)
+        await _fail(mf, task, key, exc, data, ctx)
         raise
-    publishes = await store.finish(key, True, result_json)
+    transition = await store.finish(key, True, result_json)
     faults.check(faults.AFTER_FINISH, task.name, hard=mf.backend.capabilities.remote_workers)
-    await mf.publish(publishes)
+    await mf.publish(transition.publishes)
+    observe.task_event(
+        "mageflow_task_succeeded",
+        key,
+        task.name,
+        attempt=ctx.attempt,
+        run_id=ctx.run_id,
+        status="done",
+    )
+    observe.store_events(transition.events)
     return json.loads(result_json)
 
 
 async def _fail(
-    mf: Mageflow, task: RegisteredTask, key: str, exc: BaseException, data: dict[str, Any]
+    mf: Mageflow,
+    task: RegisteredTask,
+    key: str,
+    exc: BaseException,
+    data: dict[str, Any],
+    ctx: RunContext,
 ) -> None:
     try:
         original = to_json(data, "input")
     except PayloadNotSerializableError:
         original = "{}"
-    publishes = await mf.store.finish(key, False, error_json(exc), original)
+    error = error_json(exc)
+    transition = await mf.store.finish(key, False, error, original)
     faults.check(faults.AFTER_FINISH, task.name, hard=mf.backend.capabilities.remote_workers)
-    await mf.publish(publishes)
+    await mf.publish(transition.publishes)
+    observe.task_event(
+        "mageflow_task_failed",
+        key,
+        task.name,
+        attempt=ctx.attempt,
+        run_id=ctx.run_id,
+        status="failed",
+        error=json.loads(error),
+    )
+    observe.store_events(transition.events)

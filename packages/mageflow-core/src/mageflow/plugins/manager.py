@@ -16,7 +16,7 @@ import pluggy
 
 from mageflow.backend.base import TaskBackend
 from mageflow.errors import ConfigurationError, UnknownBackendError
-from mageflow.plugins.hookspecs import PROJECT, BackendHooks, BackendSpec
+from mageflow.plugins.hookspecs import PROJECT, BackendHooks, BackendSpec, ObserverHooks
 
 log = logging.getLogger("mageflow.plugins")
 
@@ -30,6 +30,7 @@ the others (or the core) down with it; ``mageflow backends`` shows them."""
 def plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(BackendHooks)
+    pm.add_hookspecs(ObserverHooks)
     allowed = os.environ.get("MAGEFLOW_PLUGINS")
     wanted = {n.strip() for n in allowed.split(",") if n.strip()} if allowed else None
     for ep in metadata.entry_points(group=PROJECT):
@@ -88,3 +89,12 @@ def distribution_version(spec: BackendSpec) -> str:
         return metadata.version(spec.distribution)
     except metadata.PackageNotFoundError:
         return "?"
+
+
+def register_observer(plugin: object, name: str | None = None) -> None:
+    """Register an object implementing observer hooks (``@hookimpl`` methods)."""
+    plugin_manager().register(plugin, name=name)
+
+
+def unregister_observer(plugin: object) -> None:
+    plugin_manager().unregister(plugin)

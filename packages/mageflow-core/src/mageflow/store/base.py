@@ -34,6 +34,47 @@ class Publish:
 
 
 @dataclass(frozen=True)
+class StoreEvent:
+    """Something a transition did besides the task's own change, for observers:
+    ``done`` / ``failed`` (``key`` settled; ``detail`` = its kind), ``advanced`` (chain
+    ``key`` started step ``detail``), ``item`` (swarm ``key``: item ``detail`` finished,
+    ``ok``)."""
+
+    name: str
+    key: str
+    detail: str
+    ok: bool = True
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The result of a transition: what to publish, and what happened."""
+
+    publishes: list[Publish] = field(default_factory=list)
+    events: list[StoreEvent] = field(default_factory=list)
+
+
+def _decode_events(wf: str, raw: str) -> list[StoreEvent]:
+    out: list[StoreEvent] = []
+    for entry in json.loads(raw):
+        name, sid = entry[0], entry[1]
+        if name == "item":
+            out.append(
+                StoreEvent("item", join_key(wf, sid), join_key(wf, entry[2]), entry[3] == "done")
+            )
+        elif name == "advanced":
+            out.append(StoreEvent("advanced", join_key(wf, sid), join_key(wf, entry[2])))
+        else:
+            out.append(StoreEvent(name, join_key(wf, sid), entry[2], name == "done"))
+    return out
+
+
+def _transition(wf: str, reply: Sequence[str]) -> Transition:
+    events = _decode_events(wf, reply[2]) if len(reply) > 2 else []
+    return Transition(decode_publishes(wf, reply[1]), events)
+
+
+@dataclass(frozen=True)
 class StartOutcome:
     """What a delivery should do: ``run`` the user code, ``redo`` (re-issue ``owed``
     publishes of an already finished run), or nothing (``dup``, ``held``, ``dropped``,
@@ -149,21 +190,21 @@ class StateStore(abc.ABC):
 
     async def finish(
         self, key: str, ok: bool, value: str, original_input: str = "{}"
-    ) -> list[Publish]:
+    ) -> Transition:
         """Record success (``value`` = result JSON) or final failure (``value`` = error JSON
         ``{"type","message"}``, ``original_input`` = the message the task received)."""
         wf, sid = split_key(key)
         reply = await self._transition(wf, "finish", sid, "1" if ok else "0", value, original_input)
         if reply[0] == "missing":
-            return []
-        return decode_publishes(wf, reply[1])
+            return Transition()
+        return _transition(wf, reply)
 
-    async def run(self, key: str, own_message: str | None, watch: bool = False) -> list[Publish]:
+    async def run(self, key: str, own_message: str | None, watch: bool = False) -> Transition:
         wf, sid = split_key(key)
         reply = await self._transition(wf, "run", sid, own_message or "", "1" if watch else "0")
         if reply[0] == "err":
             _raise_for(key, reply)
-        return decode_publishes(wf, reply[1])
+        return _transition(wf, reply)
 
     async def add_item(self, swarm_key: str, item_sid: str, fields: Mapping[str, str]) -> None:
         wf, sid = split_key(swarm_key)
@@ -172,12 +213,12 @@ class StateStore(abc.ABC):
         if reply[0] == "err":
             _raise_for(swarm_key, reply)
 
-    async def close_swarm(self, key: str) -> list[Publish]:
+    async def close_swarm(self, key: str) -> Transition:
         wf, sid = split_key(key)
         reply = await self._transition(wf, "close", sid)
         if reply[0] == "err":
             _raise_for(key, reply)
-        return decode_publishes(wf, reply[1])
+        return _transition(wf, reply)
 
     async def suspend(self, key: str, interrupt: bool, can_cancel: bool) -> list[str]:
         """Returns the run ids to cancel (interrupt on a backend that can cancel)."""
@@ -188,12 +229,12 @@ class StateStore(abc.ABC):
             _raise_for(key, reply)
         return [r for r in json.loads(reply[1]) if r]
 
-    async def resume(self, key: str) -> list[Publish]:
+    async def resume(self, key: str) -> Transition:
         wf, sid = split_key(key)
         reply = await self._transition(wf, "resume", sid)
         if reply[0] == "err":
             _raise_for(key, reply)
-        return decode_publishes(wf, reply[1])
+        return _transition(wf, reply)
 
     async def cancel(self, key: str) -> list[str]:
         wf, sid = split_key(key)

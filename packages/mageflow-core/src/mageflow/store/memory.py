@@ -38,6 +38,7 @@ class _Transition:
         self.wf = wf
         self.now = now
         self.pubs: list[str] = []
+        self.events: list[str] = []
         self.on_publish = on_publish
 
     # -- field helpers -----------------------------------------------------------------
@@ -196,6 +197,7 @@ class _Transition:
             self.settle(c, False, val, self.get(c, "mi"))
         elif cur + 1 < len(steps):
             self.put(c, "cur", cur + 1)
+            self.events.append(json.dumps(["advanced", c, steps[cur + 1]]))
             self.start_node(steps[cur + 1], "", None, val, None)
         else:
             self.settle(c, True, val, None)
@@ -205,6 +207,7 @@ class _Transition:
             self.running(s).discard(sid)
             self.incr(s, "run", -1)
         self.incr(s, "fin", 1)
+        self.events.append(json.dumps(["item", s, sid, "done" if ok else "failed"]))
         nf = int(self.get(s, "nf") or "0")
         if not ok:
             nf = self.incr(s, "nf", 1)
@@ -239,6 +242,7 @@ class _Transition:
             self.put(sid, "e", val)
             for cb in d.get("err") or []:
                 self.start_node(cb, inl, None, None, val)
+        self.events.append(json.dumps(["done" if ok else "failed", sid, d["k"]]))
         if self.get(sid, "w"):
             self.on_publish(sid)
         parent = d.get("p")
@@ -251,6 +255,9 @@ class _Transition:
 
     def encoded_pubs(self) -> str:
         return "[" + ",".join(self.pubs) + "]"
+
+    def encoded_events(self) -> str:
+        return "[" + ",".join(self.events) + "]"
 
     def take_running(self, sid: str, holder: str, out: list[str]) -> None:
         d = self.definition(sid) or {}
@@ -304,7 +311,7 @@ class _Transition:
         self.settle(sid, ok == "1", val, inp)
         enc = self.encoded_pubs()
         self.put(sid, "o", enc)
-        return ["ok", enc]
+        return ["ok", enc, self.encoded_events()]
 
     def op_run(self, sid: str, own: str, watch: str) -> list[str]:
         d = self.definition(sid)
@@ -327,12 +334,12 @@ class _Transition:
             self.put(sid, "q", "1")
             self.queue(parent).append(sid)
             self.fill(parent)
-            return ["ok", self.encoded_pubs()]
+            return ["ok", self.encoded_pubs(), self.encoded_events()]
         if pd:
             return ["err", "chain_step"]
         self.start_node(sid, "", own_msg, None, None)
         self.put(sid, "o", self.encoded_pubs())
-        return ["ok", self.encoded_pubs()]
+        return ["ok", self.encoded_pubs(), self.encoded_events()]
 
     def op_add(self, s: str, it: str, *flat: str) -> list[str]:
         if self.definition(s) is None:
@@ -354,7 +361,7 @@ class _Transition:
             self.queue_unqueued(s)
             self.fill(s)
             self.maybe_complete(s)
-        return ["ok", self.encoded_pubs()]
+        return ["ok", self.encoded_pubs(), self.encoded_events()]
 
     def op_suspend(self, sid: str, mode: str, cancel: str) -> list[str]:
         st = self.get(sid, "s")
@@ -391,7 +398,7 @@ class _Transition:
             self.fill(sid)
         enc = self.encoded_pubs()
         self.put(sid, "ro", enc)
-        return ["ok", enc]
+        return ["ok", enc, self.encoded_events()]
 
     def op_cancel(self, sid: str) -> list[str]:
         st = self.get(sid, "s")

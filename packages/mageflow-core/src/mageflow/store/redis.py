@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
@@ -51,20 +52,42 @@ class RedisStore(StateStore):
     ) -> None:
         if isinstance(client, str):
             self.url = client
-            # a blocking pool queues callers when all connections are busy instead of
-            # failing a transition under a burst of concurrent completions
-            pool = aioredis.BlockingConnectionPool.from_url(
-                client, decode_responses=True, max_connections=max_connections, timeout=30
-            )
-            self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+            parsed = aioredis.BlockingConnectionPool.from_url(client)
+            self._pool_args: dict[str, Any] = dict(parsed.connection_kwargs)
+            self._connection_class: Any = parsed.connection_class
         else:
             kw = client.connection_pool.connection_kwargs
             self.url = f"redis://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
-            self.client = client
+            self._pool_args = dict(kw)
+            self._connection_class = client.connection_pool.connection_class
+        # JSON strings in, JSON strings out, whatever the caller's client was set to
+        self._pool_args["decode_responses"] = True
+        self._max_connections = max_connections
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
+            weakref.WeakKeyDictionary()
+        )
         self.prefix = prefix
         self.active_ttl = active_ttl
         self.finished_ttl = finished_ttl
         self._sha: str | None = None
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The client of the running event loop. redis-py connections belong to the loop
+        that opened them, so each loop (e.g. one per test) gets its own pool."""
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            # a blocking pool queues callers when all connections are busy instead of
+            # failing a transition under a burst of concurrent completions
+            pool = aioredis.BlockingConnectionPool(
+                connection_class=self._connection_class,
+                max_connections=self._max_connections,
+                timeout=30,
+                **self._pool_args,
+            )
+            client = self._clients[loop] = aioredis.Redis(connection_pool=pool)
+        return client
 
     def _hash(self, wf: str) -> str:
         return f"{self.prefix}:{{{wf}}}"
@@ -178,4 +201,6 @@ class RedisStore(StateStore):
         await self._call(self.client.ping())
 
     async def close(self) -> None:
-        await self.client.aclose()
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()

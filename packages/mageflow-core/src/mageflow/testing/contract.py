@@ -525,6 +525,7 @@ class BackendContract:
         redelivered step 1 must re-issue step 2 without running step 1's code again."""
         if harness.fault_dir is None or not harness.redelivers_after_crash:
             pytest.skip(f"backend {harness.app.backend.name!r} does not redeliver after a crash")
+        assert harness.fault_dir is not None
         ns = _ns()
         app = harness.app
         done = await app.sign("contract.collect", ns=ns, tag="done")

@@ -22,6 +22,7 @@ local TERMINAL = { done = true, failed = true, canceled = true }
 local HOLDING = { suspended = true, interrupted = true }
 
 local pubs = {}
+local events = {}
 local aux = {}
 
 local function get(sid, f)
@@ -186,6 +187,7 @@ local function chain_step_done(c, sid, ok, val)
     settle(c, false, val, get(c, 'mi'))
   elseif cur + 1 < #cd.steps then
     set(c, 'cur', cur + 1)
+    events[#events + 1] = cjson.encode({ 'advanced', c, cd.steps[cur + 2] })
     start_node(cd.steps[cur + 2], '', nil, val, nil)
   else
     settle(c, true, val, nil)
@@ -197,6 +199,7 @@ local function swarm_item_done(s, sid, ok, val)
     redis.call('HINCRBY', H, s .. ':run', -1)
   end
   redis.call('HINCRBY', H, s .. ':fin', 1)
+  events[#events + 1] = cjson.encode({ 'item', s, sid, ok and 'done' or 'failed' })
   local nf = tonumber(get(s, 'nf') or '0')
   if not ok then nf = redis.call('HINCRBY', H, s .. ':nf', 1) end
   if TERMINAL[get(s, 's')] then return end
@@ -225,6 +228,7 @@ settle = function(sid, ok, val, inl)
     set(sid, 'e', val)
     for _, cb in ipairs(d.err or {}) do start_node(cb, inl, nil, nil, val) end
   end
+  events[#events + 1] = cjson.encode({ ok and 'done' or 'failed', sid, d.k })
   if get(sid, 'w') then redis.call('PUBLISH', H .. ':done', sid) end
   if d.p then
     local pd = def(d.p)
@@ -238,6 +242,10 @@ end
 
 local function encoded_pubs()
   return '[' .. table.concat(pubs, ',') .. ']'
+end
+
+local function encoded_events()
+  return '[' .. table.concat(events, ',') .. ']'
 end
 
 -- Collect run ids of active tasks under sid and hold them for re-publishing on resume.
@@ -307,7 +315,7 @@ elseif OP == 'finish' then
     settle(sid, ok, val, inp)
     local enc = encoded_pubs()
     set(sid, 'o', enc)
-    result = { 'ok', enc }
+    result = { 'ok', enc, encoded_events() }
   end
 elseif OP == 'run' then
   local sid, own, watch = ARGV[5], ARGV[6], ARGV[7] == '1'
@@ -330,14 +338,14 @@ elseif OP == 'run' then
         set(sid, 'q', '1')
         redis.call('RPUSH', key('q', d.p), sid)
         fill(d.p)
-        result = { 'ok', encoded_pubs() }
+        result = { 'ok', encoded_pubs(), encoded_events() }
       end
     elseif pd then
       result = { 'err', 'chain_step' }
     else
       start_node(sid, '', own, nil, nil)
       set(sid, 'o', encoded_pubs())
-      result = { 'ok', encoded_pubs() }
+      result = { 'ok', encoded_pubs(), encoded_events() }
     end
   end
 elseif OP == 'add' then
@@ -364,7 +372,7 @@ elseif OP == 'close' then
       fill(s)
       maybe_complete(s)
     end
-    result = { 'ok', encoded_pubs() }
+    result = { 'ok', encoded_pubs(), encoded_events() }
   end
 elseif OP == 'suspend' then
   local sid, mode, cancel = ARGV[5], ARGV[6], ARGV[7] == '1'
@@ -403,7 +411,7 @@ elseif OP == 'resume' then
     if def(sid).k == 'swarm' then fill(sid) end
     local enc = encoded_pubs()
     set(sid, 'ro', enc)
-    result = { 'ok', enc }
+    result = { 'ok', enc, encoded_events() }
   end
 elseif OP == 'cancel' then
   local sid = ARGV[5]
