@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mageflow.app import Mageflow
+from mageflow.cli.ops import COMMANDS
 from mageflow.errors import MageflowError
 
 console = Console()
@@ -19,8 +20,24 @@ console = Console()
 
 @click.group()
 @click.version_option(package_name="mageflow-core")
-def cli() -> None:
+@click.option(
+    "--redis-url",
+    envvar="MAGEFLOW_REDIS_URL",
+    default=None,
+    help="Redis holding workflow state [env MAGEFLOW_REDIS_URL].",
+)
+@click.option(
+    "--app",
+    "app_target",
+    envvar="MAGEFLOW_APP",
+    default=None,
+    help="MODULE:ATTR of your Mageflow instance, for commands that publish "
+    "(resume) or cancel (interrupt) [env MAGEFLOW_APP].",
+)
+@click.pass_context
+def cli(ctx: click.Context, redis_url: str | None, app_target: str | None) -> None:
     """MageFlow: task orchestration on the task manager you already use."""
+    ctx.obj = {"redis_url": redis_url, "app": app_target}
 
 
 @cli.command()
@@ -76,6 +93,10 @@ def worker(target: str, concurrency: int | None) -> None:
     except KeyboardInterrupt:
         pass
     console.print("mageflow worker stopped")
+
+
+for _command in COMMANDS:
+    cli.add_command(_command)
 
 
 def main() -> None:

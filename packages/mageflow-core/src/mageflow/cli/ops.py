@@ -1,0 +1,253 @@
+"""Operator commands: status, tree, watch, ls, suspend, resume, interrupt, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.tree import Tree
+
+from mageflow.app import Mageflow
+from mageflow.errors import ConfigurationError, MageflowError
+from mageflow.flows.inspect import read_state
+from mageflow.models.signatures import SignatureState
+from mageflow.store.memory import MemoryStore
+
+T = TypeVar("T")
+console = Console()
+STATUS_STYLE = {
+    "done": "green",
+    "failed": "red",
+    "active": "cyan",
+    "pending": "white",
+    "suspended": "yellow",
+    "interrupted": "yellow",
+    "canceled": "magenta",
+}
+
+
+def styled(status: str) -> str:
+    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
+
+
+def build_app(app_target: str | None, redis_url: str | None) -> Mageflow:
+    """The instance the command works on: ``--app module:attr``, else one built from the
+    environment (``MAGEFLOW_BACKEND``, ``MAGEFLOW_REDIS_URL``, adapter settings)."""
+    if app_target:
+        from mageflow.cli.main import load_app
+
+        return load_app(app_target)
+    mf = Mageflow(redis_url=redis_url) if redis_url else Mageflow()
+    if isinstance(mf.store, MemoryStore):
+        raise ConfigurationError(
+            "no Redis configured: set MAGEFLOW_REDIS_URL or pass --redis-url (the in-memory "
+            "store lives inside one process and cannot be inspected from outside)"
+        )
+    return mf
+
+
+def run(coro_fn: Callable[[Mageflow], Awaitable[T]], ctx: click.Context) -> T:
+    async def main() -> T:
+        mf = build_app(ctx.obj.get("app"), ctx.obj.get("redis_url"))
+        try:
+            await mf.store.ping()
+            return await coro_fn(mf)
+        finally:
+            await mf.aclose()
+
+    try:
+        return asyncio.run(main())
+    except MageflowError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+def _when(value: datetime | None) -> str:
+    return value.isoformat(timespec="milliseconds") if value else "-"
+
+
+def _summary(value: Any, limit: int = 200) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def print_state(state: SignatureState) -> None:
+    table = Table(show_header=False, box=None)
+    table.add_row("key", state.key)
+    table.add_row("kind", state.kind)
+    table.add_row("name", state.name)
+    table.add_row("status", styled(state.status.value))
+    table.add_row("attempts", str(state.attempts))
+    table.add_row("created", _when(state.created_at))
+    table.add_row("started", _when(state.started_at))
+    table.add_row("finished", _when(state.finished_at))
+    if state.started_at and state.finished_at:
+        table.add_row("duration", f"{(state.finished_at - state.started_at).total_seconds():.3f} s")
+    if state.counts:
+        table.add_row("items", ", ".join(f"{k} {v}" for k, v in state.counts.items()))
+    elif state.children:
+        table.add_row("steps", str(len(state.children)))
+    if state.error:
+        table.add_row("error", f"[red]{state.error.get('type')}: {state.error.get('message')}[/]")
+    if state.result is not None:
+        table.add_row("result", _summary(state.result))
+    console.print(table)
+
+
+async def build_tree(mf: Mageflow, key: str, max_items: int, node: Tree | None = None) -> Tree:
+    state = await read_state(mf, key)
+    label = f"{state.kind} [bold]{state.name}[/] {styled(state.status.value)} [dim]{key}[/]"
+    if state.error:
+        label += f" [red]{state.error.get('type')}[/]"
+    branch = Tree(label) if node is None else node.add(label)
+    if state.kind == "swarm" and state.counts.get("total", 0) > max_items:
+        counts = ", ".join(f"{k} {v}" for k, v in state.counts.items())
+        branch.add(f"[dim]{counts} (over {max_items} items: counts only)[/]")
+        return branch
+    for child in state.children:
+        await build_tree(mf, child, max_items, branch)
+    return branch
+
+
+@click.command()
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status(ctx: click.Context, key: str, as_json: bool) -> None:
+    """Status, timings, attempts, error and result of one signature, chain or swarm."""
+    state = run(lambda mf: read_state(mf, key), ctx)
+    if as_json:
+        click.echo(state.model_dump_json(indent=2))
+    else:
+        print_state(state)
+
+
+@click.command()
+@click.argument("key")
+@click.option(
+    "--max-items",
+    default=50,
+    show_default=True,
+    help="Swarms larger than this show counts per status instead of items.",
+)
+@click.pass_context
+def tree(ctx: click.Context, key: str, max_items: int) -> None:
+    """The whole workflow as a tree: chain steps in order, swarm items, nesting."""
+    console.print(run(lambda mf: build_tree(mf, key, max_items), ctx))
+
+
+@click.command()
+@click.argument("key")
+@click.option("--interval", default=0.25, show_default=True, help="Refresh period (s).")
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+@click.pass_context
+def watch(ctx: click.Context, key: str, interval: float, timeout: float | None) -> None:
+    """Live progress until the workflow is terminal; exits 1 unless it succeeded."""
+
+    async def follow(mf: Mageflow) -> str:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as progress:
+            bar = progress.add_task(key, total=None, detail="")
+            while True:
+                state = await read_state(mf, key)
+                total, done = _progress_of(state)
+                detail = ", ".join(f"{k} {v}" for k, v in state.counts.items() if k != "total")
+                progress.update(
+                    bar,
+                    total=total,
+                    completed=done,
+                    detail=f"{styled(state.status.value)} {detail}",
+                )
+                if state.status.is_terminal:
+                    return state.status.value
+                if deadline is not None and loop.time() > deadline:
+                    raise click.ClickException(f"{key} still {state.status.value} after timeout")
+                await asyncio.sleep(interval)
+
+    final = run(follow, ctx)
+    console.print(f"{key} finished: {styled(final)}")
+    sys.exit(0 if final == "done" else 1)
+
+
+def _progress_of(state: SignatureState) -> tuple[int, int]:
+    if state.kind == "swarm":
+        return state.counts.get("total", 0), state.counts.get("done", 0) + state.counts.get(
+            "failed", 0
+        )
+    if state.kind == "chain":
+        return len(state.children), 0 if not state.status.is_terminal else len(state.children)
+    return 1, 1 if state.status.is_terminal else 0
+
+
+@click.command(name="ls")
+@click.option("--status", "status_filter", multiple=True, help="Only these statuses.")
+@click.option("--name", "name_filter", default=None, help="Only names containing this.")
+@click.option("--limit", default=50, show_default=True)
+@click.pass_context
+def ls(
+    ctx: click.Context, status_filter: tuple[str, ...], name_filter: str | None, limit: int
+) -> None:
+    """Recent and running workflows, newest first."""
+
+    async def listing(mf: Mageflow) -> list[SignatureState]:
+        out: list[SignatureState] = []
+        for wf in await mf.store.list_workflows(limit=limit * 4):
+            try:
+                state = await read_state(mf, f"{wf}.r")
+            except MageflowError:
+                continue  # expired meanwhile
+            if status_filter and state.status.value not in status_filter:
+                continue
+            if name_filter and name_filter not in state.name:
+                continue
+            out.append(state)
+            if len(out) >= limit:
+                break
+        return out
+
+    states = run(listing, ctx)
+    table = Table("key", "kind", "name", "status", "created", "progress")
+    for s in states:
+        progress = ", ".join(f"{k} {v}" for k, v in s.counts.items()) if s.counts else ""
+        table.add_row(s.key, s.kind, s.name, styled(s.status.value), _when(s.created_at), progress)
+    console.print(table)
+
+
+def _lifecycle(verb: str, doc: str) -> click.Command:
+    @click.command(name=verb, help=doc)
+    @click.argument("key")
+    @click.pass_context
+    def command(ctx: click.Context, key: str) -> None:
+        async def act(mf: Mageflow) -> str:
+            sig = await mf.load(key)
+            await getattr(sig, verb)()
+            return (await sig.get_status()).value
+
+        console.print(f"{key}: {styled(run(act, ctx))}")
+
+    return command
+
+
+LIFECYCLE = [
+    _lifecycle("suspend", "Stop what has not started; running tasks finish."),
+    _lifecycle("resume", "Continue a suspended or interrupted workflow."),
+    _lifecycle("interrupt", "Suspend and cancel running tasks where the backend can."),
+    _lifecycle("cancel", "Stop a root workflow for good; no callback fires."),
+]
+COMMANDS = [status, tree, watch, ls, *LIFECYCLE]
