@@ -134,19 +134,35 @@ class Mageflow:
                 )
             registered = RegisteredTask(task_name, fn, input_validator, retries, timeout)
             self.tasks[task_name] = registered
-            self.backend.register(
-                TaskDefinition(
-                    name=task_name,
-                    handler=functools.partial(self._handle, registered),
-                    retries=retries,
-                    timeout=timeout,
-                    input_model=input_validator,
-                )
-            )
+            self.backend.register(self._definition(registered))
             fn.__mageflow_task__ = task_name  # type: ignore[attr-defined]
             return fn
 
         return decorate
+
+    def use(
+        self, backend: TaskBackend | None = None, store: StateStore | None = None
+    ) -> tuple[TaskBackend, StateStore]:
+        """Swap the backend and/or the store (e.g. for tests), re-registering every task on
+        the new backend. Returns the previous ``(backend, store)``."""
+        previous = (self.backend, self.store)
+        if store is not None:
+            self.store = store
+        if backend is not None:
+            self.backend = backend
+            self._started = False
+            for registered in self.tasks.values():
+                backend.register(self._definition(registered))
+        return previous
+
+    def _definition(self, registered: RegisteredTask) -> TaskDefinition:
+        return TaskDefinition(
+            name=registered.name,
+            handler=functools.partial(self._handle, registered),
+            retries=registered.retries,
+            timeout=registered.timeout,
+            input_model=registered.input_model,
+        )
 
     async def _handle(self, task: RegisteredTask, payload: Any, ctx: RunContext) -> Any:
         await self.ensure_started()

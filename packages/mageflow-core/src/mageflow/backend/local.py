@@ -57,6 +57,9 @@ class LocalBackend(TaskBackend):
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._inflight: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._outstanding = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> LocalBackend:
@@ -76,6 +79,9 @@ class LocalBackend(TaskBackend):
         if self._queue is None or self._loop is not loop:
             self._queue = asyncio.Queue()
             self._loop = loop
+            self._outstanding = 0
+            self._idle = asyncio.Event()
+            self._idle.set()
             self._loops = [
                 loop.create_task(self._worker(i), name=f"mageflow-local-worker-{i}")
                 for i in range(self.workers)
@@ -87,6 +93,8 @@ class LocalBackend(TaskBackend):
             raise TaskNotRegisteredError(task.task_name, self.definitions)
         queue = self._ensure_workers()
         message = _Message(task, run_id=uuid.uuid4().hex)
+        self._outstanding += 1
+        self._idle.clear()
         if task.delay:
             asyncio.get_running_loop().call_later(task.delay, queue.put_nowait, message)
         else:
@@ -96,6 +104,8 @@ class LocalBackend(TaskBackend):
     async def redeliver(self, run_id: str, task: OutgoingTask, attempt: int = 1) -> None:
         """Deliver a message again under the same run id, as a broker does after a worker
         died holding it (for tests of duplicate deliveries)."""
+        self._outstanding += 1
+        self._idle.clear()
         self._ensure_workers().put_nowait(_Message(task, run_id, attempt))
 
     async def _worker(self, index: int) -> None:
@@ -128,6 +138,7 @@ class LocalBackend(TaskBackend):
         except SimulatedCrash:
             log.warning("worker died holding %s; redelivering", message.run_id)
             self._queue.put_nowait(message)
+            return
         except asyncio.CancelledError:
             if not call.cancelled():
                 raise
@@ -142,8 +153,17 @@ class LocalBackend(TaskBackend):
                 if self.retry_delay:
                     await asyncio.sleep(self.retry_delay)
                 self._queue.put_nowait(message)
+                return
         finally:
             self._running.pop(message.run_id, None)
+        self._outstanding -= 1
+        if self._outstanding == 0:
+            self._idle.set()
+
+    async def join(self, timeout: float | None = None) -> None:
+        """Wait until every published task, and everything they published, has finished
+        (used by tests to assert after callbacks ran)."""
+        await asyncio.wait_for(self._idle.wait(), timeout)
 
     async def cancel(self, run_ids: Any) -> None:
         for run_id in run_ids:
@@ -169,6 +189,8 @@ class LocalBackend(TaskBackend):
         self._loops = []
         self._queue = None
         self._loop = None
+        self._outstanding = 0
+        self._idle.set()
 
     def describe(self) -> Mapping[str, str]:
         return {"workers": str(self.workers), "concurrency": str(self.concurrency)}
