@@ -128,8 +128,8 @@ try:
     import pytest_asyncio
 except ImportError:  # the fixture needs an async test runner
 
-    @pytest.fixture
-    def mageflow_run() -> None:
+    @pytest.fixture(name="mageflow_run")
+    def _mageflow_run_unavailable() -> None:
         raise pytest.UsageError(
             "the mageflow_run fixture needs pytest-asyncio: pip install 'mageflow-core[pytest]'"
         )
