@@ -93,5 +93,6 @@ def store_events(events: list[StoreEvent]) -> None:
                     kind=ev.detail,
                     parent=_parent_of(ev.key),
                     status=ev.name,
+                    started_at=None if ev.started_ms is None else ev.started_ms / 1000,
                 ),
             )

@@ -27,6 +27,8 @@ class WorkflowEvent:
     status: str | None = None
     error: dict[str, Any] | None = None
     related: str | None = None
+    started_at: float | None = None
+    """For ``workflow_finished``: when the chain, swarm or signature started (epoch s)."""
     at: float = field(default_factory=time.time)
 
     def as_dict(self) -> dict[str, Any]:

@@ -44,6 +44,7 @@ class StoreEvent:
     key: str
     detail: str
     ok: bool = True
+    started_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ def _decode_events(wf: str, raw: str) -> list[StoreEvent]:
         elif name == "advanced":
             out.append(StoreEvent("advanced", join_key(wf, sid), join_key(wf, entry[2])))
         else:
-            out.append(StoreEvent(name, join_key(wf, sid), entry[2], name == "done"))
+            started = int(entry[3]) if len(entry) > 3 else None
+            out.append(StoreEvent(name, join_key(wf, sid), entry[2], name == "done", started))
     return out
 
 

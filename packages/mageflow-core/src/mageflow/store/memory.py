@@ -242,7 +242,8 @@ class _Transition:
             self.put(sid, "e", val)
             for cb in d.get("err") or []:
                 self.start_node(cb, inl, None, None, val)
-        self.events.append(json.dumps(["done" if ok else "failed", sid, d["k"]]))
+        started = self.get(sid, "t0") or self.now
+        self.events.append(json.dumps(["done" if ok else "failed", sid, d["k"], started]))
         if self.get(sid, "w"):
             self.on_publish(sid)
         parent = d.get("p")

@@ -228,7 +228,7 @@ settle = function(sid, ok, val, inl)
     set(sid, 'e', val)
     for _, cb in ipairs(d.err or {}) do start_node(cb, inl, nil, nil, val) end
   end
-  events[#events + 1] = cjson.encode({ ok and 'done' or 'failed', sid, d.k })
+  events[#events + 1] = cjson.encode({ ok and 'done' or 'failed', sid, d.k, get(sid, 't0') or NOW })
   if get(sid, 'w') then redis.call('PUBLISH', H .. ':done', sid) end
   if d.p then
     local pd = def(d.p)
