@@ -10,7 +10,7 @@ nox.options.error_on_missing_interpreters = False
 
 PACKAGES = [
     "-e",
-    "packages/mageflow-core",
+    "packages/mageflow-core[otel,pytest]",
     "-e",
     "packages/mageflow-taskiq",
     "-e",
