@@ -48,6 +48,20 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """Build the mkdocs site in strict mode (any warning fails)."""
+    session.install("mkdocs>=1.6", "mkdocs-material>=9.5")
+    session.run(
+        "mkdocs",
+        "build",
+        "--strict",
+        "--site-dir",
+        str(session.create_tmp()) + "/site",
+        env={"NO_MKDOCS_2_WARNING": "1"},
+    )
+
+
+@nox.session
 def demo(session: nox.Session) -> None:
     session.install("packages/mageflow-core")
     session.run("mageflow", "demo")

@@ -182,7 +182,11 @@ class LocalBackend(TaskBackend):
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve())
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, drain_timeout: float = 5.0) -> None:
+        """Let queued and running tasks finish (up to ``drain_timeout`` s), then stop."""
+        if self._loop is asyncio.get_running_loop():
+            with contextlib.suppress(TimeoutError):
+                await self.join(drain_timeout)
         for job in [*self._loops, *self._inflight]:
             job.cancel()
         await asyncio.gather(*self._loops, *self._inflight, return_exceptions=True)
