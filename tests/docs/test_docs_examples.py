@@ -28,6 +28,7 @@ DOCS = ROOT / "docs"
 FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 SNIPPET = re.compile(r'^--8<-- "([^"]+)"\s*$', re.M)
 ALL_PAGES = sorted(p for p in DOCS.rglob("*.md") if "examples" not in p.parts)
+README = ROOT / "README.md"
 
 
 def blocks(page: Path) -> list[str]:
@@ -120,10 +121,10 @@ def page_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-PAGES = [p for p in ALL_PAGES if blocks(p)]
+PAGES = [p for p in [README, *ALL_PAGES] if blocks(p)]
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
 def test_page_examples_run(page: Path, page_env: Path) -> None:
     run_page(page)
 
