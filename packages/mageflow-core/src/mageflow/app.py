@@ -72,15 +72,14 @@ class Mageflow:
             ):
                 redis_client = obj
             else:
-                name = backend_for_native(obj)
-                if name is None:
+                spec = backend_for_native(obj)
+                if spec is None:
                     raise ConfigurationError(
                         f"no installed backend accepts a {type(obj).__module__}."
                         f"{type(obj).__name__}; pass backend= explicitly"
                     )
-                backend = backend or name
-                option = {"hatchet": "hatchet", "taskiq": "broker"}.get(name, "native")
-                backend_options.setdefault(option, obj)
+                backend = backend or spec.name
+                backend_options.setdefault(spec.native_option, obj)
         if store is None:
             redis_client = redis_client or settings.redis_url
             if redis_client is None or redis_client == "memory://":

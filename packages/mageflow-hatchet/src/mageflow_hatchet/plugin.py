@@ -13,6 +13,7 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
         BackendSpec(
             name="hatchet",
             target="mageflow_hatchet.backend:HatchetBackend",
+            native_option="hatchet",
             native_modules=("hatchet_sdk",),
             distribution="mageflow-hatchet",
         )

@@ -13,6 +13,7 @@ def register_backends(register: Callable[[BackendSpec], None]) -> None:
         BackendSpec(
             name="taskiq",
             target="mageflow_taskiq.backend:TaskiqBackend",
+            native_option="broker",
             native_modules=("taskiq", "taskiq_redis"),
             distribution="mageflow-taskiq",
         )

@@ -124,12 +124,6 @@ class TaskBackend(abc.ABC):
         :class:`mageflow.errors.ConfigurationError`."""
         return cls(**options)
 
-    @classmethod
-    def claims(cls, native: object) -> bool:
-        """True when ``native`` (a client or broker object) belongs to this backend, so
-        that ``Mageflow(native_obj)`` can pick the backend by the object it is given."""
-        return False
-
     def describe(self) -> Mapping[str, str]:
         """Short settings summary for ``mageflow backends`` and error messages."""
         return {}

@@ -27,6 +27,8 @@ class BackendSpec:
     name: str
     target: str
     native_modules: tuple[str, ...] = ()
+    native_option: str = "native"
+    """The backend option a native object is passed as (``broker``, ``hatchet`` ...)."""
     distribution: str | None = None
 
 

@@ -73,12 +73,12 @@ def load_backend_class(name: str) -> type[TaskBackend]:
         ) from exc
 
 
-def backend_for_native(obj: object) -> str | None:
+def backend_for_native(obj: object) -> BackendSpec | None:
     """The backend whose SDK the object (a client, a broker) comes from."""
     modules = {cls.__module__.split(".")[0] for cls in type(obj).__mro__}
-    for name, spec in backend_specs().items():
+    for spec in backend_specs().values():
         if modules.intersection(spec.native_modules):
-            return name
+            return spec
     return None
 
 
