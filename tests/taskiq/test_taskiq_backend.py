@@ -189,6 +189,7 @@ def test_plugin_registers_the_backend_without_importing_taskiq() -> None:
         BackendSpec(
             name="taskiq",
             target="mageflow_taskiq.backend:TaskiqBackend",
+            native_option="broker",
             native_modules=("taskiq", "taskiq_redis"),
             distribution="mageflow-taskiq",
         )

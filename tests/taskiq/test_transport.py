@@ -243,3 +243,29 @@ async def test_sigterm_lets_the_running_task_finish(
     assert not worker.killed, worker.log_tail()
     assert [r["event"] for r in await records(rdb, key)] == ["start", "end"]
     assert 1.0 < seconds < 6
+
+
+async def test_a_dead_workers_messages_are_claimed_one_free_slot_at_a_time(
+    workers: Workers, publisher: TaskiqBackend, rdb: aioredis.Redis, record_key: Key
+) -> None:
+    """Three messages of a killed worker, two survivors with one slot each and tasks
+    longer than idle_timeout: a survivor must not claim messages it cannot run yet (they
+    would wait, unrenewed, until another worker claims them too and both run them)."""
+    idle_timeout, task_seconds = 1.0, 3.0
+    victim = workers.start("cli", idle_timeout=idle_timeout, concurrency=3)
+    await workers.wait_ready(1, rdb)
+    key = record_key("hoard")
+    run_ids = await publisher.publish_many(
+        [task("slow", {"rec": key, "sleep": task_seconds, "i": i}, f"sig-{i}") for i in range(3)]
+    )
+    await wait_records(rdb, key, 3)  # all three started on the victim
+    victim.kill9()
+    workers.start("cli", idle_timeout=idle_timeout, concurrency=1)
+    workers.start("run_worker", idle_timeout=idle_timeout, concurrency=1)
+
+    # each message runs once more, to its end
+    await wait_records(rdb, key, 3 + 2 * 3, timeout=40)
+    await asyncio.sleep(idle_timeout + 2.5)  # and no third time
+    runs = await records(rdb, key)
+    starts = [r["run_id"] for r in runs if r["event"] == "start"]
+    assert sorted(starts) == sorted(run_ids * 2), runs

@@ -47,6 +47,7 @@ class ReclaimingStreamBroker(RedisStreamBroker):
     be claimed by a second worker; here a worker resets the idle time of the messages it
     holds every ``idle_timeout / 3``, so only the messages of a dead (or frozen) worker
     are claimed, and ``idle_timeout`` bounds the redelivery delay, not the task length.
+    Idle messages are claimed one at a time, each when the worker has a slot to run it.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -85,18 +86,28 @@ class ReclaimingStreamBroker(RedisStreamBroker):
                     continue
                 next_scan = time.monotonic() + self.block / 1000
                 for stream in streams:
-                    reply: Any = await conn.xautoclaim(
-                        stream,
-                        self.consumer_group_name,
-                        self.consumer_name,
-                        min_idle_time=self.idle_timeout,
-                        count=self.unacknowledged_batch_size,
-                    )
-                    for msg_id, fields in reply[1]:
-                        # Redis 6.2 lists deleted entries with no fields. A message
-                        # held here was claimed back after failed renewals: skip it.
-                        if fields and (stream, msg_id) not in self._held:
-                            yield self._message(stream, msg_id, fields)
+                    # One message per XAUTOCLAIM: the receiver asks for the next message
+                    # only when it has a free slot, so a claimed message runs at once.
+                    # Claimed in a batch, the rest would wait here, unrenewed, until
+                    # another worker claims them too and both run them.
+                    cursor: Any = "0-0"
+                    while True:
+                        reply: Any = await conn.xautoclaim(
+                            stream,
+                            self.consumer_group_name,
+                            self.consumer_name,
+                            min_idle_time=self.idle_timeout,
+                            start_id=cursor,
+                            count=1,
+                        )
+                        cursor = reply[0]
+                        for msg_id, fields in reply[1]:
+                            # Redis 6.2 lists deleted entries with no fields. A message
+                            # held here was claimed back after failed renewals: skip it.
+                            if fields and (stream, msg_id) not in self._held:
+                                yield self._message(stream, msg_id, fields)
+                        if cursor in (b"0-0", "0-0"):
+                            break
 
     def _message(self, stream: Any, msg_id: Any, fields: Any) -> AckableMessage:
         stream = stream.decode() if isinstance(stream, bytes) else stream

@@ -1,0 +1,83 @@
+"""The core contract suite on the ``taskiq`` backend, against real components.
+
+A redis-server (broker stream, MageFlow store and probe) and real worker processes
+serving ``tests/taskiq/contract_app.py``, in two arrangements:
+
+- ``mageflow-1proc``: one ``mageflow worker contract_app:mf --concurrency 4`` process,
+  restarted by the test's supervisor if it exits (as systemd or Kubernetes would);
+- ``taskiq-2proc``: ``taskiq worker contract_app:broker --workers 2 --max-async-tasks 3``,
+  a manager forking two worker processes (and restarting any that dies).
+
+The crash-window test runs on both: the worker exits with 137 right after storing a
+step's completion, before publishing the next step; the stream broker redelivers the
+unacknowledged message once it is idle for ``IDLE_TIMEOUT`` and the repeated completion
+re-issues the next step. Workers start once per arrangement (module scope); every
+arrangement has its own stream and key prefix, so pytest-xdist processes share nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from mageflow.testing import contract_tasks
+from mageflow.testing.contract import BackendContract, ContractHarness
+from mageflow.testing.probe import RedisProbe
+
+if TYPE_CHECKING:
+    from conftest import MakeAppWorkers
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("taskiq-contract")]
+
+IDLE_TIMEOUT = 2.0
+"""Seconds before a dead worker's message is handed to another worker (default 60)."""
+
+ARRANGEMENTS = {
+    # name: (kind, processes, async tasks per process)
+    "mageflow-1proc": ("mageflow", 1, 4),
+    "taskiq-2proc": ("taskiq", 2, 3),
+}
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module", params=list(ARRANGEMENTS))
+async def harness(
+    request: pytest.FixtureRequest,
+    redis_url: str,
+    make_app_workers: MakeAppWorkers,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[ContractHarness]:
+    kind, processes, concurrency = ARRANGEMENTS[request.param]
+    fault_dir = tmp_path_factory.mktemp("faults")
+    pool = make_app_workers(idle_timeout=IDLE_TIMEOUT, fault_dir=fault_dir)
+    pool.start(kind, processes=processes, concurrency=concurrency)
+    if kind == "mageflow":
+        pool.supervise()
+    app = pool.client_app()
+    contract_tasks.register(app)
+    probe = RedisProbe(redis_url)
+    rdb = aioredis.Redis.from_url(redis_url)
+    try:
+        await pool.wait_ready(processes, rdb)
+        yield ContractHarness(
+            app=app,
+            probe=probe,
+            fault_dir=fault_dir,
+            timeout=30.0,
+            settle=0.3,
+            worker_slots=processes * concurrency,
+        )
+    finally:
+        pool.stop_all()
+        for when, worker in pool.restarts:
+            print(f"\n[{request.param}] supervisor restarted {worker.log.name} at {when:.2f}")
+        await app.aclose()
+        await probe.close()
+        await rdb.aclose()
+
+
+class TestTaskiqContract(BackendContract):
+    pass
