@@ -1,0 +1,119 @@
+"""The operator CLI against a workflow running on real taskiq workers: the CLI is its own
+process, configured only by the environment, and `resume` publishes through the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from mageflow import Mageflow, SwarmConfig
+from mageflow.testing import contract_tasks
+from mageflow.testing.probe import RedisProbe
+
+if TYPE_CHECKING:
+    from conftest import AppWorkers, MakeAppWorkers
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def running(
+    redis_url: str, make_app_workers: MakeAppWorkers
+) -> AsyncIterator[tuple[AppWorkers, Mageflow, RedisProbe]]:
+    pool = make_app_workers()
+    pool.start("mageflow", concurrency=4)
+    app = pool.client_app()
+    contract_tasks.register(app)
+    probe = RedisProbe(redis_url)
+    rdb = aioredis.Redis.from_url(redis_url)
+    try:
+        await pool.wait_ready(1, rdb)
+        yield pool, app, probe
+    finally:
+        pool.stop_all()
+        await app.aclose()
+        await probe.close()
+        await rdb.aclose()
+
+
+async def cli(pool: AppWorkers, *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mageflow",
+        *args,
+        env={**pool.env, "COLUMNS": "200"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_cli_reads_a_chain_with_nested_swarm(
+    running: tuple[AppWorkers, Mageflow, RedisProbe],
+) -> None:
+    pool, app, _ = running
+    ns = uuid.uuid4().hex[:8]
+    inner = await app.swarm(
+        [await app.sign("contract.double", ns=ns) for _ in range(3)],
+        config=SwarmConfig(max_concurrency=2),
+        task_name="doubles",
+    )
+    wf = await app.chain(
+        [await app.sign("contract.add", ns=ns), inner, await app.sign("contract.total", ns=ns)],
+        name=f"tq-{ns}",
+    )
+    await wf.aio_run_no_wait({"ns": ns, "x": 1, "y": 2})
+    code, out = await cli(pool, "watch", wf.key, "--interval", "0.1", "--timeout", "60")
+    assert code == 0, out
+    assert "finished: done" in out
+
+    code, out = await cli(pool, "status", "--json", wf.key)
+    assert json.loads(out)["result"] == 18
+    code, out = await cli(pool, "tree", wf.key)
+    assert f"chain tq-{ns} done" in out
+    assert "swarm doubles done" in out
+    assert out.count("task contract.double done") == 3
+    code, out = await cli(pool, "ls", "--name", f"tq-{ns}")
+    assert wf.key in out
+
+
+async def test_cli_suspend_then_resume_through_the_broker(
+    running: tuple[AppWorkers, Mageflow, RedisProbe],
+) -> None:
+    pool, app, probe = running
+    ns = uuid.uuid4().hex[:8]
+    wf = await app.chain(
+        [await app.sign("contract.block", id="b"), await app.sign("contract.echo", ns=ns, step=2)]
+    )
+    await wf.aio_run_no_wait({"ns": ns})
+
+    async def started() -> bool:
+        return bool(await probe.events(ns, "block-start"))
+
+    await probe.wait_until(started, 30, "the blocking step to start")
+    code, out = await cli(pool, "interrupt", wf.key)  # taskiq cannot cancel: a suspend
+    assert code == 0, out
+    assert "interrupted" in out
+    await probe.set_flag(ns, "release")
+
+    async def block_done() -> bool:
+        return bool(await probe.events(ns, "block-done"))
+
+    await probe.wait_until(block_done, 30, "the running step to finish")
+    await asyncio.sleep(0.5)
+    assert await probe.events(ns, "echo") == [], "nothing may start while interrupted"
+    code, out = await cli(pool, "resume", wf.key)
+    assert code == 0, out
+    assert await wf.wait(timeout=30) == {"step": 2, "mageflow_results": "released"}
+    assert len(await probe.events(ns, "echo")) == 1
