@@ -86,6 +86,12 @@ async def test_cli_reads_a_chain_with_nested_swarm(
     assert out.count("task contract.double done") == 3
     code, out = await cli(pool, "ls", "--name", f"tq-{ns}")
     assert wf.key in out
+    # acknowledged messages are deleted: the stream holds only what is queued or running
+    rdb = aioredis.Redis.from_url(pool.redis_url)
+    try:
+        assert await rdb.xlen(pool.queue) == 0
+    finally:
+        await rdb.aclose()
 
 
 async def test_cli_suspend_then_resume_through_the_broker(
