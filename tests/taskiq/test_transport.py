@@ -135,22 +135,6 @@ async def test_non_retryable_error_is_not_retried(
     assert len(await records(rdb, key)) == 1
 
 
-async def test_timeout_fails_the_attempt_and_is_retried(
-    workers: Workers, publisher: TaskiqBackend, rdb: aioredis.Redis, record_key: Key
-) -> None:
-    workers.start("run_worker")
-    key = record_key("timeout")
-    await publisher.publish(task("timeout", {"rec": key, "sleep": 5}))
-    await workers.wait_ready(1, rdb)
-    runs = await wait_records(rdb, key, 2)
-    assert [(r["event"], r["attempt"], r["final"]) for r in runs] == [
-        ("start", 1, False),
-        ("start", 2, True),
-    ]
-    await asyncio.sleep(1.0)
-    assert len(await records(rdb, key)) == 2  # no "end": both attempts were cut at 0.5 s
-
-
 async def test_two_worker_processes_both_consume(
     workers: Workers, publisher: TaskiqBackend, rdb: aioredis.Redis, record_key: Key
 ) -> None:

@@ -101,5 +101,10 @@ class TaskFailedError(MageflowError):
         self.error_message = err.get("message")
 
 
+class TaskTimeoutError(MageflowError, TimeoutError):
+    """An attempt ran past the task's ``timeout``: an ordinary failure (retried, then the
+    error callbacks fire)."""
+
+
 class WaitTimeoutError(MageflowError, TimeoutError):
     """``aio_run`` / ``wait`` gave up before the signature finished."""

@@ -120,9 +120,8 @@ def _task_function(definition: TaskDefinition) -> Any:
             headers=dict(headers or {}),
         )
         try:
-            if definition.timeout is None:
-                return await handler(payload, ctx)
-            return await asyncio.wait_for(handler(payload, ctx), definition.timeout)
+            # the core enforces definition.timeout around the user code itself
+            return await handler(payload, ctx)
         except NonRetryableError:
             labels[_RETRY_ON_ERROR] = False
             raise

@@ -50,7 +50,9 @@ class TaskDefinition:
     retries: int = 0
     """Extra attempts after the first one fails."""
     timeout: float | None = None
-    """Seconds a single attempt may run, where the task manager enforces it."""
+    """Seconds a single attempt may run. The core enforces it around the user code (a
+    timeout is an ordinary, retried failure); do not cancel the handler at this limit —
+    set the task manager's own timeout above it, as a backstop for a hung worker."""
     input_model: type[BaseModel] | None = None
     """The user's input validator, for adapters that show or check input schemas."""
 

@@ -129,9 +129,7 @@ class LocalBackend(TaskBackend):
             is_final_attempt=message.attempt > definition.retries,
             headers=dict(message.task.headers),
         )
-        call = asyncio.ensure_future(
-            asyncio.wait_for(definition.handler(message.task.payload, ctx), definition.timeout)
-        )
+        call = asyncio.ensure_future(definition.handler(message.task.payload, ctx))
         self._running[message.run_id] = call
         try:
             await call

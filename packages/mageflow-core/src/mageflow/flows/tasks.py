@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from mageflow.backend.base import HEADER_KEY, JSON, RunContext
-from mageflow.errors import InvalidTaskInputError, NonRetryableError, PayloadNotSerializableError
+from mageflow.errors import (
+    InvalidTaskInputError,
+    NonRetryableError,
+    PayloadNotSerializableError,
+    TaskTimeoutError,
+)
 from mageflow.flows import faults, observe
 from mageflow.flows.messages import build_input, error_json, to_json
 from mageflow.models.return_value import return_value_field
@@ -35,6 +40,19 @@ class RegisteredTask:
     @property
     def return_field(self) -> str:
         return return_value_field(self.input_model)
+
+    async def call_with_timeout(self, data: dict[str, Any]) -> Any:
+        """Run the user code under the task's ``timeout``. The core enforces it, so a
+        timeout is an ordinary failure recorded like any other; adapters only set their
+        task manager's own timeout above it, as a backstop for a hung worker."""
+        if self.timeout is None:
+            return await self.call(data)
+        try:
+            return await asyncio.wait_for(self.call(data), self.timeout)
+        except asyncio.TimeoutError as exc:
+            raise TaskTimeoutError(
+                f"task {self.name!r} ran longer than its timeout of {self.timeout} s"
+            ) from exc
 
     async def call(self, data: dict[str, Any]) -> Any:
         arg: Any = data
@@ -85,7 +103,7 @@ async def run_task(mf: Mageflow, task: RegisteredTask, payload: JSON, ctx: RunCo
         "mageflow_task_started", key, task.name, attempt=ctx.attempt, run_id=ctx.run_id
     )
     try:
-        result_json = _result_json(task, await task.call(data))
+        result_json = _result_json(task, await task.call_with_timeout(data))
     except (InvalidTaskInputError, PayloadNotSerializableError, NonRetryableError) as exc:
         await _fail(mf, task, key, exc, data, ctx)
         raise NonRetryableError(str(exc)) from exc

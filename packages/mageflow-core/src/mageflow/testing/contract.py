@@ -161,6 +161,20 @@ class BackendContract:
         state = await sig.get_state()
         assert state.attempts == 2
 
+    async def test_timeout_is_a_failure_retried_then_reported(
+        self, harness: ContractHarness
+    ) -> None:
+        ns = _ns()
+        on_error = await harness.app.sign("contract.collect", ns=ns, tag="err")
+        sig = await harness.app.sign("contract.sleepy", error_callbacks=[on_error])
+        with pytest.raises(TaskFailedError) as info:
+            await sig.aio_run({"ns": ns}, timeout=harness.timeout)
+        assert info.value.error_type == "TaskTimeoutError"
+        assert len(await harness.probe.events(ns, "sleepy-attempt")) == 2
+        (got,) = await self.events(harness, ns, "err", 1)
+        assert got["mageflow_error"]["type"] == "TaskTimeoutError"
+        assert await sig.get_status() is SignatureStatus.FAILED
+
     # -- chains ------------------------------------------------------------------------------
     async def test_chain_passes_results_and_calls_success_once(
         self, harness: ContractHarness

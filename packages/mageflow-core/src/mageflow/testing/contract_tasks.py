@@ -103,6 +103,12 @@ def register(mf: Mageflow) -> None:
         await probe.record(ns, "block-done", message.get("id"))
         return "released"
 
+    @mf.task("contract.sleepy", retries=1, timeout=0.3)
+    async def sleepy(message: dict[str, Any]) -> str:
+        await get_probe().record(message["ns"], "sleepy-attempt", message.get("id"))
+        await asyncio.sleep(message.get("seconds", 3))
+        return "woke up"
+
     @mf.task("contract.bad_result")
     async def bad_result(message: dict[str, Any]) -> Any:
         return {"value": Unserialisable()}
