@@ -167,7 +167,19 @@ class LocalBackend(TaskBackend):
         for run_id in run_ids:
             call = self._running.get(run_id)
             if call is not None:
-                call.cancel()
+                job = asyncio.create_task(self._cancel_until_done(call))
+                self._inflight.add(job)
+                job.add_done_callback(self._inflight.discard)
+
+    @staticmethod
+    async def _cancel_until_done(call: asyncio.Future[Any]) -> None:
+        """Cancel again until the run stops: on Python < 3.12 a cancellation can be
+        swallowed by ``asyncio.wait_for`` inside a client library (redis-py does)."""
+        for _ in range(500):
+            if call.done():
+                return
+            call.cancel()
+            await asyncio.sleep(0.01)
 
     def run_worker(self, *, concurrency: int | None = None) -> None:
         if concurrency:

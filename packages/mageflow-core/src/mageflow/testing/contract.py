@@ -425,6 +425,8 @@ class BackendContract:
         await self._started(harness, ns)
         await wf.interrupt()
         assert await wf.get_status() is SignatureStatus.INTERRUPTED
+        if can_cancel:  # cancellation may land asynchronously (e.g. Hatchet's REST cancel)
+            await asyncio.sleep(harness.settle)
         await harness.probe.set_flag(ns, "release")
         if can_cancel:
             await asyncio.sleep(harness.settle)
