@@ -26,6 +26,7 @@ from mageflow import Mageflow
 from mageflow.backend.base import HEADER_KEY, OutgoingTask, TaskDefinition
 from mageflow.errors import ConfigurationError, TaskFailedError
 from mageflow.models.status import SignatureStatus
+from mageflow.plugins.manager import backend_for_native
 from mageflow.store.base import split_key
 from mageflow.testing import contract_tasks
 from mageflow.testing.probe import RedisProbe
@@ -93,8 +94,8 @@ def test_a_hatchet_client_selects_the_backend(engine: HatchetTestEngine) -> None
     app = Mageflow(client, "redis://localhost:1/0")
     assert isinstance(app.backend, HatchetBackend)
     assert app.backend.hatchet is client
-    assert HatchetBackend.claims(client)
-    assert not HatchetBackend.claims(object())
+    spec = backend_for_native(client)
+    assert spec is not None and spec.native_option == "hatchet"
 
 
 async def _noop(payload: Any, ctx: Any) -> Any:

@@ -14,9 +14,11 @@ from taskiq import InMemoryBroker, SimpleRetryMiddleware, SmartRetryMiddleware
 from taskiq.serializers import PickleSerializer
 from taskiq_redis import ListQueueBroker
 
+from mageflow import Mageflow
 from mageflow.backend.base import HEADER_KEY, OutgoingTask, RunContext, TaskDefinition
 from mageflow.errors import ConfigurationError, NonRetryableError
 from mageflow.plugins.hookspecs import BackendSpec
+from mageflow.plugins.manager import backend_for_native
 from mageflow_taskiq.backend import (
     ENV_BROKER,
     ENV_IDLE_TIMEOUT,
@@ -107,10 +109,14 @@ def test_broker_from_import_string(app_module: str, monkeypatch: pytest.MonkeyPa
     assert isinstance(TaskiqBackend.from_options({}).broker, InMemoryBroker)
 
 
-def test_claims_taskiq_brokers_only() -> None:
-    assert TaskiqBackend.claims(InMemoryBroker())
-    assert TaskiqBackend.claims(ListQueueBroker("redis://localhost:1"))
-    assert not TaskiqBackend.claims(object())
+def test_a_taskiq_broker_selects_the_backend() -> None:
+    broker = ListQueueBroker("redis://localhost:1")
+    app = Mageflow(broker, "redis://localhost:1/0")
+    assert isinstance(app.backend, TaskiqBackend)
+    assert app.backend.broker is broker
+    spec = backend_for_native(InMemoryBroker())
+    assert spec is not None and spec.name == "taskiq"
+    assert backend_for_native(object()) is None
 
 
 def test_retry_middleware_is_added_once_and_only_when_missing() -> None:

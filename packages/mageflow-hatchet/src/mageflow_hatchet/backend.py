@@ -200,10 +200,6 @@ class HatchetBackend(TaskBackend):
             )
         return cls(**options)
 
-    @classmethod
-    def claims(cls, native: object) -> bool:
-        return isinstance(native, Hatchet)
-
     # -- tasks --------------------------------------------------------------------------
     def register(self, definition: TaskDefinition) -> None:
         clash = [n for n in self.workflows if n.lower() == definition.name.lower()]

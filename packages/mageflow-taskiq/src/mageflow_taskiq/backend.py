@@ -237,10 +237,6 @@ class TaskiqBackend(TaskBackend):
             return _InMemoryTaskiqBackend(broker, import_path=import_path)
         return cls(broker, import_path=import_path)
 
-    @classmethod
-    def claims(cls, native: object) -> bool:
-        return isinstance(native, AsyncBroker)
-
     def register(self, definition: TaskDefinition) -> None:
         idle_ms = getattr(self.broker, "idle_timeout", None)
         if (
