@@ -123,3 +123,35 @@ async def test_cli_suspend_then_resume_through_the_broker(
     assert code == 0, out
     assert await wf.wait(timeout=30) == {"step": 2, "mageflow_results": "released"}
     assert len(await probe.events(ns, "echo")) == 1
+
+
+async def test_cli_suspend_then_cancel(running: tuple[AppWorkers, Mageflow, RedisProbe]) -> None:
+    pool, app, probe = running
+    ns = uuid.uuid4().hex[:8]
+    wf = await app.chain(
+        [await app.sign("contract.block", id="b"), await app.sign("contract.echo", ns=ns, step=2)]
+    )
+    await wf.aio_run_no_wait({"ns": ns})
+
+    async def started() -> bool:
+        return bool(await probe.events(ns, "block-start"))
+
+    await probe.wait_until(started, 30, "the blocking step to start")
+    code, out = await cli(pool, "suspend", wf.key)
+    assert code == 0, out
+    code, out = await cli(pool, "status", "--json", wf.key)
+    assert json.loads(out)["status"] == "suspended"
+    code, out = await cli(pool, "cancel", wf.key)
+    assert code == 0, out
+    assert "canceled" in out
+    await probe.set_flag(ns, "release")
+
+    async def block_done() -> bool:
+        return bool(await probe.events(ns, "block-done"))
+
+    await probe.wait_until(block_done, 30, "the running step to finish")
+    await asyncio.sleep(0.5)
+    assert await probe.events(ns, "echo") == []
+    code, out = await cli(pool, "resume", wf.key)
+    assert code == 2
+    assert "already finished (canceled)" in out
