@@ -156,6 +156,7 @@ class HatchetBackend(TaskBackend):
     """Runs MageFlow tasks as Hatchet standalone tasks of one Hatchet client."""
 
     name = "hatchet"
+    accepted_options = _OPTIONS
     capabilities = Capabilities(
         cancel_running=True,  # REST cancel: the worker cancels the running asyncio task
         priorities=True,  # OutgoingTask.priority -> Hatchet priority 1..3
@@ -189,16 +190,6 @@ class HatchetBackend(TaskBackend):
         self.execution_timeout = execution_timeout
         self.schedule_timeout = schedule_timeout
         self.workflows: dict[str, Standalone[Payload, dict[str, Any]]] = {}
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> HatchetBackend:
-        unknown = sorted(set(options) - set(_OPTIONS))
-        if unknown:
-            raise ConfigurationError(
-                f"unknown option(s) for the hatchet backend: {', '.join(unknown)}; "
-                f"accepted: {', '.join(o + '=' for o in _OPTIONS)}"
-            )
-        return cls(**options)
 
     # -- tasks --------------------------------------------------------------------------
     def register(self, definition: TaskDefinition) -> None:

@@ -170,6 +170,7 @@ class TaskiqBackend(TaskBackend):
     """Runs MageFlow tasks as taskiq tasks of one broker."""
 
     name = "taskiq"
+    accepted_options = _OPTIONS
     capabilities = Capabilities(
         cancel_running=False,  # taskiq 0.13 has no API to stop a running task
         priorities=False,  # a ``priority`` label is sent; only some brokers (aio-pika) use it
@@ -200,12 +201,7 @@ class TaskiqBackend(TaskBackend):
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> TaskiqBackend:
-        unknown = sorted(set(options) - set(_OPTIONS))
-        if unknown:
-            raise ConfigurationError(
-                f"unknown option(s) for the taskiq backend: {', '.join(unknown)}; "
-                f"accepted: {', '.join(o + '=' for o in _OPTIONS)}"
-            )
+        cls.check_options(options)
         broker = options.get("broker")
         url = options.get("broker_url")
         if broker is not None and url is not None:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from mageflow.errors import CapabilityNotSupportedError
+from mageflow.errors import CapabilityNotSupportedError, ConfigurationError
 
 JSON = Any
 """A value made of dicts, lists, str, int, float, bool and None only."""
@@ -92,6 +92,8 @@ class TaskBackend(abc.ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities] = Capabilities()
+    accepted_options: ClassVar[tuple[str, ...]] = ()
+    """Keyword arguments of ``Mageflow(...)`` this backend takes (``broker``, ...)."""
 
     @abc.abstractmethod
     def register(self, definition: TaskDefinition) -> None:
@@ -124,7 +126,19 @@ class TaskBackend(abc.ABC):
         """Build the backend from the extra keyword arguments given to ``Mageflow(...)``
         (e.g. ``broker=`` or ``hatchet=``) and the environment. Unknown options must raise
         :class:`mageflow.errors.ConfigurationError`."""
+        cls.check_options(options)
         return cls(**options)
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Raise :class:`ConfigurationError` naming unknown options and the accepted ones."""
+        unknown = sorted(set(options) - set(cls.accepted_options))
+        if unknown:
+            accepted = ", ".join(o + "=" for o in cls.accepted_options) or "none"
+            raise ConfigurationError(
+                f"unknown option(s) for the {cls.name} backend: {', '.join(unknown)}; "
+                f"accepted: {accepted}"
+            )
 
     def describe(self) -> Mapping[str, str]:
         """Short settings summary for ``mageflow backends`` and error messages."""

@@ -44,6 +44,7 @@ class LocalBackend(TaskBackend):
     capabilities = Capabilities(
         cancel_running=True, priorities=False, delayed_start=True, remote_workers=False
     )
+    accepted_options = ("workers", "concurrency", "retry_delay")
 
     def __init__(self, *, workers: int = 1, concurrency: int = 100, retry_delay: float = 0.0):
         if workers < 1 or concurrency < 1:
@@ -60,16 +61,6 @@ class LocalBackend(TaskBackend):
         self._outstanding = 0
         self._idle = asyncio.Event()
         self._idle.set()
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> LocalBackend:
-        unknown = set(options) - {"workers", "concurrency", "retry_delay"}
-        if unknown:
-            raise ConfigurationError(
-                f"unknown option(s) for the local backend: {sorted(unknown)}; "
-                "it accepts workers=, concurrency=, retry_delay="
-            )
-        return cls(**options)
 
     def register(self, definition: TaskDefinition) -> None:
         self.definitions[definition.name] = definition
