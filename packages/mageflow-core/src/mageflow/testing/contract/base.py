@@ -1,0 +1,66 @@
+"""The harness an adapter provides, and helpers shared by the contract tests."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mageflow.app import Mageflow
+from mageflow.testing.probe import Probe
+
+
+@dataclass
+class ContractHarness:
+    """What an adapter hands the suite."""
+
+    app: Mageflow
+    probe: Probe
+    fault_dir: Path | None = None
+    """Directory the workers read fault files from (``MAGEFLOW_FAULT_DIR``); ``None``
+    skips the crash-window test."""
+    redelivers_after_crash: bool = True
+    """The task manager redelivers a message whose worker died before acknowledging it."""
+    timeout: float = 30.0
+    """Upper bound for one workflow to finish."""
+    settle: float = 0.5
+    """How long to wait before asserting that something did *not* happen."""
+    worker_slots: int = 3
+    """Tasks the workers can run at once in total (the concurrency test needs >= 3)."""
+
+
+def _ns() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class ContractBase:
+    """Helpers the test classes share."""
+
+    @staticmethod
+    async def events(h: ContractHarness, ns: str, event: str, n: int) -> list[Any]:
+        """Wait until ``event`` happened ``n`` times, then let ``settle`` pass and check it
+        did not happen more often."""
+
+        async def enough() -> bool:
+            return len(await h.probe.events(ns, event)) >= n
+
+        await h.probe.wait_until(enough, h.timeout, f"{n} x {event!r}")
+        await asyncio.sleep(h.settle)
+        found = await h.probe.events(ns, event)
+        assert len(found) == n, f"{event!r} happened {len(found)} times, expected {n}: {found}"
+        return found
+
+    @staticmethod
+    def require(h: ContractHarness, capability: str, meaning: str) -> None:
+        if not getattr(h.app.backend.capabilities, capability):
+            pytest.skip(f"backend {h.app.backend.name!r} lacks {capability}: {meaning}")
+
+    async def _started(self, h: ContractHarness, ns: str, n: int = 1) -> None:
+        async def started() -> bool:
+            return len(await h.probe.events(ns, "block-start")) >= n
+
+        await h.probe.wait_until(started, h.timeout, "the blocking task to start")

@@ -1,0 +1,100 @@
+"""Signatures: kwargs, input validation, callbacks, retries, timeouts."""
+
+from __future__ import annotations
+
+import pytest
+
+from mageflow.errors import TaskFailedError
+from mageflow.models.status import SignatureStatus
+from mageflow.testing.contract.base import ContractBase, ContractHarness, _ns
+from mageflow.testing.contract_tasks import RETRIES
+
+
+class SignatureContract(ContractBase):
+    """Signatures: kwargs, input validation, callbacks, retries, timeouts."""
+
+    async def test_kwargs_merge_into_message(self, harness: ContractHarness) -> None:
+        ns = _ns()
+        sig = await harness.app.sign("contract.echo", a=1, b="kw")
+        result = await sig.aio_run({"ns": ns, "b": "msg", "c": 3}, timeout=harness.timeout)
+        assert result == {"a": 1, "b": "msg", "c": 3}
+        assert await sig.get_status() is SignatureStatus.DONE
+
+    async def test_input_validator_gives_model(self, harness: ContractHarness) -> None:
+        ns = _ns()
+        sig = await harness.app.sign("contract.add", y=2)
+        assert await sig.aio_run({"ns": ns, "x": 40}, timeout=harness.timeout) == 42
+
+    async def test_invalid_input_fails_names_field_and_worker_keeps_serving(
+        self, harness: ContractHarness
+    ) -> None:
+        ns = _ns()
+        on_error = await harness.app.sign("contract.collect", ns=ns, tag="err")
+        sig = await harness.app.sign("contract.add", error_callbacks=[on_error])
+        with pytest.raises(TaskFailedError) as info:
+            await sig.aio_run({"ns": ns, "x": "not a number", "y": 1}, timeout=harness.timeout)
+        assert info.value.error_type == "InvalidTaskInputError"
+        assert "x" in (info.value.error_message or "")
+        (got,) = await self.events(harness, ns, "err", 1)
+        assert got["mageflow_error"]["type"] == "InvalidTaskInputError"
+        again = await harness.app.sign("contract.add")
+        assert await again.aio_run({"ns": ns, "x": 1, "y": 1}, timeout=harness.timeout) == 2
+
+    async def test_success_callback_gets_return_value_field(self, harness: ContractHarness) -> None:
+        ns = _ns()
+        done = await harness.app.sign("contract.collect", ns=ns, tag="done")
+        double = await harness.app.sign("contract.double", ns=ns, success_callbacks=[done])
+        sig = await harness.app.sign("contract.add", success_callbacks=[double])
+        assert await sig.aio_run({"ns": ns, "x": 2, "y": 3}, timeout=harness.timeout) == 5
+        assert await self.events(harness, ns, "double", 1) == [5]
+        (got,) = await self.events(harness, ns, "done", 1)
+        assert got == {"tag": "done", "mageflow_results": 10}
+
+    async def test_error_callback_fires_once_after_final_attempt(
+        self, harness: ContractHarness
+    ) -> None:
+        ns = _ns()
+        on_error = await harness.app.sign("contract.collect", ns=ns, tag="err", extra=1)
+        on_ok = await harness.app.sign("contract.collect", ns=ns, tag="ok")
+        sig = await harness.app.sign(
+            "contract.fail", reason="boom", success_callbacks=[on_ok], error_callbacks=[on_error]
+        )
+        await sig.aio_run_no_wait({"ns": ns, "order": 7})
+        (got,) = await self.events(harness, ns, "err", 1)
+        attempts = await harness.probe.events(ns, "fail-attempt")
+        assert len(attempts) == RETRIES + 1
+        assert got["mageflow_error"] == {"type": "ValueError", "message": "boom"}
+        assert got["order"] == 7
+        assert got["extra"] == 1
+        assert await harness.probe.events(ns, "ok") == []
+        assert await sig.get_status() is SignatureStatus.FAILED
+
+    async def test_retry_then_success_fires_only_success(self, harness: ContractHarness) -> None:
+        ns = _ns()
+        on_error = await harness.app.sign("contract.collect", ns=ns, tag="err")
+        on_ok = await harness.app.sign("contract.collect", ns=ns, tag="ok")
+        sig = await harness.app.sign(
+            "contract.flaky", success_callbacks=[on_ok], error_callbacks=[on_error]
+        )
+        assert await sig.aio_run({"ns": ns, "fail_times": 1}, timeout=harness.timeout) == (
+            "recovered"
+        )
+        assert len(await harness.probe.events(ns, "flaky-attempt")) == 2
+        await self.events(harness, ns, "ok", 1)
+        assert await harness.probe.events(ns, "err") == []
+        state = await sig.get_state()
+        assert state.attempts == 2
+
+    async def test_timeout_is_a_failure_retried_then_reported(
+        self, harness: ContractHarness
+    ) -> None:
+        ns = _ns()
+        on_error = await harness.app.sign("contract.collect", ns=ns, tag="err")
+        sig = await harness.app.sign("contract.sleepy", error_callbacks=[on_error])
+        with pytest.raises(TaskFailedError) as info:
+            await sig.aio_run({"ns": ns}, timeout=harness.timeout)
+        assert info.value.error_type == "TaskTimeoutError"
+        assert len(await harness.probe.events(ns, "sleepy-attempt")) == 2
+        (got,) = await self.events(harness, ns, "err", 1)
+        assert got["mageflow_error"]["type"] == "TaskTimeoutError"
+        assert await sig.get_status() is SignatureStatus.FAILED
