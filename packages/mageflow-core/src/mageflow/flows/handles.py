@@ -9,7 +9,6 @@ from mageflow.errors import TaskFailedError, WaitTimeoutError
 from mageflow.flows import observe
 from mageflow.flows.build import ROOT, TaskLike, WorkflowBuilder, new_item_id
 from mageflow.flows.messages import message_json
-from mageflow.models.events import WorkflowEvent
 from mageflow.models.signatures import NodeDef, SignatureState
 from mageflow.models.status import SignatureStatus
 from mageflow.store.base import split_key
@@ -89,14 +88,7 @@ class Signature:
         self._lifecycle("mageflow_workflow_suspended", "suspended")
 
     def _lifecycle(self, hook: str, status: str) -> None:
-        event = WorkflowEvent(
-            name=hook.removeprefix("mageflow_"),
-            key=self.key,
-            workflow=observe.root_of(self.key),
-            kind=self.kind,
-            status=status,
-        )
-        observe.emit(hook, event)
+        observe.emit(hook, self.key, kind=self.kind, status=status)
 
     async def interrupt(self) -> None:
         """Suspend and also cancel running tasks where the backend can; those run again

@@ -14,20 +14,37 @@ from mageflow.errors import PayloadNotSerializableError
 ERROR_FIELD = "mageflow_error"
 
 
-def to_json(value: Any, what: str) -> str:
-    """Serialise ``value`` (pydantic models, dicts, lists, datetimes ...) to compact JSON.
+def _not_json(what: str, exc: Exception) -> PayloadNotSerializableError:
+    return PayloadNotSerializableError(
+        f"{what} is not JSON-serialisable ({exc}); pass dicts, lists, strings, numbers, "
+        "booleans, None or pydantic models"
+    )
 
-    Raises :class:`PayloadNotSerializableError` naming ``what`` when it cannot.
-    """
+
+def to_jsonable(value: Any, what: str) -> Any:
+    """``value`` (pydantic models, dicts, lists, datetimes ...) as plain JSON data."""
     try:
         if isinstance(value, BaseModel):
-            return value.model_dump_json()
-        return json.dumps(to_jsonable_python(value), separators=(",", ":"), allow_nan=False)
+            return value.model_dump(mode="json")
+        return to_jsonable_python(value)
     except (PydanticSerializationError, TypeError, ValueError) as exc:
-        raise PayloadNotSerializableError(
-            f"{what} is not JSON-serialisable ({exc}); pass dicts, lists, strings, numbers, "
-            "booleans, None or pydantic models"
-        ) from exc
+        raise _not_json(what, exc) from exc
+
+
+def dumps(data: Any, what: str) -> str:
+    """Compact JSON of plain data; NaN and non-string keys are refused."""
+    try:
+        return json.dumps(data, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise _not_json(what, exc) from exc
+
+
+def to_json(value: Any, what: str) -> str:
+    """Serialise ``value`` to compact JSON. Raises :class:`PayloadNotSerializableError`
+    naming ``what`` when it cannot."""
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    return dumps(to_jsonable(value, what), what)
 
 
 def message_json(message: Any, what: str = "the message") -> str | None:
@@ -61,5 +78,10 @@ def build_input(
     return data
 
 
+def error_dict(exc: BaseException) -> dict[str, str]:
+    """How an error is stored and shown: ``{"type": ..., "message": ...}``."""
+    return {"type": type(exc).__name__, "message": str(exc)}
+
+
 def error_json(exc: BaseException) -> str:
-    return json.dumps({"type": type(exc).__name__, "message": str(exc)}, separators=(",", ":"))
+    return json.dumps(error_dict(exc), separators=(",", ":"))

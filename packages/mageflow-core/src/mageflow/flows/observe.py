@@ -1,4 +1,8 @@
-"""Telling observers (pluggy hooks and the ``mageflow.events`` logger) what happened."""
+"""Telling observers (pluggy hooks and the ``mageflow.events`` logger) what happened.
+
+Nothing is built unless somebody listens: with no hook implementation and DEBUG off, an
+event costs one logger check and one hook lookup on the task's hot path.
+"""
 
 from __future__ import annotations
 
@@ -23,17 +27,28 @@ def root_of(key: str) -> str:
     return join_key(wf, "r")
 
 
-def emit(hook_name: str, event: WorkflowEvent) -> None:
-    """Log the event and call the hook's implementations; never raises."""
-    if log.isEnabledFor(logging.DEBUG):
-        log.debug(
-            "%s %s",
-            hook_name.removeprefix("mageflow_"),
-            event.key,
-            extra={"mageflow": event.as_dict()},
-        )
+def _listeners(hook_name: str) -> Any:
+    """The hook caller when it has implementations, else ``None``."""
     hook = getattr(plugin_manager().hook, hook_name)
-    if not hook.get_hookimpls():
+    return hook if hook.get_hookimpls() else None
+
+
+def emit(hook_name: str, key: str, **fields: Any) -> None:
+    """Build the event for ``key``, log it and call the hook; never raises."""
+    hook = _listeners(hook_name)
+    debug = log.isEnabledFor(logging.DEBUG)
+    if hook is None and not debug:
+        return
+    event = WorkflowEvent(
+        name=hook_name.removeprefix("mageflow_"),
+        key=key,
+        workflow=root_of(key),
+        parent=_parent_of(key),
+        **fields,
+    )
+    if debug:
+        log.debug("%s %s", event.name, key, extra={"mageflow": event.as_dict()})
+    if hook is None:
         return
     try:
         hook(event=event)
@@ -41,58 +56,20 @@ def emit(hook_name: str, event: WorkflowEvent) -> None:
         log.exception("observer hook %s failed", hook_name)
 
 
-def task_event(hook_name: str, key: str, task_name: str, **fields: Any) -> None:
-    emit(
-        hook_name,
-        WorkflowEvent(
-            name=hook_name.removeprefix("mageflow_"),
-            key=key,
-            workflow=root_of(key),
-            task_name=task_name,
-            parent=_parent_of(key),
-            **fields,
-        ),
-    )
-
-
 def store_events(events: list[StoreEvent]) -> None:
     """Translate what a transition reported into hook calls."""
     for ev in events:
         if ev.name == "advanced":
-            emit(
-                "mageflow_chain_advanced",
-                WorkflowEvent(
-                    name="chain_advanced",
-                    key=ev.key,
-                    workflow=root_of(ev.key),
-                    kind="chain",
-                    parent=_parent_of(ev.key),
-                    related=ev.detail,
-                ),
-            )
+            emit("mageflow_chain_advanced", ev.key, kind="chain", related=ev.detail)
         elif ev.name == "item":
-            emit(
-                "mageflow_swarm_item_done",
-                WorkflowEvent(
-                    name="swarm_item_done",
-                    key=ev.key,
-                    workflow=root_of(ev.key),
-                    kind="swarm",
-                    parent=_parent_of(ev.key),
-                    related=ev.detail,
-                    status="done" if ev.ok else "failed",
-                ),
-            )
+            status = "done" if ev.ok else "failed"
+            emit("mageflow_swarm_item_done", ev.key, kind="swarm", related=ev.detail, status=status)
         elif ev.detail != "task" or split_key(ev.key)[1] == "r":
+            started = None if ev.started_ms is None else ev.started_ms / 1000
             emit(
                 "mageflow_workflow_finished",
-                WorkflowEvent(
-                    name="workflow_finished",
-                    key=ev.key,
-                    workflow=root_of(ev.key),
-                    kind=ev.detail,
-                    parent=_parent_of(ev.key),
-                    status=ev.name,
-                    started_at=None if ev.started_ms is None else ev.started_ms / 1000,
-                ),
+                ev.key,
+                kind=ev.detail,
+                status=ev.name,
+                started_at=started,
             )

@@ -20,7 +20,14 @@ from mageflow.errors import (
     TaskTimeoutError,
 )
 from mageflow.flows import faults, observe
-from mageflow.flows.messages import build_input, error_json, to_json
+from mageflow.flows.messages import (
+    build_input,
+    dumps,
+    error_dict,
+    error_json,
+    to_json,
+    to_jsonable,
+)
 from mageflow.models.return_value import return_value_field
 
 if TYPE_CHECKING:
@@ -74,8 +81,11 @@ class RegisteredTask:
         return result
 
 
-def _result_json(task: RegisteredTask, result: Any) -> str:
-    return to_json(result, f"the result of task {task.name!r}")
+def _result(task: RegisteredTask, result: Any) -> tuple[Any, str]:
+    """The result as JSON data (returned to the task manager) and as stored text."""
+    what = f"the result of task {task.name!r}"
+    data = to_jsonable(result, what)
+    return data, dumps(data, what)
 
 
 async def run_task(mf: Mageflow, task: RegisteredTask, payload: JSON, ctx: RunContext) -> JSON:
@@ -85,7 +95,7 @@ async def run_task(mf: Mageflow, task: RegisteredTask, payload: JSON, ctx: RunCo
     if key is None or not isinstance(payload, dict):
         # Invoked outside MageFlow (e.g. kicked by hand): plain call, no orchestration.
         data = payload if isinstance(payload, dict) else {}
-        return json.loads(_result_json(task, await task.call(data)))
+        return _result(task, await task.call(data))[0]
     store = mf.store
     raw = json.dumps(payload, separators=(",", ":"))
     outcome = await store.start(key, ctx.run_id, raw)
@@ -99,11 +109,15 @@ async def run_task(mf: Mageflow, task: RegisteredTask, payload: JSON, ctx: RunCo
         log.info("delivery of %s (%s) skipped: %s", key, task.name, outcome.action)
         return None
     data = build_input(payload, outcome.kwargs, task.return_field)
-    observe.task_event(
-        "mageflow_task_started", key, task.name, attempt=ctx.attempt, run_id=ctx.run_id
+    observe.emit(
+        "mageflow_task_started",
+        key,
+        task_name=task.name,
+        attempt=ctx.attempt,
+        run_id=ctx.run_id,
     )
     try:
-        result_json = _result_json(task, await task.call_with_timeout(data))
+        result, result_json = _result(task, await task.call_with_timeout(data))
     except (InvalidTaskInputError, PayloadNotSerializableError, NonRetryableError) as exc:
         await _fail(mf, task, key, exc, data, ctx)
         raise NonRetryableError(str(exc)) from exc
@@ -112,13 +126,13 @@ async def run_task(mf: Mageflow, task: RegisteredTask, payload: JSON, ctx: RunCo
             log.warning(
                 "%s (%s) attempt %d failed: %r; will retry", key, task.name, ctx.attempt, exc
             )
-            observe.task_event(
+            observe.emit(
                 "mageflow_task_retried",
                 key,
-                task.name,
+                task_name=task.name,
                 attempt=ctx.attempt,
                 run_id=ctx.run_id,
-                error=json.loads(error_json(exc)),
+                error=error_dict(exc),
             )
             raise
         await _fail(mf, task, key, exc, data, ctx)
@@ -126,16 +140,16 @@ async def run_task(mf: Mageflow, task: RegisteredTask, payload: JSON, ctx: RunCo
     transition = await store.finish(key, True, result_json)
     faults.check(faults.AFTER_FINISH, task.name, hard=mf.backend.capabilities.remote_workers)
     await mf.publish(transition.publishes)
-    observe.task_event(
+    observe.emit(
         "mageflow_task_succeeded",
         key,
-        task.name,
+        task_name=task.name,
         attempt=ctx.attempt,
         run_id=ctx.run_id,
         status="done",
     )
     observe.store_events(transition.events)
-    return json.loads(result_json)
+    return result
 
 
 async def _fail(
@@ -154,13 +168,13 @@ async def _fail(
     transition = await mf.store.finish(key, False, error, original)
     faults.check(faults.AFTER_FINISH, task.name, hard=mf.backend.capabilities.remote_workers)
     await mf.publish(transition.publishes)
-    observe.task_event(
+    observe.emit(
         "mageflow_task_failed",
         key,
-        task.name,
+        task_name=task.name,
         attempt=ctx.attempt,
         run_id=ctx.run_id,
         status="failed",
-        error=json.loads(error),
+        error=error_dict(exc),
     )
     observe.store_events(transition.events)
