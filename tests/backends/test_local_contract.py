@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from mageflow import Mageflow
+from mageflow import Mageflow, faults
 from mageflow.backend.local import LocalBackend
-from mageflow.flows import faults
 from mageflow.store import MemoryStore, RedisStore
 from mageflow.testing import contract_tasks
 from mageflow.testing.contract import BackendContract, ContractHarness

@@ -24,10 +24,10 @@ from pydantic import BaseModel
 
 from mageflow import Mageflow
 from mageflow.backend.base import HEADER_KEY, OutgoingTask, TaskDefinition
+from mageflow.engine import split_key
 from mageflow.errors import ConfigurationError, TaskFailedError
 from mageflow.models.status import SignatureStatus
 from mageflow.plugins.manager import backend_for_native
-from mageflow.store.base import split_key
 from mageflow.testing import contract_tasks
 from mageflow.testing.probe import RedisProbe
 from mageflow_hatchet.backend import WRAPPED, HatchetBackend

@@ -26,7 +26,7 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 
 from mageflow import Mageflow, SwarmConfig
-from mageflow.store.base import split_key
+from mageflow.engine import split_key
 from mageflow.testing import contract_tasks
 from mageflow.testing.probe import RedisProbe
 
@@ -107,7 +107,7 @@ async def test_kill_9_mid_swarm_completes_once_and_reruns_only_unfinished(
         wf, _ = split_key(sw.key)
         sids = [split_key(item.key)[1] for item in items]
         assert {split_key(item.key)[0] for item in items} == {wf}
-        statuses = await app.store.read(wf, [f"{sid}:s" for sid in sids])
+        statuses = await app.store.read(wf, [f"{sid}:status" for sid in sids])
         finished_at_kill = {i for i, s in enumerate(statuses) if s == "done"}
 
         ready_pids = await pool.wait_ready(2, rdb)
@@ -158,7 +158,7 @@ async def test_kill_9_mid_swarm_completes_once_and_reruns_only_unfinished(
         # message's run id (with another run id it would be dropped as a duplicate). It
         # also restarts items the victim had started in the store but died before their
         # code recorded a run: those ran once, on a live worker.
-        attempts = await app.store.read(wf, [f"{sid}:a" for sid in sids])
+        attempts = await app.store.read(wf, [f"{sid}:attempts" for sid in sids])
         assert set(attempts) <= {"1", "2"}
         restarted = {i for i, a in enumerate(attempts) if a == "2"}
         assert in_flight <= restarted

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -10,15 +12,17 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
-from mageflow.backend.base import HEADER_KEY, OutgoingTask, RunContext, TaskBackend, TaskDefinition
+from mageflow.backend.base import RunContext, TaskBackend, TaskDefinition
+from mageflow.engine import ROOT, Engine, split_key
+from mageflow.engine import fields as F
 from mageflow.errors import ConfigurationError, TaskAlreadyRegisteredError, TaskNotRegisteredError
+from mageflow.flows import reconcile
 from mageflow.flows.build import (
-    ROOT,
     TaskLike,
     WorkflowBuilder,
     callbacks_of,
-    new_item_id,
     new_workflow_id,
+    unique_item_ids,
 )
 from mageflow.flows.handles import ChainSignature, Signature, SwarmSignature, handle_for
 from mageflow.flows.inspect import read_def
@@ -27,11 +31,13 @@ from mageflow.models.config import SwarmConfig
 from mageflow.models.signatures import NodeDef
 from mageflow.plugins.manager import backend_for_native, load_backend_class
 from mageflow.plugins.settings import MageflowSettings
-from mageflow.store.base import Publish, StateStore, split_key
+from mageflow.store.base import StateStore
 from mageflow.store.memory import MemoryStore
 from mageflow.store.redis import RedisStore
 
-F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("mageflow")
+
+FnT = TypeVar("FnT", bound=Callable[..., Any])
 
 _default: Mageflow | None = None
 
@@ -61,6 +67,7 @@ class Mageflow:
         redis_url: str | None = None,
         store: StateStore | None = None,
         key_prefix: str | None = None,
+        resend_after: float | None = None,
         **backend_options: Any,
     ) -> None:
         global _default
@@ -83,7 +90,11 @@ class Mageflow:
         if store is None:
             redis_client = redis_client or settings.redis_url
             if redis_client is None or redis_client == "memory://":
-                store = MemoryStore()
+                store = MemoryStore(
+                    prefix=key_prefix or settings.key_prefix,
+                    active_ttl=settings.active_ttl,
+                    finished_ttl=settings.finished_ttl,
+                )
             else:
                 store = RedisStore(
                     redis_client,
@@ -91,7 +102,12 @@ class Mageflow:
                     active_ttl=settings.active_ttl,
                     finished_ttl=settings.finished_ttl,
                 )
+        self.resend_after = settings.resend_after if resend_after is None else resend_after
         self.store: StateStore = store
+        self.engine = Engine(store, resend_after=self.resend_after)
+        self._reconcilers: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[asyncio.Task[None], asyncio.Event]
+        ] = weakref.WeakKeyDictionary()
         if isinstance(backend, TaskBackend):
             if backend_options:
                 raise ConfigurationError(
@@ -102,6 +118,7 @@ class Mageflow:
         else:
             cls = load_backend_class(backend or settings.backend)
             self.backend = cls.from_options(backend_options)
+        self.backend.on_worker_start(self.start_reconciler)
         self.tasks: dict[str, RegisteredTask] = {}
         self._handles: dict[str, weakref.WeakSet[Signature]] = {}
         self._started = False
@@ -116,14 +133,14 @@ class Mageflow:
         input_validator: type[BaseModel] | None = None,
         retries: int = 0,
         timeout: float | None = None,
-    ) -> Callable[[F], F]:
+    ) -> Callable[[FnT], FnT]:
         """Register a function (async or sync) as a task runnable by name on any worker.
 
         It receives a validated ``input_validator`` model, or a dict without one.
         ``retries`` extra attempts are made on failure; error callbacks fire after the last.
         """
 
-        def decorate(fn: F) -> F:
+        def decorate(fn: FnT) -> FnT:
             task_name = name or fn.__name__
             existing = self.tasks.get(task_name)
             if existing is not None and existing.fn is not fn:
@@ -147,9 +164,11 @@ class Mageflow:
         previous = (self.backend, self.store)
         if store is not None:
             self.store = store
+            self.engine = Engine(store, resend_after=self.resend_after)
         if backend is not None:
             self.backend = backend
             self._started = False
+            backend.on_worker_start(self.start_reconciler)
             for registered in self.tasks.values():
                 backend.register(self._definition(registered))
         return previous
@@ -237,7 +256,7 @@ class Mageflow:
         Pass ``is_swarm_closed=False`` to :meth:`SwarmSignature.add_task` later."""
         config = config or SwarmConfig()
         b = WorkflowBuilder(self, new_workflow_id())
-        items = [new_item_id(ROOT) for _ in tasks]
+        items = unique_item_ids(ROOT, len(tasks))
         for sid, t in zip(items, tasks, strict=True):
             await b.task_like(sid, t, parent=ROOT)
         ok, err = await b.callbacks(
@@ -255,8 +274,8 @@ class Mageflow:
             ),
         )
         if is_swarm_closed:
-            b.fields[f"{ROOT}:closed"] = "1"
-        b.lists[f"i:{ROOT}"] = items
+            b.fields[F.of(ROOT, F.CLOSED)] = "1"
+        b.lists[F.aux(F.ITEMS, ROOT)] = items
         await b.commit()
         return SwarmSignature(self, f"{b.wf}.{ROOT}")
 
@@ -284,20 +303,37 @@ class Mageflow:
             self._started = True
             await self.backend.startup()
 
-    async def publish(self, publishes: Sequence[Publish]) -> None:
-        """Send what a transition said must be published."""
-        if not publishes:
-            return
-        await self.ensure_started()
-        await self.backend.publish_many(
-            [OutgoingTask(p.task_name, p.payload, {HEADER_KEY: p.key}) for p in publishes]
-        )
+    def start_reconciler(self) -> None:
+        """Run the reconciler sweep on this event loop (once per loop; workers call it)."""
+        loop = asyncio.get_running_loop()
+        running = self._reconcilers.get(loop)
+        if running is None or running[0].done():
+            stop = asyncio.Event()
+            task = loop.create_task(reconcile.run_until(self, stop), name="mageflow-reconciler")
+            self._reconcilers[loop] = (task, stop)
+
+    async def reconcile(self) -> int:
+        """Re-send, once, whatever is due: dispatched and never started. Returns how many
+        tasks were re-sent (``mageflow reconcile`` runs this)."""
+        total = 0
+        while True:
+            resent = await reconcile.sweep(self)
+            total += resent
+            if not resent:
+                return total
 
     def run_worker(self, *, concurrency: int | None = None) -> None:
         """Serve this instance's tasks until interrupted (blocking)."""
         self.backend.run_worker(concurrency=concurrency)
 
     async def aclose(self) -> None:
+        running = self._reconcilers.pop(asyncio.get_running_loop(), None)
+        if running is not None:
+            task, stop = running
+            stop.set()
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.05)
         await self.backend.shutdown()
         await self.store.close()
         self._started = False

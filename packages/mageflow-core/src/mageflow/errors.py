@@ -55,6 +55,19 @@ class StoreUnavailableError(MageflowError):
     """Redis could not be reached. The URL is shown without its password."""
 
 
+class EngineError(MageflowError):
+    """The engine's script failed on a workflow (a bug: report it with the workflow key)."""
+
+
+class PublishError(MageflowError):
+    """The task manager refused a publish after retries. The work is recorded: the
+    reconciler (any worker, or ``mageflow reconcile``) sends it once the broker is back."""
+
+
+class WorkflowTooDeepError(MageflowError):
+    """A workflow nests deeper than the engine supports."""
+
+
 class SignatureNotFoundError(MageflowError, KeyError):
     """No signature, chain or swarm is stored under this key (unknown or expired)."""
 

@@ -25,7 +25,7 @@ import functools
 import json
 import math
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
@@ -298,8 +298,18 @@ class HatchetBackend(TaskBackend):
         if threading.current_thread() is not threading.main_thread():
             raise ConfigurationError("a Hatchet worker must run in the main thread")
         slots = concurrency or self.slots
+        backend = self
+
+        async def lifespan() -> AsyncGenerator[None, None]:
+            # inside the worker's event loop: the core starts its reconciler here
+            backend.worker_started()
+            yield
+
         worker = self.hatchet.worker(
-            self.worker_name, slots=slots, workflows=list(self.workflows.values())
+            self.worker_name,
+            slots=slots,
+            workflows=list(self.workflows.values()),
+            lifespan=lifespan,
         )
         worker.start()
 

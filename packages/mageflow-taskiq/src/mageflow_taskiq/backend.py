@@ -194,10 +194,15 @@ class TaskiqBackend(TaskBackend):
             # default_retry_label=False: tasks that are not MageFlow's are left alone.
             broker.add_middlewares(SimpleRetryMiddleware(default_retry_label=False))
         _signals_wake_loop(broker)
+        broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, self._on_worker_startup)
         self.broker = broker
         self.import_path = import_path
         self._started = False
         self._start_lock = asyncio.Lock()
+
+    def _on_worker_startup(self, _state: TaskiqState) -> None:
+        # inside the worker's event loop: the core starts its reconciler here
+        self.worker_started()
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> TaskiqBackend:

@@ -115,6 +115,17 @@ class TaskBackend(abc.ABC):
     def run_worker(self, *, concurrency: int | None = None) -> None:
         """Serve the registered tasks until interrupted (blocking; used by the CLI)."""
 
+    def on_worker_start(self, hook: Callable[[], None]) -> None:
+        """The core registers what a worker must also run (the reconciler)."""
+        self._worker_hooks = [*getattr(self, "_worker_hooks", ()), hook]
+
+    def worker_started(self) -> None:
+        """Call from inside the worker's event loop once it serves tasks: the core starts
+        its background duties there. (The core also starts them at the first task a
+        worker handles, so an adapter that never calls this still works, only later.)"""
+        for hook in getattr(self, "_worker_hooks", ()):
+            hook()
+
     async def startup(self) -> None:
         """Open connections before the first publish. Called once, lazily."""
 

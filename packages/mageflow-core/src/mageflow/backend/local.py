@@ -3,7 +3,7 @@
 It is a real backend, not a mock: published tasks go through a queue, ``workers``
 independent worker loops each run up to ``concurrency`` tasks at once, failures are
 retried with the attempt number reported, running tasks can be cancelled, and a worker
-that dies holding a message (see :class:`mageflow.flows.faults.SimulatedCrash`) has that
+that dies holding a message (see :class:`mageflow.faults.SimulatedCrash`) has that
 message redelivered. It is the embedded default and the reference for adapter authors.
 """
 
@@ -25,7 +25,7 @@ from mageflow.backend.base import (
     TaskDefinition,
 )
 from mageflow.errors import ConfigurationError, NonRetryableError, TaskNotRegisteredError
-from mageflow.flows.faults import SimulatedCrash
+from mageflow.faults import SimulatedCrash
 
 log = logging.getLogger("mageflow.local")
 
@@ -65,6 +65,9 @@ class LocalBackend(TaskBackend):
     def register(self, definition: TaskDefinition) -> None:
         self.definitions[definition.name] = definition
 
+    async def startup(self) -> None:
+        self._ensure_workers()
+
     def _ensure_workers(self) -> asyncio.Queue[_Message]:
         loop = asyncio.get_running_loop()
         if self._queue is None or self._loop is not loop:
@@ -77,6 +80,7 @@ class LocalBackend(TaskBackend):
                 loop.create_task(self._worker(i), name=f"mageflow-local-worker-{i}")
                 for i in range(self.workers)
             ]
+            self.worker_started()
         return self._queue
 
     async def publish(self, task: OutgoingTask) -> str:

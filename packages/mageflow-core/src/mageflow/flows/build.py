@@ -1,7 +1,7 @@
 """Turning what a user passes (signatures, task functions, task names) into stored records.
 
 Every workflow has a root ``r``; children get dotted ids (``r.0`` chain step,
-``r.i3f2a1b`` swarm item, ``r.s0`` / ``r.e0`` callbacks). A signature that was signed on
+``r.i3f2a1b9c0d1e2`` swarm item, ``r.s0`` / ``r.e0`` callbacks). A signature that was signed on
 its own is *moved* into the workflow that uses it: its records are copied under the new
 id and its old standalone workflow is deleted, so one workflow = one hash tag.
 """
@@ -15,19 +15,21 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from mageflow.errors import SignatureInUseError
+from mageflow.engine import ROOT, split_key
+from mageflow.engine import fields as F
+from mageflow.errors import SignatureInUseError, WorkflowTooDeepError
 from mageflow.flows.messages import to_json
 from mageflow.models.signatures import NodeDef
-from mageflow.store.base import split_key
 
 if TYPE_CHECKING:
-    from mageflow.app import Mageflow
     from mageflow.flows.handles import Signature
+    from mageflow.flows.runtime import Runtime
 
 TaskLike = Any
 """A :class:`Signature`, a function registered with ``@mf.task`` or a task name."""
 
-ROOT = "r"
+MAX_DEPTH = 64
+"""How deeply workflows may nest (each level is a few frames of the engine script)."""
 
 
 def new_workflow_id() -> str:
@@ -35,7 +37,16 @@ def new_workflow_id() -> str:
 
 
 def new_item_id(parent: str) -> str:
-    return f"{parent}.i{secrets.token_hex(4)}"
+    """A swarm item id: 64 random bits (the engine refuses a duplicate on ``add``)."""
+    return f"{parent}.i{secrets.token_hex(8)}"
+
+
+def unique_item_ids(parent: str, n: int) -> list[str]:
+    """``n`` distinct new item ids."""
+    ids: dict[str, None] = {}
+    while len(ids) < n:
+        ids[new_item_id(parent)] = None
+    return list(ids)
 
 
 def callbacks_of(value: TaskLike | Sequence[TaskLike] | None) -> list[TaskLike]:
@@ -44,6 +55,15 @@ def callbacks_of(value: TaskLike | Sequence[TaskLike] | None) -> list[TaskLike]:
     if isinstance(value, (list, tuple)):
         return list(value)
     return [value]
+
+
+def _check_depth(sid: str) -> None:
+    depth = sid.count(".")
+    if depth > MAX_DEPTH:
+        raise WorkflowTooDeepError(
+            f"workflow nests {depth} levels deep; at most {MAX_DEPTH} are supported. "
+            "Flatten it, or start the inner part from a task of its own."
+        )
 
 
 def _rename(sid: str, old_root: str, new_root: str) -> str:
@@ -57,7 +77,7 @@ def _rename(sid: str, old_root: str, new_root: str) -> str:
 class WorkflowBuilder:
     """Collects the records of one new workflow (or of one item added to a swarm)."""
 
-    def __init__(self, mf: Mageflow, wf: str) -> None:
+    def __init__(self, mf: Runtime, wf: str) -> None:
         self.mf = mf
         self.wf = wf
         self.fields: dict[str, str] = {}
@@ -73,13 +93,14 @@ class WorkflowBuilder:
         kwargs: dict[str, Any] | None = None,
         identifiers: dict[str, Any] | None = None,
     ) -> None:
+        _check_depth(sid)
         self.fields[sid] = definition.dump()
-        self.fields[f"{sid}:s"] = "pending"
-        self.fields[f"{sid}:c"] = self.now
+        self.fields[F.of(sid, F.STATUS)] = "pending"
+        self.fields[F.of(sid, F.CREATED)] = self.now
         if kwargs:
-            self.fields[f"{sid}:kw"] = to_json(kwargs, "signature kwargs")
+            self.fields[F.of(sid, F.KWARGS)] = to_json(kwargs, "signature kwargs")
         if identifiers:
-            self.fields[f"{sid}:id"] = to_json(identifiers, "task_identifiers")
+            self.fields[F.of(sid, F.IDENTS)] = to_json(identifiers, "task_identifiers")
 
     async def task_like(
         self, sid: str, value: TaskLike, *, parent: str | None = None, owner: str | None = None
@@ -115,18 +136,19 @@ class WorkflowBuilder:
         records = await self.mf.store.read_all(old_wf)
         if not records:
             raise SignatureInUseError(f"{sig.key} no longer exists (expired or already used)")
-        if records.get(f"{ROOT}:d") or records.get(f"{ROOT}:s") != "pending":
+        if records.get(F.of(ROOT, F.SENT)) or records.get(F.of(ROOT, F.STATUS)) != "pending":
             raise SignatureInUseError(f"{sig.key} was already run; sign a new one to use it")
         old_lists: list[str] = []
         for field, value in records.items():
             old, sep, attr = field.partition(":")
             new_sid = _rename(old, ROOT, sid)
             if not sep:
+                _check_depth(new_sid)
                 d = NodeDef.model_validate(json.loads(value))
                 if d.kind == "swarm":
-                    old_lists.append(f"i:{old}")
-                    items = await self.mf.store.read_list(old_wf, f"i:{old}")
-                    self.lists[f"i:{new_sid}"] = [_rename(x, ROOT, sid) for x in items]
+                    old_lists.append(F.aux(F.ITEMS, old))
+                    items = await self.mf.store.read_list(old_wf, F.aux(F.ITEMS, old))
+                    self.lists[F.aux(F.ITEMS, new_sid)] = [_rename(x, ROOT, sid) for x in items]
                 d.parent = parent if old == ROOT else d.parent and _rename(d.parent, ROOT, sid)
                 d.owner = owner if old == ROOT else d.owner and _rename(d.owner, ROOT, sid)
                 d.on_success = [_rename(x, ROOT, sid) for x in d.on_success]
@@ -138,8 +160,10 @@ class WorkflowBuilder:
         self.moved.append((sig, sid, old_lists))
 
     async def commit(self) -> None:
-        """Write the new records, then drop the standalone workflows that were moved."""
-        await self.mf.store.write(self.wf, self.fields, self.lists)
+        """Write the new records (indexed for the reconciler), then drop the standalone
+        workflows that were moved in."""
+        live_at = int(self.now) + int(self.mf.engine.resend_after * 1000)
+        await self.mf.store.write(self.wf, self.fields, self.lists, live_at_ms=live_at)
         await self.drop_moved()
 
     async def drop_moved(self) -> None:

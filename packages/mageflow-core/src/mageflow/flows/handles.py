@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from mageflow.errors import TaskFailedError, WaitTimeoutError
+from mageflow import faults
+from mageflow.engine import ROOT, split_key
+from mageflow.engine import fields as F
+from mageflow.errors import SignatureNotFoundError, TaskFailedError, WaitTimeoutError
 from mageflow.flows import observe
-from mageflow.flows.build import ROOT, TaskLike, WorkflowBuilder, new_item_id
+from mageflow.flows.build import TaskLike, WorkflowBuilder, new_item_id
 from mageflow.flows.messages import message_json
+from mageflow.flows.publish import publish
 from mageflow.models.signatures import NodeDef, SignatureState
 from mageflow.models.status import SignatureStatus
-from mageflow.store.base import split_key
 
 if TYPE_CHECKING:
-    from mageflow.app import Mageflow
+    from mageflow.flows.runtime import Runtime
 
 
 class Signature:
@@ -25,7 +28,7 @@ class Signature:
 
     kind = "task"
 
-    def __init__(self, mf: Mageflow, key: str) -> None:
+    def __init__(self, mf: Runtime, key: str) -> None:
         self.mf = mf
         self.key = key
         mf.track(self)
@@ -49,18 +52,19 @@ class Signature:
 
     async def _run(self, message: Any, watch: bool) -> None:
         raw = message_json(message)
-        transition = await self.mf.store.run(self.key, raw, watch=watch)
-        await self.mf.publish(transition.publishes)
+        transition = await self.mf.engine.run(self.key, raw, watch=watch)
         observe.store_events(transition.events)
+        faults.check(faults.AFTER_RUN, faults.CLIENT)
+        await publish(self.mf, transition.publishes)
 
     async def wait(self, timeout: float | None = None) -> Any:
         """Wait (pushed, not polled) until finished; return the result or raise."""
         wf, sid = self._wf_sid
         try:
-            status = await self.mf.store.wait(wf, sid, timeout)
+            status = await self.mf.engine.wait(self.key, timeout)
         except TimeoutError as exc:
             raise WaitTimeoutError(f"{self.key} did not finish within {timeout} s") from exc
-        result, error = await self.mf.store.read(wf, [f"{sid}:r", f"{sid}:e"])
+        result, error = await self.mf.store.read(wf, [F.of(sid, F.RESULT), F.of(sid, F.ERROR)])
         if status == "done":
             return None if result is None else json.loads(result)
         if status == "canceled":
@@ -69,10 +73,8 @@ class Signature:
 
     async def get_status(self) -> SignatureStatus:
         wf, sid = self._wf_sid
-        (status,) = await self.mf.store.read(wf, [f"{sid}:s"])
+        (status,) = await self.mf.store.read(wf, [F.of(sid, F.STATUS)])
         if status is None:
-            from mageflow.errors import SignatureNotFoundError
-
             raise SignatureNotFoundError(f"no signature stored under {self.key!r}")
         return SignatureStatus(status)
 
@@ -84,7 +86,7 @@ class Signature:
 
     async def suspend(self) -> None:
         """Stop what has not started; running tasks finish, what follows them waits."""
-        await self.mf.store.suspend(self.key, interrupt=False, can_cancel=False)
+        await self.mf.engine.suspend(self.key, interrupt=False, can_cancel=False)
         self._lifecycle("mageflow_workflow_suspended", "suspended")
 
     def _lifecycle(self, hook: str, status: str) -> None:
@@ -94,22 +96,23 @@ class Signature:
         """Suspend and also cancel running tasks where the backend can; those run again
         on :meth:`resume`. Without that capability this is :meth:`suspend`."""
         can_cancel = self.mf.backend.capabilities.cancel_running
-        run_ids = await self.mf.store.suspend(self.key, interrupt=True, can_cancel=can_cancel)
+        run_ids = await self.mf.engine.suspend(self.key, interrupt=True, can_cancel=can_cancel)
         if run_ids:
             await self.mf.backend.cancel(run_ids)
         self._lifecycle("mageflow_workflow_suspended", "interrupted")
 
     async def resume(self) -> None:
-        """Continue where it stopped; nothing runs twice. Raises
+        """Release exactly what was held, once; on a workflow that is not held, re-send
+        what was dispatched and never started. Nothing runs twice. Raises
         :class:`WorkflowFinishedError` on a finished workflow."""
-        transition = await self.mf.store.resume(self.key)
-        await self.mf.publish(transition.publishes)
+        transition = await self.mf.engine.resume(self.key)
         self._lifecycle("mageflow_workflow_resumed", "active")
         observe.store_events(transition.events)
+        await publish(self.mf, transition.publishes)
 
     async def cancel(self) -> None:
         """Stop a whole workflow for good: nothing more starts, no callback fires."""
-        run_ids = await self.mf.store.cancel(self.key)
+        run_ids = await self.mf.engine.cancel(self.key)
         if run_ids and self.mf.backend.capabilities.cancel_running:
             await self.mf.backend.cancel(run_ids)
 
@@ -138,24 +141,25 @@ class SwarmSignature(Signature):
         await builder.task_like(item_sid, task, parent=sid)
         if builder.lists:
             await self.mf.store.write(wf, {}, builder.lists)
-        await self.mf.store.add_item(self.key, item_sid, builder.fields)
+        await self.mf.engine.add_item(self.key, item_sid, builder.fields)
         await builder.drop_moved()
         d = NodeDef.model_validate(json.loads(builder.fields[item_sid]))
         return handle_for(self.mf, f"{wf}.{item_sid}", d.kind)
 
     async def close_swarm(self) -> None:
         """No more items; the swarm completes once every item has finished."""
-        transition = await self.mf.store.close_swarm(self.key)
-        await self.mf.publish(transition.publishes)
+        transition = await self.mf.engine.close_swarm(self.key)
         observe.store_events(transition.events)
+        faults.check(faults.AFTER_CLOSE, faults.CLIENT)
+        await publish(self.mf, transition.publishes)
 
     async def is_swarm_closed(self) -> bool:
         wf, sid = self._wf_sid
-        (closed,) = await self.mf.store.read(wf, [f"{sid}:closed"])
+        (closed,) = await self.mf.store.read(wf, [F.of(sid, F.CLOSED)])
         return closed == "1"
 
 
-def handle_for(mf: Mageflow, key: str, kind: str) -> Signature:
+def handle_for(mf: Runtime, key: str, kind: str) -> Signature:
     if kind == "chain":
         return ChainSignature(mf, key)
     if kind == "swarm":

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+from mageflow.engine import fields as F
+from mageflow.engine import join_key, split_key
 from mageflow.errors import SignatureNotFoundError
-from mageflow.models.signatures import NodeDef, SignatureState
+from mageflow.models.signatures import NodeDef, SignatureState, timestamp_of
 from mageflow.models.status import SignatureStatus
-from mageflow.store.base import join_key, split_key
 
 if TYPE_CHECKING:
-    from mageflow.app import Mageflow
+    from mageflow.flows.runtime import Runtime
 
 
-async def read_def(mf: Mageflow, key: str) -> NodeDef:
+async def read_def(mf: Runtime, key: str) -> NodeDef:
     wf, sid = split_key(key)
     (raw,) = await mf.store.read(wf, [sid])
     if raw is None:
@@ -22,21 +23,33 @@ async def read_def(mf: Mageflow, key: str) -> NodeDef:
     return NodeDef.model_validate(json.loads(raw))
 
 
-async def read_state(mf: Mageflow, key: str) -> SignatureState:
+async def read_state(mf: Runtime, key: str) -> SignatureState:
     wf, sid = split_key(key)
-    names = ["", ":s", ":a", ":c", ":t0", ":t1", ":r", ":e", ":fin", ":nf", ":run"]
-    raw = await mf.store.read(wf, [sid + n for n in names])
+    names = [
+        F.STATUS,
+        F.ATTEMPTS,
+        F.CREATED,
+        F.STARTED,
+        F.ENDED,
+        F.RESULT,
+        F.ERROR,
+        F.N_ENDED,
+        F.N_FAILED,
+        F.N_RUNNING,
+        F.SENT,
+    ]
+    raw = await mf.store.read(wf, [sid, *(F.of(sid, n) for n in names)])
     if raw[0] is None:
         raise SignatureNotFoundError(f"no signature stored under {key!r} (unknown or expired)")
     d = NodeDef.model_validate(json.loads(raw[0]))
-    _, status, attempts, created, t0, t1, result, error, fin, nf, running = raw
+    _, status, attempts, created, t0, t1, result, error, fin, nf, running, sent = raw
     children: list[str] = []
     counts: dict[str, int] = {}
     if d.kind == "chain":
         children = [join_key(wf, s) for s in d.steps]
     elif d.kind == "swarm":
-        total = await mf.store.count(wf, f"i:{sid}")
-        queued = await mf.store.count(wf, f"q:{sid}")
+        total = await mf.store.count(wf, F.aux(F.ITEMS, sid))
+        queued = await mf.store.count(wf, F.aux(F.QUEUE, sid))
         failed = int(nf or 0)
         counts = {
             "total": total,
@@ -47,7 +60,7 @@ async def read_state(mf: Mageflow, key: str) -> SignatureState:
         }
         counts["pending"] = max(total - counts["queued"] - counts["running"] - int(fin or 0), 0)
         if total <= 1000:
-            children = [join_key(wf, s) for s in await mf.store.read_list(wf, f"i:{sid}")]
+            children = [join_key(wf, s) for s in await mf.store.read_list(wf, F.aux(F.ITEMS, sid))]
     return SignatureState(
         key=key,
         kind=d.kind,
@@ -59,5 +72,6 @@ async def read_state(mf: Mageflow, key: str) -> SignatureState:
         parent=join_key(wf, d.parent) if d.parent else None,
         children=children,
         counts=counts,
+        dispatched_at=timestamp_of(sent),
         **SignatureState.timestamps(created, t0, t1),
     )

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from mageflow.engine import EngineEvent, join_key, split_key
 from mageflow.models.events import WorkflowEvent
 from mageflow.plugins.manager import plugin_manager
-from mageflow.store.base import StoreEvent, join_key, split_key
 
 log = logging.getLogger("mageflow.events")
 
@@ -56,7 +56,7 @@ def emit(hook_name: str, key: str, **fields: Any) -> None:
         log.exception("observer hook %s failed", hook_name)
 
 
-def store_events(events: list[StoreEvent]) -> None:
+def store_events(events: list[EngineEvent]) -> None:
     """Translate what a transition reported into hook calls."""
     for ev in events:
         if ev.name == "advanced":

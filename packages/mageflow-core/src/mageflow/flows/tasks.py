@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,14 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from mageflow import faults
 from mageflow.backend.base import HEADER_KEY, JSON, RunContext
 from mageflow.errors import (
     InvalidTaskInputError,
     NonRetryableError,
     PayloadNotSerializableError,
+    PublishError,
     TaskTimeoutError,
 )
-from mageflow.flows import faults, observe
+from mageflow.flows import observe
 from mageflow.flows.messages import (
     build_input,
     dumps,
@@ -28,10 +29,12 @@ from mageflow.flows.messages import (
     to_json,
     to_jsonable,
 )
+from mageflow.flows.publish import publish
 from mageflow.models.return_value import return_value_field
 
 if TYPE_CHECKING:
-    from mageflow.app import Mageflow
+    from mageflow.engine import Publish
+    from mageflow.flows.runtime import Runtime
 
 log = logging.getLogger("mageflow.worker")
 
@@ -88,7 +91,16 @@ def _result(task: RegisteredTask, result: Any) -> tuple[Any, str]:
     return data, dumps(data, what)
 
 
-async def run_task(mf: Mageflow, task: RegisteredTask, payload: JSON, ctx: RunContext) -> JSON:
+async def _publish_after_finish(rt: Runtime, key: str, publishes: list[Publish]) -> None:
+    """Publish what a finish dispatched. A failure here is not the task's failure: the
+    dispatches are recorded and the reconciler re-sends them."""
+    try:
+        await publish(rt, publishes)
+    except PublishError as exc:
+        log.error("%s finished, but publishing what follows failed: %s", key, exc)
+
+
+async def run_task(mf: Runtime, task: RegisteredTask, payload: JSON, ctx: RunContext) -> JSON:
     """What a worker does with one delivery: one start transition, the user code, one
     finish transition, then the publishes that finish implies."""
     key = ctx.headers.get(HEADER_KEY)
@@ -96,14 +108,13 @@ async def run_task(mf: Mageflow, task: RegisteredTask, payload: JSON, ctx: RunCo
         # Invoked outside MageFlow (e.g. kicked by hand): plain call, no orchestration.
         data = payload if isinstance(payload, dict) else {}
         return _result(task, await task.call(data))[0]
-    store = mf.store
-    raw = json.dumps(payload, separators=(",", ":"))
-    outcome = await store.start(key, ctx.run_id, raw)
+    mf.start_reconciler()
+    outcome = await mf.engine.start(key, ctx.run_id)
     if outcome.action == "redo":
         log.info(
             "redelivered %s (%s): re-issuing %d publish(es)", key, task.name, len(outcome.owed)
         )
-        await mf.publish(outcome.owed)
+        await _publish_after_finish(mf, key, outcome.owed)
         return None
     if outcome.action != "run":
         log.info("delivery of %s (%s) skipped: %s", key, task.name, outcome.action)
@@ -137,9 +148,9 @@ async def run_task(mf: Mageflow, task: RegisteredTask, payload: JSON, ctx: RunCo
             raise
         await _fail(mf, task, key, exc, data, ctx)
         raise
-    transition = await store.finish(key, True, result_json)
-    faults.check(faults.AFTER_FINISH, task.name, hard=mf.backend.capabilities.remote_workers)
-    await mf.publish(transition.publishes)
+    transition = await mf.engine.finish(key, True, result_json)
+    faults.check(faults.AFTER_FINISH, task.name)
+    await _publish_after_finish(mf, key, transition.publishes)
     observe.emit(
         "mageflow_task_succeeded",
         key,
@@ -153,7 +164,7 @@ async def run_task(mf: Mageflow, task: RegisteredTask, payload: JSON, ctx: RunCo
 
 
 async def _fail(
-    mf: Mageflow,
+    mf: Runtime,
     task: RegisteredTask,
     key: str,
     exc: BaseException,
@@ -165,9 +176,9 @@ async def _fail(
     except PayloadNotSerializableError:
         original = "{}"
     error = error_json(exc)
-    transition = await mf.store.finish(key, False, error, original)
-    faults.check(faults.AFTER_FINISH, task.name, hard=mf.backend.capabilities.remote_workers)
-    await mf.publish(transition.publishes)
+    transition = await mf.engine.finish(key, False, error, original)
+    faults.check(faults.AFTER_FINISH, task.name)
+    await _publish_after_finish(mf, key, transition.publishes)
     observe.emit(
         "mageflow_task_failed",
         key,

@@ -14,14 +14,14 @@ Kind = Literal["task", "chain", "swarm"]
 
 class NodeDef(BaseModel):
     """Structural definition of one signature (never user data). Short field names keep
-    the hash small; the Lua transitions read them."""
+    the hash small; the engine script reads them (glossary: ``transitions.lua``)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     kind: Kind = Field(alias="k")
     task: str | None = Field(default=None, alias="t")
     parent: str | None = Field(default=None, alias="p")
-    owner: str | None = Field(default=None, alias="o")
+    owner: str | None = Field(default=None, alias="of")
     on_success: list[str] = Field(default_factory=list, alias="ok")
     on_error: list[str] = Field(default_factory=list, alias="err")
     steps: list[str] = Field(default_factory=list)
@@ -33,7 +33,7 @@ class NodeDef(BaseModel):
         return self.model_dump_json(by_alias=True, exclude_none=True, exclude_defaults=True)
 
 
-def _ts(ms: str | None) -> datetime | None:
+def timestamp_of(ms: str | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc)
 
 
@@ -52,9 +52,15 @@ class SignatureState(BaseModel):
     error: dict[str, Any] | None = None
     parent: str | None = None
     children: list[str] = Field(default_factory=list)
+    dispatched_at: datetime | None = None
+    """When the engine last dispatched or started this node."""
     counts: dict[str, int] = Field(default_factory=dict)
     """For swarms: items total / queued / running / finished / failed."""
 
     @staticmethod
     def timestamps(c: str | None, t0: str | None, t1: str | None) -> dict[str, datetime | None]:
-        return {"created_at": _ts(c), "started_at": _ts(t0), "finished_at": _ts(t1)}
+        return {
+            "created_at": timestamp_of(c),
+            "started_at": timestamp_of(t0),
+            "finished_at": timestamp_of(t1),
+        }

@@ -23,10 +23,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, Status, StatusCode, TraceFlags
 
+from mageflow.engine import split_key
 from mageflow.models.events import WorkflowEvent
 from mageflow.plugins.hookspecs import hookimpl
 from mageflow.plugins.manager import register_observer, unregister_observer
-from mageflow.store.base import split_key
 
 _forced: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
     "mageflow_otel_ids", default=None

@@ -1,16 +1,7 @@
-"""Persistence and atomic state transitions."""
+"""Where a workflow's records live and how a script runs atomically on them."""
 
-from mageflow.store.base import Publish, StartOutcome, StateStore, join_key, split_key
+from mageflow.store.base import Script, StateStore
 from mageflow.store.memory import MemoryStore
 from mageflow.store.redis import RedisStore, redact_url
 
-__all__ = [
-    "MemoryStore",
-    "Publish",
-    "RedisStore",
-    "StartOutcome",
-    "StateStore",
-    "join_key",
-    "redact_url",
-    "split_key",
-]
+__all__ = ["MemoryStore", "RedisStore", "Script", "StateStore", "redact_url"]

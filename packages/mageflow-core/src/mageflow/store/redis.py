@@ -1,24 +1,21 @@
-"""``RedisStore``: workflow state in Redis; every transition is one EVALSHA round trip."""
+"""``RedisStore``: workflow records in Redis; a script runs with one EVALSHA round trip."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import weakref
-from collections.abc import Mapping, Sequence
-from importlib import resources
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mageflow.errors import StoreUnavailableError
-from mageflow.store.base import TERMINAL, StateStore
-
-_SCRIPT = resources.files("mageflow.store").joinpath("lua/transitions.lua").read_text()
+from mageflow.errors import EngineError, StoreUnavailableError
+from mageflow.store.base import Reply, Script, StateStore
 
 DEFAULT_PREFIX = "mageflow"
 DEFAULT_ACTIVE_TTL = 7 * 24 * 3600
@@ -39,7 +36,7 @@ def redact_url(url: str) -> str:
 
 class RedisStore(StateStore):
     """State in Redis under ``prefix``. Keys of one workflow share the hash tag ``{wf}``,
-    so the Lua transitions also work on Redis Cluster. JSON only, never pickle."""
+    so one script call touches one Cluster slot. JSON only, never pickle."""
 
     def __init__(
         self,
@@ -69,7 +66,6 @@ class RedisStore(StateStore):
         self.prefix = prefix
         self.active_ttl = active_ttl
         self.finished_ttl = finished_ttl
-        self._sha: str | None = None
 
     @property
     def client(self) -> aioredis.Redis:
@@ -89,9 +85,6 @@ class RedisStore(StateStore):
             client = self._clients[loop] = aioredis.Redis(connection_pool=pool)
         return client
 
-    def _hash(self, wf: str) -> str:
-        return f"{self.prefix}:{{{wf}}}"
-
     def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
         return StoreUnavailableError(
             f"cannot reach Redis at {redact_url(self.url)}: {exc}. Check MAGEFLOW_REDIS_URL "
@@ -104,57 +97,72 @@ class RedisStore(StateStore):
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise self._unavailable(exc) from exc
 
-    async def _transition(self, wf: str, op: str, *args: str) -> list[str]:
-        argv = [op, str(int(time.time() * 1000)), str(self.active_ttl), str(self.finished_ttl)]
-        argv.extend(args)
-        keys = [self._hash(wf)]
+    async def run_script(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
+        client = self.client
         try:
-            if self._sha is None:
-                self._sha = await self.client.script_load(_SCRIPT)
             try:
-                reply = await self.client.evalsha(self._sha, 1, *keys, *argv)
+                reply = await client.evalsha(script.sha, len(keys), *keys, *args)
             except NoScriptError:
-                self._sha = await self.client.script_load(_SCRIPT)
-                reply = await self.client.evalsha(self._sha, 1, *keys, *argv)
+                await client.script_load(script.source)
+                reply = await client.evalsha(script.sha, len(keys), *keys, *args)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise self._unavailable(exc) from exc
-        return [str(x) for x in reply]
+        except ResponseError as exc:
+            raise EngineError(f"the engine script failed on {keys[0]}: {exc}") from exc
+        if isinstance(reply, list):
+            return [str(x) for x in reply]
+        return reply  # type: ignore[no-any-return]
 
     async def write(
-        self, wf: str, fields: Mapping[str, str], lists: Mapping[str, Sequence[str]]
+        self,
+        wf: str,
+        fields: Mapping[str, str],
+        lists: Mapping[str, Sequence[str]],
+        live_at_ms: int | None = None,
     ) -> None:
-        h = self._hash(wf)
+        h = self.hash_key(wf)
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(h, mapping=dict(fields))  # type: ignore[arg-type]
+            if fields:
+                pipe.hset(h, mapping=dict(fields))  # type: ignore[arg-type]
             pipe.expire(h, self.active_ttl)
             for name, values in lists.items():
                 if values:
                     pipe.rpush(f"{h}:{name}", *values)
                     pipe.expire(f"{h}:{name}", self.active_ttl)
-            pipe.zadd(f"{self.prefix}:index", {wf: time.time()})
             await self._call(pipe.execute())
+        if live_at_ms is not None:
+            # the indexes live in other hash slots: a separate (pipelined) call
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.zadd(f"{self.prefix}:index", {wf: time.time()})
+                pipe.zadd(self.live_key, {wf: live_at_ms})
+                await self._call(pipe.execute())
+
+    async def set_if_absent(self, wf: str, field_name: str, value: str) -> None:
+        await self._call(self.client.hsetnx(self.hash_key(wf), field_name, value))
 
     async def delete(self, wf: str, lists: Sequence[str] = ()) -> None:
-        h = self._hash(wf)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(h, *(f"{h}:{name}" for name in lists))
+        h = self.hash_key(wf)
+        await self._call(self.client.delete(h, *(f"{h}:{name}" for name in lists)))
+        async with self.client.pipeline(transaction=False) as pipe:
             pipe.zrem(f"{self.prefix}:index", wf)
+            pipe.zrem(self.live_key, wf)
             await self._call(pipe.execute())
 
     async def read(self, wf: str, fields: Sequence[str]) -> list[str | None]:
         if not fields:
             return []
-        values = await self._call(self.client.hmget(self._hash(wf), list(fields)))
+        values = await self._call(self.client.hmget(self.hash_key(wf), list(fields)))
         return list(values)
 
     async def read_all(self, wf: str) -> dict[str, str]:
-        return dict(await self._call(self.client.hgetall(self._hash(wf))))
+        return dict(await self._call(self.client.hgetall(self.hash_key(wf))))
 
     async def read_list(self, wf: str, name: str, start: int = 0, stop: int = -1) -> list[str]:
-        return list(await self._call(self.client.lrange(f"{self._hash(wf)}:{name}", start, stop)))
+        key = f"{self.hash_key(wf)}:{name}"
+        return list(await self._call(self.client.lrange(key, start, stop)))
 
     async def count(self, wf: str, name: str) -> int:
-        key = f"{self._hash(wf)}:{name}"
+        key = f"{self.hash_key(wf)}:{name}"
         kind = await self._call(self.client.type(key))
         if kind == "set":
             return int(await self._call(self.client.scard(key)))
@@ -166,34 +174,43 @@ class RedisStore(StateStore):
         ids = await self._call(self.client.zrevrange(f"{self.prefix}:index", 0, limit - 1))
         return [str(i) for i in ids]
 
-    async def wait(self, wf: str, sid: str, timeout: float | None) -> str:
-        h = self._hash(wf)
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+    async def set_live(self, entries: Mapping[str, float]) -> None:
+        if entries:
+            await self._call(self.client.zadd(self.live_key, dict(entries)))
+
+    async def drop_live(self, wfs: Sequence[str]) -> None:
+        if wfs:
+            await self._call(self.client.zrem(self.live_key, *wfs))
+
+    async def wait_published(
+        self,
+        wf: str,
+        channel: str,
+        message: str,
+        settled: Callable[[], Awaitable[bool]],
+        timeout: float | None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         pubsub = self.client.pubsub()
         try:
-            await self._call(pubsub.subscribe(f"{h}:done"))
-            # HSETNX / HMGET: commands the Lua transitions never use, so INFO commandstats
-            # tells client round trips apart from commands run inside scripts.
-            await self._call(self.client.hsetnx(h, f"{sid}:w", "1"))
-            while True:
-                (status,) = await self._call(self.client.hmget(h, [f"{sid}:s"]))
-                if status in TERMINAL:
-                    return str(status)
-                # Woken by the transition's PUBLISH; the status is re-read at most every
-                # 5 s as a safety net should a message be lost on a reconnect.
+            await self._call(pubsub.subscribe(f"{self.hash_key(wf)}:{channel}"))
+            while not await settled():
+                # woken by the script's PUBLISH; re-checked at most every 5 s as a safety
+                # net should a message be lost on a reconnect
                 left = 5.0
                 if deadline is not None:
-                    left = min(left, deadline - asyncio.get_running_loop().time())
+                    left = min(left, deadline - loop.time())
                     if left <= 0:
                         raise TimeoutError
                 while left > 0:
-                    started = asyncio.get_running_loop().time()
+                    started = loop.time()
                     msg = await self._call(
                         pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
                     )
-                    if msg is None or msg.get("data") == sid:
+                    if msg is None or msg.get("data") == message:
                         break
-                    left -= asyncio.get_running_loop().time() - started
+                    left -= loop.time() - started
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 

@@ -7,9 +7,8 @@ import json
 
 import pytest
 
+from mageflow import faults
 from mageflow.backend.base import HEADER_KEY, OutgoingTask
-from mageflow.flows import faults
-from mageflow.store.base import split_key
 from mageflow.testing.contract.base import ContractBase, ContractHarness, _ns
 
 
@@ -19,8 +18,7 @@ class ExactlyOnceContract(ContractBase):
     async def _republish(self, h: ContractHarness, key: str, task_name: str) -> None:
         """Publish the payload a signature already received once more (new run id), as
         a broker duplicate or a re-issued publish would."""
-        wf, sid = split_key(key)
-        (payload,) = await h.app.store.read(wf, [f"{sid}:pl"])
+        payload = await h.app.engine.payload(key)
         assert payload is not None
         await h.app.backend.publish(OutgoingTask(task_name, json.loads(payload), {HEADER_KEY: key}))
 

@@ -1,0 +1,40 @@
+"""Names of the records the engine keeps per node (see the glossary at the top of
+``transitions.lua``). Python code reads and writes them only through these names."""
+
+from __future__ import annotations
+
+STATUS = "status"
+CREATED = "created"
+KWARGS = "kwargs"
+IDENTS = "idents"
+SENT = "sent"
+STARTED = "started"
+ENDED = "ended"
+RESULT = "result"
+ERROR = "error"
+ATTEMPTS = "attempts"
+CLOSED = "closed"
+WAITED = "waited"
+N_RUNNING = "n_running"
+N_ENDED = "n_ended"
+N_FAILED = "n_failed"
+PAYLOAD = "payload"
+
+ITEMS = "items"
+QUEUE = "queue"
+RUNNING = "running"
+HELD = "held"
+DONE_CHANNEL = "done"
+
+TERMINAL = frozenset({"done", "failed", "canceled"})
+HOLDING = frozenset({"suspended", "interrupted"})
+
+
+def of(sid: str, name: str) -> str:
+    """The hash field of record ``name`` of node ``sid``."""
+    return f"{sid}:{name}"
+
+
+def aux(kind: str, sid: str) -> str:
+    """The name of an auxiliary key of node ``sid`` (``items``, ``queue`` ...)."""
+    return f"{kind}:{sid}"

@@ -1,0 +1,197 @@
+"""The engine's operations: one call of ``transitions.lua`` each, run by the store."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from importlib import resources
+
+from mageflow.engine import fields as F
+from mageflow.engine.keys import split_key
+from mageflow.engine.replies import (
+    Reconciled,
+    StartOutcome,
+    Transition,
+    decode_publishes,
+    decode_transition,
+)
+from mageflow.errors import (
+    EngineError,
+    SignatureInUseError,
+    SignatureNotFoundError,
+    SwarmClosedError,
+    WorkflowFinishedError,
+)
+from mageflow.store.base import Script, StateStore
+
+SCRIPT = Script(resources.files("mageflow.engine").joinpath("transitions.lua").read_text())
+"""The one state machine."""
+
+DEFAULT_RESEND_AFTER = 30.0
+
+
+def _raise_for(key: str, reply: Sequence[str]) -> None:
+    code = reply[1]
+    if code == "missing":
+        raise SignatureNotFoundError(f"no signature stored under {key!r} (unknown or expired)")
+    if code == "closed":
+        raise SwarmClosedError(f"swarm {key} is closed; create a new swarm to run more tasks")
+    if code in ("finished", "swarm_finished"):
+        status = reply[2] if len(reply) > 2 else "finished"
+        raise WorkflowFinishedError(
+            f"{key} already finished ({status}); a finished workflow cannot be changed"
+        )
+    if code == "already_run":
+        raise SignatureInUseError(f"{key} was already run; sign a new one to run it again")
+    if code == "callback":
+        raise SignatureInUseError(f"{key} is a callback; it runs when its task finishes")
+    if code == "chain_step":
+        raise SignatureInUseError(f"{key} is a chain step; run the chain instead")
+    if code == "not_root":
+        raise SignatureInUseError(f"{key} is part of a larger workflow; cancel the workflow")
+    if code == "exists":
+        raise SignatureInUseError(f"{key} already has an item with that id; add it again")
+    raise EngineError(f"unexpected engine reply for {key}: {list(reply)!r}")
+
+
+class Engine:
+    """Runs transitions on ``store``. ``resend_after`` (s): how long a dispatched task may
+    stay unstarted before the reconciler re-sends it (doubling per re-send)."""
+
+    def __init__(self, store: StateStore, *, resend_after: float = DEFAULT_RESEND_AFTER) -> None:
+        self.store = store
+        self.resend_after = resend_after
+
+    def _argv(self, op: str, args: Sequence[str]) -> list[str]:
+        return [
+            op,
+            str(int(time.time() * 1000)),
+            str(self.store.active_ttl),
+            str(self.store.finished_ttl),
+            str(int(self.resend_after * 1000)),
+            *args,
+        ]
+
+    async def _call(self, wf: str, op: str, *args: str) -> list[str]:
+        reply = await self.store.run_script(SCRIPT, [self.store.hash_key(wf)], self._argv(op, args))
+        if not isinstance(reply, list) or not reply:
+            raise EngineError(f"unexpected engine reply for {wf} ({op}): {reply!r}")
+        return reply
+
+    # -- a worker's events ------------------------------------------------------------------
+    async def start(self, key: str, run_id: str) -> StartOutcome:
+        """A delivery of ``key`` under ``run_id`` arrived: may its user code run?"""
+        wf, sid = split_key(key)
+        reply = await self._call(wf, "start", sid, run_id)
+        action = reply[0]
+        if action == "run":
+            return StartOutcome("run", kwargs=json.loads(reply[1]), attempt=int(reply[2]))
+        if action == "redo":
+            return StartOutcome("redo", owed=decode_publishes(wf, reply[1]))
+        if action not in ("dup", "held", "dropped", "missing"):
+            raise EngineError(f"unexpected engine reply for {key}: {reply!r}")
+        return StartOutcome(action)  # type: ignore[arg-type]
+
+    async def finish(
+        self, key: str, ok: bool, value: str, original_input: str = "{}"
+    ) -> Transition:
+        """Record success (``value`` = result JSON) or final failure (``value`` = error JSON
+        ``{"type","message"}``, ``original_input`` = the message the task received)."""
+        wf, sid = split_key(key)
+        reply = await self._call(wf, "finish", sid, "1" if ok else "0", value, original_input)
+        if reply[0] == "missing":
+            return Transition()
+        if reply[0] == "dup":
+            return Transition(decode_publishes(wf, reply[1]))
+        return decode_transition(wf, reply)
+
+    # -- a client's commands ----------------------------------------------------------------
+    async def run(self, key: str, own_message: str | None, watch: bool = False) -> Transition:
+        wf, sid = split_key(key)
+        reply = await self._call(wf, "run", sid, own_message or "", "1" if watch else "0")
+        if reply[0] == "err":
+            _raise_for(key, reply)
+        return decode_transition(wf, reply)
+
+    async def add_item(self, swarm_key: str, item_sid: str, records: Mapping[str, str]) -> None:
+        wf, sid = split_key(swarm_key)
+        flat = [v for pair in records.items() for v in pair]
+        reply = await self._call(wf, "add", sid, item_sid, *flat)
+        if reply[0] == "err":
+            _raise_for(swarm_key, reply)
+
+    async def close_swarm(self, key: str) -> Transition:
+        wf, sid = split_key(key)
+        reply = await self._call(wf, "close", sid)
+        if reply[0] == "err":
+            _raise_for(key, reply)
+        return decode_transition(wf, reply)
+
+    async def suspend(self, key: str, interrupt: bool, can_cancel: bool) -> list[str]:
+        """Hold ``key``; returns the run ids to cancel (interrupt, backend can cancel)."""
+        wf, sid = split_key(key)
+        mode = "interrupted" if interrupt else "suspended"
+        reply = await self._call(wf, "suspend", sid, mode, "1" if can_cancel else "0")
+        if reply[0] == "err":
+            _raise_for(key, reply)
+        return [r for r in json.loads(reply[1]) if r]
+
+    async def resume(self, key: str) -> Transition:
+        wf, sid = split_key(key)
+        reply = await self._call(wf, "resume", sid)
+        if reply[0] == "err":
+            _raise_for(key, reply)
+        return decode_transition(wf, reply)
+
+    async def cancel(self, key: str) -> list[str]:
+        wf, sid = split_key(key)
+        reply = await self._call(wf, "cancel", sid)
+        if reply[0] == "err":
+            _raise_for(key, reply)
+        return [r for r in json.loads(reply[1]) if r]
+
+    # -- the reconciler ---------------------------------------------------------------------
+    async def claim_due(self, lease: float, limit: int) -> list[str]:
+        """Lease up to ``limit`` workflows due for a reconcile pass for ``lease`` s (no
+        other sweeper takes them meanwhile)."""
+        reply = await self.store.run_script(
+            SCRIPT,
+            [self.store.live_key],
+            self._argv("claim", [str(int(lease * 1000)), str(limit)]),
+        )
+        return list(reply) if isinstance(reply, list) else []
+
+    async def reconcile(self, wf: str, limit: int = 500) -> Reconciled:
+        """Re-send what ``wf`` dispatched and never started, once due."""
+        reply = await self._call(wf, "reconcile", str(limit))
+        if reply[0] == "gone":
+            return Reconciled([], None, True, gone=True)
+        return Reconciled(
+            decode_publishes(wf, reply[1]),
+            float(reply[2]) if reply[2] else None,
+            reply[3] == "1",
+        )
+
+    async def payload(self, key: str) -> str | None:
+        """The JSON payload task ``key`` is (or would be) dispatched with; ``None`` when
+        ``key`` is not a task."""
+        wf, sid = split_key(key)
+        reply = await self._call(wf, "payload", sid)
+        return reply[1] if reply[0] == "ok" else None
+
+    # -- waiting ------------------------------------------------------------------------------
+    async def wait(self, key: str, timeout: float | None) -> str:
+        """Block until ``key`` is terminal (pushed by the script); returns its status.
+        Raises :class:`TimeoutError` after ``timeout`` seconds."""
+        wf, sid = split_key(key)
+        status_field = F.of(sid, F.STATUS)
+        status: list[str | None] = [None]
+        await self.store.set_if_absent(wf, F.of(sid, F.WAITED), "1")
+
+        async def settled() -> bool:
+            (status[0],) = await self.store.read(wf, [status_field])
+            return status[0] in F.TERMINAL
+
+        await self.store.wait_published(wf, F.DONE_CHANNEL, sid, settled, timeout)
+        return str(status[0])

@@ -1,0 +1,88 @@
+"""Typed results of the engine's transitions, decoded from the script's replies."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mageflow.engine.keys import join_key
+
+
+@dataclass(frozen=True)
+class Publish:
+    """A task the engine dispatched: publish it now (name, signature key, JSON payload)."""
+
+    task_name: str
+    key: str
+    payload: Any
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    """Something a transition did besides the task's own change, for observers:
+    ``done`` / ``failed`` (``key`` settled; ``detail`` = its kind), ``advanced`` (chain
+    ``key`` started step ``detail``), ``item`` (swarm ``key``: item ``detail`` ended,
+    ``ok``)."""
+
+    name: str
+    key: str
+    detail: str
+    ok: bool = True
+    started_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What to publish, and what happened."""
+
+    publishes: list[Publish] = field(default_factory=list)
+    events: list[EngineEvent] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StartOutcome:
+    """What a delivery should do: ``run`` the user code, ``redo`` (re-issue ``owed``
+    publishes of an already finished run), or nothing (``dup``, ``held``, ``dropped``,
+    ``missing``)."""
+
+    action: Literal["run", "redo", "dup", "held", "dropped", "missing"]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 0
+    owed: list[Publish] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """One reconcile pass over a workflow: what to re-send, when to look again (ms,
+    ``None``: nothing dispatched is pending), whether the workflow is finished or gone."""
+
+    publishes: list[Publish]
+    next_due_ms: float | None
+    finished: bool
+    gone: bool = False
+
+
+def decode_publishes(wf: str, raw: str) -> list[Publish]:
+    return [Publish(task, join_key(wf, sid), payload) for task, sid, payload in json.loads(raw)]
+
+
+def decode_events(wf: str, raw: str) -> list[EngineEvent]:
+    out: list[EngineEvent] = []
+    for entry in json.loads(raw):
+        name, sid = entry[0], entry[1]
+        if name == "item":
+            out.append(
+                EngineEvent("item", join_key(wf, sid), join_key(wf, entry[2]), entry[3] == "done")
+            )
+        elif name == "advanced":
+            out.append(EngineEvent("advanced", join_key(wf, sid), join_key(wf, entry[2])))
+        else:
+            started = int(entry[3]) if len(entry) > 3 else None
+            out.append(EngineEvent(name, join_key(wf, sid), entry[2], name == "done", started))
+    return out
+
+
+def decode_transition(wf: str, reply: list[str]) -> Transition:
+    events = decode_events(wf, reply[2]) if len(reply) > 2 else []
+    return Transition(decode_publishes(wf, reply[1]), events)

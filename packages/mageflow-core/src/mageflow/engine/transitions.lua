@@ -1,0 +1,689 @@
+-- MageFlow engine: the one orchestration state machine. One call = one atomic transition
+-- of one workflow. Redis runs it with EVALSHA; the embedded default runs this same file
+-- in-process (mageflow.store.lua_host). Nothing else decides what runs next.
+--
+-- CALL   KEYS[1] the workflow hash H = "<prefix>:{<wf>}" (the live index for op "claim")
+--        ARGV[1] op, ARGV[2] now (ms), ARGV[3] TTL while active (s), ARGV[4] TTL once the
+--        root finished (s), ARGV[5] resend delay (ms), ARGV[6..] the op's arguments.
+-- REPLY  a flat array of strings; mageflow/engine/replies.py decodes it.
+--
+-- KEYS (all share H's hash tag, so one call touches one Cluster slot)
+--   H                      hash: "<sid>" = definition JSON, "<sid>:<field>" = state
+--   H:items:<swarm>        list of the swarm's item sids, in item order
+--   H:queue:<swarm>        list of items waiting for a free slot
+--   H:running:<swarm>      set of items holding a slot
+--   H:held:<node>          list of JSON entries held while <node> is suspended/interrupted:
+--                          ["pub",sid] publish task sid; ["fill",swarm] start queued items;
+--                          ["settle",sid,input] sid finished while itself held;
+--                          ["after",sid,input] sid finished under a held ancestor: its
+--                          callbacks and its parent's advancement wait
+--   H:sent                 zset: task sids dispatched and not started yet; score = when the
+--                          reconciler may re-send (ms)
+--   H:done                 pub/sub channel: a watched node settled (message = sid)
+--
+-- DEFINITION (JSON, written once by the client, never user data)
+--   k kind: task|chain|swarm   t task name        n display name
+--   p parent (chain or swarm)  of owner: the node whose callback this is
+--   ok / err callback sids     steps chain steps  mc max_concurrency  sa stop_after_n_failures
+--
+-- STATE FIELDS "<sid>:<field>"                                  written by
+--   status     pending|active|suspended|interrupted|canceled|done|failed   engine
+--   held_from  status to restore on resume                     suspend
+--   created    ms the node was built                           client
+--   kwargs     signature kwargs JSON; idents task_identifiers  client
+--   own        a swarm item's own run message JSON             run
+--   sent       ms the engine started/dispatched the node       start_node
+--   queued     '1' once on its swarm's queue                   run, queue_unqueued
+--   started / ended   ms of the first attempt / of settling    start, settle
+--   input      a composite's inherited messages: JSON objects joined by ','   start_node
+--   input_ret / input_err  result / error a composite was started with        start_node
+--   step       chain: 0-based index of the running step        start_node, chain_step_done
+--   scanned    swarm: items already considered for queueing    queue_unqueued
+--   closed     swarm: '1' when it takes no more items          client, close
+--   n_running / n_ended / n_failed  swarm item counters        fill, swarm_item_done
+--   result / error   the node's result JSON / {"type","message"} JSON        settle
+--   outcome    done|failed recorded while the node itself is held            settle
+--   waited     '1' when a client waits: settling PUBLISHes on H:done         client
+--   run_id / attempts   the run executing a task, attempts made             start
+--   payload    a task's payload when it cannot be rebuilt from its swarm     emit
+--   owed       JSON array of sids a task's finish dispatched (re-sent on redelivery)  finish
+--   resends    how often the reconciler re-sent the task       resend
+--
+-- User JSON (messages, kwargs, results, errors) is concatenated, never decoded, so it
+-- round-trips byte for byte (cjson would turn [] into {}).
+
+local H = KEYS[1]
+local OP = ARGV[1]
+local NOW_S = ARGV[2]
+local NOW = tonumber(ARGV[2])
+local TTL_ACTIVE = tonumber(ARGV[3])
+local TTL_DONE = tonumber(ARGV[4])
+local RESEND_AFTER = tonumber(ARGV[5])
+
+-- claim: lease up to ARGV[7] workflows due in the live index KEYS[1] for ARGV[6] ms.
+if OP == 'claim' then
+  local due = redis.call('ZRANGEBYSCORE', H, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[7]))
+  for _, wf in ipairs(due) do redis.call('ZADD', H, NOW + tonumber(ARGV[6]), wf) end
+  return due
+end
+
+local ROOT = 'r'
+local SENT = H .. ':sent'
+local TERMINAL = { done = true, failed = true, canceled = true }
+local HOLDING = { suspended = true, interrupted = true }
+
+local pubs = {}     -- specs to publish once this call returns: [task, sid, payload]
+local sent_now = {} -- sids this call dispatched
+local events = {}   -- observer events
+local touched = {}  -- auxiliary keys written, whose TTL is refreshed at the end
+local defs = {}     -- decoded definitions, at most one decode per sid per call
+local filling = {}  -- swarms whose fill loop is running (re-entry returns at once)
+
+local function get(sid, f)
+  local v = redis.call('HGET', H, sid .. ':' .. f)
+  if v == false then return nil end
+  return v
+end
+
+local function set(sid, f, v)
+  redis.call('HSET', H, sid .. ':' .. f, v)
+end
+
+local function del(sid, f)
+  redis.call('HDEL', H, sid .. ':' .. f)
+end
+
+local function incr(sid, f, by)
+  return redis.call('HINCRBY', H, sid .. ':' .. f, by)
+end
+
+-- The definition of sid, or nil when there is none (definitions never change).
+local function def(sid)
+  local d = defs[sid]
+  if d == nil then
+    local raw = redis.call('HGET', H, sid)
+    if raw == false then return nil end
+    d = cjson.decode(raw)
+    defs[sid] = d
+  end
+  return d
+end
+
+-- The name of an auxiliary key of this workflow, remembered for the TTL refresh.
+local function aux(kind, sid)
+  local k = H .. ':' .. kind .. ':' .. sid
+  touched[k] = true
+  return k
+end
+
+local function up(d)
+  return d.p or d.of
+end
+
+local function steps_of(d)
+  return d.steps or {}
+end
+
+local function is_item(d)
+  if not d.p then return false end
+  local pd = def(d.p)
+  return pd ~= nil and pd.k == 'swarm'
+end
+
+local function join(a, b)
+  if a == nil or a == '' then return b or '' end
+  if b == nil or b == '' then return a end
+  return a .. ',' .. b
+end
+
+-- A JSON array of plain strings (cjson encodes an empty table as {}).
+local function string_list(t)
+  local parts = {}
+  for i, s in ipairs(t) do parts[i] = cjson.encode(s) end
+  return '[' .. table.concat(parts, ',') .. ']'
+end
+
+-- The payload a task receives: inherited messages, own message, previous result, error.
+local function payload(inl, own, ret, err)
+  local parts = { '"in":[' .. (inl or '') .. ']' }
+  if own then parts[#parts + 1] = '"own":' .. own end
+  if ret then parts[#parts + 1] = '"ret":' .. ret end
+  if err then parts[#parts + 1] = '"err":' .. err end
+  return '{' .. table.concat(parts, ',') .. '}'
+end
+
+-- A swarm item's payload is rebuilt from its swarm, so nothing of the swarm is copied
+-- per item; any other task's payload is what emit stored.
+local function payload_of(sid)
+  local d = def(sid)
+  if is_item(d) then
+    return payload(get(d.p, 'input'), get(sid, 'own'), get(d.p, 'input_ret'), get(d.p, 'input_err'))
+  end
+  return get(sid, 'payload') or payload('', nil, nil, nil)
+end
+
+local function spec(sid, pl)
+  return '[' .. cjson.encode(def(sid).t) .. ',' .. cjson.encode(sid) .. ',' .. pl .. ']'
+end
+
+-- The nearest node from sid upwards that is canceled or holds, and why.
+local function blocker(sid)
+  local cur = sid
+  while cur do
+    local st = get(cur, 'status')
+    if st == 'canceled' then return 'canceled', cur end
+    if HOLDING[st] then return 'hold', cur end
+    local d = def(cur)
+    cur = d and up(d)
+  end
+  return nil, nil
+end
+
+-- Remember entry until node `at` resumes.
+local function hold(at, entry)
+  redis.call('RPUSH', aux('held', at), cjson.encode(entry))
+end
+
+-- Publish task sid now, recorded so the reconciler can re-send it until it starts.
+local function dispatch(sid, pl)
+  pubs[#pubs + 1] = spec(sid, pl)
+  sent_now[#sent_now + 1] = sid
+  redis.call('ZADD', SENT, NOW + RESEND_AFTER, sid)
+  touched[SENT] = true
+end
+
+-- Task sid is due with payload pl: dispatch it, hold it, or drop it (canceled workflow).
+local function emit(sid, pl)
+  if not is_item(def(sid)) then set(sid, 'payload', pl) end
+  local why, at = blocker(sid)
+  if why == 'canceled' then return end
+  if why == 'hold' then
+    hold(at, { 'pub', sid })
+    return
+  end
+  dispatch(sid, pl)
+end
+
+-- Mark a composite active; a held one keeps showing its hold and resumes as active.
+local function activate(sid)
+  if HOLDING[get(sid, 'status')] then
+    set(sid, 'held_from', 'active')
+  else
+    set(sid, 'status', 'active')
+  end
+end
+
+local start_node, settle, after, fill
+
+-- Put the swarm's items that were never queued on its queue, in item order.
+local function queue_unqueued(s)
+  local items = redis.call('LRANGE', aux('items', s), tonumber(get(s, 'scanned') or '0'), -1)
+  for _, it in ipairs(items) do
+    if not get(it, 'queued') then
+      set(it, 'queued', '1')
+      redis.call('RPUSH', aux('queue', s), it)
+    end
+  end
+  set(s, 'scanned', redis.call('LLEN', aux('items', s)))
+end
+
+-- Settle a closed, started swarm once every item ended: results in item order.
+local function maybe_complete(s)
+  if get(s, 'closed') ~= '1' or get(s, 'sent') == nil then return end
+  if TERMINAL[get(s, 'status')] or get(s, 'outcome') then return end
+  local n = redis.call('LLEN', aux('items', s))
+  if tonumber(get(s, 'n_ended') or '0') < n then return end
+  local items = redis.call('LRANGE', aux('items', s), 0, -1)
+  local out = {}
+  for i, it in ipairs(items) do
+    if get(it, 'status') == 'done' then
+      out[i] = get(it, 'result') or 'null'
+    else
+      out[i] = '{"mageflow_error":' .. (get(it, 'error') or 'null') .. '}'
+    end
+  end
+  settle(s, true, '[' .. table.concat(out, ',') .. ']', nil)
+end
+
+-- Start queued items while the swarm has free slots (held or canceled: nothing starts).
+fill = function(s)
+  if filling[s] then return end
+  if TERMINAL[get(s, 'status')] or get(s, 'sent') == nil then return end
+  local why, at = blocker(s)
+  if why == 'canceled' then return end
+  if why == 'hold' then
+    hold(at, { 'fill', s })
+    return
+  end
+  local d = def(s)
+  filling[s] = true
+  while not TERMINAL[get(s, 'status')] do
+    if d.mc ~= nil and tonumber(get(s, 'n_running') or '0') >= d.mc then break end
+    local it = redis.call('LPOP', aux('queue', s))
+    if not it then break end
+    incr(s, 'n_running', 1)
+    redis.call('SADD', aux('running', s), it)
+    start_node(it, get(s, 'input'), get(it, 'own'), get(s, 'input_ret'), get(s, 'input_err'))
+  end
+  filling[s] = nil
+end
+
+-- Start node sid with inherited messages inl, own message, previous result / error.
+start_node = function(sid, inl, own, ret, err)
+  local d = def(sid)
+  set(sid, 'sent', NOW_S)
+  if d.k == 'task' then
+    emit(sid, payload(inl, own, ret, err))
+    return
+  end
+  local input = join(inl, own)
+  activate(sid)
+  set(sid, 'started', NOW_S)
+  set(sid, 'input', input)
+  if ret then set(sid, 'input_ret', ret) end
+  if err then set(sid, 'input_err', err) end
+  if d.k == 'chain' then
+    set(sid, 'step', 0)
+    local steps = steps_of(d)
+    if #steps == 0 then
+      settle(sid, true, ret or 'null', nil)
+    else
+      start_node(steps[1], input, nil, ret, err)
+    end
+  else
+    queue_unqueued(sid)
+    fill(sid)
+    maybe_complete(sid)
+  end
+end
+
+-- Chain c reacts to its step sid ending: next step, or the chain settles.
+local function chain_step_done(c, sid, ok, val)
+  if TERMINAL[get(c, 'status')] or get(c, 'outcome') then return end
+  local steps = steps_of(def(c))
+  local cur = tonumber(get(c, 'step') or '0')
+  if steps[cur + 1] ~= sid then return end
+  if not ok then
+    settle(c, false, val, get(c, 'input'))
+  elseif cur + 1 < #steps then
+    set(c, 'step', cur + 1)
+    events[#events + 1] = cjson.encode({ 'advanced', c, steps[cur + 2] })
+    start_node(steps[cur + 2], '', nil, val, nil)
+  else
+    settle(c, true, val, nil)
+  end
+end
+
+local function error_summary(val)
+  local decoded, e = pcall(cjson.decode, val)
+  if decoded and type(e) == 'table' then
+    return tostring(e.type) .. ': ' .. tostring(e.message)
+  end
+  return tostring(val)
+end
+
+-- Swarm s reacts to item sid ending: free its slot, count it, fail on the budget, refill.
+local function swarm_item_done(s, sid, ok, val)
+  if redis.call('SREM', aux('running', s), sid) == 1 then incr(s, 'n_running', -1) end
+  incr(s, 'n_ended', 1)
+  events[#events + 1] = cjson.encode({ 'item', s, sid, ok and 'done' or 'failed' })
+  local nf = tonumber(get(s, 'n_failed') or '0')
+  if not ok then nf = incr(s, 'n_failed', 1) end
+  if TERMINAL[get(s, 'status')] or get(s, 'outcome') then return end
+  local d = def(s)
+  if not ok and d.sa ~= nil and nf >= d.sa then
+    redis.call('DEL', aux('queue', s))
+    local msg = string.format('%d item(s) failed (stop_after_n_failures=%d); last: %s',
+      nf, d.sa, error_summary(val))
+    settle(s, false, cjson.encode({ type = 'SwarmFailed', message = msg }), get(s, 'input'))
+    return
+  end
+  fill(s)
+  maybe_complete(s)
+end
+
+-- Node sid ended (ok: val is its result; else its error, inl the input it failed on).
+-- Held itself: only the outcome is recorded. Under a held ancestor: it ends, what
+-- follows waits. Canceled workflow: it ends, nothing follows.
+settle = function(sid, ok, val, inl)
+  if ok then set(sid, 'result', val) else set(sid, 'error', val) end
+  local why, at = blocker(sid)
+  if why == 'hold' and at == sid then
+    set(sid, 'outcome', ok and 'done' or 'failed')
+    hold(sid, { 'settle', sid, inl or '' })
+    return
+  end
+  local d = def(sid)
+  set(sid, 'status', ok and 'done' or 'failed')
+  set(sid, 'ended', NOW_S)
+  events[#events + 1] = cjson.encode({ ok and 'done' or 'failed', sid, d.k, get(sid, 'started') or NOW_S })
+  if get(sid, 'waited') then redis.call('PUBLISH', H .. ':done', sid) end
+  if why == 'canceled' then return end
+  if why == 'hold' then
+    hold(at, { 'after', sid, inl or '' })
+    return
+  end
+  after(sid, inl)
+end
+
+-- What follows an ended node: its callbacks, then its parent's advancement.
+after = function(sid, inl)
+  local d = def(sid)
+  local ok = get(sid, 'status') == 'done'
+  local val
+  if ok then
+    val = get(sid, 'result') or 'null'
+    for _, cb in ipairs(d.ok or {}) do start_node(cb, '', nil, val, nil) end
+  else
+    val = get(sid, 'error') or 'null'
+    for _, cb in ipairs(d.err or {}) do start_node(cb, inl, nil, nil, val) end
+  end
+  if d.p then
+    if def(d.p).k == 'chain' then
+      chain_step_done(d.p, sid, ok, val)
+    else
+      swarm_item_done(d.p, sid, ok, val)
+    end
+  end
+end
+
+-- Running tasks under sid go back to pending, held on `holder`; their run ids go to out.
+local function take_running(sid, holder, out)
+  local d = def(sid)
+  if d.k == 'task' then
+    local st = get(sid, 'status')
+    local self_held = HOLDING[st] and get(sid, 'held_from') == 'active'
+    if st == 'active' or self_held then
+      out[#out + 1] = get(sid, 'run_id') or ''
+      if self_held then set(sid, 'held_from', 'pending') else set(sid, 'status', 'pending') end
+      del(sid, 'run_id')
+      hold(holder, { 'pub', sid })
+    end
+  elseif d.k == 'chain' then
+    if get(sid, 'sent') and not TERMINAL[get(sid, 'status')] then
+      local cur = steps_of(d)[tonumber(get(sid, 'step') or '0') + 1]
+      if cur then take_running(cur, holder, out) end
+    end
+  else
+    for _, it in ipairs(redis.call('SMEMBERS', aux('running', sid))) do
+      take_running(it, holder, out)
+    end
+  end
+end
+
+-- Re-send task sid if it was dispatched and never started; later re-sends back off.
+local function resend(sid)
+  local d = def(sid)
+  local st = d and get(sid, 'status')
+  if d == nil or d.k ~= 'task' or TERMINAL[st] or get(sid, 'outcome') or get(sid, 'run_id')
+      or get(sid, 'sent') == nil then
+    redis.call('ZREM', SENT, sid)
+    return
+  end
+  local why, at = blocker(sid)
+  if why == 'canceled' then
+    redis.call('ZREM', SENT, sid)
+  elseif why == 'hold' then
+    redis.call('ZREM', SENT, sid)
+    hold(at, { 'pub', sid })
+  else
+    local n = incr(sid, 'resends', 1)
+    redis.call('ZADD', SENT, NOW + RESEND_AFTER * math.pow(2, math.min(n, 6)), sid)
+    touched[SENT] = true
+    pubs[#pubs + 1] = spec(sid, payload_of(sid))
+  end
+end
+
+-- What a finished task's redelivery re-issues: its dispatches that never started.
+local function redo(sid)
+  local owed = get(sid, 'owed')
+  if owed then
+    for _, x in ipairs(cjson.decode(owed)) do
+      if redis.call('ZSCORE', SENT, x) ~= false then resend(x) end
+    end
+  end
+  return '[' .. table.concat(pubs, ',') .. ']'
+end
+
+local function encoded_pubs()
+  return '[' .. table.concat(pubs, ',') .. ']'
+end
+
+local function encoded_events()
+  return '[' .. table.concat(events, ',') .. ']'
+end
+
+local result
+
+if OP == 'start' then
+  -- A delivery of task sid under run rid: run it, or say why not.
+  local sid, rid = ARGV[6], ARGV[7]
+  local d = def(sid)
+  if d == nil or d.k ~= 'task' then
+    result = { 'missing' }
+  else
+    local st = get(sid, 'status')
+    local cur = get(sid, 'run_id')
+    if st == 'canceled' then
+      result = { 'dropped' }
+    elseif TERMINAL[st] or get(sid, 'outcome') then
+      if cur == rid then result = { 'redo', redo(sid) } else result = { 'dup' } end
+    elseif cur and cur ~= rid and (st == 'active' or get(sid, 'held_from') == 'active') then
+      result = { 'dup' }
+    elseif get(sid, 'sent') == nil then
+      result = { 'dropped' }
+    else
+      local was_sent = redis.call('ZREM', SENT, sid) == 1
+      local why, at = blocker(sid)
+      if why == 'canceled' then
+        result = { 'dropped' }
+      elseif why == 'hold' then
+        if was_sent or cur == rid then
+          if cur then
+            del(sid, 'run_id')
+            if st == 'active' then set(sid, 'status', 'pending') else set(sid, 'held_from', 'pending') end
+          end
+          hold(at, { 'pub', sid })
+          result = { 'held' }
+        else
+          result = { 'dup' }
+        end
+      else
+        set(sid, 'status', 'active')
+        set(sid, 'run_id', rid)
+        if not get(sid, 'started') then set(sid, 'started', NOW_S) end
+        local a = incr(sid, 'attempts', 1)
+        result = { 'run', get(sid, 'kwargs') or '{}', tostring(a) }
+      end
+    end
+  end
+elseif OP == 'finish' then
+  -- Task sid ended: ok ('1') with result val, or for good with error val on input inp.
+  local sid, ok, val, inp = ARGV[6], ARGV[7] == '1', ARGV[8], ARGV[9]
+  local d = def(sid)
+  if d == nil or d.k ~= 'task' then
+    result = { 'missing' }
+  elseif TERMINAL[get(sid, 'status')] or get(sid, 'outcome') then
+    result = { 'dup', redo(sid) }
+  else
+    settle(sid, ok, val, inp)
+    set(sid, 'owed', string_list(sent_now))
+    result = { 'ok', encoded_pubs(), encoded_events() }
+  end
+elseif OP == 'run' then
+  -- A client runs sid with its own message; watch: the client waits for it.
+  local sid, own, watch = ARGV[6], ARGV[7], ARGV[8] == '1'
+  local d = def(sid)
+  if d == nil then
+    result = { 'err', 'missing' }
+  elseif get(sid, 'sent') or get(sid, 'queued') then
+    result = { 'err', 'already_run' }
+  elseif d.of then
+    result = { 'err', 'callback' }
+  else
+    if own == '' then own = nil end
+    if watch then set(sid, 'waited', '1') end
+    local pd = d.p and def(d.p)
+    if pd and pd.k == 'swarm' then
+      if TERMINAL[get(d.p, 'status')] then
+        result = { 'err', 'swarm_finished' }
+      else
+        if own then set(sid, 'own', own) end
+        set(sid, 'queued', '1')
+        redis.call('RPUSH', aux('queue', d.p), sid)
+        fill(d.p)
+        result = { 'ok', encoded_pubs(), encoded_events() }
+      end
+    elseif pd then
+      result = { 'err', 'chain_step' }
+    elseif get(sid, 'status') == 'canceled' then
+      result = { 'err', 'finished', 'canceled' }
+    else
+      start_node(sid, '', own, nil, nil)
+      result = { 'ok', encoded_pubs(), encoded_events() }
+    end
+  end
+elseif OP == 'add' then
+  -- Add item `it` to open swarm s; ARGV[8..] are the item's records (field, value ...).
+  local s, it = ARGV[6], ARGV[7]
+  local d = def(s)
+  if d == nil or d.k ~= 'swarm' then
+    result = { 'err', 'missing' }
+  elseif get(s, 'closed') == '1' then
+    result = { 'err', 'closed' }
+  elseif TERMINAL[get(s, 'status')] then
+    result = { 'err', 'swarm_finished' }
+  elseif def(it) ~= nil then
+    result = { 'err', 'exists' }
+  else
+    for i = 8, #ARGV, 2 do redis.call('HSET', H, ARGV[i], ARGV[i + 1]) end
+    redis.call('RPUSH', aux('items', s), it)
+    result = { 'ok' }
+  end
+elseif OP == 'close' then
+  -- Swarm s takes no more items; it completes once every item ended.
+  local s = ARGV[6]
+  local d = def(s)
+  if d == nil or d.k ~= 'swarm' then
+    result = { 'err', 'missing' }
+  else
+    set(s, 'closed', '1')
+    if get(s, 'sent') and not TERMINAL[get(s, 'status')] then
+      queue_unqueued(s)
+      fill(s)
+      maybe_complete(s)
+    end
+    result = { 'ok', encoded_pubs(), encoded_events() }
+  end
+elseif OP == 'suspend' then
+  -- Hold sid (mode suspended|interrupted); interrupt + cancel: running tasks go back.
+  local sid, mode, cancel = ARGV[6], ARGV[7], ARGV[8] == '1'
+  local st = get(sid, 'status')
+  if def(sid) == nil then
+    result = { 'err', 'missing' }
+  elseif TERMINAL[st] then
+    result = { 'err', 'finished', st }
+  else
+    if not HOLDING[st] then set(sid, 'held_from', st or 'pending') end
+    if st ~= 'interrupted' then set(sid, 'status', mode) end
+    local rids = {}
+    if mode == 'interrupted' and cancel then take_running(sid, sid, rids) end
+    result = { 'ok', string_list(rids) }
+  end
+elseif OP == 'resume' then
+  -- Release exactly what sid held, once. Not held: re-send what never started.
+  local sid = ARGV[6]
+  local st = get(sid, 'status')
+  local d = def(sid)
+  if d == nil then
+    result = { 'err', 'missing' }
+  elseif TERMINAL[st] then
+    result = { 'err', 'finished', st }
+  elseif not HOLDING[st] then
+    for _, x in ipairs(redis.call('ZRANGE', SENT, 0, 999)) do resend(x) end
+    result = { 'ok', encoded_pubs(), encoded_events() }
+  else
+    set(sid, 'status', get(sid, 'held_from') or 'pending')
+    del(sid, 'held_from')
+    local held = redis.call('LRANGE', aux('held', sid), 0, -1)
+    redis.call('DEL', aux('held', sid))
+    for _, raw in ipairs(held) do
+      local e = cjson.decode(raw)
+      local kind, x = e[1], e[2]
+      if kind == 'pub' then
+        if not TERMINAL[get(x, 'status')] and not get(x, 'outcome') and not get(x, 'run_id') then
+          emit(x, payload_of(x))
+        end
+      elseif kind == 'fill' then
+        fill(x)
+        maybe_complete(x)
+      elseif kind == 'settle' then
+        local o = get(x, 'outcome')
+        if o then
+          del(x, 'outcome')
+          local ok = o == 'done'
+          settle(x, ok, ok and get(x, 'result') or get(x, 'error'), e[3])
+        end
+      elseif kind == 'after' then
+        local why, at = blocker(def(x).p or def(x).of)
+        if why == 'hold' then
+          hold(at, e)
+        elseif why ~= 'canceled' then
+          after(x, e[3])
+        end
+      end
+    end
+    if d.k == 'swarm' then
+      fill(sid)
+      maybe_complete(sid)
+    end
+    result = { 'ok', encoded_pubs(), encoded_events() }
+  end
+elseif OP == 'cancel' then
+  -- Stop root sid for good: nothing more starts, no callback fires.
+  local sid = ARGV[6]
+  local st = get(sid, 'status')
+  local d = def(sid)
+  if d == nil then
+    result = { 'err', 'missing' }
+  elseif TERMINAL[st] then
+    result = { 'err', 'finished', st }
+  elseif up(d) then
+    result = { 'err', 'not_root' }
+  else
+    local rids = {}
+    take_running(sid, sid, rids)
+    redis.call('DEL', aux('held', sid))
+    redis.call('DEL', SENT)
+    set(sid, 'status', 'canceled')
+    set(sid, 'ended', NOW_S)
+    if get(sid, 'waited') then redis.call('PUBLISH', H .. ':done', sid) end
+    result = { 'ok', string_list(rids) }
+  end
+elseif OP == 'reconcile' then
+  -- Re-send up to ARGV[6] dispatches that are due and never started.
+  if redis.call('EXISTS', H) == 0 then
+    return { 'gone' }
+  end
+  for _, x in ipairs(redis.call('ZRANGEBYSCORE', SENT, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[6]))) do
+    resend(x)
+  end
+  local nxt = redis.call('ZRANGE', SENT, 0, 0, 'WITHSCORES')
+  local root = get(ROOT, 'status')
+  result = { 'ok', encoded_pubs(), nxt[2] or '', (TERMINAL[root] and '1') or '0' }
+elseif OP == 'payload' then
+  -- Read only: the payload task sid is (or would be) dispatched with.
+  local d = def(ARGV[6])
+  if d == nil or d.k ~= 'task' then return { 'missing' } end
+  return { 'ok', payload_of(ARGV[6]) }
+else
+  return redis.error_reply('mageflow: unknown operation ' .. tostring(OP))
+end
+
+local ttl = TTL_ACTIVE
+if TERMINAL[get(ROOT, 'status')] then ttl = TTL_DONE end
+redis.call('EXPIRE', H, ttl)
+for k, _ in pairs(touched) do
+  redis.call('EXPIRE', k, ttl)
+end
+return result

@@ -1,0 +1,80 @@
+"""The reconciler: re-sends what the engine dispatched and nobody started.
+
+Every dispatch is recorded by the transition that makes it (``H:sent``, same hash tag),
+so a publish lost to a client crash, a broker blip or a dropped message is found here.
+Any worker runs a sweep loop, no leader needed: a sweeper leases due workflows from the
+``live`` index (one script call on that key), reconciles each (one script call on its own
+hash tag: Cluster-safe) and sets when to look again. Re-sends of one task back off
+(doubling per re-send), so a long broker backlog does not multiply messages; a duplicate
+that arrives anyway is dropped by the receiving side's dedupe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from typing import TYPE_CHECKING
+
+from mageflow.errors import MageflowError
+from mageflow.flows.publish import publish
+
+if TYPE_CHECKING:
+    from mageflow.flows.runtime import Runtime
+
+log = logging.getLogger("mageflow.reconcile")
+
+BATCH = 100
+
+
+async def sweep(rt: Runtime) -> int:
+    """One pass over the workflows that are due; returns how many tasks were re-sent."""
+    engine = rt.engine
+    lease = max(engine.resend_after, 5.0)
+    wfs = await engine.claim_due(lease, BATCH)
+    resent = 0
+    later: dict[str, float] = {}
+    drop: list[str] = []
+    for wf in wfs:
+        r = await engine.reconcile(wf)
+        if r.publishes:
+            log.warning(
+                "re-sending %d task(s) of workflow %s that never started (%s ...)",
+                len(r.publishes),
+                wf,
+                r.publishes[0].key,
+            )
+            try:
+                await publish(rt, r.publishes)
+            except MageflowError as exc:
+                log.warning("reconcile of %s: %s", wf, exc)
+            resent += len(r.publishes)
+        if r.gone or (r.finished and r.next_due_ms is None):
+            drop.append(wf)
+        else:
+            recheck = time.time() * 1000 + engine.resend_after * 1000
+            later[wf] = min(r.next_due_ms if r.next_due_ms is not None else math.inf, recheck)
+    await rt.store.set_live(later)
+    await rt.store.drop_live(drop)
+    return resent
+
+
+def tick_of(resend_after: float) -> float:
+    """How often a worker looks for due workflows."""
+    return min(max(resend_after / 4, 0.05), 5.0)
+
+
+async def run_until(rt: Runtime, stop: asyncio.Event) -> None:
+    """Sweep until ``stop`` is set; store or broker outages are logged and ridden out.
+    (A stop event, not only cancellation: a client library may swallow a cancel.)"""
+    tick = tick_of(rt.engine.resend_after)
+    while not stop.is_set():
+        try:
+            while await sweep(rt) and not stop.is_set():
+                pass
+        except Exception:
+            log.exception("reconciler sweep failed; retrying in %.1f s", tick)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), tick)

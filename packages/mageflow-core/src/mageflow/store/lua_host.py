@@ -1,0 +1,199 @@
+"""Runs a Redis Lua script in-process (Lua 5.1, as Redis does, through ``lupa``) over a
+:class:`~mageflow.store.keyspace.Keyspace`.
+
+``redis.call`` supports the commands the engine uses, with Redis's conversions both ways
+(nil bulk -> ``false``, integers -> numbers, numbers passed as arguments -> their
+``%.14g`` text); ``cjson`` is provided with Redis's encoding of empty tables (``{}``).
+A call runs without yielding to the event loop, so it is atomic like ``EVALSHA``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lupa import lua51  # type: ignore[import-untyped]
+
+from mageflow.store.keyspace import Keyspace, score_text
+
+_Command = Callable[..., Any]
+
+
+class ScriptFailed(Exception):
+    """The script raised an error or returned ``redis.error_reply``."""
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        raise ScriptFailed("Lua redis lib command arguments must be strings or integers")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:.14g}"
+    raise ScriptFailed(f"Lua redis lib command arguments must be strings or numbers: {value!r}")
+
+
+def _score(text: str) -> float:
+    if text in ("-inf", "+inf", "inf"):
+        return -math.inf if text == "-inf" else math.inf
+    return float(text)
+
+
+class LuaHost:
+    """One Lua runtime; :meth:`run` executes a loaded script against the keyspace."""
+
+    def __init__(self, keyspace: Keyspace) -> None:
+        self.keyspace = keyspace
+        self.lua = lua51.LuaRuntime(encoding="utf-8", register_eval=False)
+        self._compiled: dict[str, Any] = {}
+        self._commands: dict[str, _Command] = self._command_table()
+        make_lib = self.lua.eval(
+            """function(call, encode, decode)
+                 local redis = {}
+                 redis.call = call
+                 redis.error_reply = function(msg) return { err = msg } end
+                 redis.status_reply = function(msg) return { ok = msg } end
+                 return redis, { encode = encode, decode = decode }
+               end"""
+        )
+        self._redis, self._cjson = make_lib(self._call, self._encode, self._decode)
+        self._loader = self.lua.eval(
+            "function(src, redis, cjson) "
+            "local f, err = loadstring('return function(KEYS, ARGV, redis, cjson) ' .. src .. "
+            "'\\nend', '@transitions') "
+            "if not f then error(err) end return f() end"
+        )
+
+    def run(self, sha: str, source: str, keys: Sequence[str], args: Sequence[str]) -> Any:
+        fn = self._compiled.get(sha)
+        if fn is None:
+            fn = self._compiled[sha] = self._loader(source, self._redis, self._cjson)
+        self.keyspace.sweep()
+        try:
+            reply = fn(
+                self.lua.table_from(list(keys)),
+                self.lua.table_from(list(args)),
+                self._redis,
+                self._cjson,
+            )
+        except ScriptFailed:
+            raise
+        except Exception as exc:  # lupa.LuaError, or a command's own error
+            raise ScriptFailed(str(exc)) from exc
+        return self._reply(reply)
+
+    # -- replies ------------------------------------------------------------------------------
+    def _reply(self, value: Any) -> Any:
+        if value is None or value is False:
+            return None
+        if value is True:
+            return 1
+        if isinstance(value, (int, float)):
+            return int(value)
+        if isinstance(value, str):
+            return value
+        err = value["err"]
+        if err is not None:
+            raise ScriptFailed(str(err))
+        ok = value["ok"]
+        if ok is not None:
+            return str(ok)
+        out = []
+        i = 1
+        while value[i] is not None:
+            out.append(self._reply(value[i]))
+            i += 1
+        return out
+
+    # -- cjson --------------------------------------------------------------------------------
+    def _decode(self, text: str) -> Any:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ScriptFailed(f"cjson.decode: {exc}") from exc
+        if isinstance(data, (dict, list)):
+            return self.lua.table_from(data, recursive=True)
+        return data
+
+    def _plain(self, value: Any) -> Any:
+        if value is None or isinstance(value, (str, bool, int, float)):
+            return value
+        items = list(value.items())
+        n = len(items)
+        if n and all(isinstance(k, int) for k, _ in items) and {k for k, _ in items} == set(
+            range(1, n + 1)
+        ):
+            return [self._plain(value[i]) for i in range(1, n + 1)]
+        return {str(k): self._plain(v) for k, v in items}
+
+    def _encode(self, value: Any) -> str:
+        return json.dumps(self._plain(value), separators=(",", ":"), ensure_ascii=False)
+
+    # -- redis.call -------------------------------------------------------------------------
+    def _call(self, name: str, *raw: Any) -> Any:
+        command = self._commands.get(name.upper())
+        if command is None:
+            raise ScriptFailed(f"unknown command {name!r} in the in-process Lua host")
+        result = command(*(_text(a) for a in raw))
+        if result is None:
+            return False
+        if isinstance(result, list):
+            return self.lua.table_from(result)
+        return result
+
+    def _command_table(self) -> dict[str, _Command]:
+        ks = self.keyspace
+
+        def hset(key: str, *fv: str) -> int:
+            return ks.hset(key, zip(fv[::2], fv[1::2], strict=True))
+
+        def zadd(key: str, *sm: str) -> int:
+            return ks.zadd(key, zip((_score(s) for s in sm[::2]), sm[1::2], strict=True))
+
+        def zscore(key: str, member: str) -> str | None:
+            score = ks.zscore(key, member)
+            return None if score is None else score_text(score)
+
+        def zrangebyscore(key: str, low: str, high: str, *opts: str) -> list[str]:
+            limit = None
+            offset = 0
+            if len(opts) == 3 and opts[0].upper() == "LIMIT":
+                offset, limit = int(opts[1]), int(opts[2])
+            members = ks.zset(key).by_score(_score(high))
+            lo = _score(low)
+            z = ks.zset(key)
+            members = [m for m in members if z[m] >= lo][offset:]
+            return members if limit is None or limit < 0 else members[:limit]
+
+        def zrange(key: str, start: str, stop: str, *opts: str) -> list[str]:
+            pairs = ks.zset(key).by_rank(int(start), int(stop))
+            if opts and opts[0].upper() == "WITHSCORES":
+                return [x for m, s in pairs for x in (m, score_text(s))]
+            return [m for m, _ in pairs]
+
+        return {
+            "HGET": ks.hget,
+            "HSET": hset,
+            "HDEL": ks.hdel,
+            "HINCRBY": lambda k, f, by: ks.hincrby(k, f, int(by)),
+            "EXISTS": lambda *keys: sum(ks.exists(k) for k in keys),
+            "DEL": ks.delete,
+            "EXPIRE": lambda k, s: ks.expire(k, int(s)),
+            "RPUSH": ks.rpush,
+            "LPOP": ks.lpop,
+            "LLEN": ks.llen,
+            "LRANGE": lambda k, a, b: ks.lrange(k, int(a), int(b)),
+            "SADD": ks.sadd,
+            "SREM": ks.srem,
+            "SMEMBERS": ks.smembers,
+            "ZADD": zadd,
+            "ZREM": ks.zrem,
+            "ZSCORE": zscore,
+            "ZRANGEBYSCORE": zrangebyscore,
+            "ZRANGE": zrange,
+            "PUBLISH": ks.publish,
+        }
