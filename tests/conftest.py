@@ -1,10 +1,16 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from mageflow.testing.redis_server import RedisServer, redis_server
+
+# Every app and worker the tests start (workers inherit the environment) re-sends a
+# dispatched task that has not started after 1 s, so the reconciler is exercised by the
+# whole suite, and the loss-window tests finish quickly.
+os.environ.setdefault("MAGEFLOW_RESEND_AFTER", "1")
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,10 @@
 
 It is the example of docs/adapters.md and passes the contract suite
 (tests/docs/test_adapter_example.py). It is deliberately minimal: BLPOP takes a message
-off the list for good, so a worker killed mid-task loses it — which is why it declares no
-crash redelivery. Run a worker with ``mageflow worker app:mf``.
+off the list for good, so a worker killed mid-task loses it. What a dead worker owed
+(the next step it had recorded but not published) is not lost: the core's reconciler,
+which ``serve`` starts through ``worker_started()``, re-sends it. Run a worker with
+``mageflow worker app:mf``.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class RedisListBackend(TaskBackend):
 
     # 3. run workers: hand each message to the core's wrapper with a RunContext
     async def serve(self) -> None:
+        self.worker_started()  # lets the core run its reconciler in this worker
         slots = asyncio.Semaphore(self.slots)
         running: set[asyncio.Task[None]] = set()
         while True:

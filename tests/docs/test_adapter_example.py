@@ -9,9 +9,10 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 
-from mageflow import Mageflow
+from mageflow import Mageflow, faults
 from mageflow.store import RedisStore
 from mageflow.testing import contract_tasks
 from mageflow.testing.contract import BackendContract, ContractHarness
@@ -30,18 +31,31 @@ def load_example() -> type:
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def harness(redis_url: str) -> AsyncIterator[ContractHarness]:
+async def harness(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[ContractHarness]:
     backend_cls = load_example()
     backend = backend_cls(redis_url, queue=f"q-{uuid.uuid4().hex[:6]}", slots=6)
     probe = MemoryProbe()
     set_probe(probe)
+    # in-process crash points: a "dead" worker loses its message for good (BLPOP), so
+    # the crash-window test is passed by the reconciler, not by a redelivery
+    fault_dir = tmp_path_factory.mktemp("faults")
+    faults.configure(fault_dir)
     app = Mageflow(backend=backend, store=RedisStore(redis_url, prefix=uuid.uuid4().hex[:6]))
     contract_tasks.register(app)
     worker = asyncio.create_task(backend.serve())
     yield ContractHarness(
-        app=app, probe=probe, fault_dir=None, timeout=15, settle=0.3, worker_slots=6
+        app=app,
+        probe=probe,
+        fault_dir=fault_dir,
+        redelivers_after_crash=False,
+        timeout=15,
+        settle=0.3,
+        worker_slots=6,
     )
     worker.cancel()
+    faults.configure(None)
     set_probe(None)
     await app.aclose()
 

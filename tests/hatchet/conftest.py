@@ -175,6 +175,7 @@ def worker_env(redis_url: str, prefix: str, fault_dir: Path | None) -> dict[str,
         "MAGEFLOW_REDIS_URL": redis_url,
         "MAGEFLOW_KEY_PREFIX": prefix,
         "MAGEFLOW_PROBE_URL": redis_url,
+        "MAGEFLOW_RESEND_AFTER": os.environ.get("MAGEFLOW_RESEND_AFTER", "1"),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     if fault_dir is not None:

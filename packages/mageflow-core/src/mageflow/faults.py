@@ -39,6 +39,11 @@ def configure(directory: str | Path | None) -> None:
     _dir = None if directory is None else Path(directory)
 
 
+def configured() -> Path | None:
+    """The directory set with :func:`configure`, if any."""
+    return _dir
+
+
 def arm(directory: str | Path, point: str, name: str, times: int = 1) -> Path:
     """Arm one fault (a failure point fires ``times`` times); returns its file."""
     path = Path(directory) / f"{point}__{name}"

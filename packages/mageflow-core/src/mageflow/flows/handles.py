@@ -52,6 +52,7 @@ class Signature:
 
     async def _run(self, message: Any, watch: bool) -> None:
         raw = message_json(message)
+        await self.mf.ensure_started()  # before the transition: what it records is sent
         transition = await self.mf.engine.run(self.key, raw, watch=watch)
         observe.store_events(transition.events)
         faults.check(faults.AFTER_RUN, faults.CLIENT)

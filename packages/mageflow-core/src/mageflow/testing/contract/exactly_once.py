@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import tempfile
+from collections.abc import Iterator
 
 import pytest
 
 from mageflow import faults
 from mageflow.backend.base import HEADER_KEY, OutgoingTask
+from mageflow.flows.publish import ATTEMPTS
 from mageflow.testing.contract.base import ContractBase, ContractHarness, _ns
 
 
@@ -68,11 +72,11 @@ class ExactlyOnceContract(ContractBase):
         assert len(await harness.probe.events(ns, "echo")) == 1
 
     async def test_crash_between_transition_and_publish(self, harness: ContractHarness) -> None:
-        """The worker dies after storing "step 1 done" and before publishing step 2: the
-        redelivered step 1 must re-issue step 2 without running step 1's code again."""
-        if harness.fault_dir is None or not harness.redelivers_after_crash:
-            pytest.skip(f"backend {harness.app.backend.name!r} does not redeliver after a crash")
-        assert harness.fault_dir is not None
+        """The worker dies after storing "step 1 done" and before publishing step 2: a
+        redelivered step 1 re-issues step 2 without running step 1's code again; without
+        redelivery the reconciler re-sends step 2."""
+        if harness.fault_dir is None:
+            pytest.skip(f"the {harness.app.backend.name!r} harness cannot crash its workers")
         ns = _ns()
         app = harness.app
         done = await app.sign("contract.collect", ns=ns, tag="done")
@@ -88,3 +92,100 @@ class ExactlyOnceContract(ContractBase):
         assert len(await self.events(harness, ns, "add", 1)) == 1
         assert len(await self.events(harness, ns, "double", 1)) == 1
         assert len(await self.events(harness, ns, "done", 1)) == 1
+
+    async def test_publish_fails_once_on_final_attempt(self, harness: ContractHarness) -> None:
+        """The publish of step 2 raises once on the worker that finished step 1 (its only
+        attempt): it is retried, the chain finishes, nothing runs twice."""
+        if harness.fault_dir is None:
+            pytest.skip(f"the {harness.app.backend.name!r} harness has no fault directory")
+        ns = _ns()
+        app = harness.app
+        done = await app.sign("contract.collect", ns=ns, tag="done")
+        wf = await app.chain(
+            [await app.sign("contract.add", y=1), await app.sign("contract.double", ns=ns)],
+            success=done,
+        )
+        armed = faults.arm(harness.fault_dir, faults.PUBLISH, "contract.double")
+        assert await wf.aio_run({"ns": ns, "x": 2}, timeout=harness.timeout) == 6
+        assert not armed.exists(), "the fault never fired"
+        assert len(await self.events(harness, ns, "add", 1)) == 1
+        assert len(await self.events(harness, ns, "double", 1)) == 1
+        assert len(await self.events(harness, ns, "done", 1)) == 1
+
+    async def test_publish_outage_is_reconciled(self, harness: ContractHarness) -> None:
+        """The publish of step 2 keeps failing past every retry: step 1 is not failed for
+        it, and the reconciler re-sends step 2 once publishing works again."""
+        if harness.fault_dir is None:
+            pytest.skip(f"the {harness.app.backend.name!r} harness has no fault directory")
+        ns = _ns()
+        app = harness.app
+        done = await app.sign("contract.collect", ns=ns, tag="done")
+        wf = await app.chain(
+            [await app.sign("contract.add", y=1), await app.sign("contract.double", ns=ns)],
+            success=done,
+        )
+        armed = faults.arm(harness.fault_dir, faults.PUBLISH, "contract.double", ATTEMPTS + 1)
+        assert await wf.aio_run({"ns": ns, "x": 2}, timeout=harness.timeout) == 6
+        assert not armed.exists(), "the fault never fired"
+        assert (await wf.get_state()).children  # the chain is intact
+        assert len(await self.events(harness, ns, "add", 1)) == 1
+        assert len(await self.events(harness, ns, "double", 1)) == 1
+        assert len(await self.events(harness, ns, "done", 1)) == 1
+
+    async def test_client_dies_between_run_and_publish(self, harness: ContractHarness) -> None:
+        """The client records the run, then dies before publishing: the reconciler sends
+        the first step; the workflow finishes exactly once."""
+        ns = _ns()
+        app = harness.app
+        done = await app.sign("contract.collect", ns=ns, tag="done")
+        wf = await app.chain(
+            [
+                await app.sign("contract.echo", step=1),
+                await app.sign("contract.echo", ns=ns, step=2),
+            ],
+            success=done,
+        )
+        with client_crash(harness, faults.AFTER_RUN), pytest.raises(faults.SimulatedCrash):
+            await wf.aio_run_no_wait({"ns": ns})
+        await wf.wait(timeout=harness.timeout)
+        assert [e["step"] for e in await self.events(harness, ns, "echo", 2)] == [1, 2]
+        assert len(await self.events(harness, ns, "done", 1)) == 1
+
+    async def test_client_dies_between_close_and_publish(self, harness: ContractHarness) -> None:
+        """``close_swarm`` queues the items added to an open swarm, then the client dies
+        before publishing them: the reconciler sends them; the callback fires once."""
+        ns = _ns()
+        app = harness.app
+        done = await app.sign("contract.total", ns=ns)
+        sw = await app.swarm(success_callbacks=[done], is_swarm_closed=False)
+        await sw.aio_run_no_wait({"ns": ns})
+        for i in range(3):
+            await sw.add_task(await app.sign("contract.add", x=i, y=1))
+        with client_crash(harness, faults.AFTER_CLOSE), pytest.raises(faults.SimulatedCrash):
+            await sw.close_swarm()
+        assert await sw.wait(timeout=harness.timeout) == [1, 2, 3]
+        assert len(await self.events(harness, ns, "add", 3)) == 3
+        assert await self.events(harness, ns, "total", 1) == [[1, 2, 3]]
+
+
+@contextlib.contextmanager
+def client_crash(harness: ContractHarness, point: str) -> Iterator[None]:
+    """Arm a crash of this (the client's) process at ``point``: in-process it raises
+    :class:`faults.SimulatedCrash`, exactly where a real client would have died."""
+    previous = faults.configured()
+    directory = previous or harness.fault_dir
+    if directory is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            faults.configure(tmp)
+            faults.arm(tmp, point, faults.CLIENT)
+            try:
+                yield
+            finally:
+                faults.configure(previous)
+        return
+    faults.configure(directory)
+    faults.arm(directory, point, faults.CLIENT)
+    try:
+        yield
+    finally:
+        faults.configure(previous)

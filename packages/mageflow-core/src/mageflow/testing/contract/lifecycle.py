@@ -56,6 +56,74 @@ class LifecycleContract(ContractBase):
         assert len(await sw.wait(timeout=harness.timeout)) == 4
         assert len(await harness.probe.events(ns, "echo")) == 3
 
+    async def test_suspended_task_holds_its_callbacks(self, harness: ContractHarness) -> None:
+        """A single task suspended while it runs finishes, but shows suspended and fires
+        no callback until resumed; resume fires it once."""
+        ns = _ns()
+        app = harness.app
+        on_ok = await app.sign("contract.collect", ns=ns, tag="ok")
+        sig = await app.sign("contract.block", success_callbacks=[on_ok])
+        await sig.aio_run_no_wait({"ns": ns})
+        await self._started(harness, ns)
+        await sig.suspend()
+        await harness.probe.set_flag(ns, "release")
+        await self.events(harness, ns, "block-done", 1)
+        await asyncio.sleep(harness.settle)
+        assert await sig.get_status() is SignatureStatus.SUSPENDED
+        assert await harness.probe.events(ns, "ok") == [], "a held task fired its callback"
+        await sig.resume()
+        assert await sig.wait(timeout=harness.timeout) == "released"
+        assert len(await self.events(harness, ns, "ok", 1)) == 1
+        assert len(await harness.probe.events(ns, "block-start")) == 1
+
+    async def test_suspended_swarm_holds_completion(self, harness: ContractHarness) -> None:
+        """A swarm suspended while its last items run: they finish, the swarm stays
+        suspended and its callback waits; resume completes it once, results in order."""
+        ns = _ns()
+        app = harness.app
+        total = await app.sign("contract.total", ns=ns)
+        items = [await app.sign("contract.block", id=0), await app.sign("contract.add", x=1, y=1)]
+        sw = await app.swarm(items, success_callbacks=[total])
+        await sw.aio_run_no_wait({"ns": ns})
+        await self._started(harness, ns)
+        await self.events(harness, ns, "add", 1)
+        await sw.suspend()
+        await harness.probe.set_flag(ns, "release")
+        await self.events(harness, ns, "block-done", 1)
+        await asyncio.sleep(harness.settle)
+        assert await sw.get_status() is SignatureStatus.SUSPENDED
+        assert await harness.probe.events(ns, "total") == []
+        await sw.resume()
+        assert await sw.wait(timeout=harness.timeout) == ["released", 2]
+        assert len(await self.events(harness, ns, "total", 1)) == 1
+
+    async def test_suspended_parent_holds_nested_advancement(
+        self, harness: ContractHarness
+    ) -> None:
+        """A chain whose first step is a swarm, suspended at the root: the swarm's items
+        finish, but neither the swarm's callback nor the next step starts before resume."""
+        ns = _ns()
+        app = harness.app
+        inner_ok = await app.sign("contract.collect", ns=ns, tag="inner-ok")
+        inner = await app.swarm(
+            [await app.sign("contract.block", id=0)], success_callbacks=[inner_ok]
+        )
+        done = await app.sign("contract.collect", ns=ns, tag="done")
+        wf = await app.chain([inner, await app.sign("contract.echo", ns=ns, step=2)], success=done)
+        await wf.aio_run_no_wait({"ns": ns})
+        await self._started(harness, ns)
+        await wf.suspend()
+        await harness.probe.set_flag(ns, "release")
+        await self.events(harness, ns, "block-done", 1)
+        await asyncio.sleep(harness.settle)
+        assert await wf.get_status() is SignatureStatus.SUSPENDED
+        for held in ("inner-ok", "echo", "done"):
+            assert await harness.probe.events(ns, held) == [], f"{held} ran while suspended"
+        await wf.resume()
+        await wf.wait(timeout=harness.timeout)
+        for once in ("inner-ok", "echo", "done"):
+            assert len(await self.events(harness, ns, once, 1)) == 1
+
     async def test_interrupt(self, harness: ContractHarness) -> None:
         """With ``cancel_running`` the running task is cancelled and runs again on resume;
         without it, interrupt behaves as suspend: the running task finishes, nothing
