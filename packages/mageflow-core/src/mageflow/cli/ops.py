@@ -17,6 +17,7 @@ from rich.tree import Tree
 
 from mageflow.app import Mageflow
 from mageflow.errors import ConfigurationError, MageflowError
+from mageflow.flows import reconcile
 from mageflow.flows.inspect import read_state
 from mageflow.models.signatures import SignatureState
 from mageflow.store.memory import MemoryStore
@@ -250,4 +251,21 @@ LIFECYCLE = [
     _lifecycle("interrupt", "Suspend and cancel running tasks where the backend can."),
     _lifecycle("cancel", "Stop a root workflow for good; no callback fires."),
 ]
-COMMANDS = [status, tree, watch, ls, *LIFECYCLE]
+@click.command(name="reconcile")
+@click.option(
+    "--forever", is_flag=True, help="Keep sweeping, as every worker does, until interrupted."
+)
+@click.pass_context
+def reconcile_command(ctx: click.Context, forever: bool) -> None:
+    """Re-send tasks that were dispatched and never started, once they are due
+    (MAGEFLOW_RESEND_AFTER). Workers do this on their own; use it when none runs."""
+
+    async def act(mf: Mageflow) -> int:
+        if forever:
+            await reconcile.run_until(mf, asyncio.Event())
+        return await mf.reconcile()
+
+    console.print(f"re-sent {run(act, ctx)} task(s) that were dispatched and never started")
+
+
+COMMANDS = [status, tree, watch, ls, *LIFECYCLE, reconcile_command]
