@@ -36,8 +36,10 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff>=0.6")
+    """ruff, and the layer contracts of docs/internals.md (import-linter)."""
+    session.install("ruff>=0.6", "import-linter>=2.1", "-e", "packages/mageflow-core")
     session.run("ruff", "check", ".")
+    session.run("lint-imports")
 
 
 @nox.session
