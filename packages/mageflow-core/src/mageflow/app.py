@@ -238,7 +238,8 @@ class Mageflow:
         for sid, t in zip(steps, tasks, strict=True):
             await b.task_like(sid, t, parent=ROOT)
         ok, err = await b.callbacks(ROOT, callbacks_of(success), callbacks_of(error))
-        b.node(ROOT, NodeDef(kind="chain", name=name, steps=steps, on_success=ok, on_error=err))
+        b.node(ROOT, NodeDef(kind="chain", name=name, on_success=ok, on_error=err))
+        b.lists[F.aux(F.STEPS, ROOT)] = steps
         await b.commit()
         return ChainSignature(self, f"{b.wf}.{ROOT}")
 

@@ -20,6 +20,7 @@ N_ENDED = "n_ended"
 N_FAILED = "n_failed"
 PAYLOAD = "payload"
 
+STEPS = "steps"
 ITEMS = "items"
 QUEUE = "queue"
 RUNNING = "running"

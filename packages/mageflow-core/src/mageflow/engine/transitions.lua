@@ -9,6 +9,7 @@
 --
 -- KEYS (all share H's hash tag, so one call touches one Cluster slot)
 --   H                      hash: "<sid>" = definition JSON, "<sid>:<field>" = state
+--   H:steps:<chain>        list of the chain's step sids, in order
 --   H:items:<swarm>        list of the swarm's item sids, in item order
 --   H:queue:<swarm>        list of items waiting for a free slot
 --   H:running:<swarm>      set of items holding a slot
@@ -24,7 +25,8 @@
 -- DEFINITION (JSON, written once by the client, never user data)
 --   k kind: task|chain|swarm   t task name        n display name
 --   p parent (chain or swarm)  of owner: the node whose callback this is
---   ok / err callback sids     steps chain steps  mc max_concurrency  sa stop_after_n_failures
+--   ok / err callback sids     mc max_concurrency  sa stop_after_n_failures
+--   (a chain's steps are the list H:steps:<chain>, so an event reads one step, not all)
 --
 -- STATE FIELDS "<sid>:<field>"                                  written by
 --   status     pending|active|suspended|interrupted|canceled|done|failed   engine
@@ -79,22 +81,38 @@ local touched = {}  -- auxiliary keys written, whose TTL is refreshed at the end
 local defs = {}     -- decoded definitions, at most one decode per sid per call
 local filling = {}  -- swarms whose fill loop is running (re-entry returns at once)
 
+-- Fields read in this call, so each is fetched from Redis at most once; every write to a
+-- state field goes through set/del/incr, which keep it current (false = absent).
+local fields = {}
+
 local function get(sid, f)
-  local v = redis.call('HGET', H, sid .. ':' .. f)
+  local k = sid .. ':' .. f
+  local v = fields[k]
+  if v == nil then
+    v = redis.call('HGET', H, k)
+    fields[k] = v
+  end
   if v == false then return nil end
   return v
 end
 
 local function set(sid, f, v)
-  redis.call('HSET', H, sid .. ':' .. f, v)
+  local k = sid .. ':' .. f
+  if type(v) == 'number' then v = string.format('%d', v) end
+  redis.call('HSET', H, k, v)
+  fields[k] = v
 end
 
 local function del(sid, f)
-  redis.call('HDEL', H, sid .. ':' .. f)
+  local k = sid .. ':' .. f
+  redis.call('HDEL', H, k)
+  fields[k] = false
 end
 
 local function incr(sid, f, by)
-  return redis.call('HINCRBY', H, sid .. ':' .. f, by)
+  local n = redis.call('HINCRBY', H, sid .. ':' .. f, by)
+  fields[sid .. ':' .. f] = string.format('%d', n)
+  return n
 end
 
 -- The definition of sid, or nil when there is none (definitions never change).
@@ -120,8 +138,11 @@ local function up(d)
   return d.p or d.of
 end
 
-local function steps_of(d)
-  return d.steps or {}
+-- The sid of chain c's step i (0-based), or nil past the end.
+local function step_at(c, i)
+  local s = redis.call('LINDEX', H .. ':steps:' .. c, i)
+  if s == false then return nil end
+  return s
 end
 
 local function is_item(d)
@@ -283,12 +304,13 @@ start_node = function(sid, inl, own, ret, err)
   if ret then set(sid, 'input_ret', ret) end
   if err then set(sid, 'input_err', err) end
   if d.k == 'chain' then
+    touched[H .. ':steps:' .. sid] = true
     set(sid, 'step', 0)
-    local steps = steps_of(d)
-    if #steps == 0 then
+    local first = step_at(sid, 0)
+    if first == nil then
       settle(sid, true, ret or 'null', nil)
     else
-      start_node(steps[1], input, nil, ret, err)
+      start_node(first, input, nil, ret, err)
     end
   else
     queue_unqueued(sid)
@@ -299,16 +321,17 @@ end
 
 -- Chain c reacts to its step sid ending: next step, or the chain settles.
 local function chain_step_done(c, sid, ok, val)
+  touched[H .. ':steps:' .. c] = true
   if TERMINAL[get(c, 'status')] or get(c, 'outcome') then return end
-  local steps = steps_of(def(c))
   local cur = tonumber(get(c, 'step') or '0')
-  if steps[cur + 1] ~= sid then return end
+  if step_at(c, cur) ~= sid then return end
+  local nxt = ok and step_at(c, cur + 1)
   if not ok then
     settle(c, false, val, get(c, 'input'))
-  elseif cur + 1 < #steps then
+  elseif nxt then
     set(c, 'step', cur + 1)
-    events[#events + 1] = cjson.encode({ 'advanced', c, steps[cur + 2] })
-    start_node(steps[cur + 2], '', nil, val, nil)
+    events[#events + 1] = cjson.encode({ 'advanced', c, nxt })
+    start_node(nxt, '', nil, val, nil)
   else
     settle(c, true, val, nil)
   end
@@ -401,7 +424,7 @@ local function take_running(sid, holder, out)
     end
   elseif d.k == 'chain' then
     if get(sid, 'sent') and not TERMINAL[get(sid, 'status')] then
-      local cur = steps_of(d)[tonumber(get(sid, 'step') or '0') + 1]
+      local cur = step_at(sid, tonumber(get(sid, 'step') or '0'))
       if cur then take_running(cur, holder, out) end
     end
   else

@@ -145,15 +145,15 @@ class WorkflowBuilder:
             if not sep:
                 _check_depth(new_sid)
                 d = NodeDef.model_validate(json.loads(value))
-                if d.kind == "swarm":
-                    old_lists.append(F.aux(F.ITEMS, old))
-                    items = await self.mf.store.read_list(old_wf, F.aux(F.ITEMS, old))
-                    self.lists[F.aux(F.ITEMS, new_sid)] = [_rename(x, ROOT, sid) for x in items]
+                if d.kind in ("swarm", "chain"):
+                    kind = F.ITEMS if d.kind == "swarm" else F.STEPS
+                    old_lists.append(F.aux(kind, old))
+                    members = await self.mf.store.read_list(old_wf, F.aux(kind, old))
+                    self.lists[F.aux(kind, new_sid)] = [_rename(x, ROOT, sid) for x in members]
                 d.parent = parent if old == ROOT else d.parent and _rename(d.parent, ROOT, sid)
                 d.owner = owner if old == ROOT else d.owner and _rename(d.owner, ROOT, sid)
                 d.on_success = [_rename(x, ROOT, sid) for x in d.on_success]
                 d.on_error = [_rename(x, ROOT, sid) for x in d.on_error]
-                d.steps = [_rename(x, ROOT, sid) for x in d.steps]
                 self.fields[new_sid] = d.dump()
             else:
                 self.fields[f"{new_sid}:{attr}"] = value

@@ -46,7 +46,8 @@ async def read_state(mf: Runtime, key: str) -> SignatureState:
     children: list[str] = []
     counts: dict[str, int] = {}
     if d.kind == "chain":
-        children = [join_key(wf, s) for s in d.steps]
+        steps = await mf.store.read_list(wf, F.aux(F.STEPS, sid))
+        children = [join_key(wf, s) for s in steps]
     elif d.kind == "swarm":
         total = await mf.store.count(wf, F.aux(F.ITEMS, sid))
         queued = await mf.store.count(wf, F.aux(F.QUEUE, sid))

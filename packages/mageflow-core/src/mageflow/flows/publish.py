@@ -19,13 +19,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("mageflow.publish")
 
 ATTEMPTS = 6
-"""Publish attempts before giving up (about 3 s of backoff in all)."""
+"""Publish attempts after a first failure before giving up (about 3 s of backoff)."""
 
 
 def _transient(exc: Exception) -> bool:
     """Errors worth retrying: anything the task manager's client raises, but not our own
     typed errors (unknown task, bad payload), which another attempt cannot fix."""
     return not isinstance(exc, MageflowError) or isinstance(exc, StoreUnavailableError)
+
+
+async def _send(rt: Runtime, publishes: Sequence[Publish], tasks: list[OutgoingTask]) -> None:
+    for p in publishes:
+        faults.fail(faults.PUBLISH, p.task_name)
+    await rt.backend.publish_many(tasks)
 
 
 async def publish(rt: Runtime, publishes: Sequence[Publish]) -> None:
@@ -37,13 +43,19 @@ async def publish(rt: Runtime, publishes: Sequence[Publish]) -> None:
     await rt.ensure_started()
     tasks = [OutgoingTask(p.task_name, p.payload, {HEADER_KEY: p.key}) for p in publishes]
     try:
+        # the common case costs one call; the retry machinery only starts on a failure
+        await _send(rt, publishes, tasks)
+        return
+    except Exception as exc:
+        if not _transient(exc):
+            raise
+        log.warning("publishing %s failed (%r); retrying", tasks[0].task_name, exc)
+    try:
         async for attempt in stamina.retry_context(
             on=_transient, attempts=ATTEMPTS, wait_initial=0.05, wait_max=1.0, timeout=None
         ):
             with attempt:
-                for p in publishes:
-                    faults.fail(faults.PUBLISH, p.task_name)
-                await rt.backend.publish_many(tasks)
+                await _send(rt, publishes, tasks)
     except MageflowError:
         raise
     except Exception as exc:

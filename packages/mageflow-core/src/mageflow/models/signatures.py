@@ -24,7 +24,6 @@ class NodeDef(BaseModel):
     owner: str | None = Field(default=None, alias="of")
     on_success: list[str] = Field(default_factory=list, alias="ok")
     on_error: list[str] = Field(default_factory=list, alias="err")
-    steps: list[str] = Field(default_factory=list)
     max_concurrency: int | None = Field(default=None, alias="mc")
     stop_after_n_failures: int | None = Field(default=None, alias="sa")
     name: str | None = Field(default=None, alias="n")

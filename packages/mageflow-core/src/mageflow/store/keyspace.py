@@ -44,6 +44,8 @@ class Keyspace:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
+        self.frozen: float | None = None
+        """While a script runs, the time it started (Redis freezes time in a script)."""
         self.data: dict[str, Any] = {}
         self.expires: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
@@ -53,9 +55,11 @@ class Keyspace:
     # -- keys and expiry ----------------------------------------------------------------
     def _live(self, key: str) -> Any:
         value = self.data.get(key)
-        if value is not None and key in self.expires and self.expires[key] <= self.clock():
-            self._drop(key)
-            return None
+        if value is not None and key in self.expires:
+            now = self.frozen if self.frozen is not None else self.clock()
+            if self.expires[key] <= now:
+                self._drop(key)
+                return None
         return value
 
     def _drop(self, key: str) -> None:
@@ -167,6 +171,13 @@ class Keyspace:
 
     def llen(self, key: str) -> int:
         return len(self._typed(key, deque, False) or ())
+
+    def lindex(self, key: str, index: int) -> str | None:
+        lst = self._typed(key, deque, False)
+        if not lst or not -len(lst) <= index < len(lst):
+            return None
+        value: str = lst[index]
+        return value
 
     def lrange(self, key: str, start: int, stop: int) -> list[str]:
         lst = self._typed(key, deque, False)

@@ -19,6 +19,8 @@ from lupa import lua51  # type: ignore[import-untyped]
 from mageflow.store.keyspace import Keyspace, score_text
 
 _Command = Callable[..., Any]
+DECODE_CACHE_SIZE = 4096
+DECODE_CACHE_TEXT = 4096
 
 
 class ScriptFailed(Exception):
@@ -50,6 +52,9 @@ class LuaHost:
         self.keyspace = keyspace
         self.lua = lua51.LuaRuntime(encoding="utf-8", register_eval=False)
         self._compiled: dict[str, Any] = {}
+        # decoded JSON by text: the script only reads what cjson.decode returns, and most
+        # decodes are of definitions, which never change
+        self._decoded: dict[str, Any] = {}
         self._commands: dict[str, _Command] = self._command_table()
         make_lib = self.lua.eval(
             """function(call, encode, decode)
@@ -73,6 +78,7 @@ class LuaHost:
         if fn is None:
             fn = self._compiled[sha] = self._loader(source, self._redis, self._cjson)
         self.keyspace.sweep()
+        self.keyspace.frozen = self.keyspace.clock()
         try:
             reply = fn(
                 self.lua.table_from(list(keys)),
@@ -84,6 +90,8 @@ class LuaHost:
             raise
         except Exception as exc:  # lupa.LuaError, or a command's own error
             raise ScriptFailed(str(exc)) from exc
+        finally:
+            self.keyspace.frozen = None
         return self._reply(reply)
 
     # -- replies ------------------------------------------------------------------------------
@@ -111,12 +119,19 @@ class LuaHost:
 
     # -- cjson --------------------------------------------------------------------------------
     def _decode(self, text: str) -> Any:
+        cached = self._decoded.get(text)
+        if cached is not None:
+            return cached
         try:
             data = json.loads(text)
         except ValueError as exc:
             raise ScriptFailed(f"cjson.decode: {exc}") from exc
         if isinstance(data, (dict, list)):
-            return self.lua.table_from(data, recursive=True)
+            data = self.lua.table_from(data, recursive=True)
+        if len(text) <= DECODE_CACHE_TEXT:
+            if len(self._decoded) >= DECODE_CACHE_SIZE:
+                self._decoded.clear()
+            self._decoded[text] = data
         return data
 
     def _plain(self, value: Any) -> Any:
@@ -135,10 +150,12 @@ class LuaHost:
 
     # -- redis.call -------------------------------------------------------------------------
     def _call(self, name: str, *raw: Any) -> Any:
-        command = self._commands.get(name.upper())
+        command = self._commands.get(name) or self._commands.get(name.upper())
         if command is None:
             raise ScriptFailed(f"unknown command {name!r} in the in-process Lua host")
-        result = command(*(_text(a) for a in raw))
+        # numbers among the arguments are converted where a command stores or parses them
+        # (HSET values, scores, counts), as Redis converts them to text
+        result = command(*raw)
         if result is None:
             return False
         if isinstance(result, list):
@@ -148,10 +165,10 @@ class LuaHost:
     def _command_table(self) -> dict[str, _Command]:
         ks = self.keyspace
 
-        def hset(key: str, *fv: str) -> int:
-            return ks.hset(key, zip(fv[::2], fv[1::2], strict=True))
+        def hset(key: str, *fv: Any) -> int:
+            return ks.hset(key, zip(fv[::2], map(_text, fv[1::2]), strict=True))
 
-        def zadd(key: str, *sm: str) -> int:
+        def zadd(key: str, *sm: Any) -> int:
             return ks.zadd(key, zip((_score(s) for s in sm[::2]), sm[1::2], strict=True))
 
         def zscore(key: str, member: str) -> str | None:
@@ -183,11 +200,12 @@ class LuaHost:
             "EXISTS": lambda *keys: sum(ks.exists(k) for k in keys),
             "DEL": ks.delete,
             "EXPIRE": lambda k, s: ks.expire(k, int(s)),
-            "RPUSH": ks.rpush,
+            "RPUSH": lambda k, *v: ks.rpush(k, *map(_text, v)),
             "LPOP": ks.lpop,
             "LLEN": ks.llen,
             "LRANGE": lambda k, a, b: ks.lrange(k, int(a), int(b)),
-            "SADD": ks.sadd,
+            "LINDEX": lambda k, i: ks.lindex(k, int(i)),
+            "SADD": lambda k, *m: ks.sadd(k, *map(_text, m)),
             "SREM": ks.srem,
             "SMEMBERS": ks.smembers,
             "ZADD": zadd,
