@@ -109,6 +109,7 @@ class Engine:
     # -- a client's commands ----------------------------------------------------------------
     async def run(self, key: str, own_message: str | None, watch: bool = False) -> Transition:
         wf, sid = split_key(key)
+        await self._watch(wf)
         reply = await self._call(wf, "run", sid, own_message or "", "1" if watch else "0")
         if reply[0] == "err":
             _raise_for(key, reply)
@@ -123,6 +124,7 @@ class Engine:
 
     async def close_swarm(self, key: str) -> Transition:
         wf, sid = split_key(key)
+        await self._watch(wf)
         reply = await self._call(wf, "close", sid)
         if reply[0] == "err":
             _raise_for(key, reply)
@@ -139,6 +141,7 @@ class Engine:
 
     async def resume(self, key: str) -> Transition:
         wf, sid = split_key(key)
+        await self._watch(wf)
         reply = await self._call(wf, "resume", sid)
         if reply[0] == "err":
             _raise_for(key, reply)
@@ -166,12 +169,16 @@ class Engine:
         """Re-send what ``wf`` dispatched and never started, once due."""
         reply = await self._call(wf, "reconcile", str(limit))
         if reply[0] == "gone":
-            return Reconciled([], None, True, gone=True)
+            return Reconciled([], None, None)
         return Reconciled(
-            decode_publishes(wf, reply[1]),
-            float(reply[2]) if reply[2] else None,
-            reply[3] == "1",
+            decode_publishes(wf, reply[1]), float(reply[2]) if reply[2] else None, reply[3]
         )
+
+    async def _watch(self, wf: str) -> None:
+        """Put ``wf`` in the reconciler's live index *before* a client transition that
+        dispatches, so a client dying right after it still leaves the work findable."""
+        due = time.time() * 1000 + self.resend_after * 1000
+        await self.store.set_live({wf: due})
 
     async def payload(self, key: str) -> str | None:
         """The JSON payload task ``key`` is (or would be) dispatched with; ``None`` when

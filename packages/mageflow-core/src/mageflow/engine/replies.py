@@ -55,12 +55,19 @@ class StartOutcome:
 @dataclass(frozen=True)
 class Reconciled:
     """One reconcile pass over a workflow: what to re-send, when to look again (ms,
-    ``None``: nothing dispatched is pending), whether the workflow is finished or gone."""
+    ``None``: nothing dispatched is pending), the root's status (``None``: gone)."""
 
     publishes: list[Publish]
     next_due_ms: float | None
-    finished: bool
-    gone: bool = False
+    root_status: str | None
+
+    @property
+    def idle(self) -> bool:
+        """Nothing is pending and nothing can be dispatched without a client's command
+        (which puts the workflow back in the live index): the sweep may forget it."""
+        if self.root_status is None:
+            return True
+        return self.next_due_ms is None and self.root_status not in ("active",)
 
 
 def decode_publishes(wf: str, raw: str) -> list[Publish]:

@@ -692,8 +692,7 @@ elseif OP == 'reconcile' then
     resend(x)
   end
   local nxt = redis.call('ZRANGE', SENT, 0, 0, 'WITHSCORES')
-  local root = get(ROOT, 'status')
-  result = { 'ok', encoded_pubs(), nxt[2] or '', (TERMINAL[root] and '1') or '0' }
+  result = { 'ok', encoded_pubs(), nxt[2] or '', get(ROOT, 'status') or 'pending' }
 elseif OP == 'payload' then
   -- Read only: the payload task sid is (or would be) dispatched with.
   local d = def(ARGV[6])

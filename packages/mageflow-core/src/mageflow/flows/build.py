@@ -160,10 +160,9 @@ class WorkflowBuilder:
         self.moved.append((sig, sid, old_lists))
 
     async def commit(self) -> None:
-        """Write the new records (indexed for the reconciler), then drop the standalone
+        """Write the new records (indexed for ``mageflow ls``), then drop the standalone
         workflows that were moved in."""
-        live_at = int(self.now) + int(self.mf.engine.resend_after * 1000)
-        await self.mf.store.write(self.wf, self.fields, self.lists, live_at_ms=live_at)
+        await self.mf.store.write(self.wf, self.fields, self.lists, index=True)
         await self.drop_moved()
 
     async def drop_moved(self) -> None:

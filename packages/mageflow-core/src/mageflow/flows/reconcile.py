@@ -51,7 +51,7 @@ async def sweep(rt: Runtime) -> int:
             except MageflowError as exc:
                 log.warning("reconcile of %s: %s", wf, exc)
             resent += len(r.publishes)
-        if r.gone or (r.finished and r.next_due_ms is None):
+        if r.idle:
             drop.append(wf)
         else:
             recheck = time.time() * 1000 + engine.resend_after * 1000

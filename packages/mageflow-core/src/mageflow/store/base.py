@@ -59,10 +59,10 @@ class StateStore(abc.ABC):
         wf: str,
         fields: Mapping[str, str],
         lists: Mapping[str, Sequence[str]],
-        live_at_ms: int | None = None,
+        index: bool = False,
     ) -> None:
         """Create records: hash ``fields`` and auxiliary ``lists`` (``"items:<sid>"`` ...);
-        with ``live_at_ms`` also index the workflow (``index`` and ``live``)."""
+        with ``index`` also list the workflow in ``<prefix>:index``."""
 
     @abc.abstractmethod
     async def set_if_absent(self, wf: str, field_name: str, value: str) -> None:

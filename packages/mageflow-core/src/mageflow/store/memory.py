@@ -46,7 +46,7 @@ class MemoryStore(StateStore):
         wf: str,
         fields: Mapping[str, str],
         lists: Mapping[str, Sequence[str]],
-        live_at_ms: int | None = None,
+        index: bool = False,
     ) -> None:
         ks = self.keyspace
         h = self.hash_key(wf)
@@ -57,9 +57,8 @@ class MemoryStore(StateStore):
             if values:
                 ks.rpush(f"{h}:{name}", *values)
                 ks.expire(f"{h}:{name}", self.active_ttl)
-        if live_at_ms is not None:
+        if index:
             ks.zadd(f"{self.prefix}:index", [(time.time(), wf)])
-            ks.zadd(self.live_key, [(float(live_at_ms), wf)])
 
     async def set_if_absent(self, wf: str, field_name: str, value: str) -> None:
         self.keyspace.hsetnx(self.hash_key(wf), field_name, value)

@@ -118,7 +118,7 @@ class RedisStore(StateStore):
         wf: str,
         fields: Mapping[str, str],
         lists: Mapping[str, Sequence[str]],
-        live_at_ms: int | None = None,
+        index: bool = False,
     ) -> None:
         h = self.hash_key(wf)
         async with self.client.pipeline(transaction=True) as pipe:
@@ -130,12 +130,8 @@ class RedisStore(StateStore):
                     pipe.rpush(f"{h}:{name}", *values)
                     pipe.expire(f"{h}:{name}", self.active_ttl)
             await self._call(pipe.execute())
-        if live_at_ms is not None:
-            # the indexes live in other hash slots: a separate (pipelined) call
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.zadd(f"{self.prefix}:index", {wf: time.time()})
-                pipe.zadd(self.live_key, {wf: live_at_ms})
-                await self._call(pipe.execute())
+        if index:  # another hash slot: a separate call
+            await self._call(self.client.zadd(f"{self.prefix}:index", {wf: time.time()}))
 
     async def set_if_absent(self, wf: str, field_name: str, value: str) -> None:
         await self._call(self.client.hsetnx(self.hash_key(wf), field_name, value))
