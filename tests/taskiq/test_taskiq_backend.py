@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,9 +17,11 @@ from taskiq_redis import ListQueueBroker
 
 from mageflow import Mageflow
 from mageflow.backend.base import HEADER_KEY, OutgoingTask, RunContext, TaskDefinition
+from mageflow.backend.local import LocalBackend
 from mageflow.errors import ConfigurationError, NonRetryableError
 from mageflow.plugins.hookspecs import BackendSpec
 from mageflow.plugins.manager import backend_for_native
+from mageflow.store import MemoryStore
 from mageflow_taskiq.backend import (
     ENV_BROKER,
     ENV_IDLE_TIMEOUT,
@@ -117,6 +120,67 @@ def test_a_taskiq_broker_selects_the_backend() -> None:
     spec = backend_for_native(InMemoryBroker())
     assert spec is not None and spec.name == "taskiq"
     assert backend_for_native(object()) is None
+
+
+# -- a store the workers cannot share is refused ------------------------------------------
+async def test_client_without_redis_url_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MAGEFLOW_REDIS_URL", raising=False)
+    app = Mageflow(backend="taskiq", broker_url="redis://localhost:1/0")
+
+    @app.task("refused.echo")
+    async def echo(msg: dict[str, Any]) -> dict[str, Any]:
+        return msg
+
+    for attempt in (lambda: app.sign("refused.echo"), lambda: app.chain(["refused.echo"])):
+        with pytest.raises(ConfigurationError, match=r"MAGEFLOW_REDIS_URL=.*redis_url="):
+            await attempt()
+    with pytest.raises(ConfigurationError, match="MAGEFLOW_REDIS_URL"):
+        app.run_worker()
+    await app.aclose()
+
+
+async def test_the_refusal_leaves_test_harnesses_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building the instance connects nothing and refuses nothing: the pytest plugin swaps
+    in the local backend; an explicit store= is taken as given; restoring brings the
+    refusal back."""
+    monkeypatch.delenv("MAGEFLOW_REDIS_URL", raising=False)
+    app = Mageflow(backend="taskiq", broker_url="redis://localhost:1/0")
+    assert app.backend.describe()["broker"] == "ReclaimingStreamBroker"
+    previous = app.use(LocalBackend(), MemoryStore())
+    assert isinstance(app.store, MemoryStore)
+    app.use(*previous)
+    with pytest.raises(ConfigurationError, match="MAGEFLOW_REDIS_URL"):
+        app.store  # noqa: B018
+    explicit = Mageflow(backend="taskiq", broker_url="redis://localhost:1/0", store=MemoryStore())
+    assert isinstance(explicit.store, MemoryStore)
+    # in-process taskiq (InMemoryBroker) shares this process's memory: nothing to refuse
+    assert isinstance(Mageflow(InMemoryBroker()).store, MemoryStore)
+
+
+def test_mageflow_worker_without_redis_url_exits_with_the_reason(
+    app_module: str, tmp_path: Path
+) -> None:
+    (tmp_path / f"{app_module}_mf.py").write_text(
+        textwrap.dedent(
+            """
+            from mageflow import Mageflow
+            mf = Mageflow(backend="taskiq", broker_url="redis://localhost:1/0")
+
+            @mf.task("refused.echo")
+            async def echo(msg):
+                return msg
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAGEFLOW_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    done = subprocess.run(
+        [sys.executable, "-m", "mageflow", "worker", f"{app_module}_mf:mf"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "MAGEFLOW_REDIS_URL" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
 
 
 def test_retry_middleware_is_added_once_and_only_when_missing() -> None:

@@ -35,6 +35,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _default: Mageflow | None = None
 
+_UNSHARED_STORE = (
+    "the {backend} backend runs tasks in worker processes, which cannot see this process's "
+    "in-memory store (workers would skip every task and callers would wait forever): set "
+    "MAGEFLOW_REDIS_URL=redis://host:6379/0, or pass redis_url=, so that clients and workers "
+    "share one Redis store"
+)
+
 
 def default_instance() -> Mageflow:
     """The first :class:`Mageflow` created in this process, else one from the environment."""
@@ -52,6 +59,12 @@ class Mageflow:
     ``redis_url=`` override them; native objects may be passed positionally (a Hatchet
     client or taskiq broker selects its backend; a redis client or URL is the store).
     Other keyword arguments go to the backend (``broker=``, ``hatchet=`` ...).
+
+    Without a Redis URL the store is in memory, which only works when tasks run in this
+    process: with a backend whose workers are other processes (taskiq, hatchet) the first
+    use of the store (building or loading a workflow, ``run_worker``) raises
+    :class:`ConfigurationError` naming ``MAGEFLOW_REDIS_URL``. An explicit ``store=`` is
+    taken as given (a test harness that runs its workers in this process).
     """
 
     def __init__(
@@ -80,10 +93,11 @@ class Mageflow:
                     )
                 backend = backend or spec.name
                 backend_options.setdefault(spec.native_option, obj)
+        defaulted: StateStore | None = None
         if store is None:
             redis_client = redis_client or settings.redis_url
             if redis_client is None or redis_client == "memory://":
-                store = MemoryStore()
+                store = defaulted = MemoryStore()
             else:
                 store = RedisStore(
                     redis_client,
@@ -91,7 +105,8 @@ class Mageflow:
                     active_ttl=settings.active_ttl,
                     finished_ttl=settings.finished_ttl,
                 )
-        self.store: StateStore = store
+        self._store: StateStore = store
+        self._defaulted_store = defaulted
         if isinstance(backend, TaskBackend):
             if backend_options:
                 raise ConfigurationError(
@@ -139,14 +154,25 @@ class Mageflow:
 
         return decorate
 
+    @property
+    def store(self) -> StateStore:
+        """Where workflow state lives. Raises :class:`ConfigurationError` when it is the
+        in-memory default and the backend's workers are other processes."""
+        self._refuse_unshared_store()
+        return self._store
+
+    def _refuse_unshared_store(self) -> None:
+        if self._store is self._defaulted_store and self.backend.capabilities.remote_workers:
+            raise ConfigurationError(_UNSHARED_STORE.format(backend=self.backend.name))
+
     def use(
         self, backend: TaskBackend | None = None, store: StateStore | None = None
     ) -> tuple[TaskBackend, StateStore]:
         """Swap the backend and/or the store (e.g. for tests), re-registering every task on
         the new backend. Returns the previous ``(backend, store)``."""
-        previous = (self.backend, self.store)
+        previous = (self.backend, self._store)
         if store is not None:
-            self.store = store
+            self._store = store
         if backend is not None:
             self.backend = backend
             self._started = False
@@ -294,10 +320,12 @@ class Mageflow:
         )
 
     def run_worker(self, *, concurrency: int | None = None) -> None:
-        """Serve this instance's tasks until interrupted (blocking)."""
+        """Serve this instance's tasks until interrupted (blocking). Raises
+        :class:`ConfigurationError` when the workers could not share the store."""
+        self._refuse_unshared_store()
         self.backend.run_worker(concurrency=concurrency)
 
     async def aclose(self) -> None:
         await self.backend.shutdown()
-        await self.store.close()
+        await self._store.close()
         self._started = False
