@@ -22,7 +22,7 @@ from mageflow.flows.build import (
 )
 from mageflow.flows.handles import ChainSignature, Signature, SwarmSignature, handle_for
 from mageflow.flows.inspect import read_def
-from mageflow.flows.tasks import RegisteredTask, run_task
+from mageflow.flows.tasks import RegisteredTask, fail_unregistered, run_task
 from mageflow.models.config import SwarmConfig
 from mageflow.models.signatures import NodeDef
 from mageflow.plugins.manager import backend_for_native, load_backend_class
@@ -117,6 +117,7 @@ class Mageflow:
         else:
             cls = load_backend_class(backend or settings.backend)
             self.backend = cls.from_options(backend_options)
+        self.backend.register_fallback(self._handle_unregistered)
         self.tasks: dict[str, RegisteredTask] = {}
         self._handles: dict[str, weakref.WeakSet[Signature]] = {}
         self._started = False
@@ -176,6 +177,7 @@ class Mageflow:
         if backend is not None:
             self.backend = backend
             self._started = False
+            backend.register_fallback(self._handle_unregistered)
             for registered in self.tasks.values():
                 backend.register(self._definition(registered))
         return previous
@@ -192,6 +194,10 @@ class Mageflow:
     async def _handle(self, task: RegisteredTask, payload: Any, ctx: RunContext) -> Any:
         await self.ensure_started()
         return await run_task(self, task, payload, ctx)
+
+    async def _handle_unregistered(self, payload: Any, ctx: RunContext) -> None:
+        await self.ensure_started()
+        await fail_unregistered(self, payload, ctx)
 
     def task_name_of(self, value: TaskLike) -> str:
         name = value if isinstance(value, str) else getattr(value, "__mageflow_task__", None)
