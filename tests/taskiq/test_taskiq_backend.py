@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from taskiq import InMemoryBroker, SimpleRetryMiddleware, SmartRetryMiddleware
+from taskiq.kicker import AsyncKicker
 from taskiq.serializers import PickleSerializer
 from taskiq_redis import ListQueueBroker
 
@@ -27,6 +28,7 @@ from mageflow_taskiq.backend import (
     ENV_IDLE_TIMEOUT,
     ENV_QUEUE,
     ENV_URL,
+    FALLBACK_TASK,
     TaskiqBackend,
 )
 from mageflow_taskiq.streams import ReclaimingStreamBroker
@@ -235,6 +237,25 @@ async def test_in_memory_round_trip_with_retries() -> None:
     for run_id, payload in zip(ids, ("ok", "flaky", "fatal"), strict=True):
         assert {c.run_id for c in by_payload[payload]} == {run_id}
         assert {c.headers[HEADER_KEY] for c in by_payload[payload]} == {payload}
+
+
+async def test_unknown_task_names_reach_the_core_not_sent_by_mageflow_only_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """taskiq would drop a message whose task the worker lacks; the adapter hands it to
+    the core. A message that MageFlow did not send (no signature key, any arguments) is
+    only logged, as taskiq would."""
+    broker = InMemoryBroker()
+    app = Mageflow(broker)
+    assert broker.find_task("no.such.task") is broker.find_task(FALLBACK_TASK)
+    await app.ensure_started()
+    kicker: AsyncKicker[Any, Any] = AsyncKicker("no.such.task", broker, {})
+    with caplog.at_level("WARNING", logger="mageflow.worker"):
+        await kicker.kiq(1, 2, other=3)
+        await broker.wait_all()
+    assert "'no.such.task' is not registered" in caplog.text
+    assert "not sent by MageFlow" in caplog.text
+    await app.aclose()
 
 
 def test_plugin_registers_the_backend_without_importing_taskiq() -> None:
