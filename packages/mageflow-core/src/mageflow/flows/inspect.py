@@ -24,12 +24,12 @@ async def read_def(mf: Mageflow, key: str) -> NodeDef:
 
 async def read_state(mf: Mageflow, key: str) -> SignatureState:
     wf, sid = split_key(key)
-    names = ["", ":s", ":a", ":c", ":t0", ":t1", ":r", ":e", ":fin", ":nf", ":run"]
+    names = ["", ":s", ":a", ":c", ":d", ":t0", ":t1", ":r", ":e", ":fin", ":nf", ":run"]
     raw = await mf.store.read(wf, [sid + n for n in names])
     if raw[0] is None:
         raise SignatureNotFoundError(f"no signature stored under {key!r} (unknown or expired)")
     d = NodeDef.model_validate(json.loads(raw[0]))
-    _, status, attempts, created, t0, t1, result, error, fin, nf, running = raw
+    _, status, attempts, created, dispatched, t0, t1, result, error, fin, nf, running = raw
     children: list[str] = []
     counts: dict[str, int] = {}
     if d.kind == "chain":
@@ -59,5 +59,5 @@ async def read_state(mf: Mageflow, key: str) -> SignatureState:
         parent=join_key(wf, d.parent) if d.parent else None,
         children=children,
         counts=counts,
-        **SignatureState.timestamps(created, t0, t1),
+        **SignatureState.timestamps(created, dispatched, t0, t1),
     )

@@ -46,6 +46,9 @@ class SignatureState(BaseModel):
     status: SignatureStatus
     attempts: int = 0
     created_at: datetime | None = None
+    dispatched_at: datetime | None = None
+    """When it was dispatched: a task first handed to the task manager, a chain or swarm
+    begun. A task dispatched but not started waits for a worker that serves it."""
     started_at: datetime | None = None
     finished_at: datetime | None = None
     result: Any = None
@@ -56,5 +59,12 @@ class SignatureState(BaseModel):
     """For swarms: items total / queued / running / finished / failed."""
 
     @staticmethod
-    def timestamps(c: str | None, t0: str | None, t1: str | None) -> dict[str, datetime | None]:
-        return {"created_at": _ts(c), "started_at": _ts(t0), "finished_at": _ts(t1)}
+    def timestamps(
+        c: str | None, d: str | None, t0: str | None, t1: str | None
+    ) -> dict[str, datetime | None]:
+        return {
+            "created_at": _ts(c),
+            "dispatched_at": _ts(d),
+            "started_at": _ts(t0),
+            "finished_at": _ts(t1),
+        }
