@@ -148,6 +148,15 @@ async def test_suspend_and_interrupt_from_the_cli(setup: tuple[Mageflow, Cli]) -
     await asyncio.sleep(0.2)
     code, out, _ = await cli("status", "--json", wf.key)
     assert json.loads(out)["status"] == "suspended"
+    held = json.loads(out)["children"][1]  # held: it waits for resume, not for a worker
+    code, out, _ = await cli("status", "--json", held)
+    # suspend holds the chain's advancement: step 2 is not even dispatched before resume
+    assert json.loads(out)["status"] == "pending" and json.loads(out)["dispatched_at"] is None
+    for key in (wf.key, held):
+        code, out, _ = await cli("status", key)
+        assert code == 0 and "waiting" not in out, out
+    code, out, _ = await cli("tree", wf.key)
+    assert "waiting" not in out
     await wf.resume()  # local backend: the workers live in this process
     assert await wf.wait(timeout=5) == 1
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -392,3 +395,47 @@ async def test_a_killed_worker_s_run_keeps_its_id_on_another_worker(setup: Setup
     ]
     assert task.attempts[1].worker_id != worker_id
     assert len(await setup.probe.events(ns, "block-done")) == 1
+
+
+@on_session_loop
+async def test_status_names_the_task_a_queued_step_waits_for(setup: Setup) -> None:
+    """Hatchet assigns a run only to a worker that registered its task and keeps it queued
+    otherwise (up to ``schedule_timeout``), so MageFlow cannot fail it; ``mageflow status``
+    says which task waits for a worker."""
+    app, backend = setup.app, setup.backend
+    app.task("hatchet.unserved")(_noop)  # known to the client and the engine, no worker
+    proto = backend.workflows["hatchet.unserved"].to_proto()
+    await asyncio.to_thread(backend.hatchet._client.admin.put_workflow, proto)
+    ns = uuid.uuid4().hex
+    step = await app.sign("hatchet.unserved", ns=ns)
+    chain = await app.chain(["contract.echo", step], name="stuck")
+    await chain.aio_run_no_wait({"ns": ns})
+    await setup.wait_for_event(ns, "echo")
+
+    def step_runs() -> list[RunInfo]:
+        runs = setup.engine.runs(NAMESPACE + "hatchet.unserved")
+        return [r for r in runs if r.additional_metadata.get(HEADER_KEY) == step.key]
+
+    await setup.engine.wait_until_async(lambda: bool(step_runs()))
+    assert [r.status for r in step_runs()] == ["QUEUED"]
+
+    env = {
+        **os.environ,
+        **setup.pool.env,
+        **setup.engine.client_env(),
+        "HATCHET_CLIENT_NAMESPACE": "adapter",
+        "COLUMNS": "250",
+    }
+    for key in (chain.key, step.key):
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "mageflow", "status", key],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        lines = [ln.strip() for ln in done.stdout.splitlines() if ln.strip().startswith("waiting")]
+        assert len(lines) == 1, done.stdout
+        line = lines[0]
+        assert "for a worker that serves task 'hatchet.unserved'" in line
+        assert (step.key in line) is (key == chain.key)  # below the chain: names the node
+    assert await step.get_status() is SignatureStatus.PENDING

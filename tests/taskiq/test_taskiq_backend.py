@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,19 +12,23 @@ from typing import Any
 
 import pytest
 from taskiq import InMemoryBroker, SimpleRetryMiddleware, SmartRetryMiddleware
+from taskiq.kicker import AsyncKicker
 from taskiq.serializers import PickleSerializer
 from taskiq_redis import ListQueueBroker
 
 from mageflow import Mageflow
 from mageflow.backend.base import HEADER_KEY, OutgoingTask, RunContext, TaskDefinition
+from mageflow.backend.local import LocalBackend
 from mageflow.errors import ConfigurationError, NonRetryableError
 from mageflow.plugins.hookspecs import BackendSpec
 from mageflow.plugins.manager import backend_for_native
+from mageflow.store import MemoryStore
 from mageflow_taskiq.backend import (
     ENV_BROKER,
     ENV_IDLE_TIMEOUT,
     ENV_QUEUE,
     ENV_URL,
+    FALLBACK_TASK,
     TaskiqBackend,
 )
 from mageflow_taskiq.streams import ReclaimingStreamBroker
@@ -119,6 +124,67 @@ def test_a_taskiq_broker_selects_the_backend() -> None:
     assert backend_for_native(object()) is None
 
 
+# -- a store the workers cannot share is refused ------------------------------------------
+async def test_client_without_redis_url_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MAGEFLOW_REDIS_URL", raising=False)
+    app = Mageflow(backend="taskiq", broker_url="redis://localhost:1/0")
+
+    @app.task("refused.echo")
+    async def echo(msg: dict[str, Any]) -> dict[str, Any]:
+        return msg
+
+    for attempt in (lambda: app.sign("refused.echo"), lambda: app.chain(["refused.echo"])):
+        with pytest.raises(ConfigurationError, match=r"MAGEFLOW_REDIS_URL=.*redis_url="):
+            await attempt()
+    with pytest.raises(ConfigurationError, match="MAGEFLOW_REDIS_URL"):
+        app.run_worker()
+    await app.aclose()
+
+
+async def test_the_refusal_leaves_test_harnesses_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building the instance connects nothing and refuses nothing: the pytest plugin swaps
+    in the local backend; an explicit store= is taken as given; restoring brings the
+    refusal back."""
+    monkeypatch.delenv("MAGEFLOW_REDIS_URL", raising=False)
+    app = Mageflow(backend="taskiq", broker_url="redis://localhost:1/0")
+    assert app.backend.describe()["broker"] == "ReclaimingStreamBroker"
+    previous = app.use(LocalBackend(), MemoryStore())
+    assert isinstance(app.store, MemoryStore)
+    app.use(*previous)
+    with pytest.raises(ConfigurationError, match="MAGEFLOW_REDIS_URL"):
+        app.store  # noqa: B018
+    explicit = Mageflow(backend="taskiq", broker_url="redis://localhost:1/0", store=MemoryStore())
+    assert isinstance(explicit.store, MemoryStore)
+    # in-process taskiq (InMemoryBroker) shares this process's memory: nothing to refuse
+    assert isinstance(Mageflow(InMemoryBroker()).store, MemoryStore)
+
+
+def test_mageflow_worker_without_redis_url_exits_with_the_reason(
+    app_module: str, tmp_path: Path
+) -> None:
+    (tmp_path / f"{app_module}_mf.py").write_text(
+        textwrap.dedent(
+            """
+            from mageflow import Mageflow
+            mf = Mageflow(backend="taskiq", broker_url="redis://localhost:1/0")
+
+            @mf.task("refused.echo")
+            async def echo(msg):
+                return msg
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAGEFLOW_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    done = subprocess.run(
+        [sys.executable, "-m", "mageflow", "worker", f"{app_module}_mf:mf"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "MAGEFLOW_REDIS_URL" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+
+
 def test_retry_middleware_is_added_once_and_only_when_missing() -> None:
     broker = InMemoryBroker()
     TaskiqBackend(broker)
@@ -171,6 +237,25 @@ async def test_in_memory_round_trip_with_retries() -> None:
     for run_id, payload in zip(ids, ("ok", "flaky", "fatal"), strict=True):
         assert {c.run_id for c in by_payload[payload]} == {run_id}
         assert {c.headers[HEADER_KEY] for c in by_payload[payload]} == {payload}
+
+
+async def test_unknown_task_names_reach_the_core_not_sent_by_mageflow_only_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """taskiq would drop a message whose task the worker lacks; the adapter hands it to
+    the core. A message that MageFlow did not send (no signature key, any arguments) is
+    only logged, as taskiq would."""
+    broker = InMemoryBroker()
+    app = Mageflow(broker)
+    assert broker.find_task("no.such.task") is broker.find_task(FALLBACK_TASK)
+    await app.ensure_started()
+    kicker: AsyncKicker[Any, Any] = AsyncKicker("no.such.task", broker, {})
+    with caplog.at_level("WARNING", logger="mageflow.worker"):
+        await kicker.kiq(1, 2, other=3)
+        await broker.wait_all()
+    assert "'no.such.task' is not registered" in caplog.text
+    assert "not sent by MageFlow" in caplog.text
+    await app.aclose()
 
 
 def test_plugin_registers_the_backend_without_importing_taskiq() -> None:

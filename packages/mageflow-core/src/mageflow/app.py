@@ -26,7 +26,7 @@ from mageflow.flows.build import (
 )
 from mageflow.flows.handles import ChainSignature, Signature, SwarmSignature, handle_for
 from mageflow.flows.inspect import read_def
-from mageflow.flows.tasks import RegisteredTask, run_task
+from mageflow.flows.tasks import RegisteredTask, fail_unregistered, run_task
 from mageflow.models.config import SwarmConfig
 from mageflow.models.signatures import NodeDef
 from mageflow.plugins.manager import backend_for_native, load_backend_class
@@ -40,6 +40,13 @@ log = logging.getLogger("mageflow")
 FnT = TypeVar("FnT", bound=Callable[..., Any])
 
 _default: Mageflow | None = None
+
+_UNSHARED_STORE = (
+    "the {backend} backend runs tasks in worker processes, which cannot see this process's "
+    "in-memory store (workers would skip every task and callers would wait forever): set "
+    "MAGEFLOW_REDIS_URL=redis://host:6379/0, or pass redis_url=, so that clients and workers "
+    "share one Redis store"
+)
 
 
 def default_instance() -> Mageflow:
@@ -58,6 +65,12 @@ class Mageflow:
     ``redis_url=`` override them; native objects may be passed positionally (a Hatchet
     client or taskiq broker selects its backend; a redis client or URL is the store).
     Other keyword arguments go to the backend (``broker=``, ``hatchet=`` ...).
+
+    Without a Redis URL the store is in memory, which only works when tasks run in this
+    process: with a backend whose workers are other processes (taskiq, hatchet) the first
+    use of the store (building or loading a workflow, ``run_worker``) raises
+    :class:`ConfigurationError` naming ``MAGEFLOW_REDIS_URL``. An explicit ``store=`` is
+    taken as given (a test harness that runs its workers in this process).
     """
 
     def __init__(
@@ -87,10 +100,11 @@ class Mageflow:
                     )
                 backend = backend or spec.name
                 backend_options.setdefault(spec.native_option, obj)
+        defaulted: StateStore | None = None
         if store is None:
             redis_client = redis_client or settings.redis_url
             if redis_client is None or redis_client == "memory://":
-                store = MemoryStore(
+                store = defaulted = MemoryStore(
                     prefix=key_prefix or settings.key_prefix,
                     active_ttl=settings.active_ttl,
                     finished_ttl=settings.finished_ttl,
@@ -103,8 +117,9 @@ class Mageflow:
                     finished_ttl=settings.finished_ttl,
                 )
         self.resend_after = settings.resend_after if resend_after is None else resend_after
-        self.store: StateStore = store
-        self.engine = Engine(store, resend_after=self.resend_after)
+        self._store: StateStore = store
+        self._defaulted_store = defaulted
+        self._engine = Engine(store, resend_after=self.resend_after)
         self._reconcilers: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, tuple[asyncio.Task[None], asyncio.Event]
         ] = weakref.WeakKeyDictionary()
@@ -119,6 +134,7 @@ class Mageflow:
             cls = load_backend_class(backend or settings.backend)
             self.backend = cls.from_options(backend_options)
         self.backend.on_worker_start(self.start_reconciler)
+        self.backend.register_fallback(self._handle_unregistered)
         self.tasks: dict[str, RegisteredTask] = {}
         self._handles: dict[str, weakref.WeakSet[Signature]] = {}
         self._started = False
@@ -156,19 +172,37 @@ class Mageflow:
 
         return decorate
 
+    @property
+    def store(self) -> StateStore:
+        """Where workflow state lives. Raises :class:`ConfigurationError` when it is the
+        in-memory default and the backend's workers are other processes."""
+        self._refuse_unshared_store()
+        return self._store
+
+    @property
+    def engine(self) -> Engine:
+        """The engine running transitions on :attr:`store` (refused like the store)."""
+        self._refuse_unshared_store()
+        return self._engine
+
+    def _refuse_unshared_store(self) -> None:
+        if self._store is self._defaulted_store and self.backend.capabilities.remote_workers:
+            raise ConfigurationError(_UNSHARED_STORE.format(backend=self.backend.name))
+
     def use(
         self, backend: TaskBackend | None = None, store: StateStore | None = None
     ) -> tuple[TaskBackend, StateStore]:
         """Swap the backend and/or the store (e.g. for tests), re-registering every task on
         the new backend. Returns the previous ``(backend, store)``."""
-        previous = (self.backend, self.store)
+        previous = (self.backend, self._store)
         if store is not None:
-            self.store = store
-            self.engine = Engine(store, resend_after=self.resend_after)
+            self._store = store
+            self._engine = Engine(store, resend_after=self.resend_after)
         if backend is not None:
             self.backend = backend
             self._started = False
             backend.on_worker_start(self.start_reconciler)
+            backend.register_fallback(self._handle_unregistered)
             for registered in self.tasks.values():
                 backend.register(self._definition(registered))
         return previous
@@ -185,6 +219,10 @@ class Mageflow:
     async def _handle(self, task: RegisteredTask, payload: Any, ctx: RunContext) -> Any:
         await self.ensure_started()
         return await run_task(self, task, payload, ctx)
+
+    async def _handle_unregistered(self, payload: Any, ctx: RunContext) -> None:
+        await self.ensure_started()
+        await fail_unregistered(self, payload, ctx)
 
     def task_name_of(self, value: TaskLike) -> str:
         name = value if isinstance(value, str) else getattr(value, "__mageflow_task__", None)
@@ -324,7 +362,9 @@ class Mageflow:
                 return total
 
     def run_worker(self, *, concurrency: int | None = None) -> None:
-        """Serve this instance's tasks until interrupted (blocking)."""
+        """Serve this instance's tasks until interrupted (blocking). Raises
+        :class:`ConfigurationError` when the workers could not share the store."""
+        self._refuse_unshared_store()
         self.backend.run_worker(concurrency=concurrency)
 
     async def aclose(self) -> None:
@@ -336,5 +376,5 @@ class Mageflow:
                 task.cancel()
                 await asyncio.wait({task}, timeout=0.05)
         await self.backend.shutdown()
-        await self.store.close()
+        await self._store.close()
         self._started = False

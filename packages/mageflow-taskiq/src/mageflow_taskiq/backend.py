@@ -11,6 +11,10 @@ task function sets the ``retry_on_error`` and ``max_retries`` labels of the runn
 message from the worker's :class:`TaskDefinition`, and reads the middleware's
 ``_retries`` label for the attempt number. The retry middleware re-sends with the same
 taskiq ``task_id``, which is therefore the run id.
+
+taskiq's receiver acknowledges and drops a message whose task name the worker has no task
+for. The backend makes the broker's ``find_task`` answer such a name with one fallback task
+(:data:`FALLBACK_TASK`) that hands the message to the core, which fails its workflow node.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import logging
 import os
 import signal
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -66,6 +71,9 @@ _RETRIES = "_retries"  # written by taskiq's retry middlewares: retries done so 
 _MAX_RETRIES = "max_retries"  # read by them: total attempts allowed
 _RETRY_ON_ERROR = "retry_on_error"
 _PUBLISH_CONCURRENCY = 16
+FALLBACK_TASK = "mageflow.unregistered"
+"""The taskiq task that runs, on a worker, a message whose task name it does not serve."""
+_FALLBACKS: weakref.WeakKeyDictionary[AsyncBroker, TaskHandler] = weakref.WeakKeyDictionary()
 _HOW_TO_CONFIGURE = (
     "pass broker=<taskiq broker or 'module:attr'> or broker_url='redis://...', "
     f"or set {ENV_BROKER}=module:attr or {ENV_URL}=redis://host:6379/0"
@@ -128,6 +136,42 @@ def _task_function(definition: TaskDefinition) -> Any:
 
     run.__qualname__ = run.__name__ = definition.name
     return run
+
+
+def _fallback_function(broker: AsyncBroker) -> Any:
+    """The taskiq task behind :data:`FALLBACK_TASK`: the core's fallback handler, called
+    with the message's own (unknown) task name. Never retried."""
+
+    async def unregistered(
+        payload: Any = None,
+        headers: Any = None,
+        context: Context = TaskiqDepends(),  # noqa: B008 (taskiq injects it)
+        **_kwargs: Any,  # a message that MageFlow did not send may carry anything
+    ) -> None:
+        message = context.message
+        message.labels[_RETRY_ON_ERROR] = False
+        ctx = RunContext(
+            task_name=message.task_name,
+            run_id=message.task_id,
+            attempt=int(message.labels.get(_RETRIES, 0)) + 1,
+            is_final_attempt=True,
+            headers=dict(headers) if isinstance(headers, dict) else {},
+        )
+        await _FALLBACKS[broker](payload, ctx)
+
+    return unregistered
+
+
+def _route_unknown_names(broker: AsyncBroker) -> None:
+    """Make ``broker.find_task`` (what taskiq's receiver looks a message's task up with)
+    answer a name it does not know with :data:`FALLBACK_TASK`."""
+    fallback = broker.register_task(_fallback_function(broker), task_name=FALLBACK_TASK)
+    find = broker.find_task
+
+    def find_task(task_name: str) -> Any:
+        return find(task_name) or fallback
+
+    broker.find_task = find_task  # type: ignore[method-assign]
 
 
 class ShutdownSafeReceiver(Receiver):
@@ -237,6 +281,11 @@ class TaskiqBackend(TaskBackend):
         if cls is TaskiqBackend and isinstance(broker, InMemoryBroker):
             return _InMemoryTaskiqBackend(broker, import_path=import_path)
         return cls(broker, import_path=import_path)
+
+    def register_fallback(self, handler: TaskHandler) -> None:
+        if self.broker not in _FALLBACKS:
+            _route_unknown_names(self.broker)
+        _FALLBACKS[self.broker] = handler
 
     def register(self, definition: TaskDefinition) -> None:
         idle_ms = getattr(self.broker, "idle_timeout", None)

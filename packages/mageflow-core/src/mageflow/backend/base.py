@@ -99,6 +99,15 @@ class TaskBackend(abc.ABC):
     def register(self, definition: TaskDefinition) -> None:
         """Make ``definition.name`` runnable by this task manager's workers."""
 
+    def register_fallback(self, handler: TaskHandler) -> None:
+        """Run ``handler`` for a delivery whose task name no :meth:`register` call defined,
+        with ``RunContext.task_name`` set to that name: the core then fails the workflow
+        node with :class:`~mageflow.errors.TaskNotRegisteredError`. Implement it where the
+        task manager hands such a message to a worker that would drop it (taskiq
+        acknowledges and drops it). The default ignores the handler, which is right where
+        the task manager keeps the message queued until a worker that serves the name
+        appears (Hatchet)."""
+
     @abc.abstractmethod
     async def publish(self, task: OutgoingTask) -> str:
         """Send one task; return its run id. Must not wait for the task to run."""

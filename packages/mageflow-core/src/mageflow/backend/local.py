@@ -23,6 +23,7 @@ from mageflow.backend.base import (
     RunContext,
     TaskBackend,
     TaskDefinition,
+    TaskHandler,
 )
 from mageflow.errors import ConfigurationError, NonRetryableError, TaskNotRegisteredError
 from mageflow.faults import SimulatedCrash
@@ -53,6 +54,7 @@ class LocalBackend(TaskBackend):
         self.concurrency = concurrency
         self.retry_delay = retry_delay
         self.definitions: dict[str, TaskDefinition] = {}
+        self._fallback: TaskHandler | None = None
         self._queue: asyncio.Queue[_Message] | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._running: dict[str, asyncio.Task[Any]] = {}
@@ -67,6 +69,9 @@ class LocalBackend(TaskBackend):
 
     async def startup(self) -> None:
         self._ensure_workers()
+
+    def register_fallback(self, handler: TaskHandler) -> None:
+        self._fallback = handler
 
     def _ensure_workers(self) -> asyncio.Queue[_Message]:
         loop = asyncio.get_running_loop()
@@ -84,7 +89,9 @@ class LocalBackend(TaskBackend):
         return self._queue
 
     async def publish(self, task: OutgoingTask) -> str:
-        if task.task_name not in self.definitions:
+        # With a fallback, an unknown name is delivered like any task and fails its node
+        # on the worker; raising here would leave a step published by a worker pending.
+        if task.task_name not in self.definitions and self._fallback is None:
             raise TaskNotRegisteredError(task.task_name, self.definitions)
         queue = self._ensure_workers()
         message = _Message(task, run_id=uuid.uuid4().hex)
@@ -116,15 +123,17 @@ class LocalBackend(TaskBackend):
 
     async def _execute(self, message: _Message) -> None:
         assert self._queue is not None
-        definition = self.definitions[message.task.task_name]
+        definition = self.definitions.get(message.task.task_name)
+        handler = definition.handler if definition else self._fallback
+        assert handler is not None  # publish refuses unknown names without a fallback
         ctx = RunContext(
-            task_name=definition.name,
+            task_name=message.task.task_name,
             run_id=message.run_id,
             attempt=message.attempt,
-            is_final_attempt=message.attempt > definition.retries,
+            is_final_attempt=message.attempt > (definition.retries if definition else 0),
             headers=dict(message.task.headers),
         )
-        call = asyncio.ensure_future(definition.handler(message.task.payload, ctx))
+        call = asyncio.ensure_future(handler(message.task.payload, ctx))
         self._running[message.run_id] = call
         try:
             await call

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import click
@@ -20,6 +20,7 @@ from mageflow.errors import ConfigurationError, MageflowError
 from mageflow.flows import reconcile
 from mageflow.flows.inspect import read_state
 from mageflow.models.signatures import SignatureState
+from mageflow.models.status import SignatureStatus
 from mageflow.store.memory import MemoryStore
 
 T = TypeVar("T")
@@ -80,7 +81,47 @@ def _summary(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def print_state(state: SignatureState) -> None:
+HOLDING = (SignatureStatus.SUSPENDED, SignatureStatus.INTERRUPTED)
+WAITING_SCAN = 100
+"""Nodes ``status`` reads below a chain or swarm to find the tasks waiting for a worker."""
+
+
+def waiting_note(state: SignatureState) -> str | None:
+    """For a task dispatched but not started: what it waits for ("for a worker that serves
+    task X"). A task whose workflow is suspended waits for ``resume``: callers skip those."""
+    if state.kind != "task" or state.status is not SignatureStatus.PENDING:
+        return None
+    if state.dispatched_at is None:
+        return None
+    age = (datetime.now(timezone.utc) - state.dispatched_at).total_seconds()
+    return f"for a worker that serves task {state.name!r} (dispatched {age:.0f} s ago)"
+
+
+async def find_waiting(mf: Mageflow, state: SignatureState) -> list[tuple[str, str]]:
+    """``(key, note)`` of the tasks at or below ``state`` that wait for a worker, reading
+    at most :data:`WAITING_SCAN` nodes; nothing below a suspended or finished node."""
+    parent = state.parent
+    while parent is not None:  # held by a suspended ancestor: waiting for resume instead
+        above = await read_state(mf, parent)
+        if above.status in HOLDING:
+            return []
+        parent = above.parent
+    found: list[tuple[str, str]] = []
+    todo, budget = [state], WAITING_SCAN
+    while todo and budget > 0:
+        node = todo.pop()
+        note = waiting_note(node)
+        if note is not None:
+            found.append((node.key, note))
+        if node.status in HOLDING or node.status.is_terminal:
+            continue
+        for child in reversed(node.children[:budget]):
+            budget -= 1
+            todo.append(await read_state(mf, child))
+    return found
+
+
+def print_state(state: SignatureState, waiting: Sequence[tuple[str, str]] = ()) -> None:
     table = Table(show_header=False, box=None)
     table.add_row("key", state.key)
     table.add_row("kind", state.kind)
@@ -88,6 +129,7 @@ def print_state(state: SignatureState) -> None:
     table.add_row("status", styled(state.status.value))
     table.add_row("attempts", str(state.attempts))
     table.add_row("created", _when(state.created_at))
+    table.add_row("dispatched", _when(state.dispatched_at))
     table.add_row("started", _when(state.started_at))
     table.add_row("finished", _when(state.finished_at))
     if state.started_at and state.finished_at:
@@ -100,21 +142,30 @@ def print_state(state: SignatureState) -> None:
         table.add_row("error", f"[red]{state.error.get('type')}: {state.error.get('message')}[/]")
     if state.result is not None:
         table.add_row("result", _summary(state.result))
+    for key, note in waiting:
+        where = "" if key == state.key else f"{key} "
+        table.add_row("waiting", f"[yellow]{where}{note}[/]")
     console.print(table)
 
 
-async def build_tree(mf: Mageflow, key: str, max_items: int, node: Tree | None = None) -> Tree:
+async def build_tree(
+    mf: Mageflow, key: str, max_items: int, node: Tree | None = None, held: bool = False
+) -> Tree:
     state = await read_state(mf, key)
     label = f"{state.kind} [bold]{state.name}[/] {styled(state.status.value)} [dim]{key}[/]"
     if state.error:
         label += f" [red]{state.error.get('type')}[/]"
+    note = None if held else waiting_note(state)
+    if note:
+        label += f" [yellow]waiting {note}[/]"
+    held = held or state.status in HOLDING
     branch = Tree(label) if node is None else node.add(label)
     if state.kind == "swarm" and state.counts.get("total", 0) > max_items:
         counts = ", ".join(f"{k} {v}" for k, v in state.counts.items())
         branch.add(f"[dim]{counts} (over {max_items} items: counts only)[/]")
         return branch
     for child in state.children:
-        await build_tree(mf, child, max_items, branch)
+        await build_tree(mf, child, max_items, branch, held)
     return branch
 
 
@@ -123,12 +174,17 @@ async def build_tree(mf: Mageflow, key: str, max_items: int, node: Tree | None =
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def status(ctx: click.Context, key: str, as_json: bool) -> None:
-    """Status, timings, attempts, error and result of one signature, chain or swarm."""
-    state = run(lambda mf: read_state(mf, key), ctx)
+    """Status, timings, attempts, error and result of one signature, chain or swarm, and
+    which of its tasks wait for a worker (dispatched, not started)."""
     if as_json:
-        click.echo(state.model_dump_json(indent=2))
-    else:
-        print_state(state)
+        click.echo(run(lambda mf: read_state(mf, key), ctx).model_dump_json(indent=2))
+        return
+
+    async def with_waiting(mf: Mageflow) -> tuple[SignatureState, list[tuple[str, str]]]:
+        state = await read_state(mf, key)
+        return state, await find_waiting(mf, state)
+
+    print_state(*run(with_waiting, ctx))
 
 
 @click.command()

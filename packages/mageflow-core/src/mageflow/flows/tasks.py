@@ -18,6 +18,7 @@ from mageflow.errors import (
     NonRetryableError,
     PayloadNotSerializableError,
     PublishError,
+    TaskNotRegisteredError,
     TaskTimeoutError,
 )
 from mageflow.flows import observe
@@ -106,20 +107,11 @@ async def run_task(mf: Runtime, task: RegisteredTask, payload: JSON, ctx: RunCon
     key = ctx.headers.get(HEADER_KEY)
     if key is None or not isinstance(payload, dict):
         # Invoked outside MageFlow (e.g. kicked by hand): plain call, no orchestration.
-        data = payload if isinstance(payload, dict) else {}
-        return _result(task, await task.call(data))[0]
-    mf.start_reconciler()
-    outcome = await mf.engine.start(key, ctx.run_id)
-    if outcome.action == "redo":
-        log.info(
-            "redelivered %s (%s): re-issuing %d publish(es)", key, task.name, len(outcome.owed)
-        )
-        await _publish_after_finish(mf, key, outcome.owed)
+        plain = payload if isinstance(payload, dict) else {}
+        return _result(task, await task.call(plain))[0]
+    data = await _start(mf, task.name, key, payload, ctx, task.return_field)
+    if data is None:
         return None
-    if outcome.action != "run":
-        log.info("delivery of %s (%s) skipped: %s", key, task.name, outcome.action)
-        return None
-    data = build_input(payload, outcome.kwargs, task.return_field)
     observe.emit(
         "mageflow_task_started",
         key,
@@ -130,7 +122,7 @@ async def run_task(mf: Runtime, task: RegisteredTask, payload: JSON, ctx: RunCon
     try:
         result, result_json = _result(task, await task.call_with_timeout(data))
     except (InvalidTaskInputError, PayloadNotSerializableError, NonRetryableError) as exc:
-        await _fail(mf, task, key, exc, data, ctx)
+        await _fail(mf, task.name, key, exc, data, ctx)
         raise NonRetryableError(str(exc)) from exc
     except Exception as exc:
         if not ctx.is_final_attempt:
@@ -146,7 +138,7 @@ async def run_task(mf: Runtime, task: RegisteredTask, payload: JSON, ctx: RunCon
                 error=error_dict(exc),
             )
             raise
-        await _fail(mf, task, key, exc, data, ctx)
+        await _fail(mf, task.name, key, exc, data, ctx)
         raise
     transition = await mf.engine.finish(key, True, result_json)
     faults.check(faults.AFTER_FINISH, task.name)
@@ -163,9 +155,48 @@ async def run_task(mf: Runtime, task: RegisteredTask, payload: JSON, ctx: RunCon
     return result
 
 
+async def fail_unregistered(mf: Runtime, payload: JSON, ctx: RunContext) -> None:
+    """A delivery of ``ctx.task_name``, a task no ``@mf.task`` of this worker registered:
+    fail its node with :class:`TaskNotRegisteredError` (error callbacks fire), then raise
+    :class:`NonRetryableError`. It goes through the same start transition as any delivery,
+    so a duplicate is not failed twice and a held or canceled workflow is left alone. A
+    message that MageFlow did not send is only logged."""
+    exc = TaskNotRegisteredError(ctx.task_name, mf.tasks)
+    key = ctx.headers.get(HEADER_KEY)
+    if key is None or not isinstance(payload, dict):
+        log.warning("a message for an unknown task, not sent by MageFlow, ignored: %s", exc)
+        return
+    data = await _start(mf, ctx.task_name, key, payload, ctx, return_value_field(None))
+    if data is None:
+        return
+    log.error("%s (%s) failed: %s", key, ctx.task_name, exc)
+    await _fail(mf, ctx.task_name, key, exc, data, ctx)
+    raise NonRetryableError(str(exc)) from exc
+
+
+async def _start(
+    mf: Runtime, task_name: str, key: str, payload: dict[str, Any], ctx: RunContext, ret: str
+) -> dict[str, Any] | None:
+    """The start transition of a delivery: the task's input if it is to run now; ``None``
+    if it re-issued what an already finished run owed, or is a duplicate, held or dropped.
+    ``ret`` is the input field that receives the previous step's result."""
+    mf.start_reconciler()
+    outcome = await mf.engine.start(key, ctx.run_id)
+    if outcome.action == "redo":
+        log.info(
+            "redelivered %s (%s): re-issuing %d publish(es)", key, task_name, len(outcome.owed)
+        )
+        await _publish_after_finish(mf, key, outcome.owed)
+        return None
+    if outcome.action != "run":
+        log.info("delivery of %s (%s) skipped: %s", key, task_name, outcome.action)
+        return None
+    return build_input(payload, outcome.kwargs, ret)
+
+
 async def _fail(
     mf: Runtime,
-    task: RegisteredTask,
+    task_name: str,
     key: str,
     exc: BaseException,
     data: dict[str, Any],
@@ -177,12 +208,12 @@ async def _fail(
         original = "{}"
     error = error_json(exc)
     transition = await mf.engine.finish(key, False, error, original)
-    faults.check(faults.AFTER_FINISH, task.name)
+    faults.check(faults.AFTER_FINISH, task_name)
     await _publish_after_finish(mf, key, transition.publishes)
     observe.emit(
         "mageflow_task_failed",
         key,
-        task_name=task.name,
+        task_name=task_name,
         attempt=ctx.attempt,
         run_id=ctx.run_id,
         status="failed",

@@ -45,14 +45,15 @@ class SignatureState(BaseModel):
     status: SignatureStatus
     attempts: int = 0
     created_at: datetime | None = None
+    dispatched_at: datetime | None = None
+    """When it was dispatched: a task first handed to the task manager, a chain or swarm
+    begun. A task dispatched but not started waits for a worker that serves it."""
     started_at: datetime | None = None
     finished_at: datetime | None = None
     result: Any = None
     error: dict[str, Any] | None = None
     parent: str | None = None
     children: list[str] = Field(default_factory=list)
-    dispatched_at: datetime | None = None
-    """When the engine last dispatched or started this node."""
     counts: dict[str, int] = Field(default_factory=dict)
     """For swarms: items total / queued / running / finished / failed."""
 
