@@ -164,8 +164,13 @@ class LocalBackend(TaskBackend):
 
     async def join(self, timeout: float | None = None) -> None:
         """Wait until every published task, and everything they published, has finished
-        (used by tests to assert after callbacks ran)."""
-        await asyncio.wait_for(self._idle.wait(), timeout)
+        (used by tests to assert after callbacks ran).
+
+        :raises TimeoutError: work is still outstanding after ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            raise TimeoutError(f"tasks still outstanding after {timeout} s") from None
 
     async def cancel(self, run_ids: Any) -> None:
         for run_id in run_ids:

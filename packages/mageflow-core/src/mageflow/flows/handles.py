@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +64,7 @@ class Signature:
         wf, sid = self._wf_sid
         try:
             status = await self.mf.engine.wait(self.key, timeout)
-        except TimeoutError as exc:
+        except (TimeoutError, asyncio.TimeoutError) as exc:  # two classes before 3.11
             raise WaitTimeoutError(f"{self.key} did not finish within {timeout} s") from exc
         result, error = await self.mf.store.read(wf, [F.of(sid, F.RESULT), F.of(sid, F.ERROR)])
         if status == "done":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mageflow.errors import TaskFailedError
+from mageflow.errors import TaskFailedError, WaitTimeoutError
 from mageflow.models.status import SignatureStatus
 from mageflow.testing.contract.base import ContractBase, ContractHarness, _ns
 from mageflow.testing.contract_tasks import RETRIES
@@ -98,3 +98,14 @@ class SignatureContract(ContractBase):
         (got,) = await self.events(harness, ns, "err", 1)
         assert got["mageflow_error"]["type"] == "TaskTimeoutError"
         assert await sig.get_status() is SignatureStatus.FAILED
+
+    async def test_wait_timeout_raises_wait_timeout_error(self, harness: ContractHarness) -> None:
+        """Giving up on the wait is ``WaitTimeoutError`` (a ``TimeoutError``) on every
+        Python, and leaves the task running."""
+        ns = _ns()
+        sig = await harness.app.sign("contract.block")
+        with pytest.raises(WaitTimeoutError):
+            await sig.aio_run({"ns": ns}, timeout=harness.settle)
+        await self._started(harness, ns)
+        await harness.probe.set_flag(ns, "release")
+        assert await sig.wait(timeout=harness.timeout) == "released"
