@@ -171,13 +171,16 @@ class Engine:
         if reply[0] == "gone":
             return Reconciled([], None, None)
         return Reconciled(
-            decode_publishes(wf, reply[1]), float(reply[2]) if reply[2] else None, reply[3]
+            decode_publishes(wf, reply[1]),
+            float(reply[2]) if reply[2] else None,
+            reply[3],
+            int(reply[4]),
         )
 
     async def _watch(self, wf: str) -> None:
         """Put ``wf`` in the reconciler's live index *before* a client transition that
         dispatches, so a client dying right after it still leaves the work findable."""
-        due = time.time() * 1000 + self.resend_after * 1000
+        due = int(time.time() * 1000 + self.resend_after * 1000)
         await self.store.set_live({wf: due})
 
     async def payload(self, key: str) -> str | None:

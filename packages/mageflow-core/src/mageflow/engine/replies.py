@@ -60,14 +60,16 @@ class Reconciled:
     publishes: list[Publish]
     next_due_ms: float | None
     root_status: str | None
+    in_flight: int = 0
+    """Tasks started and not finished."""
 
     @property
     def idle(self) -> bool:
-        """Nothing is pending and nothing can be dispatched without a client's command
-        (which puts the workflow back in the live index): the sweep may forget it."""
+        """Nothing is dispatched or running, so nothing can be dispatched without a client
+        command (which puts the workflow back in the live index): the sweep may forget it."""
         if self.root_status is None:
             return True
-        return self.next_due_ms is None and self.root_status not in ("active",)
+        return self.next_due_ms is None and not self.in_flight and self.root_status != "active"
 
 
 def decode_publishes(wf: str, raw: str) -> list[Publish]:

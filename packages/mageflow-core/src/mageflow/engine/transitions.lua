@@ -20,6 +20,9 @@
 --                          callbacks and its parent's advancement wait
 --   H:sent                 zset: task sids dispatched and not started yet; score = when the
 --                          reconciler may re-send (ms)
+--   H:inflight             set: task sids started and not finished (a workflow with none, and
+--                          nothing in H:sent, cannot dispatch on its own: the reconciler may
+--                          forget it)
 --   H:done                 pub/sub channel: a watched node settled (message = sid)
 --
 -- DEFINITION (JSON, written once by the client, never user data)
@@ -71,6 +74,7 @@ end
 
 local ROOT = 'r'
 local SENT = H .. ':sent'
+local INFLIGHT = H .. ':inflight'
 local TERMINAL = { done = true, failed = true, canceled = true }
 local HOLDING = { suspended = true, interrupted = true }
 
@@ -420,6 +424,7 @@ local function take_running(sid, holder, out)
       out[#out + 1] = get(sid, 'run_id') or ''
       if self_held then set(sid, 'held_from', 'pending') else set(sid, 'status', 'pending') end
       del(sid, 'run_id')
+      redis.call('SREM', INFLIGHT, sid)
       hold(holder, { 'pub', sid })
     end
   elseif d.k == 'chain' then
@@ -504,6 +509,7 @@ if OP == 'start' then
         if was_sent or cur == rid then
           if cur then
             del(sid, 'run_id')
+            redis.call('SREM', INFLIGHT, sid)
             if st == 'active' then set(sid, 'status', 'pending') else set(sid, 'held_from', 'pending') end
           end
           hold(at, { 'pub', sid })
@@ -514,6 +520,8 @@ if OP == 'start' then
       else
         set(sid, 'status', 'active')
         set(sid, 'run_id', rid)
+        redis.call('SADD', INFLIGHT, sid)
+        touched[INFLIGHT] = true
         if not get(sid, 'started') then set(sid, 'started', NOW_S) end
         local a = incr(sid, 'attempts', 1)
         result = { 'run', get(sid, 'kwargs') or '{}', tostring(a) }
@@ -529,6 +537,7 @@ elseif OP == 'finish' then
   elseif TERMINAL[get(sid, 'status')] or get(sid, 'outcome') then
     result = { 'dup', redo(sid) }
   else
+    redis.call('SREM', INFLIGHT, sid)
     settle(sid, ok, val, inp)
     set(sid, 'owed', string_list(sent_now))
     result = { 'ok', encoded_pubs(), encoded_events() }
@@ -677,7 +686,7 @@ elseif OP == 'cancel' then
     local rids = {}
     take_running(sid, sid, rids)
     redis.call('DEL', aux('held', sid))
-    redis.call('DEL', SENT)
+    redis.call('DEL', SENT, INFLIGHT)
     set(sid, 'status', 'canceled')
     set(sid, 'ended', NOW_S)
     if get(sid, 'waited') then redis.call('PUBLISH', H .. ':done', sid) end
@@ -692,7 +701,8 @@ elseif OP == 'reconcile' then
     resend(x)
   end
   local nxt = redis.call('ZRANGE', SENT, 0, 0, 'WITHSCORES')
-  result = { 'ok', encoded_pubs(), nxt[2] or '', get(ROOT, 'status') or 'pending' }
+  result = { 'ok', encoded_pubs(), nxt[2] or '', get(ROOT, 'status') or 'pending',
+    tostring(redis.call('SCARD', INFLIGHT)) }
 elseif OP == 'payload' then
   -- Read only: the payload task sid is (or would be) dispatched with.
   local d = def(ARGV[6])

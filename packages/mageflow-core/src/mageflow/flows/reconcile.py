@@ -54,7 +54,7 @@ async def sweep(rt: Runtime) -> int:
         if r.idle:
             drop.append(wf)
         else:
-            recheck = time.time() * 1000 + engine.resend_after * 1000
+            recheck = int(time.time() * 1000 + engine.resend_after * 1000)
             later[wf] = min(r.next_due_ms if r.next_due_ms is not None else math.inf, recheck)
     await rt.store.set_live(later)
     await rt.store.drop_live(drop)

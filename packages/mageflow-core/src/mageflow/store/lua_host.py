@@ -208,6 +208,7 @@ class LuaHost:
             "SADD": lambda k, *m: ks.sadd(k, *map(_text, m)),
             "SREM": ks.srem,
             "SMEMBERS": ks.smembers,
+            "SCARD": ks.scard,
             "ZADD": zadd,
             "ZREM": ks.zrem,
             "ZSCORE": zscore,

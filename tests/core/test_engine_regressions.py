@@ -1,0 +1,78 @@
+"""Deterministic reproductions of engine bugs found by tests/core/test_engine_properties.py.
+
+Each test is the smallest sequence found, replayed message by message through
+ManualBackend on MemoryStore and on a real Redis.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from mageflow import Mageflow
+from mageflow.flows import reconcile
+from mageflow.models.status import SignatureStatus
+from mageflow.store import MemoryStore, RedisStore
+from mageflow.testing.manual import ManualBackend
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+@pytest_asyncio.fixture(loop_scope="session", params=["memory", "redis"])
+async def app(request: pytest.FixtureRequest) -> AsyncIterator[Mageflow]:
+    """An app whose reconciler runs only when the test sweeps, re-sending at once."""
+    if request.param == "redis":
+        store: Any = RedisStore(
+            request.getfixturevalue("redis_url"), prefix=f"reg-{uuid.uuid4().hex[:6]}"
+        )
+    else:
+        store = MemoryStore()
+    mf = Mageflow(backend=ManualBackend(), store=store, resend_after=0.0)
+    mf.start_reconciler = lambda: None  # type: ignore[method-assign]
+    ran: list[str] = []
+
+    @mf.task("reg.echo")
+    async def echo(msg: dict[str, Any]) -> Any:
+        ran.append(msg["tag"])
+        return msg["tag"]
+
+    mf.ran = ran  # type: ignore[attr-defined]
+    yield mf
+    await mf.aclose()
+
+
+def manual(mf: Mageflow) -> ManualBackend:
+    assert isinstance(mf.backend, ManualBackend)
+    return mf.backend
+
+
+async def test_publish_lost_after_the_root_finished_is_resent(app: Mageflow) -> None:
+    """A callback's callback is dispatched after the workflow's root finished. A sweep
+    that ran in between (root terminal, nothing dispatched-and-unstarted) dropped the
+    workflow from the reconciler's live index, so when that publish is lost nothing
+    ever re-sends it: the callback never runs. DESIGN.md §4 "Nothing lost"."""
+    cb2 = await app.sign("reg.echo", tag="cb2")
+    cb1 = await app.sign("reg.echo", tag="cb1", success_callbacks=[cb2])
+    root = await app.sign("reg.echo", tag="root", success_callbacks=[cb1])
+    await root.aio_run_no_wait({})
+    (m_root,) = manual(app).take()
+    await manual(app).deliver(m_root)
+    assert await root.get_status() is SignatureStatus.DONE
+    (m_cb1,) = manual(app).take()
+    # a worker starts cb1; while it runs, a reconciler sweep passes
+    assert (await app.engine.start(m_cb1.key, m_cb1.run_id)).action == "run"
+    assert await reconcile.sweep(app) == 0
+    # the worker finishes cb1 (same run); cb2 is dispatched, and that publish is lost
+    await manual(app).deliver(m_cb1)
+    (lost,) = manual(app).take()
+    assert lost.key == cb2.key
+    # the reconciler must re-send cb2: it was dispatched and never started
+    assert await reconcile.sweep(app) == 1, "the lost publish of cb2 was never re-sent"
+    (resent,) = manual(app).take()
+    await manual(app).deliver(resent)
+    assert app.ran == ["root", "cb1", "cb2"]  # type: ignore[attr-defined]
+    assert await cb2.get_status() is SignatureStatus.DONE
