@@ -14,6 +14,8 @@ import pytest
 import pytest_asyncio
 
 from mageflow import Mageflow
+from mageflow.engine import split_key
+from mageflow.errors import SwarmClosedError
 from mageflow.flows import reconcile
 from mageflow.models.status import SignatureStatus
 from mageflow.store import MemoryStore, RedisStore
@@ -76,3 +78,24 @@ async def test_publish_lost_after_the_root_finished_is_resent(app: Mageflow) -> 
     await manual(app).deliver(resent)
     assert app.ran == ["root", "cb1", "cb2"]  # type: ignore[attr-defined]
     assert await cb2.get_status() is SignatureStatus.DONE
+
+
+async def _keys_of(app: Mageflow, wf: str) -> list[str]:
+    store = app.store
+    if isinstance(store, RedisStore):
+        return sorted([k async for k in store.client.scan_iter(match=f"*{{{wf}}}*")])
+    assert isinstance(store, MemoryStore)
+    return sorted(k for k in store.keyspace.data if f"{{{wf}}}" in k)
+
+
+async def test_refused_add_of_a_swarm_item_writes_nothing(app: Mageflow) -> None:
+    """Adding a swarm (as an item) to a closed swarm raises SwarmClosedError, but
+    SwarmSignature.add_task writes the item's own item list into the target workflow
+    before the engine refuses the add: an orphan key that lives for the active TTL."""
+    sw = await app.swarm(["reg.echo"])  # closed
+    wf, _ = split_key(sw.key)
+    before = await _keys_of(app, wf)
+    inner = await app.swarm(["reg.echo", "reg.echo"])
+    with pytest.raises(SwarmClosedError):
+        await sw.add_task(inner)
+    assert await _keys_of(app, wf) == before

@@ -141,3 +141,12 @@ async def test_finished_workflows_expire() -> None:
     assert await store.read_all(wf) == {}
     assert not any(k.startswith(store.hash_key(wf)) for k in store.keyspace.data)
     await mf.aclose()
+
+
+async def test_a_large_swarm_added_as_an_item(app: Mageflow) -> None:
+    outer = await app.swarm([], is_swarm_closed=False)
+    inner = await app.swarm(["inc"] * 2500)
+    await outer.add_task(inner)
+    await outer.close_swarm()
+    (results,) = await outer.aio_run({}, timeout=60)
+    assert results == [1] * 2500

@@ -576,7 +576,9 @@ elseif OP == 'run' then
     end
   end
 elseif OP == 'add' then
-  -- Add item `it` to open swarm s; ARGV[8..] are the item's records (field, value ...).
+  -- Add item `it` to open swarm s; ARGV[8] = n, then n (field, value) records of the item,
+  -- then (auxiliary list name, JSON array of sids) pairs: a moved chain's steps, a moved
+  -- swarm's items. All written here, or nothing is.
   local s, it = ARGV[6], ARGV[7]
   local d = def(s)
   if d == nil or d.k ~= 'swarm' then
@@ -588,7 +590,16 @@ elseif OP == 'add' then
   elseif def(it) ~= nil then
     result = { 'err', 'exists' }
   else
-    for i = 8, #ARGV, 2 do redis.call('HSET', H, ARGV[i], ARGV[i + 1]) end
+    local last = 8 + 2 * tonumber(ARGV[8])
+    for i = 9, last, 2 do redis.call('HSET', H, ARGV[i], ARGV[i + 1]) end
+    for i = last + 1, #ARGV, 2 do
+      local members = cjson.decode(ARGV[i + 1])
+      local k = H .. ':' .. ARGV[i]
+      for j = 1, #members, 1000 do  -- unpack has a stack limit: push in batches
+        redis.call('RPUSH', k, unpack(members, j, math.min(j + 999, #members)))
+        touched[k] = true
+      end
+    end
     redis.call('RPUSH', aux('items', s), it)
     result = { 'ok' }
   end

@@ -141,9 +141,7 @@ class SwarmSignature(Signature):
         if kwargs:
             task = await self.mf.sign(task, **kwargs)
         await builder.task_like(item_sid, task, parent=sid)
-        if builder.lists:
-            await self.mf.store.write(wf, {}, builder.lists)
-        await self.mf.engine.add_item(self.key, item_sid, builder.fields)
+        await self.mf.engine.add_item(self.key, item_sid, builder.fields, builder.lists)
         await builder.drop_moved()
         d = NodeDef.model_validate(json.loads(builder.fields[item_sid]))
         return handle_for(self.mf, f"{wf}.{item_sid}", d.kind)
