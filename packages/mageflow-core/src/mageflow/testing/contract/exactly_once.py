@@ -12,6 +12,7 @@ import pytest
 
 from mageflow import faults
 from mageflow.backend.base import HEADER_KEY, OutgoingTask
+from mageflow.flows.handles import Signature
 from mageflow.flows.publish import ATTEMPTS
 from mageflow.testing.contract.base import ContractBase, ContractHarness, _ns
 
@@ -30,13 +31,7 @@ class ExactlyOnceContract(ContractBase):
         ns = _ns()
         app = harness.app
         done = await app.sign("contract.collect", ns=ns, tag="done")
-        wf = await app.chain(
-            [
-                await app.sign("contract.echo", step=1),
-                await app.sign("contract.echo", ns=ns, step=2),
-            ],
-            success=done,
-        )
+        wf = await _two_echoes(harness, ns, done)
         await wf.aio_run({"ns": ns}, timeout=harness.timeout)
         state = await wf.get_state()
         for step in state.children:
@@ -138,13 +133,7 @@ class ExactlyOnceContract(ContractBase):
         ns = _ns()
         app = harness.app
         done = await app.sign("contract.collect", ns=ns, tag="done")
-        wf = await app.chain(
-            [
-                await app.sign("contract.echo", step=1),
-                await app.sign("contract.echo", ns=ns, step=2),
-            ],
-            success=done,
-        )
+        wf = await _two_echoes(harness, ns, done)
         with client_crash(harness, faults.AFTER_RUN), pytest.raises(faults.SimulatedCrash):
             await wf.aio_run_no_wait({"ns": ns})
         await wf.wait(timeout=harness.timeout)
@@ -166,6 +155,15 @@ class ExactlyOnceContract(ContractBase):
         assert await sw.wait(timeout=harness.timeout) == [1, 2, 3]
         assert len(await self.events(harness, ns, "add", 3)) == 3
         assert await self.events(harness, ns, "total", 1) == [[1, 2, 3]]
+
+
+async def _two_echoes(harness: ContractHarness, ns: str, done: Signature) -> Signature:
+    """A chain of two ``contract.echo`` steps (``step`` 1 and 2) with ``done`` on success."""
+    app = harness.app
+    return await app.chain(
+        [await app.sign("contract.echo", step=1), await app.sign("contract.echo", ns=ns, step=2)],
+        success=done,
+    )
 
 
 @contextlib.contextmanager
