@@ -80,6 +80,28 @@ async def test_publish_lost_after_the_root_finished_is_resent(app: Mageflow) -> 
     assert await cb2.get_status() is SignatureStatus.DONE
 
 
+async def test_publish_lost_after_resuming_a_held_callback_is_resent(app: Mageflow) -> None:
+    """The same gap, as the property test shrank it: the root's callback is suspended,
+    the root finishes (the callback is held, nothing is dispatched), a sweep drops the
+    workflow from the live index, resume dispatches the callback and that publish is
+    lost: no sweep ever re-sends it."""
+    cb = await app.sign("reg.echo", tag="cb")
+    root = await app.sign("reg.echo", tag="root", success_callbacks=[cb])
+    await cb.suspend()
+    await root.aio_run_no_wait({})
+    (m_root,) = manual(app).take()
+    await manual(app).deliver(m_root)
+    assert manual(app).take() == []  # the callback is held
+    assert await reconcile.sweep(app) == 0
+    await cb.resume()
+    (lost,) = manual(app).take()
+    assert lost.key == cb.key
+    assert await reconcile.sweep(app) == 1, "the lost publish of the callback was never re-sent"
+    (resent,) = manual(app).take()
+    await manual(app).deliver(resent)
+    assert app.ran == ["root", "cb"]  # type: ignore[attr-defined]
+
+
 async def _keys_of(app: Mageflow, wf: str) -> list[str]:
     store = app.store
     if isinstance(store, RedisStore):
@@ -99,3 +121,13 @@ async def test_refused_add_of_a_swarm_item_writes_nothing(app: Mageflow) -> None
     with pytest.raises(SwarmClosedError):
         await sw.add_task(inner)
     assert await _keys_of(app, wf) == before
+
+
+async def test_reconcile_ends_even_when_everything_is_always_due(app: Mageflow) -> None:
+    """With resend_after=0 every sweep finds the unstarted dispatch due again; one
+    reconcile() call still ends, having re-sent it once."""
+    sig = await app.sign("reg.echo", tag="x")
+    await sig.aio_run_no_wait({})
+    manual(app).take()  # the publish is lost
+    assert await app.reconcile() == 1
+    assert len(manual(app).take()) == 1

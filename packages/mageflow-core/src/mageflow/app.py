@@ -354,12 +354,7 @@ class Mageflow:
     async def reconcile(self) -> int:
         """Re-send, once, whatever is due: dispatched and never started. Returns how many
         tasks were re-sent (``mageflow reconcile`` runs this)."""
-        total = 0
-        while True:
-            resent = await reconcile.sweep(self)
-            total += resent
-            if not resent:
-                return total
+        return await reconcile.sweep_due(self)
 
     def run_worker(self, *, concurrency: int | None = None) -> None:
         """Serve this instance's tasks until interrupted (blocking). Raises

@@ -30,7 +30,12 @@ BATCH = 100
 
 
 async def sweep(rt: Runtime) -> int:
-    """One pass over the workflows that are due; returns how many tasks were re-sent."""
+    """One pass over up to ``BATCH`` workflows that are due; returns how many tasks were
+    re-sent."""
+    return (await _sweep(rt))[0]
+
+
+async def _sweep(rt: Runtime) -> tuple[int, list[str]]:
     engine = rt.engine
     lease = max(engine.resend_after, 5.0)
     wfs = await engine.claim_due(lease, BATCH)
@@ -58,7 +63,25 @@ async def sweep(rt: Runtime) -> int:
             later[wf] = min(r.next_due_ms if r.next_due_ms is not None else math.inf, recheck)
     await rt.store.set_live(later)
     await rt.store.drop_live(drop)
-    return resent
+    return resent, wfs
+
+
+async def sweep_due(rt: Runtime, stop: asyncio.Event | None = None) -> int:
+    """Sweep until what was due when it began is done: each workflow is leased once per
+    call, so even ``resend_after=0`` (everything always due) ends. Returns re-sends."""
+    total = 0
+    seen: set[str] = set()
+    for _ in range(1000):
+        if stop is not None and stop.is_set():
+            break
+        before = len(seen)
+        resent, claimed = await _sweep(rt)
+        seen.update(claimed)
+        total += resent
+        if len(claimed) < BATCH or len(seen) == before:
+            break
+        await asyncio.sleep(0)  # never starve the event loop (in-process store)
+    return total
 
 
 def tick_of(resend_after: float) -> float:
@@ -72,8 +95,7 @@ async def run_until(rt: Runtime, stop: asyncio.Event) -> None:
     tick = tick_of(rt.engine.resend_after)
     while not stop.is_set():
         try:
-            while await sweep(rt) and not stop.is_set():
-                pass
+            await sweep_due(rt, stop)
         except Exception:
             log.exception("reconciler sweep failed; retrying in %.1f s", tick)
         with contextlib.suppress(asyncio.TimeoutError):
