@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 
 from mageflow import Mageflow, SwarmConfig
 from mageflow.backend.local import LocalBackend
-from mageflow.store import RedisStore
+from mageflow.store import RedisStore, StateStore
 from mageflow.testing.redis_server import redis_server
 
 CLIENT_ONLY = {
@@ -53,8 +53,12 @@ def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
 
 
-def build_app(url: str) -> Mageflow:
-    app = Mageflow(backend=LocalBackend(workers=1, concurrency=200), store=RedisStore(url))
+def build_app(store: StateStore | str) -> Mageflow:
+    """The benchmark app: local backend, tasks ``noop`` and ``pass`` (hands the previous
+    result on); ``store`` or a Redis URL for a ``RedisStore``."""
+    if isinstance(store, str):
+        store = RedisStore(store)
+    app = Mageflow(backend=LocalBackend(workers=1, concurrency=200), store=store)
 
     @app.task("noop")
     async def noop(msg: dict[str, Any]) -> int:

@@ -17,24 +17,11 @@ import statistics
 import time
 from typing import Any
 
+from core_roundtrips import build_app
+
 from mageflow import Mageflow, SwarmConfig
-from mageflow.backend.local import LocalBackend
 from mageflow.store import MemoryStore, RedisStore
 from mageflow.testing.redis_server import redis_server
-
-
-def build_app(store: Any) -> Mageflow:
-    app = Mageflow(backend=LocalBackend(workers=1, concurrency=200), store=store)
-
-    @app.task("noop")
-    async def noop(msg: dict[str, Any]) -> int:
-        return 1
-
-    @app.task("pass")
-    async def pass_on(msg: dict[str, Any]) -> Any:
-        return msg.get("mageflow_results", 0)
-
-    return app
 
 
 async def per_unit(app: Mageflow, steps: int, items: int) -> tuple[float, float]:

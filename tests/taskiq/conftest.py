@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 import redis.asyncio as aioredis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +38,8 @@ except ImportError:  # workspace packages not installed into the venv: use the s
     import mageflow
     import mageflow_taskiq
 
+from mageflow.testing import contract_tasks  # noqa: E402
+from mageflow.testing.probe import RedisProbe  # noqa: E402
 from mageflow.testing.redis_server import redis_server  # noqa: E402
 from mageflow_taskiq.backend import (  # noqa: E402
     ENV_IDLE_TIMEOUT,
@@ -367,3 +370,25 @@ def make_app_workers(
     yield make
     for pool in made:
         pool.stop_all()
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def running(
+    redis_url: str, make_app_workers: MakeAppWorkers
+) -> AsyncIterator[tuple[AppWorkers, mageflow.Mageflow, RedisProbe]]:
+    """One ``mageflow worker`` serving the contract app (for the module), the client app
+    (the contract tasks registered) and a probe on the same Redis."""
+    pool = make_app_workers()
+    pool.start("mageflow", concurrency=4)
+    app = pool.client_app()
+    contract_tasks.register(app)
+    probe = RedisProbe(redis_url)
+    rdb = aioredis.Redis.from_url(redis_url)
+    try:
+        await pool.wait_ready(1, rdb)
+        yield pool, app, probe
+    finally:
+        pool.stop_all()
+        await app.aclose()
+        await probe.close()
+        await rdb.aclose()

@@ -7,41 +7,18 @@ import asyncio
 import json
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
 
 from mageflow import Mageflow, SwarmConfig
-from mageflow.testing import contract_tasks
 from mageflow.testing.probe import RedisProbe
 
 if TYPE_CHECKING:
-    from conftest import AppWorkers, MakeAppWorkers
+    from conftest import AppWorkers
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
-
-
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def running(
-    redis_url: str, make_app_workers: MakeAppWorkers
-) -> AsyncIterator[tuple[AppWorkers, Mageflow, RedisProbe]]:
-    pool = make_app_workers()
-    pool.start("mageflow", concurrency=4)
-    app = pool.client_app()
-    contract_tasks.register(app)
-    probe = RedisProbe(redis_url)
-    rdb = aioredis.Redis.from_url(redis_url)
-    try:
-        await pool.wait_ready(1, rdb)
-        yield pool, app, probe
-    finally:
-        pool.stop_all()
-        await app.aclose()
-        await probe.close()
-        await rdb.aclose()
 
 
 async def cli(pool: AppWorkers, *args: str) -> tuple[int, str]:

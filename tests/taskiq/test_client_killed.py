@@ -6,41 +6,19 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-import pytest_asyncio
-import redis.asyncio as aioredis
 
 from mageflow import Mageflow, faults
 from mageflow.testing.probe import RedisProbe
 
 if TYPE_CHECKING:
-    from conftest import AppWorkers, MakeAppWorkers
+    from conftest import AppWorkers
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 CLIENT = Path(__file__).with_name("client_crash.py")
-
-
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def running(
-    redis_url: str, make_app_workers: MakeAppWorkers
-) -> AsyncIterator[tuple[AppWorkers, Mageflow, RedisProbe]]:
-    pool = make_app_workers()
-    pool.start("mageflow", concurrency=4)
-    app = pool.client_app()
-    probe = RedisProbe(redis_url)
-    rdb = aioredis.Redis.from_url(redis_url)
-    try:
-        await pool.wait_ready(1, rdb)
-        yield pool, app, probe
-    finally:
-        pool.stop_all()
-        await app.aclose()
-        await probe.close()
-        await rdb.aclose()
 
 
 async def killed_client(pool: AppWorkers, tmp_path: Path, point: str, mode: str, ns: str) -> str:

@@ -18,17 +18,13 @@ WAITED = "waited"
 N_RUNNING = "n_running"
 N_ENDED = "n_ended"
 N_FAILED = "n_failed"
-PAYLOAD = "payload"
 
 STEPS = "steps"
 ITEMS = "items"
 QUEUE = "queue"
-RUNNING = "running"
-HELD = "held"
 DONE_CHANNEL = "done"
 
 TERMINAL = frozenset({"done", "failed", "canceled"})
-HOLDING = frozenset({"suspended", "interrupted"})
 
 
 def of(sid: str, name: str) -> str:

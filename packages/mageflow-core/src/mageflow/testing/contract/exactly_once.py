@@ -73,12 +73,7 @@ class ExactlyOnceContract(ContractBase):
         if harness.fault_dir is None:
             pytest.skip(f"the {harness.app.backend.name!r} harness cannot crash its workers")
         ns = _ns()
-        app = harness.app
-        done = await app.sign("contract.collect", ns=ns, tag="done")
-        wf = await app.chain(
-            [await app.sign("contract.add", y=1), await app.sign("contract.double", ns=ns)],
-            success=done,
-        )
+        wf = await _add_then_double(harness, ns)
         faults.arm(harness.fault_dir, faults.AFTER_FINISH, "contract.add")
         assert await wf.aio_run({"ns": ns, "x": 1}, timeout=harness.timeout) == 4
         assert not (harness.fault_dir / f"{faults.AFTER_FINISH}__contract.add").exists(), (
@@ -94,12 +89,7 @@ class ExactlyOnceContract(ContractBase):
         if harness.fault_dir is None:
             pytest.skip(f"the {harness.app.backend.name!r} harness has no fault directory")
         ns = _ns()
-        app = harness.app
-        done = await app.sign("contract.collect", ns=ns, tag="done")
-        wf = await app.chain(
-            [await app.sign("contract.add", y=1), await app.sign("contract.double", ns=ns)],
-            success=done,
-        )
+        wf = await _add_then_double(harness, ns)
         armed = faults.arm(harness.fault_dir, faults.PUBLISH, "contract.double")
         assert await wf.aio_run({"ns": ns, "x": 2}, timeout=harness.timeout) == 6
         assert not armed.exists(), "the fault never fired"
@@ -113,12 +103,7 @@ class ExactlyOnceContract(ContractBase):
         if harness.fault_dir is None:
             pytest.skip(f"the {harness.app.backend.name!r} harness has no fault directory")
         ns = _ns()
-        app = harness.app
-        done = await app.sign("contract.collect", ns=ns, tag="done")
-        wf = await app.chain(
-            [await app.sign("contract.add", y=1), await app.sign("contract.double", ns=ns)],
-            success=done,
-        )
+        wf = await _add_then_double(harness, ns)
         armed = faults.arm(harness.fault_dir, faults.PUBLISH, "contract.double", ATTEMPTS + 1)
         assert await wf.aio_run({"ns": ns, "x": 2}, timeout=harness.timeout) == 6
         assert not armed.exists(), "the fault never fired"
@@ -155,6 +140,16 @@ class ExactlyOnceContract(ContractBase):
         assert await sw.wait(timeout=harness.timeout) == [1, 2, 3]
         assert len(await self.events(harness, ns, "add", 3)) == 3
         assert await self.events(harness, ns, "total", 1) == [[1, 2, 3]]
+
+
+async def _add_then_double(harness: ContractHarness, ns: str) -> Signature:
+    """``contract.add`` (y=1) then ``contract.double``, with a ``done`` collector."""
+    app = harness.app
+    done = await app.sign("contract.collect", ns=ns, tag="done")
+    return await app.chain(
+        [await app.sign("contract.add", y=1), await app.sign("contract.double", ns=ns)],
+        success=done,
+    )
 
 
 async def _two_echoes(harness: ContractHarness, ns: str, done: Signature) -> Signature:
