@@ -25,6 +25,7 @@ QUEUE = "queue"
 DONE_CHANNEL = "done"
 
 TERMINAL = frozenset({"done", "failed", "canceled"})
+HOLDING = frozenset({"suspended", "interrupted"})
 
 
 def of(sid: str, name: str) -> str:
