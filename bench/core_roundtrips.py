@@ -108,7 +108,9 @@ async def main(args: argparse.Namespace) -> None:
         for n in (args.small, args.large):
             per_item[n] = []
             for rep in range(args.repeat):
-                sw = await app.swarm(["noop"] * n, config=SwarmConfig(max_concurrency=100))
+                sw = await app.swarm(
+                    ["noop"] * n, config=SwarmConfig(max_concurrency=100), is_swarm_closed=True
+                )
                 cost, used = await measure(
                     app,
                     client,

@@ -29,7 +29,9 @@ async def per_unit(app: Mageflow, steps: int, items: int) -> tuple[float, float]
     started = time.perf_counter()
     await wf.aio_run({}, timeout=300)
     step = (time.perf_counter() - started) / steps
-    sw = await app.swarm(["noop"] * items, config=SwarmConfig(max_concurrency=100))
+    sw = await app.swarm(
+        ["noop"] * items, config=SwarmConfig(max_concurrency=100), is_swarm_closed=True
+    )
     started = time.perf_counter()
     await sw.aio_run({}, timeout=600)
     item = (time.perf_counter() - started) / items
@@ -50,8 +52,10 @@ async def main(args: argparse.Namespace) -> None:
             name: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
             for name, runs in results.items()
         }
-        print(f"redis {server.version} ({server.strategy}); local backend; medians of "
-              f"{args.repeat} runs")
+        print(
+            f"redis {server.version} ({server.strategy}); local backend; medians of "
+            f"{args.repeat} runs"
+        )
         for name, (step, item) in med.items():
             print(f"{name:<7} chain step {step * 1e6:8.1f} us   swarm item {item * 1e6:8.1f} us")
         print(

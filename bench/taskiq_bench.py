@@ -254,6 +254,7 @@ class Bench:
                 ["bench.noop"] * n,
                 success_callbacks=[done],
                 config=SwarmConfig(max_concurrency=SWARM_CAP),
+                is_swarm_closed=True,
             )
             await sw.aio_run_no_wait({})
             body: dict[str, Any] = json.loads(await self.pop(reply))

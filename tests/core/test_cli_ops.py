@@ -79,7 +79,7 @@ async def setup(redis_url: str) -> AsyncIterator[tuple[Mageflow, Cli]]:
 
 async def test_status_tree_ls_on_a_chain_with_nested_swarm(setup: tuple[Mageflow, Cli]) -> None:
     mf, cli = setup
-    inner = await mf.swarm(["inc", "inc", "inc"], task_name="fan-out")
+    inner = await mf.swarm(["inc", "inc", "inc"], task_name="fan-out", is_swarm_closed=True)
     wf = await mf.chain(["inc", inner, "inc"], name="pipeline")
     await wf.aio_run({}, timeout=10)
 
@@ -108,7 +108,7 @@ async def test_status_tree_ls_on_a_chain_with_nested_swarm(setup: tuple[Mageflow
 
 async def test_tree_shows_counts_for_large_swarms(setup: tuple[Mageflow, Cli]) -> None:
     mf, cli = setup
-    sw = await mf.swarm(["tick"] * 60, task_name="big")
+    sw = await mf.swarm(["tick"] * 60, task_name="big", is_swarm_closed=True)
     await sw.aio_run({}, timeout=20)
     code, out, _ = await cli("tree", sw.key, "--max-items", "50")
     assert code == 0
@@ -122,7 +122,9 @@ async def test_watch_follows_a_1000_item_swarm(
 ) -> None:
     mf, cli = setup
     items = [await mf.sign("tick", fail=fail and i == 700) for i in range(1000)]
-    sw = await mf.swarm(items, config=SwarmConfig(max_concurrency=20, stop_after_n_failures=1))
+    sw = await mf.swarm(
+        items, config=SwarmConfig(max_concurrency=20, stop_after_n_failures=1), is_swarm_closed=True
+    )
     await sw.aio_run_no_wait({})
     code, out, err = await cli("watch", sw.key, "--interval", "0.1", timeout=120)
     assert code == exit_code, out + err

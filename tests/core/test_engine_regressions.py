@@ -114,10 +114,10 @@ async def test_refused_add_of_a_swarm_item_writes_nothing(app: Mageflow) -> None
     """Adding a swarm (as an item) to a closed swarm raises SwarmClosedError, but
     SwarmSignature.add_task writes the item's own item list into the target workflow
     before the engine refuses the add: an orphan key that lives for the active TTL."""
-    sw = await app.swarm(["reg.echo"])  # closed
+    sw = await app.swarm(["reg.echo"], is_swarm_closed=True)  # closed
     wf, _ = split_key(sw.key)
     before = await _keys_of(app, wf)
-    inner = await app.swarm(["reg.echo", "reg.echo"])
+    inner = await app.swarm(["reg.echo", "reg.echo"], is_swarm_closed=True)
     with pytest.raises(SwarmClosedError):
         await sw.add_task(inner)
     assert await _keys_of(app, wf) == before

@@ -45,7 +45,7 @@ async def test_empty_chain_returns_none(app: Mageflow) -> None:
 
 
 async def test_empty_closed_swarm_returns_no_results(app: Mageflow) -> None:
-    assert await (await app.swarm([])).aio_run({}, timeout=5) == []
+    assert await (await app.swarm([], is_swarm_closed=True)).aio_run({}, timeout=5) == []
 
 
 async def test_empty_open_swarm_completes_when_closed(app: Mageflow) -> None:
@@ -57,8 +57,8 @@ async def test_empty_open_swarm_completes_when_closed(app: Mageflow) -> None:
 
 
 async def test_swarm_of_empty_swarms(app: Mageflow) -> None:
-    inner = [await app.swarm([]) for _ in range(30)]
-    assert await (await app.swarm(inner)).aio_run({}, timeout=5) == [[]] * 30
+    inner = [await app.swarm([], is_swarm_closed=True) for _ in range(30)]
+    assert await (await app.swarm(inner, is_swarm_closed=True)).aio_run({}, timeout=5) == [[]] * 30
 
 
 async def test_empty_chain_nested_as_a_step(app: Mageflow) -> None:
@@ -68,7 +68,9 @@ async def test_empty_chain_nested_as_a_step(app: Mageflow) -> None:
 
 
 async def test_chain_whose_only_step_is_a_swarm(app: Mageflow) -> None:
-    sw = await app.swarm([await app.sign("inc", mageflow_results=i) for i in range(3)])
+    sw = await app.swarm(
+        [await app.sign("inc", mageflow_results=i) for i in range(3)], is_swarm_closed=True
+    )
     assert await (await app.chain([sw])).aio_run({}, timeout=5) == [1, 2, 3]
 
 
@@ -145,7 +147,7 @@ async def test_finished_workflows_expire() -> None:
 
 async def test_a_large_swarm_added_as_an_item(app: Mageflow) -> None:
     outer = await app.swarm([], is_swarm_closed=False)
-    inner = await app.swarm(["inc"] * 2500)
+    inner = await app.swarm(["inc"] * 2500, is_swarm_closed=True)
     await outer.add_task(inner)
     await outer.close_swarm()
     (results,) = await outer.aio_run({}, timeout=60)

@@ -62,7 +62,9 @@ def app() -> Mageflow:
 
 async def test_chain_with_nested_swarm_reports_each_event_once(recorder: Recorder) -> None:
     mf = app()
-    inner = await mf.swarm(["inc", "inc", "inc"], config=SwarmConfig(max_concurrency=2))
+    inner = await mf.swarm(
+        ["inc", "inc", "inc"], config=SwarmConfig(max_concurrency=2), is_swarm_closed=True
+    )
     wf = await mf.chain(["inc", inner], name="outer")
     await wf.aio_run({}, timeout=5)
     started = recorder.names("task_started")

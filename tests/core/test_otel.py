@@ -47,7 +47,9 @@ async def test_spans_for_chain_with_nested_swarm(exporter: InMemorySpanExporter)
             raise RuntimeError("first attempt fails")
         return 2
 
-    inner = await mf.swarm(["step", "step"], config=SwarmConfig(max_concurrency=1))
+    inner = await mf.swarm(
+        ["step", "step"], config=SwarmConfig(max_concurrency=1), is_swarm_closed=True
+    )
     wf = await mf.chain(["step", inner, "shaky"], success="step", name="traced")
     await wf.aio_run({}, timeout=5)
     assert isinstance(mf.backend, LocalBackend)

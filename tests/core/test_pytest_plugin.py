@@ -48,7 +48,9 @@ def mageflow_app() -> Mageflow:
 async def test_workflow_runs_in_process_and_is_recorded(mageflow_run: WorkflowTestRun) -> None:
     assert not isinstance(app.store, RedisStore), "the test must not touch the configured Redis"
     squares = await app.swarm(
-        [await app.sign("square", n=i) for i in range(4)], config=SwarmConfig(max_concurrency=2)
+        [await app.sign("square", n=i) for i in range(4)],
+        config=SwarmConfig(max_concurrency=2),
+        is_swarm_closed=True,
     )
     wf = await app.chain([squares, "total"], success="report")
     assert await wf.aio_run({}, timeout=5) == 14

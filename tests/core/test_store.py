@@ -89,7 +89,7 @@ async def test_redelivery_of_a_running_task_runs_it_again(app: Mageflow) -> None
 
 
 async def test_swarm_fill_dispatches_one_per_finished_item(app: Mageflow) -> None:
-    sw = await app.swarm(["step"] * 5, config=SwarmConfig(max_concurrency=2))
+    sw = await app.swarm(["step"] * 5, config=SwarmConfig(max_concurrency=2), is_swarm_closed=True)
     await sw.aio_run_no_wait({})
     running = manual(app).take()
     assert len(running) == 2
@@ -105,7 +105,7 @@ async def test_swarm_fill_dispatches_one_per_finished_item(app: Mageflow) -> Non
 
 
 async def test_swarm_completes_once_in_item_order(app: Mageflow) -> None:
-    sw = await app.swarm(["step"] * 3)
+    sw = await app.swarm(["step"] * 3, is_swarm_closed=True)
     await sw.aio_run_no_wait({"mageflow_results": 10})
     msgs = manual(app).take()
     for m in reversed(msgs):
@@ -118,7 +118,7 @@ async def test_swarm_completes_once_in_item_order(app: Mageflow) -> None:
 
 
 async def test_add_to_closed_swarm_writes_nothing(app: Mageflow) -> None:
-    sw = await app.swarm(["step"])
+    sw = await app.swarm(["step"], is_swarm_closed=True)
     wf, _ = split_key(sw.key)
     before = await app.store.read_all(wf)
     with pytest.raises(SwarmClosedError):
@@ -169,7 +169,7 @@ async def test_signature_moved_into_chain_keeps_callbacks(app: Mageflow) -> None
 async def test_redis_keys_share_hash_tag_and_expire(app: Mageflow, redis_url: str) -> None:
     store = app.store
     assert isinstance(store, RedisStore)
-    sw = await app.swarm(["step"] * 3, config=SwarmConfig(max_concurrency=1))
+    sw = await app.swarm(["step"] * 3, config=SwarmConfig(max_concurrency=1), is_swarm_closed=True)
     await sw.aio_run_no_wait({})
     wf, _ = split_key(sw.key)
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)

@@ -45,6 +45,7 @@ async def test_cli_reads_a_chain_with_nested_swarm(
         [await app.sign("contract.double", ns=ns) for _ in range(3)],
         config=SwarmConfig(max_concurrency=2),
         task_name="doubles",
+        is_swarm_closed=True,
     )
     wf = await app.chain(
         [await app.sign("contract.add", ns=ns), inner, await app.sign("contract.total", ns=ns)],

@@ -89,7 +89,10 @@ async def test_kill_9_mid_swarm_completes_once_and_reruns_only_unfinished(
         done_cb = await app.sign("contract.collect", ns=ns, tag="swarm-done")
         items = [await app.sign("crash.item", id=i) for i in range(ITEMS)]
         sw = await app.swarm(
-            items, success_callbacks=[done_cb], config=SwarmConfig(max_concurrency=CAP)
+            items,
+            success_callbacks=[done_cb],
+            config=SwarmConfig(max_concurrency=CAP),
+            is_swarm_closed=True,
         )
         started = time.time()
         await sw.aio_run_no_wait({"ns": ns, "seconds": ITEM_SECONDS})

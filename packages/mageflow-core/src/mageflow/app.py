@@ -288,11 +288,14 @@ class Mageflow:
         success_callbacks: Sequence[TaskLike] | TaskLike | None = None,
         error_callbacks: Sequence[TaskLike] | TaskLike | None = None,
         config: SwarmConfig | None = None,
-        is_swarm_closed: bool = True,
+        is_swarm_closed: bool = False,
         task_name: str | None = None,
     ) -> SwarmSignature:
         """Items run in parallel (``config.max_concurrency`` at most, across workers).
-        Pass ``is_swarm_closed=False`` to :meth:`SwarmSignature.add_task` later."""
+        The swarm is open by default (the product documents' semantics): add items with
+        :meth:`SwarmSignature.add_task`, then :meth:`SwarmSignature.close_swarm`; it
+        completes once closed and every item finished. ``is_swarm_closed=True`` closes it
+        at creation."""
         config = config or SwarmConfig()
         b = WorkflowBuilder(self, new_workflow_id())
         items = unique_item_ids(ROOT, len(tasks))

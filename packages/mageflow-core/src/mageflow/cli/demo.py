@@ -73,7 +73,12 @@ async def run_demo(console: Console, redis_url: str | None = None) -> None:
 
     console.rule("2. swarm: 12 thumbnails, at most 3 at once")
     items = [await mf.sign("thumbnail", image=i) for i in range(12)]
-    sw = await mf.swarm(items, config=SwarmConfig(max_concurrency=3), success_callbacks=["notify"])
+    sw = await mf.swarm(
+        items,
+        config=SwarmConfig(max_concurrency=3),
+        success_callbacks=["notify"],
+        is_swarm_closed=True,
+    )
     result = await sw.aio_run({}, timeout=10)
     await asyncio.sleep(0.05)
     console.print(f"swarm {sw.key} -> {len(result)} results, peak concurrency {peak} (cap 3)")
@@ -87,7 +92,7 @@ async def run_demo(console: Console, redis_url: str | None = None) -> None:
     await asyncio.sleep(0.1)
 
     console.rule("4. nesting: chain(validate, swarm of charges) and its result list")
-    inner = await mf.swarm([await mf.sign("charge") for _ in range(3)])
+    inner = await mf.swarm([await mf.sign("charge") for _ in range(3)], is_swarm_closed=True)
     nested = await mf.chain(["validate", inner], success="notify")
     result = await nested.aio_run({"order_id": "B-7", "amount": 10}, timeout=10)
     console.print(f"nested {nested.key} -> {result}")

@@ -11,7 +11,8 @@
 --   H                      hash: "<sid>" = definition JSON, "<sid>:<field>" = state
 --   H:steps:<chain>        list of the chain's step sids, in order
 --   H:items:<swarm>        list of the swarm's item sids, in item order
---   H:queue:<swarm>        list of items waiting for a free slot
+--   H:queue:<swarm>        zset of items waiting for a free slot; score orders them:
+--                          higher priority first, first queued first within a priority
 --   H:running:<swarm>      set of items holding a slot
 --   H:held:<node>          list of JSON entries held while <node> is suspended/interrupted:
 --                          ["pub",sid] publish task sid; ["fill",swarm] start queued items;
@@ -29,6 +30,7 @@
 --   k kind: task|chain|swarm   t task name        n display name
 --   p parent (chain or swarm)  of owner: the node whose callback this is
 --   ok / err callback sids     mc max_concurrency  sa stop_after_n_failures
+--   pr priority 0..9 (higher starts first among queued swarm items; default 0)
 --   (a chain's steps are the list H:steps:<chain>, so an event reads one step, not all)
 --
 -- STATE FIELDS "<sid>:<field>"                                  written by
@@ -39,6 +41,7 @@
 --   own        a swarm item's own run message JSON             run
 --   sent       ms the engine started/dispatched the node       start_node
 --   queued     '1' once on its swarm's queue                   run, queue_unqueued
+--   qseq       swarm: items queued so far (FIFO order within a priority)  enqueue
 --   started / ended   ms of the first attempt / of settling    start, settle
 --   input      a composite's inherited messages: JSON objects joined by ','   start_node
 --   input_ret / input_err  result / error a composite was started with        start_node
@@ -240,13 +243,30 @@ end
 
 local start_node, settle, after, fill
 
+local PRIORITY_MAX = 9
+local SEQ_SPAN = 1099511627776 -- 2^40 queue positions per priority: scores stay exact
+
+-- Put item `it` on swarm s's queue: higher priority first, FIFO within a priority.
+local function enqueue(s, it)
+  local seq = incr(s, 'qseq', 1)
+  local pr = def(it).pr or 0
+  local score = string.format('%.0f', (PRIORITY_MAX - pr) * SEQ_SPAN + seq)
+  redis.call('ZADD', aux('queue', s), score, it)
+end
+
+-- The next queued item of swarm s, or nil.
+local function dequeue(s)
+  local popped = redis.call('ZPOPMIN', aux('queue', s))
+  return popped[1]
+end
+
 -- Put the swarm's items that were never queued on its queue, in item order.
 local function queue_unqueued(s)
   local items = redis.call('LRANGE', aux('items', s), tonumber(get(s, 'scanned') or '0'), -1)
   for _, it in ipairs(items) do
     if not get(it, 'queued') then
       set(it, 'queued', '1')
-      redis.call('RPUSH', aux('queue', s), it)
+      enqueue(s, it)
     end
   end
   set(s, 'scanned', redis.call('LLEN', aux('items', s)))
@@ -284,7 +304,7 @@ fill = function(s)
   filling[s] = true
   while not TERMINAL[get(s, 'status')] do
     if d.mc ~= nil and tonumber(get(s, 'n_running') or '0') >= d.mc then break end
-    local it = redis.call('LPOP', aux('queue', s))
+    local it = dequeue(s)
     if not it then break end
     incr(s, 'n_running', 1)
     redis.call('SADD', aux('running', s), it)
@@ -562,7 +582,7 @@ elseif OP == 'run' then
       else
         if own then set(sid, 'own', own) end
         set(sid, 'queued', '1')
-        redis.call('RPUSH', aux('queue', d.p), sid)
+        enqueue(d.p, sid)
         fill(d.p)
         result = { 'ok', encoded_pubs(), encoded_events() }
       end

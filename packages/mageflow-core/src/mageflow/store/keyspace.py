@@ -20,7 +20,26 @@ class WrongTypeError(Exception):
 
 
 class ZSet(dict[str, float]):
-    """A sorted set: member -> score."""
+    """A sorted set: member -> score. ``pop_min`` keeps a heap once first used, so a
+    queue drained one member at a time costs O(log n) per pop, as in Redis."""
+
+    _heap: list[tuple[float, str]] | None = None
+
+    def __setitem__(self, member: str, score: float) -> None:
+        super().__setitem__(member, score)
+        if self._heap is not None:
+            heapq.heappush(self._heap, (score, member))
+
+    def pop_min(self) -> tuple[str, float] | None:
+        if self._heap is None:
+            self._heap = [(s, m) for m, s in self.items()]
+            heapq.heapify(self._heap)
+        while self._heap:
+            score, member = heapq.heappop(self._heap)
+            if self.get(member) == score:
+                del self[member]
+                return member, score
+        return None
 
     def by_score(self, high: float, limit: int | None = None) -> list[str]:
         ordered = sorted((s, m) for m, s in self.items() if s <= high)
@@ -228,6 +247,16 @@ class Keyspace:
         n = sum(z.pop(m, None) is not None for m in members)
         self._cleanup(key, z)
         return n
+
+    def zpopmin(self, key: str) -> list[str]:
+        z = self._typed(key, ZSet, False)
+        popped = None if z is None else z.pop_min()
+        if z is not None:
+            self._cleanup(key, z)
+        return [] if popped is None else [popped[0], score_text(popped[1])]
+
+    def zcard(self, key: str) -> int:
+        return len(self._typed(key, ZSet, False) or ())
 
     def zscore(self, key: str, member: str) -> float | None:
         z = self._typed(key, ZSet, False)

@@ -212,6 +212,8 @@ class LuaHost:
             "ZADD": zadd,
             "ZREM": ks.zrem,
             "ZSCORE": zscore,
+            "ZPOPMIN": ks.zpopmin,
+            "ZCARD": ks.zcard,
             "ZRANGEBYSCORE": zrangebyscore,
             "ZRANGE": zrange,
             "PUBLISH": ks.publish,

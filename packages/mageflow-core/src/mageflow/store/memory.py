@@ -84,6 +84,8 @@ class MemoryStore(StateStore):
         kind = self.keyspace.type_of(key)
         if kind == "set":
             return self.keyspace.scard(key)
+        if kind == "zset":
+            return self.keyspace.zcard(key)
         if kind == "list":
             return self.keyspace.llen(key)
         return 0

@@ -162,6 +162,8 @@ class RedisStore(StateStore):
         kind = await self._call(self.client.type(key))
         if kind == "set":
             return int(await self._call(self.client.scard(key)))
+        if kind == "zset":
+            return int(await self._call(self.client.zcard(key)))
         if kind == "list":
             return int(await self._call(self.client.llen(key)))
         return 0

@@ -47,6 +47,7 @@ class ExactlyOnceContract(ContractBase):
         sw = await app.swarm(
             [await app.sign("contract.block", id=0), await app.sign("contract.echo", id=1)],
             success_callbacks=[done],
+            is_swarm_closed=True,
         )
         await sw.aio_run_no_wait({"ns": ns})
         await self._started(harness, ns)

@@ -45,7 +45,7 @@ class LifecycleContract(ContractBase):
         app = harness.app
         items = [await app.sign("contract.block", id=0)]
         items += [await app.sign("contract.echo", id=i) for i in range(1, 4)]
-        sw = await app.swarm(items, config=SwarmConfig(max_concurrency=1))
+        sw = await app.swarm(items, config=SwarmConfig(max_concurrency=1), is_swarm_closed=True)
         await sw.aio_run_no_wait({"ns": ns})
         await self._started(harness, ns)
         await sw.suspend()
@@ -83,7 +83,7 @@ class LifecycleContract(ContractBase):
         app = harness.app
         total = await app.sign("contract.total", ns=ns)
         items = [await app.sign("contract.block", id=0), await app.sign("contract.add", x=1, y=1)]
-        sw = await app.swarm(items, success_callbacks=[total])
+        sw = await app.swarm(items, success_callbacks=[total], is_swarm_closed=True)
         await sw.aio_run_no_wait({"ns": ns})
         await self._started(harness, ns)
         await self.events(harness, ns, "add", 1)
@@ -106,7 +106,9 @@ class LifecycleContract(ContractBase):
         app = harness.app
         inner_ok = await app.sign("contract.collect", ns=ns, tag="inner-ok")
         inner = await app.swarm(
-            [await app.sign("contract.block", id=0)], success_callbacks=[inner_ok]
+            [await app.sign("contract.block", id=0)],
+            success_callbacks=[inner_ok],
+            is_swarm_closed=True,
         )
         done = await app.sign("contract.collect", ns=ns, tag="done")
         wf = await app.chain([inner, await app.sign("contract.echo", ns=ns, step=2)], success=done)

@@ -26,7 +26,12 @@ class SwarmContract(ContractBase):
         items = [
             await app.sign("contract.slow", id=i, seconds=0.05 * ((7 - i) % 4)) for i in range(8)
         ]
-        sw = await app.swarm(items, success_callbacks=[done], config=SwarmConfig(max_concurrency=4))
+        sw = await app.swarm(
+            items,
+            success_callbacks=[done],
+            config=SwarmConfig(max_concurrency=4),
+            is_swarm_closed=True,
+        )
         assert await sw.aio_run({"ns": ns}, timeout=harness.timeout) == list(range(8))
         (got,) = await self.events(harness, ns, "done", 1)
         assert got["mageflow_results"] == list(range(8))
@@ -52,7 +57,7 @@ class SwarmContract(ContractBase):
         ns = _ns()
         app = harness.app
         items = [await app.sign("contract.slow", id=i, seconds=0.15) for i in range(12)]
-        sw = await app.swarm(items, config=SwarmConfig(max_concurrency=2))
+        sw = await app.swarm(items, config=SwarmConfig(max_concurrency=2), is_swarm_closed=True)
         assert await sw.aio_run({"ns": ns}, timeout=harness.timeout) == list(range(12))
         observed = await harness.probe.max_running(ns)
         assert observed == 2, f"observed {observed} items running at once with a cap of 2"
@@ -69,6 +74,7 @@ class SwarmContract(ContractBase):
             success_callbacks=[on_ok],
             error_callbacks=[on_error],
             config=SwarmConfig(max_concurrency=1, stop_after_n_failures=2),
+            is_swarm_closed=True,
         )
         with pytest.raises(TaskFailedError) as info:
             await sw.aio_run({"ns": ns}, timeout=harness.timeout)
@@ -88,7 +94,7 @@ class SwarmContract(ContractBase):
             await app.sign("contract.slow", id=0),
             await app.sign("contract.slow", id=1, fail=True),
         ]
-        sw = await app.swarm(items, error_callbacks=[on_error])
+        sw = await app.swarm(items, error_callbacks=[on_error], is_swarm_closed=True)
         results = await sw.aio_run({"ns": ns}, timeout=harness.timeout)
         assert results[0] == 0
         assert results[1] == {"mageflow_error": {"type": "ValueError", "message": "item 1 failed"}}
@@ -118,7 +124,7 @@ class SwarmContract(ContractBase):
         self, harness: ContractHarness
     ) -> None:
         app = harness.app
-        sw = await app.swarm([await app.sign("contract.echo")])
+        sw = await app.swarm([await app.sign("contract.echo")], is_swarm_closed=True)
         before = await sw.get_state()
         with pytest.raises(SwarmClosedError):
             await sw.add_task("contract.echo")
@@ -131,6 +137,7 @@ class SwarmContract(ContractBase):
         inner = await app.swarm(
             [await app.sign("contract.double", ns=ns) for _ in range(3)],
             config=SwarmConfig(max_concurrency=2),
+            is_swarm_closed=True,
         )
         wf = await app.chain(
             [await app.sign("contract.add", ns=ns), inner, await app.sign("contract.total", ns=ns)]
@@ -147,5 +154,5 @@ class SwarmContract(ContractBase):
             )
             for i in range(3)
         ]
-        sw = await app.swarm(chains, config=SwarmConfig(max_concurrency=2))
+        sw = await app.swarm(chains, config=SwarmConfig(max_concurrency=2), is_swarm_closed=True)
         assert await sw.aio_run({"ns": ns}, timeout=harness.timeout) == [0, 4, 8]
