@@ -12,28 +12,75 @@ from typing import Any, TypeVar
 from mageflow import errors
 from mageflow.app import Mageflow, default_instance
 from mageflow.backend.base import Capabilities, RunContext, TaskBackend, TaskDefinition
-from mageflow.flows.build import TaskLike
+from mageflow.flows.build import Callbacks, TaskLike
 from mageflow.flows.handles import ChainSignature, Signature, SwarmSignature
 from mageflow.models import ReturnValue, SignatureState, SignatureStatus, SwarmConfig
+from mageflow.models.options import Options
 
 __version__ = "0.1.0"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-async def sign(task: TaskLike, **kwargs: Any) -> Signature:
+async def sign(
+    task: TaskLike | None = None,
+    *,
+    task_name: str | None = None,
+    task_identifiers: dict[str, Any] | None = None,
+    success_callbacks: Callbacks = None,
+    error_callbacks: Callbacks = None,
+    mageflow_options: Options | None = None,
+    **kwargs: Any,
+) -> Signature:
     """:meth:`Mageflow.sign` on the default instance."""
-    return await default_instance().sign(task, **kwargs)
+    return await default_instance().sign(
+        task,
+        task_name=task_name,
+        task_identifiers=task_identifiers,
+        success_callbacks=success_callbacks,
+        error_callbacks=error_callbacks,
+        mageflow_options=mageflow_options,
+        **kwargs,
+    )
 
 
-async def chain(tasks: Sequence[TaskLike], **kwargs: Any) -> ChainSignature:
+async def chain(
+    tasks: Sequence[TaskLike],
+    *,
+    name: str | None = None,
+    success: Callbacks = None,
+    error: Callbacks = None,
+    mageflow_options: Options | None = None,
+    **kwargs: Any,
+) -> ChainSignature:
     """:meth:`Mageflow.chain` on the default instance."""
-    return await default_instance().chain(tasks, **kwargs)
+    return await default_instance().chain(
+        tasks, name=name, success=success, error=error, mageflow_options=mageflow_options, **kwargs
+    )
 
 
-async def swarm(tasks: Sequence[TaskLike] = (), **kwargs: Any) -> SwarmSignature:
+async def swarm(
+    tasks: Sequence[TaskLike] = (),
+    *,
+    success_callbacks: Callbacks = None,
+    error_callbacks: Callbacks = None,
+    config: SwarmConfig | None = None,
+    is_swarm_closed: bool = False,
+    task_name: str | None = None,
+    mageflow_options: Options | None = None,
+    **kwargs: Any,
+) -> SwarmSignature:
     """:meth:`Mageflow.swarm` on the default instance."""
-    return await default_instance().swarm(tasks, **kwargs)
+    return await default_instance().swarm(
+        tasks,
+        success_callbacks=success_callbacks,
+        error_callbacks=error_callbacks,
+        config=config,
+        is_swarm_closed=is_swarm_closed,
+        task_name=task_name,
+        mageflow_options=mageflow_options,
+        **kwargs,
+    )
 
 
 async def load(key: str) -> Signature:
@@ -59,6 +106,7 @@ __all__ = [
     "Capabilities",
     "ChainSignature",
     "Mageflow",
+    "Options",
     "ReturnValue",
     "RunContext",
     "Signature",
@@ -68,6 +116,7 @@ __all__ = [
     "SwarmSignature",
     "TaskBackend",
     "TaskDefinition",
+    "TaskLike",
     "__version__",
     "chain",
     "errors",

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
+import typing
 import weakref
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -18,6 +21,7 @@ from mageflow.engine import fields as F
 from mageflow.errors import ConfigurationError, TaskAlreadyRegisteredError, TaskNotRegisteredError
 from mageflow.flows import reconcile
 from mageflow.flows.build import (
+    Callbacks,
     TaskLike,
     WorkflowBuilder,
     callbacks_of,
@@ -28,6 +32,7 @@ from mageflow.flows.handles import ChainSignature, Signature, SwarmSignature, ha
 from mageflow.flows.inspect import read_def
 from mageflow.flows.tasks import RegisteredTask, fail_unregistered, run_task
 from mageflow.models.config import SwarmConfig
+from mageflow.models.options import Options
 from mageflow.models.signatures import NodeDef
 from mageflow.plugins.manager import backend_for_native, load_backend_class
 from mageflow.plugins.settings import MageflowSettings
@@ -47,6 +52,29 @@ _UNSHARED_STORE = (
     "MAGEFLOW_REDIS_URL=redis://host:6379/0, or pass redis_url=, so that clients and workers "
     "share one Redis store"
 )
+
+
+def _one_task(task: TaskLike | None, task_name: str | None) -> TaskLike:
+    if task is None and task_name is None:
+        raise TypeError("sign() needs a task: sign(task) or sign(task_name='...')")
+    if task is not None and task_name is not None and task != task_name:
+        raise TypeError(f"sign() got two tasks: {task!r} and task_name={task_name!r}")
+    return task if task is not None else task_name  # type: ignore[return-value]
+
+
+def input_model_of(fn: Callable[..., Any]) -> type[BaseModel] | None:
+    """The pydantic model ``fn``'s first parameter is annotated with, else ``None``."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+        hints = typing.get_type_hints(fn)
+    except (TypeError, ValueError, NameError):
+        return None
+    if not params:
+        return None
+    hint = hints.get(params[0].name)
+    if isinstance(hint, type) and issubclass(hint, BaseModel):
+        return hint
+    return None
 
 
 def default_instance() -> Mageflow:
@@ -149,12 +177,17 @@ class Mageflow:
         input_validator: type[BaseModel] | None = None,
         retries: int = 0,
         timeout: float | None = None,
+        priority: int | None = None,
+        delay: float | timedelta | None = None,
     ) -> Callable[[FnT], FnT]:
         """Register a function (async or sync) as a task runnable by name on any worker.
 
-        It receives a validated ``input_validator`` model, or a dict without one.
-        ``retries`` extra attempts are made on failure; error callbacks fire after the last.
+        It receives a validated ``input_validator`` model (by default the pydantic model
+        its first parameter is annotated with), or a dict without one. ``retries`` extra
+        attempts are made on failure; error callbacks fire after the last. ``priority``
+        (0..9) and ``delay`` (s) are the defaults of its signatures (see :class:`Options`).
         """
+        defaults = Options(priority=priority, delay=delay)
 
         def decorate(fn: FnT) -> FnT:
             task_name = name or fn.__name__
@@ -164,7 +197,8 @@ class Mageflow:
                     f"task name {task_name!r} is already registered to {existing.fn!r}; "
                     "choose another name"
                 )
-            registered = RegisteredTask(task_name, fn, input_validator, retries, timeout)
+            model = input_validator or input_model_of(fn)
+            registered = RegisteredTask(task_name, fn, model, retries, timeout, defaults)
             self.tasks[task_name] = registered
             self.backend.register(self._definition(registered))
             fn.__mageflow_task__ = task_name  # type: ignore[attr-defined]
@@ -237,15 +271,22 @@ class Mageflow:
     # -- building workflows ---------------------------------------------------------------
     async def sign(
         self,
-        task: TaskLike,
+        task: TaskLike | None = None,
         *,
+        task_name: str | None = None,
         task_identifiers: dict[str, Any] | None = None,
-        success_callbacks: Sequence[TaskLike] | TaskLike | None = None,
-        error_callbacks: Sequence[TaskLike] | TaskLike | None = None,
+        success_callbacks: Callbacks = None,
+        error_callbacks: Callbacks = None,
+        mageflow_options: Options | None = None,
         **kwargs: Any,
     ) -> Signature:
-        """A stored signature of ``task`` with ``kwargs`` merged into its message."""
-        if isinstance(task, Signature) and not (kwargs or success_callbacks or error_callbacks):
+        """A stored signature of ``task`` (or ``task_name=``, the product documents'
+        spelling) with ``kwargs`` merged into its message. ``mageflow_options`` sets its
+        priority or delay over the task's registered defaults."""
+        task = _one_task(task, task_name)
+        if isinstance(task, Signature) and not (
+            kwargs or success_callbacks or error_callbacks or task_identifiers or mageflow_options
+        ):
             return task
         name = self.task_name_of(task)
         b = WorkflowBuilder(self, new_workflow_id())
@@ -254,7 +295,7 @@ class Mageflow:
         )
         b.node(
             ROOT,
-            NodeDef(kind="task", task=name, on_success=ok, on_error=err),
+            b.task_def(name, mageflow_options, on_success=ok, on_error=err),
             kwargs=kwargs,
             identifiers=task_identifiers,
         )
@@ -266,17 +307,22 @@ class Mageflow:
         tasks: Sequence[TaskLike],
         *,
         name: str | None = None,
-        success: Sequence[TaskLike] | TaskLike | None = None,
-        error: Sequence[TaskLike] | TaskLike | None = None,
+        success: Callbacks = None,
+        error: Callbacks = None,
+        mageflow_options: Options | None = None,
+        **kwargs: Any,
     ) -> ChainSignature:
         """Steps run in order; step k+1 receives step k's result; ``success`` gets the last
-        result; a failing step fires its own error callbacks, then ``error``."""
+        result; a failing step fires its own error callbacks, then ``error``. ``kwargs``
+        are the workflow's context: every step (however nested) receives them, below
+        its own kwargs."""
         b = WorkflowBuilder(self, new_workflow_id())
         steps = [f"{ROOT}.{i}" for i in range(len(tasks))]
         for sid, t in zip(steps, tasks, strict=True):
             await b.task_like(sid, t, parent=ROOT)
         ok, err = await b.callbacks(ROOT, callbacks_of(success), callbacks_of(error))
-        b.node(ROOT, NodeDef(kind="chain", name=name, on_success=ok, on_error=err))
+        d = NodeDef(kind="chain", name=name, on_success=ok, on_error=err)
+        b.node(ROOT, b.with_options(d, mageflow_options), kwargs=kwargs)
         b.lists[F.aux(F.STEPS, ROOT)] = steps
         await b.commit()
         return ChainSignature(self, f"{b.wf}.{ROOT}")
@@ -285,17 +331,20 @@ class Mageflow:
         self,
         tasks: Sequence[TaskLike] = (),
         *,
-        success_callbacks: Sequence[TaskLike] | TaskLike | None = None,
-        error_callbacks: Sequence[TaskLike] | TaskLike | None = None,
+        success_callbacks: Callbacks = None,
+        error_callbacks: Callbacks = None,
         config: SwarmConfig | None = None,
         is_swarm_closed: bool = False,
         task_name: str | None = None,
+        mageflow_options: Options | None = None,
+        **kwargs: Any,
     ) -> SwarmSignature:
         """Items run in parallel (``config.max_concurrency`` at most, across workers).
         The swarm is open by default (the product documents' semantics): add items with
         :meth:`SwarmSignature.add_task`, then :meth:`SwarmSignature.close_swarm`; it
         completes once closed and every item finished. ``is_swarm_closed=True`` closes it
-        at creation."""
+        at creation. ``kwargs`` are the workflow's context: every item (however nested)
+        receives them, below its own kwargs."""
         config = config or SwarmConfig()
         b = WorkflowBuilder(self, new_workflow_id())
         items = unique_item_ids(ROOT, len(tasks))
@@ -304,17 +353,15 @@ class Mageflow:
         ok, err = await b.callbacks(
             ROOT, callbacks_of(success_callbacks), callbacks_of(error_callbacks)
         )
-        b.node(
-            ROOT,
-            NodeDef(
-                kind="swarm",
-                name=task_name,
-                on_success=ok,
-                on_error=err,
-                max_concurrency=config.max_concurrency,
-                stop_after_n_failures=config.stop_after_n_failures,
-            ),
+        d = NodeDef(
+            kind="swarm",
+            name=task_name,
+            on_success=ok,
+            on_error=err,
+            max_concurrency=config.max_concurrency,
+            stop_after_n_failures=config.stop_after_n_failures,
         )
+        b.node(ROOT, b.with_options(d, mageflow_options), kwargs=kwargs)
         if is_swarm_closed:
             b.fields[F.of(ROOT, F.CLOSED)] = "1"
         b.lists[F.aux(F.ITEMS, ROOT)] = items

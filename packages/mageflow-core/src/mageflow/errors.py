@@ -68,6 +68,10 @@ class WorkflowTooDeepError(MageflowError):
     """A workflow nests deeper than the engine supports."""
 
 
+class InvalidOptionsError(MageflowError, ValueError):
+    """A priority, delay or start time out of range, or given twice."""
+
+
 class SignatureNotFoundError(MageflowError, KeyError):
     """No signature, chain or swarm is stored under this key (unknown or expired)."""
 

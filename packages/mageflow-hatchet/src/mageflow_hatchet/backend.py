@@ -152,6 +152,11 @@ def _hatchet_from_env() -> Hatchet:
         ) from None
 
 
+def hatchet_priority(priority: int) -> int:
+    """MageFlow's priority 0..9 as Hatchet's 1..3: 0-3 low, 4-6 medium, 7-9 high."""
+    return min(MAX_PRIORITY, max(MIN_PRIORITY, MIN_PRIORITY + (int(priority) - 1) // 3))
+
+
 class HatchetBackend(TaskBackend):
     """Runs MageFlow tasks as Hatchet standalone tasks of one Hatchet client."""
 
@@ -230,7 +235,7 @@ class HatchetBackend(TaskBackend):
     def _options(task: OutgoingTask) -> TriggerWorkflowOptions:
         priority = None
         if task.priority is not None:
-            priority = min(MAX_PRIORITY, max(MIN_PRIORITY, int(task.priority)))
+            priority = hatchet_priority(task.priority)
         return TriggerWorkflowOptions(additional_metadata=dict(task.headers), priority=priority)
 
     async def _schedule(self, task: OutgoingTask) -> str:

@@ -307,6 +307,8 @@ LIFECYCLE = [
     _lifecycle("interrupt", "Suspend and cancel running tasks where the backend can."),
     _lifecycle("cancel", "Stop a root workflow for good; no callback fires."),
 ]
+
+
 @click.command(name="reconcile")
 @click.option(
     "--forever", is_flag=True, help="Keep sweeping, as every worker does, until interrupted."

@@ -104,7 +104,7 @@ class Engine:
             return Transition()
         if reply[0] == "dup":
             return Transition(decode_publishes(wf, reply[1]))
-        return decode_transition(wf, reply)
+        return await self._woken(wf, decode_transition(wf, reply))
 
     # -- a client's commands ----------------------------------------------------------------
     async def run(self, key: str, own_message: str | None, watch: bool = False) -> Transition:
@@ -113,7 +113,7 @@ class Engine:
         reply = await self._call(wf, "run", sid, own_message or "", "1" if watch else "0")
         if reply[0] == "err":
             _raise_for(key, reply)
-        return decode_transition(wf, reply)
+        return await self._woken(wf, decode_transition(wf, reply))
 
     async def add_item(
         self,
@@ -137,7 +137,7 @@ class Engine:
         reply = await self._call(wf, "close", sid)
         if reply[0] == "err":
             _raise_for(key, reply)
-        return decode_transition(wf, reply)
+        return await self._woken(wf, decode_transition(wf, reply))
 
     async def suspend(self, key: str, interrupt: bool, can_cancel: bool) -> list[str]:
         """Hold ``key``; returns the run ids to cancel (interrupt, backend can cancel)."""
@@ -154,7 +154,7 @@ class Engine:
         reply = await self._call(wf, "resume", sid)
         if reply[0] == "err":
             _raise_for(key, reply)
-        return decode_transition(wf, reply)
+        return await self._woken(wf, decode_transition(wf, reply))
 
     async def cancel(self, key: str) -> list[str]:
         wf, sid = split_key(key)
@@ -190,7 +190,14 @@ class Engine:
         """Put ``wf`` in the reconciler's live index *before* a client transition that
         dispatches, so a client dying right after it still leaves the work findable."""
         due = int(time.time() * 1000 + self.resend_after * 1000)
-        await self.store.set_live({wf: due})
+        await self.store.set_live({wf: due}, earlier_only=True)
+
+    async def _woken(self, wf: str, transition: Transition) -> Transition:
+        """A transition that made a node wait for its time: the reconciler looks at ``wf``
+        no later than that time."""
+        if transition.wake_ms is not None:
+            await self.store.set_live({wf: transition.wake_ms}, earlier_only=True)
+        return transition
 
     async def payload(self, key: str) -> str | None:
         """The JSON payload task ``key`` is (or would be) dispatched with; ``None`` when

@@ -11,11 +11,14 @@ from mageflow.engine.keys import join_key
 
 @dataclass(frozen=True)
 class Publish:
-    """A task the engine dispatched: publish it now (name, signature key, JSON payload)."""
+    """A task the engine dispatched: publish it now (name, signature key, JSON payload),
+    with its priority and, when the task manager holds the delay, when it may start."""
 
     task_name: str
     key: str
     payload: Any
+    priority: int | None = None
+    not_before_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,9 @@ class Transition:
 
     publishes: list[Publish] = field(default_factory=list)
     events: list[EngineEvent] = field(default_factory=list)
+    wake_ms: int | None = None
+    """The earliest time a node this transition delayed may start: the reconciler must
+    look at the workflow then."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,7 @@ class Reconciled:
 
 
 def decode_publishes(wf: str, raw: str) -> list[Publish]:
-    return [Publish(task, join_key(wf, sid), payload) for task, sid, payload in json.loads(raw)]
+    return [Publish(s[0], join_key(wf, s[1]), *s[2:]) for s in json.loads(raw)]
 
 
 def decode_events(wf: str, raw: str) -> list[EngineEvent]:
@@ -94,4 +100,5 @@ def decode_events(wf: str, raw: str) -> list[EngineEvent]:
 
 def decode_transition(wf: str, reply: list[str]) -> Transition:
     events = decode_events(wf, reply[2]) if len(reply) > 2 else []
-    return Transition(decode_publishes(wf, reply[1]), events)
+    wake = int(reply[3]) if len(reply) > 3 and reply[3] else None
+    return Transition(decode_publishes(wf, reply[1]), events, wake)

@@ -22,22 +22,32 @@
 --   H:sent                 zset: task sids dispatched and not started yet; score = when the
 --                          reconciler may re-send (ms)
 --   H:inflight             set: task sids started and not finished (a workflow with none, and
---                          nothing in H:sent, cannot dispatch on its own: the reconciler may
---                          forget it)
+--                          nothing in H:sent or H:delayed, cannot dispatch on its own: the
+--                          reconciler may forget it)
+--   H:delayed              zset: nodes whose start the engine holds until a time; score = that
+--                          time (ms); the reconciler's pass releases them when due
 --   H:done                 pub/sub channel: a watched node settled (message = sid)
 --
 -- DEFINITION (JSON, written once by the client, never user data)
 --   k kind: task|chain|swarm   t task name        n display name
 --   p parent (chain or swarm)  of owner: the node whose callback this is
 --   ok / err callback sids     mc max_concurrency  sa stop_after_n_failures
---   pr priority 0..9 (higher starts first among queued swarm items; default 0)
+--   pr priority 0..9 (higher starts first among queued swarm items; default 0; also sent
+--      to the task manager)
+--   dl start this many ms after becoming due   at  start no earlier than this ms timestamp
+--   nd '1': the task manager holds dl/at (the engine dispatches at once, with the time)
 --   (a chain's steps are the list H:steps:<chain>, so an event reads one step, not all)
 --
 -- STATE FIELDS "<sid>:<field>"                                  written by
 --   status     pending|active|suspended|interrupted|canceled|done|failed   engine
 --   held_from  status to restore on resume                     suspend
 --   created    ms the node was built                           client
---   kwargs     signature kwargs JSON; idents task_identifiers  client
+--   kwargs     signature kwargs JSON (a chain's / swarm's: the context every node under it
+--              receives); idents task_identifiers              client
+--   context    a started composite's context: its ancestors' kwargs and its own, joined
+--              by ','  (chain steps after the first and callbacks receive it)   start_node
+--   due        ms the node may start (dl / at fixed when it first became due)  not_before
+--   deferred   JSON [inl, own, ret, err] a delayed node starts with once due   start_node
 --   own        a swarm item's own run message JSON             run
 --   sent       ms the engine started/dispatched the node       start_node
 --   queued     '1' once on its swarm's queue                   run, queue_unqueued
@@ -81,7 +91,9 @@ local INFLIGHT = H .. ':inflight'
 local TERMINAL = { done = true, failed = true, canceled = true }
 local HOLDING = { suspended = true, interrupted = true }
 
-local pubs = {}     -- specs to publish once this call returns: [task, sid, payload]
+local DELAYED = H .. ':delayed'
+local pubs = {}     -- specs to publish: [task, sid, payload(, priority, not-before ms)]
+local wake_at = nil -- earliest time this call made a node wait for (the live index must know)
 local sent_now = {} -- sids this call dispatched
 local events = {}   -- observer events
 local touched = {}  -- auxiliary keys written, whose TTL is refreshed at the end
@@ -190,8 +202,28 @@ local function payload_of(sid)
   return get(sid, 'payload') or payload('', nil, nil, nil)
 end
 
+-- When node sid may start (ms), or nil when it may start now. dl counts from the first
+-- time the node became due; that time is kept, so a re-dispatch does not wait again.
+local function not_before(sid)
+  local d = def(sid)
+  if d.dl == nil and d.at == nil then return nil end
+  local due = tonumber(get(sid, 'due') or '')
+  if due == nil then
+    due = d.at or (NOW + d.dl)
+    set(sid, 'due', due)
+  end
+  if due <= NOW then return nil end
+  return due
+end
+
 local function spec(sid, pl)
-  return '[' .. cjson.encode(def(sid).t) .. ',' .. cjson.encode(sid) .. ',' .. pl .. ']'
+  local d = def(sid)
+  local s = '[' .. cjson.encode(d.t) .. ',' .. cjson.encode(sid) .. ',' .. pl
+  local due = d.nd and not_before(sid)
+  if d.pr or due then
+    s = s .. ',' .. (d.pr and tostring(d.pr) or 'null') .. ',' .. (due and string.format('%d', due) or 'null')
+  end
+  return s .. ']'
 end
 
 -- The nearest node from sid upwards that is canceled or holds, and why.
@@ -212,12 +244,39 @@ local function hold(at, entry)
   redis.call('RPUSH', aux('held', at), cjson.encode(entry))
 end
 
--- Publish task sid now, recorded so the reconciler can re-send it until it starts.
+-- Publish task sid now, recorded so the reconciler can re-send it until it starts (a task
+-- the task manager delays: until that long after its time).
 local function dispatch(sid, pl)
   pubs[#pubs + 1] = spec(sid, pl)
   sent_now[#sent_now + 1] = sid
-  redis.call('ZADD', SENT, NOW + RESEND_AFTER, sid)
+  local due = def(sid).nd and not_before(sid)
+  redis.call('ZADD', SENT, (due or NOW) + RESEND_AFTER, sid)
   touched[SENT] = true
+end
+
+-- Hold node sid's start until `due`; the reconciler's pass releases it (release_due). A
+-- task keeps its payload as emit would (a swarm item's is rebuilt: nothing copied).
+local function defer(sid, due, inl, own, ret, err)
+  local d = def(sid)
+  if d.k ~= 'task' then
+    set(sid, 'deferred', cjson.encode({ inl or '', own or '', ret or '', err or '' }))
+  elseif not is_item(d) then
+    set(sid, 'payload', payload(inl, own, ret, err))
+  end
+  redis.call('ZADD', DELAYED, due, sid)
+  touched[DELAYED] = true
+  if wake_at == nil or due < wake_at then wake_at = due end
+end
+
+-- The context every node directly under sid's nearest composite ancestor receives.
+local function context_above(sid)
+  local u = up(def(sid))
+  while u do
+    local ud = def(u)
+    if ud.k ~= 'task' then return get(u, 'context') end
+    u = up(ud)
+  end
+  return nil
 end
 
 -- Task sid is due with payload pl: dispatch it, hold it, or drop it (canceled workflow).
@@ -313,15 +372,26 @@ fill = function(s)
   filling[s] = nil
 end
 
--- Start node sid with inherited messages inl, own message, previous result / error.
+-- Start node sid with inherited messages inl, own message, previous result / error
+-- (held until its time when it has a delay the task manager does not hold).
 start_node = function(sid, inl, own, ret, err)
   local d = def(sid)
   set(sid, 'sent', NOW_S)
+  if not d.nd then
+    local due = not_before(sid)
+    if due then
+      defer(sid, due, inl, own, ret, err)
+      return
+    end
+  end
   if d.k == 'task' then
     emit(sid, payload(inl, own, ret, err))
     return
   end
-  local input = join(inl, own)
+  local kw = get(sid, 'kwargs')
+  local context = join(context_above(sid), kw)
+  if context ~= '' then set(sid, 'context', context) end
+  local input = join(join(inl, kw), own)
   activate(sid)
   set(sid, 'started', NOW_S)
   set(sid, 'input', input)
@@ -355,7 +425,7 @@ local function chain_step_done(c, sid, ok, val)
   elseif nxt then
     set(c, 'step', cur + 1)
     events[#events + 1] = cjson.encode({ 'advanced', c, nxt })
-    start_node(nxt, '', nil, val, nil)
+    start_node(nxt, get(c, 'context'), nil, val, nil)
   else
     settle(c, true, val, nil)
   end
@@ -420,7 +490,7 @@ after = function(sid, inl)
   local val
   if ok then
     val = get(sid, 'result') or 'null'
-    for _, cb in ipairs(d.ok or {}) do start_node(cb, '', nil, val, nil) end
+    for _, cb in ipairs(d.ok or {}) do start_node(cb, context_above(cb), nil, val, nil) end
   else
     val = get(sid, 'error') or 'null'
     for _, cb in ipairs(d.err or {}) do start_node(cb, inl, nil, nil, val) end
@@ -501,6 +571,31 @@ local function encoded_events()
   return '[' .. table.concat(events, ',') .. ']'
 end
 
+-- A transition's reply: what to publish, what happened, and when to look again.
+local function transition_reply()
+  return { 'ok', encoded_pubs(), encoded_events(), wake_at and string.format('%d', wake_at) or '' }
+end
+
+-- Start up to `limit` delayed nodes whose time has come.
+local function release_due(limit)
+  for _, x in ipairs(redis.call('ZRANGEBYSCORE', DELAYED, '-inf', NOW, 'LIMIT', 0, limit)) do
+    redis.call('ZREM', DELAYED, x)
+    local st = get(x, 'status')
+    if def(x).k == 'task' then
+      if not TERMINAL[st] and not get(x, 'outcome') and not get(x, 'run_id') then
+        emit(x, payload_of(x))
+      end
+    else
+      local a = cjson.decode(get(x, 'deferred') or '["","","",""]')
+      del(x, 'deferred')
+      if not TERMINAL[st] and blocker(x) ~= 'canceled' then
+        local function opt(v) if v == '' then return nil end return v end
+        start_node(x, a[1], opt(a[2]), opt(a[3]), opt(a[4]))
+      end
+    end
+  end
+end
+
 local result
 
 if OP == 'start' then
@@ -560,7 +655,7 @@ elseif OP == 'finish' then
     redis.call('SREM', INFLIGHT, sid)
     settle(sid, ok, val, inp)
     set(sid, 'owed', string_list(sent_now))
-    result = { 'ok', encoded_pubs(), encoded_events() }
+    result = transition_reply()
   end
 elseif OP == 'run' then
   -- A client runs sid with its own message; watch: the client waits for it.
@@ -584,7 +679,7 @@ elseif OP == 'run' then
         set(sid, 'queued', '1')
         enqueue(d.p, sid)
         fill(d.p)
-        result = { 'ok', encoded_pubs(), encoded_events() }
+        result = transition_reply()
       end
     elseif pd then
       result = { 'err', 'chain_step' }
@@ -592,7 +687,7 @@ elseif OP == 'run' then
       result = { 'err', 'finished', 'canceled' }
     else
       start_node(sid, '', own, nil, nil)
-      result = { 'ok', encoded_pubs(), encoded_events() }
+      result = transition_reply()
     end
   end
 elseif OP == 'add' then
@@ -636,7 +731,7 @@ elseif OP == 'close' then
       fill(s)
       maybe_complete(s)
     end
-    result = { 'ok', encoded_pubs(), encoded_events() }
+    result = transition_reply()
   end
 elseif OP == 'suspend' then
   -- Hold sid (mode suspended|interrupted); interrupt + cancel: running tasks go back.
@@ -664,7 +759,7 @@ elseif OP == 'resume' then
     result = { 'err', 'finished', st }
   elseif not HOLDING[st] then
     for _, x in ipairs(redis.call('ZRANGE', SENT, 0, 999)) do resend(x) end
-    result = { 'ok', encoded_pubs(), encoded_events() }
+    result = transition_reply()
   else
     set(sid, 'status', get(sid, 'held_from') or 'pending')
     del(sid, 'held_from')
@@ -700,7 +795,7 @@ elseif OP == 'resume' then
       fill(sid)
       maybe_complete(sid)
     end
-    result = { 'ok', encoded_pubs(), encoded_events() }
+    result = transition_reply()
   end
 elseif OP == 'cancel' then
   -- Stop root sid for good: nothing more starts, no callback fires.
@@ -717,7 +812,7 @@ elseif OP == 'cancel' then
     local rids = {}
     take_running(sid, sid, rids)
     redis.call('DEL', aux('held', sid))
-    redis.call('DEL', SENT, INFLIGHT)
+    redis.call('DEL', SENT, INFLIGHT, DELAYED)
     set(sid, 'status', 'canceled')
     set(sid, 'ended', NOW_S)
     if get(sid, 'waited') then redis.call('PUBLISH', H .. ':done', sid) end
@@ -731,8 +826,11 @@ elseif OP == 'reconcile' then
   for _, x in ipairs(redis.call('ZRANGEBYSCORE', SENT, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[6]))) do
     resend(x)
   end
-  local nxt = redis.call('ZRANGE', SENT, 0, 0, 'WITHSCORES')
-  result = { 'ok', encoded_pubs(), nxt[2] or '', get(ROOT, 'status') or 'pending',
+  release_due(tonumber(ARGV[6]))
+  local nxt = tonumber(redis.call('ZRANGE', SENT, 0, 0, 'WITHSCORES')[2] or '')
+  local held_until = tonumber(redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')[2] or '')
+  if held_until and (nxt == nil or held_until < nxt) then nxt = held_until end
+  result = { 'ok', encoded_pubs(), nxt and string.format('%d', nxt) or '', get(ROOT, 'status') or 'pending',
     tostring(redis.call('SCARD', INFLIGHT)) }
 elseif OP == 'payload' then
   -- Read only: the payload task sid is (or would be) dispatched with.

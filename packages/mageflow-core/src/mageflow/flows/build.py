@@ -12,21 +12,25 @@ import functools
 import json
 import secrets
 import time
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias, Union
 
 from mageflow.engine import ROOT, split_key
 from mageflow.engine import fields as F
 from mageflow.errors import SignatureInUseError, WorkflowTooDeepError
 from mageflow.flows.messages import to_json
+from mageflow.models.options import Options
 from mageflow.models.signatures import NodeDef
 
 if TYPE_CHECKING:
     from mageflow.flows.handles import Signature
     from mageflow.flows.runtime import Runtime
 
-TaskLike = Any
+TaskLike: TypeAlias = Union["Signature", Callable[..., Any], str]
 """A :class:`Signature`, a function registered with ``@mf.task`` or a task name."""
+
+Callbacks: TypeAlias = Sequence[TaskLike] | TaskLike | None
+"""One task-like or several."""
 
 MAX_DEPTH = 64
 """How deeply workflows may nest (each level is a few frames of the engine script)."""
@@ -49,12 +53,26 @@ def unique_item_ids(parent: str, n: int) -> list[str]:
     return list(ids)
 
 
-def callbacks_of(value: TaskLike | Sequence[TaskLike] | None) -> list[TaskLike]:
+def with_options(d: NodeDef, options: Options | None, *, native_delay: bool) -> NodeDef:
+    """``d`` with ``options`` applied: priority, and a delay or start time (held by the
+    task manager when ``native_delay`` and ``d`` is a task, else by the engine)."""
+    if options is None:
+        return d
+    seconds = options.delay_seconds
+    d.priority = options.priority
+    d.delay_ms = None if seconds is None else round(seconds * 1000)
+    d.start_at_ms = None if options.start_at is None else round(options.start_at.timestamp() * 1000)
+    timed = d.delay_ms is not None or d.start_at_ms is not None
+    d.native_delay = timed and native_delay and d.kind == "task"
+    return d
+
+
+def callbacks_of(value: Callbacks) -> list[TaskLike]:
     if value is None:
         return []
     if isinstance(value, (list, tuple)):
         return list(value)
-    return [value]
+    return [value]  # type: ignore[list-item]  # a str is a Sequence too: not a list here
 
 
 def _check_depth(sid: str) -> None:
@@ -112,7 +130,34 @@ class WorkflowBuilder:
             await self._move(sid, value, parent, owner)
             return
         name = self.mf.task_name_of(value)
-        self.node(sid, NodeDef(kind="task", task=name, parent=parent, owner=owner))
+        self.node(sid, self.task_def(name, parent=parent, owner=owner))
+
+    def task_def(
+        self,
+        name: str,
+        options: Options | None = None,
+        *,
+        parent: str | None = None,
+        owner: str | None = None,
+        on_success: list[str] | None = None,
+        on_error: list[str] | None = None,
+    ) -> NodeDef:
+        """A task node of registered task ``name``: its registered defaults, overridden
+        by ``options``."""
+        registered = self.mf.tasks.get(name)
+        merged = (options or Options()).over(registered.options if registered else None)
+        d = NodeDef(
+            kind="task",
+            task=name,
+            parent=parent,
+            owner=owner,
+            on_success=on_success or [],
+            on_error=on_error or [],
+        )
+        return self.with_options(d, merged)
+
+    def with_options(self, d: NodeDef, options: Options | None) -> NodeDef:
+        return with_options(d, options, native_delay=self.mf.backend.capabilities.delayed_start)
 
     async def callbacks(
         self, owner_sid: str, success: Iterable[TaskLike], error: Iterable[TaskLike]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,15 @@ def _transient(exc: Exception) -> bool:
     return not isinstance(exc, MageflowError) or isinstance(exc, StoreUnavailableError)
 
 
+def outgoing(p: Publish) -> OutgoingTask:
+    """The message for ``p``: a priority where it has one, a delay where the task manager
+    holds it (counted from now: a re-send after its time runs at once)."""
+    delay = None
+    if p.not_before_ms is not None:
+        delay = max(p.not_before_ms / 1000 - time.time(), 0.0) or None
+    return OutgoingTask(p.task_name, p.payload, {HEADER_KEY: p.key}, p.priority, delay)
+
+
 async def _send(rt: Runtime, publishes: Sequence[Publish], tasks: list[OutgoingTask]) -> None:
     for p in publishes:
         faults.fail(faults.PUBLISH, p.task_name)
@@ -41,7 +51,7 @@ async def publish(rt: Runtime, publishes: Sequence[Publish]) -> None:
     if not publishes:
         return
     await rt.ensure_started()
-    tasks = [OutgoingTask(p.task_name, p.payload, {HEADER_KEY: p.key}) for p in publishes]
+    tasks = [outgoing(p) for p in publishes]
     try:
         # the common case costs one call; the retry machinery only starts on a failure
         await _send(rt, publishes, tasks)

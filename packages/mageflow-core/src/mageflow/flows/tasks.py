@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -31,6 +31,7 @@ from mageflow.flows.messages import (
     to_jsonable,
 )
 from mageflow.flows.publish import publish
+from mageflow.models.options import Options
 from mageflow.models.return_value import return_value_field
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ class RegisteredTask:
     input_model: type[BaseModel] | None
     retries: int
     timeout: float | None
+    options: Options = field(default_factory=Options)
+    """Dispatch defaults (priority, delay) every signature of this task starts from."""
 
     @property
     def return_field(self) -> str:

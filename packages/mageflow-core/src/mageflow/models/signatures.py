@@ -27,6 +27,13 @@ class NodeDef(BaseModel):
     max_concurrency: int | None = Field(default=None, alias="mc")
     stop_after_n_failures: int | None = Field(default=None, alias="sa")
     name: str | None = Field(default=None, alias="n")
+    priority: int | None = Field(default=None, alias="pr")
+    delay_ms: int | None = Field(default=None, alias="dl")
+    """Start this long after becoming due."""
+    start_at_ms: int | None = Field(default=None, alias="at")
+    """Start no earlier than this (ms since the epoch)."""
+    native_delay: bool = Field(default=False, alias="nd")
+    """The task manager holds the delay (the engine dispatches at once, with the delay)."""
 
     def dump(self) -> str:
         return self.model_dump_json(by_alias=True, exclude_none=True, exclude_defaults=True)

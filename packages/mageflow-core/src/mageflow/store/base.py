@@ -93,8 +93,9 @@ class StateStore(abc.ABC):
         """Workflow ids, most recent first."""
 
     @abc.abstractmethod
-    async def set_live(self, entries: Mapping[str, float]) -> None:
-        """Set the ``live`` scores (ms) of workflows."""
+    async def set_live(self, entries: Mapping[str, float], *, earlier_only: bool = False) -> None:
+        """Set the ``live`` scores (ms) of workflows; ``earlier_only``: never move an
+        existing score later."""
 
     @abc.abstractmethod
     async def drop_live(self, wfs: Sequence[str]) -> None:

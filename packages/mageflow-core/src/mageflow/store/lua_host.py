@@ -139,8 +139,10 @@ class LuaHost:
             return value
         items = list(value.items())
         n = len(items)
-        if n and all(isinstance(k, int) for k, _ in items) and {k for k, _ in items} == set(
-            range(1, n + 1)
+        if (
+            n
+            and all(isinstance(k, int) for k, _ in items)
+            and {k for k, _ in items} == set(range(1, n + 1))
         ):
             return [self._plain(value[i]) for i in range(1, n + 1)]
         return {str(k): self._plain(v) for k, v in items}

@@ -94,7 +94,10 @@ class MemoryStore(StateStore):
         ranked = self.keyspace.zset(f"{self.prefix}:index").by_rank(0, -1)
         return [wf for wf, _ in reversed(ranked)][:limit]
 
-    async def set_live(self, entries: Mapping[str, float]) -> None:
+    async def set_live(self, entries: Mapping[str, float], *, earlier_only: bool = False) -> None:
+        if earlier_only:
+            live = self.keyspace.zset(self.live_key)
+            entries = {wf: s for wf, s in entries.items() if wf not in live or s < live[wf]}
         if entries:
             self.keyspace.zadd(self.live_key, [(s, wf) for wf, s in entries.items()])
 
@@ -132,4 +135,3 @@ class MemoryStore(StateStore):
 
     async def ping(self) -> None:
         return None
-

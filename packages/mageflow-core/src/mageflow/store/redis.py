@@ -172,9 +172,9 @@ class RedisStore(StateStore):
         ids = await self._call(self.client.zrevrange(f"{self.prefix}:index", 0, limit - 1))
         return [str(i) for i in ids]
 
-    async def set_live(self, entries: Mapping[str, float]) -> None:
+    async def set_live(self, entries: Mapping[str, float], *, earlier_only: bool = False) -> None:
         if entries:
-            await self._call(self.client.zadd(self.live_key, dict(entries)))
+            await self._call(self.client.zadd(self.live_key, dict(entries), lt=earlier_only))
 
     async def drop_live(self, wfs: Sequence[str]) -> None:
         if wfs:
