@@ -561,6 +561,8 @@ class World:
         if run_own:
             item.own = True
             await added.aio_run_no_wait({"own": item.label})
+            if label in self.roots:  # running an item of a root swarm not run yet starts it
+                self.run_roots.add(label)
 
     def _detach(self, label: str) -> None:
         for lb in self.subtree(label):

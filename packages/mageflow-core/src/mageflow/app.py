@@ -149,8 +149,9 @@ class Mageflow:
         self._defaulted_store = defaulted
         self._engine = Engine(store, resend_after=self.resend_after)
         self._reconcilers: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[asyncio.Task[None], asyncio.Event]
+            asyncio.AbstractEventLoop, tuple[asyncio.Task[None], asyncio.Event, reconcile.Alarm]
         ] = weakref.WeakKeyDictionary()
+        self._engine.on_wake = self._wake_reconciler
         if isinstance(backend, TaskBackend):
             if backend_options:
                 raise ConfigurationError(
@@ -232,6 +233,7 @@ class Mageflow:
         if store is not None:
             self._store = store
             self._engine = Engine(store, resend_after=self.resend_after)
+            self._engine.on_wake = self._wake_reconciler
         if backend is not None:
             self.backend = backend
             self._started = False
@@ -398,8 +400,19 @@ class Mageflow:
         running = self._reconcilers.get(loop)
         if running is None or running[0].done():
             stop = asyncio.Event()
-            task = loop.create_task(reconcile.run_until(self, stop), name="mageflow-reconciler")
-            self._reconcilers[loop] = (task, stop)
+            alarm = reconcile.Alarm()
+            task = loop.create_task(
+                reconcile.run_until(self, stop, alarm), name="mageflow-reconciler"
+            )
+            self._reconcilers[loop] = (task, stop, alarm)
+
+    def _wake_reconciler(self, at_ms: int) -> None:
+        try:
+            running = self._reconcilers.get(asyncio.get_running_loop())
+        except RuntimeError:
+            return
+        if running is not None:
+            running[2].set(at_ms)
 
     async def reconcile(self) -> int:
         """Re-send, once, whatever is due: dispatched and never started. Returns how many
@@ -415,7 +428,7 @@ class Mageflow:
     async def aclose(self) -> None:
         running = self._reconcilers.pop(asyncio.get_running_loop(), None)
         if running is not None:
-            task, stop = running
+            task, stop, _ = running
             stop.set()
             while not task.done():
                 task.cancel()

@@ -43,7 +43,7 @@ class LocalBackend(TaskBackend):
 
     name = "local"
     capabilities = Capabilities(
-        cancel_running=True, priorities=False, delayed_start=True, remote_workers=False
+        cancel_running=True, priorities=False, delayed_start=False, remote_workers=False
     )
     accepted_options = ("workers", "concurrency", "retry_delay")
 

@@ -134,6 +134,12 @@ def print_state(state: SignatureState, waiting: Sequence[tuple[str, str]] = ()) 
     table.add_row("finished", _when(state.finished_at))
     if state.started_at and state.finished_at:
         table.add_row("duration", f"{(state.finished_at - state.started_at).total_seconds():.3f} s")
+    if state.closed is False:
+        table.add_row("swarm", "[yellow]open[/]: completes once close_swarm() is called")
+    if state.priority is not None:
+        table.add_row("priority", str(state.priority))
+    if state.not_before is not None:
+        table.add_row("not before", _when(state.not_before))
     if state.counts:
         table.add_row("items", ", ".join(f"{k} {v}" for k, v in state.counts.items()))
     elif state.children:
@@ -155,6 +161,8 @@ async def build_tree(
     label = f"{state.kind} [bold]{state.name}[/] {styled(state.status.value)} [dim]{key}[/]"
     if state.error:
         label += f" [red]{state.error.get('type')}[/]"
+    if state.closed is False:
+        label += " [yellow]open[/]"
     note = None if held else waiting_note(state)
     if note:
         label += f" [yellow]waiting {note}[/]"

@@ -22,6 +22,7 @@ N_FAILED = "n_failed"
 STEPS = "steps"
 ITEMS = "items"
 QUEUE = "queue"
+DUE = "due"
 DONE_CHANNEL = "done"
 
 TERMINAL = frozenset({"done", "failed", "canceled"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 
 from mageflow.engine import fields as F
@@ -62,6 +62,8 @@ class Engine:
     def __init__(self, store: StateStore, *, resend_after: float = DEFAULT_RESEND_AFTER) -> None:
         self.store = store
         self.resend_after = resend_after
+        self.on_wake: Callable[[int], None] | None = None
+        """Told the time a transition delayed a node to (the process's sweep loop)."""
 
     def _argv(self, op: str, args: Sequence[str]) -> list[str]:
         return [
@@ -197,6 +199,8 @@ class Engine:
         no later than that time."""
         if transition.wake_ms is not None:
             await self.store.set_live({wf: transition.wake_ms}, earlier_only=True)
+            if self.on_wake is not None:
+                self.on_wake(transition.wake_ms)
         return transition
 
     async def payload(self, key: str) -> str | None:

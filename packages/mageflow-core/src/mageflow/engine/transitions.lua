@@ -678,7 +678,11 @@ elseif OP == 'run' then
         if own then set(sid, 'own', own) end
         set(sid, 'queued', '1')
         enqueue(d.p, sid)
-        fill(d.p)
+        if get(d.p, 'sent') == nil and up(pd) == nil and get(d.p, 'status') ~= 'canceled' then
+          start_node(d.p, '', nil, nil, nil) -- a root swarm starts with its first item run
+        else
+          fill(d.p)
+        end
         result = transition_reply()
       end
     elseif pd then

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 from mageflow import faults
@@ -19,6 +20,8 @@ from mageflow.models.status import SignatureStatus
 
 if TYPE_CHECKING:
     from mageflow.flows.runtime import Runtime
+
+log = logging.getLogger("mageflow")
 
 
 class Signature:
@@ -152,6 +155,15 @@ class SwarmSignature(Signature):
         observe.store_events(transition.events)
         faults.check(faults.AFTER_CLOSE, faults.CLIENT)
         await publish(self.mf, transition.publishes)
+
+    async def wait(self, timeout: float | None = None) -> Any:
+        if not await self.is_swarm_closed():
+            log.warning(
+                "waiting for swarm %s, which is open: it completes only once close_swarm() "
+                "is called and every item finished",
+                self.key,
+            )
+        return await super().wait(timeout)
 
     async def is_swarm_closed(self) -> bool:
         wf, sid = self._wf_sid

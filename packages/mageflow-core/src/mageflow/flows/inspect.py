@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from mageflow.engine import fields as F
@@ -23,6 +24,11 @@ async def read_def(mf: Runtime, key: str) -> NodeDef:
     return NodeDef.model_validate(json.loads(raw))
 
 
+def _planned(d: NodeDef) -> datetime | None:
+    """A start time fixed at build time (``start_at``) before the node became due."""
+    return timestamp_of(str(d.start_at_ms)) if d.start_at_ms is not None else None
+
+
 async def read_state(mf: Runtime, key: str) -> SignatureState:
     wf, sid = split_key(key)
     names = [
@@ -37,12 +43,14 @@ async def read_state(mf: Runtime, key: str) -> SignatureState:
         F.N_FAILED,
         F.N_RUNNING,
         F.SENT,
+        F.CLOSED,
+        F.DUE,
     ]
     raw = await mf.store.read(wf, [sid, *(F.of(sid, n) for n in names)])
     if raw[0] is None:
         raise SignatureNotFoundError(f"no signature stored under {key!r} (unknown or expired)")
     d = NodeDef.model_validate(json.loads(raw[0]))
-    _, status, attempts, created, t0, t1, result, error, fin, nf, running, sent = raw
+    _, status, attempts, created, t0, t1, result, error, fin, nf, running, sent, closed, due = raw
     children: list[str] = []
     counts: dict[str, int] = {}
     if d.kind == "chain":
@@ -73,6 +81,9 @@ async def read_state(mf: Runtime, key: str) -> SignatureState:
         parent=join_key(wf, d.parent) if d.parent else None,
         children=children,
         counts=counts,
+        closed=(closed == "1") if d.kind == "swarm" else None,
+        priority=d.priority,
+        not_before=timestamp_of(due) if due else _planned(d),
         dispatched_at=timestamp_of(sent),
         **SignatureState.timestamps(created, t0, t1),
     )

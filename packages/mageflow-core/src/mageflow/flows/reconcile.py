@@ -12,7 +12,6 @@ that arrives anyway is dropped by the receiving side's dedupe.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -85,18 +84,48 @@ async def sweep_due(rt: Runtime, stop: asyncio.Event | None = None) -> int:
 
 
 def tick_of(resend_after: float) -> float:
-    """How often a worker looks for due workflows."""
-    return min(max(resend_after / 4, 0.05), 5.0)
+    """How often a worker looks for due workflows (a delay another process made wait is
+    released at most this late)."""
+    return min(max(resend_after / 4, 0.05), 1.0)
 
 
-async def run_until(rt: Runtime, stop: asyncio.Event) -> None:
+class Alarm:
+    """Wakes this process's sweep loop early: at the time a transition made here delayed a
+    node to (so a delay the engine holds is released on time, not at the next tick)."""
+
+    def __init__(self) -> None:
+        self.at_ms: int | None = None
+        self.rang = asyncio.Event()
+
+    def set(self, at_ms: int) -> None:
+        if self.at_ms is None or at_ms < self.at_ms:
+            self.at_ms = at_ms
+            self.rang.set()
+
+    async def sleep(self, stop: asyncio.Event, tick: float) -> None:
+        """Until ``stop``, the alarm's time, or ``tick`` seconds, whichever comes first."""
+        self.rang.clear()
+        timeout = tick
+        if self.at_ms is not None:
+            timeout = min(tick, max(self.at_ms / 1000 - time.time(), 0.0) + 0.002)
+        waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.rang.wait())}
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if self.at_ms is not None and self.at_ms <= time.time() * 1000:
+            self.at_ms = None
+
+
+async def run_until(rt: Runtime, stop: asyncio.Event, alarm: Alarm | None = None) -> None:
     """Sweep until ``stop`` is set; store or broker outages are logged and ridden out.
     (A stop event, not only cancellation: a client library may swallow a cancel.)"""
     tick = tick_of(rt.engine.resend_after)
+    alarm = alarm or Alarm()
     while not stop.is_set():
         try:
             await sweep_due(rt, stop)
         except Exception:
             log.exception("reconciler sweep failed; retrying in %.1f s", tick)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), tick)
+        await alarm.sleep(stop, tick)

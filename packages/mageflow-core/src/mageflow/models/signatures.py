@@ -63,6 +63,11 @@ class SignatureState(BaseModel):
     children: list[str] = Field(default_factory=list)
     counts: dict[str, int] = Field(default_factory=dict)
     """For swarms: items total / queued / running / finished / failed."""
+    closed: bool | None = None
+    """For swarms: ``False`` while it takes more items (it completes only once closed)."""
+    priority: int | None = None
+    not_before: datetime | None = None
+    """A delay or start time: the node starts no earlier than this."""
 
     @staticmethod
     def timestamps(c: str | None, t0: str | None, t1: str | None) -> dict[str, datetime | None]:

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from mageflow.app import Mageflow
 from mageflow.models.return_value import ReturnValue
@@ -25,6 +26,18 @@ class AddInput(BaseModel):
 class DoubleInput(BaseModel):
     ns: str
     value: ReturnValue[int]
+
+
+class NewTaskMessage(BaseModel):
+    """The product documents' swarm item model: extra fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    ns: str
+    task_id: int
+
+
+URGENT_PRIORITY = 8
+"""The registered default priority of ``contract.urgent``."""
 
 
 class Unserialisable:
@@ -108,6 +121,23 @@ def register(mf: Mageflow) -> None:
         await get_probe().record(message["ns"], "sleepy-attempt", message.get("id"))
         await asyncio.sleep(message.get("seconds", 3))
         return "woke up"
+
+    @mf.task("contract.new_task")  # no input_validator=: inferred from the annotation
+    async def new_task(message: NewTaskMessage) -> dict[str, Any]:
+        await get_probe().record(message.ns, "new_task", message.task_id)
+        return {"model": type(message).__name__, "task_id": message.task_id}
+
+    @mf.task("contract.clock")
+    async def clock(message: dict[str, Any]) -> float:
+        """Records and returns when it ran (seconds since the epoch)."""
+        now = time.time()
+        await get_probe().record(message["ns"], "clock", {"id": message.get("id"), "at": now})
+        return now
+
+    @mf.task("contract.urgent", priority=URGENT_PRIORITY)
+    async def urgent(message: dict[str, Any]) -> Any:
+        await get_probe().record(message["ns"], "echo", _public(message))
+        return message.get("id")
 
     @mf.task("contract.bad_result")
     async def bad_result(message: dict[str, Any]) -> Any:

@@ -19,8 +19,11 @@ import pytest
 from mageflow.testing.contract.bad_input import BadInputContract
 from mageflow.testing.contract.base import ContractHarness
 from mageflow.testing.contract.chains import ChainContract
+from mageflow.testing.contract.context import ContextContract
+from mageflow.testing.contract.documents import DocumentsContract
 from mageflow.testing.contract.exactly_once import ExactlyOnceContract
 from mageflow.testing.contract.lifecycle import LifecycleContract
+from mageflow.testing.contract.options import OptionsContract
 from mageflow.testing.contract.signatures import SignatureContract
 from mageflow.testing.contract.swarms import SwarmContract
 
@@ -32,6 +35,9 @@ class BackendContract(
     LifecycleContract,
     ExactlyOnceContract,
     BadInputContract,
+    ContextContract,
+    OptionsContract,
+    DocumentsContract,
 ):
     """Subclass and provide the ``harness`` fixture."""
 
