@@ -544,7 +544,7 @@ if OP == 'start' then
         touched[INFLIGHT] = true
         if not get(sid, 'started') then set(sid, 'started', NOW_S) end
         local a = incr(sid, 'attempts', 1)
-        result = { 'run', get(sid, 'kwargs') or '{}', tostring(a) }
+        result = { 'run', get(sid, 'kwargs') or '{}', tostring(a), get(sid, 'idents') or '{}' }
       end
     end
   end

@@ -37,12 +37,13 @@ async def read_state(mf: Runtime, key: str) -> SignatureState:
         F.N_FAILED,
         F.N_RUNNING,
         F.SENT,
+        F.IDENTS,
     ]
     raw = await mf.store.read(wf, [sid, *(F.of(sid, n) for n in names)])
     if raw[0] is None:
         raise SignatureNotFoundError(f"no signature stored under {key!r} (unknown or expired)")
     d = NodeDef.model_validate(json.loads(raw[0]))
-    _, status, attempts, created, t0, t1, result, error, fin, nf, running, sent = raw
+    _, status, attempts, created, t0, t1, result, error, fin, nf, running, sent, idents = raw
     children: list[str] = []
     counts: dict[str, int] = {}
     if d.kind == "chain":
@@ -74,5 +75,6 @@ async def read_state(mf: Runtime, key: str) -> SignatureState:
         children=children,
         counts=counts,
         dispatched_at=timestamp_of(sent),
+        identifiers={} if idents is None else json.loads(idents),
         **SignatureState.timestamps(created, t0, t1),
     )

@@ -56,6 +56,8 @@ class SignatureState(BaseModel):
     children: list[str] = Field(default_factory=list)
     counts: dict[str, int] = Field(default_factory=dict)
     """For swarms: items total / queued / running / finished / failed."""
+    identifiers: dict[str, Any] = Field(default_factory=dict)
+    """The ``task_identifiers`` it was signed with (``find_by_identifiers`` finds it)."""
 
     @staticmethod
     def timestamps(c: str | None, t0: str | None, t1: str | None) -> dict[str, datetime | None]:
