@@ -37,7 +37,7 @@
 --   status     pending|active|suspended|interrupted|canceled|done|failed   engine
 --   held_from  status to restore on resume                     suspend
 --   created    ms the node was built                           client
---   kwargs     signature kwargs JSON; idents task_identifiers  client
+--   kwargs     signature kwargs JSON; idents task_identifiers  client (start replies both)
 --   own        a swarm item's own run message JSON             run
 --   sent       ms the engine started/dispatched the node       start_node
 --   queued     '1' once on its swarm's queue                   run, queue_unqueued
