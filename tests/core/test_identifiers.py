@@ -13,7 +13,12 @@ import redis.asyncio as aioredis
 import mageflow
 from mageflow import Mageflow, TaskContext
 from mageflow.engine import split_key
-from mageflow.errors import InvalidIdentifiersError, NotInTaskError, PayloadNotSerializableError
+from mageflow.errors import (
+    InvalidIdentifiersError,
+    NotInTaskError,
+    PayloadNotSerializableError,
+    SwarmClosedError,
+)
 from mageflow.store import MemoryStore, RedisStore
 from tests.core.test_store import app, manual
 
@@ -94,6 +99,12 @@ async def test_items_added_to_a_swarm_are_found(app: Mageflow) -> None:
     moved = await sw.add_task(await app.sign("step", task_identifiers={"item": ns, "m": 1}))
     assert await app.find_by_identifiers({"item": ns}) == [moved.key, item.key]
     assert (await item.get_state()).identifiers == {"item": ns}
+    await sw.close_swarm()
+    before = await app.store.list_workflows()
+    with pytest.raises(SwarmClosedError):
+        await sw.add_task("step", task_identifiers={"late": ns}, x=1)
+    assert await app.store.list_workflows() == before  # nor a standalone signature
+    assert await app.find_by_identifiers({"late": ns}) == []
 
 
 async def test_deleted_workflows_leave_lookups_and_the_index(app: Mageflow) -> None:
