@@ -179,3 +179,32 @@ async def test_unknown_key_and_unreachable_redis_are_clear(setup: tuple[Mageflow
     assert code == 2
     assert "redis://admin:***@127.0.0.1:1/0" in out
     assert "hunter2" not in out
+
+
+async def test_identifiers_shown_and_found_by_ls_id(setup: tuple[Mageflow, Cli]) -> None:
+    mf, cli = setup
+    order = uuid.uuid4().hex[:8]
+    step = await mf.sign("inc", task_identifiers={"order_id": order, "shard": 3})
+    other = await mf.sign("inc", task_identifiers={"order_id": order, "shard": 4})
+    wf = await mf.chain(["inc", step], name="ids")  # step moves into the chain
+    await wf.aio_run({}, timeout=10)
+
+    code, out, err = await cli("ls", "--id", f"order_id={order}")
+    assert code == 0, err
+    assert step.key in out and other.key in out and f"{wf.key} " not in out
+    assert f"order_id={order}, shard=3" in out
+    code, out, _ = await cli("ls", "--id", f"order_id={order}", "--id", "shard=3")
+    assert step.key in out and other.key not in out  # every pair must match
+    code, out, _ = await cli("ls", "--id", f"order_id={order}", "--status", "done")
+    assert step.key in out and other.key not in out
+
+    code, out, _ = await cli("status", step.key)
+    assert code == 0 and f"order_id={order}, shard=3" in out
+    code, out, _ = await cli("status", "--json", step.key)
+    assert json.loads(out)["identifiers"] == {"order_id": order, "shard": 3}
+    code, out, _ = await cli("tree", wf.key)
+    (line,) = [x for x in out.splitlines() if step.key in x]
+    assert f"order_id={order}, shard=3" in line
+
+    code, out, err = await cli("ls", "--id", "order_id")
+    assert code == 2 and "expected NAME=VALUE" in err

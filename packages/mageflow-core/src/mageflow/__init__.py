@@ -14,7 +14,8 @@ from mageflow.app import Mageflow, default_instance
 from mageflow.backend.base import Capabilities, RunContext, TaskBackend, TaskDefinition
 from mageflow.flows.build import Callbacks, TaskLike
 from mageflow.flows.handles import ChainSignature, Signature, SwarmSignature
-from mageflow.models import ReturnValue, SignatureState, SignatureStatus, SwarmConfig
+from mageflow.flows.tasks import current_task
+from mageflow.models import ReturnValue, SignatureState, SignatureStatus, SwarmConfig, TaskContext
 from mageflow.models.options import Options
 
 __version__ = "0.1.0"
@@ -88,6 +89,11 @@ async def load(key: str) -> Signature:
     return await default_instance().load(key)
 
 
+async def find_by_identifiers(identifiers: dict[str, Any], *, limit: int = 100) -> list[str]:
+    """:meth:`Mageflow.find_by_identifiers` on the default instance."""
+    return await default_instance().find_by_identifiers(identifiers, limit=limit)
+
+
 def register_task(name: str | None = None, **options: Any) -> Callable[[F], F]:
     """``@mageflow.register_task("name")``: :meth:`Mageflow.task` on the default instance."""
     return default_instance().task(name, **options)
@@ -115,11 +121,14 @@ __all__ = [
     "SwarmConfig",
     "SwarmSignature",
     "TaskBackend",
+    "TaskContext",
     "TaskDefinition",
     "TaskLike",
     "__version__",
     "chain",
+    "current_task",
     "errors",
+    "find_by_identifiers",
     "handle_task_callback",
     "load",
     "register_task",

@@ -19,6 +19,7 @@ from mageflow.backend.base import RunContext, TaskBackend, TaskDefinition
 from mageflow.engine import ROOT, Engine, split_key
 from mageflow.engine import fields as F
 from mageflow.errors import ConfigurationError, TaskAlreadyRegisteredError, TaskNotRegisteredError
+from mageflow.flows import identifiers as idents
 from mageflow.flows import reconcile
 from mageflow.flows.build import (
     Callbacks,
@@ -374,6 +375,15 @@ class Mageflow:
         """The signature, chain or swarm stored under ``key``."""
         d = await read_def(self, key)
         return handle_for(self, key, d.kind)
+
+    async def find_by_identifiers(
+        self, identifiers: dict[str, Any], *, limit: int = 100
+    ) -> list[str]:
+        """Keys of the signatures whose ``task_identifiers`` contain every given pair,
+        newest first (at most ``limit``); ``mageflow.load(key)`` opens one. Values match
+        by their text (``1`` finds ``"1"``). Uses the identifier index, never scans
+        workflows. Raises :class:`InvalidIdentifiersError` for no or malformed pairs."""
+        return await idents.find(self.store, identifiers, limit)
 
     # -- handles ---------------------------------------------------------------------------
     def track(self, handle: Signature) -> None:

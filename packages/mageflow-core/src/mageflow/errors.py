@@ -79,6 +79,15 @@ class SignatureNotFoundError(MageflowError, KeyError):
         return str(self.args[0]) if self.args else "signature not found"
 
 
+class NotInTaskError(MageflowError, LookupError):
+    """``mageflow.current_task()`` was called outside a running MageFlow task."""
+
+
+class InvalidIdentifiersError(MageflowError, ValueError):
+    """``task_identifiers`` (or a lookup by them) that are not a mapping of non-empty
+    string names to JSON values."""
+
+
 class SwarmClosedError(MageflowError):
     """Adding a task to a swarm that was closed."""
 

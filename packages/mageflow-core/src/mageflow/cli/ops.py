@@ -11,12 +11,14 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.tree import Tree
 
 from mageflow.app import Mageflow
 from mageflow.errors import ConfigurationError, MageflowError
+from mageflow.flows import identifiers as idents
 from mageflow.flows import reconcile
 from mageflow.flows.inspect import read_state
 from mageflow.models.signatures import SignatureState
@@ -81,6 +83,23 @@ def _summary(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def shown_identifiers(state: SignatureState) -> str:
+    """``name=value, ...`` (markup-safe): how the commands show ``task_identifiers``."""
+    pairs = (f"{k}={idents.text_of(v)}" for k, v in state.identifiers.items())
+    return escape(", ".join(pairs))
+
+
+def parse_id(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    """``--id name=value`` options as identifiers (values are text: ``1`` finds ``"1"``)."""
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, text = value.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"expected NAME=VALUE, got {value!r}", ctx, param)
+        out[name] = text
+    return out
+
+
 HOLDING = (SignatureStatus.SUSPENDED, SignatureStatus.INTERRUPTED)
 WAITING_SCAN = 100
 """Nodes ``status`` reads below a chain or swarm to find the tasks waiting for a worker."""
@@ -128,6 +147,8 @@ def print_state(state: SignatureState, waiting: Sequence[tuple[str, str]] = ()) 
     table.add_row("name", state.name)
     table.add_row("status", styled(state.status.value))
     table.add_row("attempts", str(state.attempts))
+    if state.identifiers:
+        table.add_row("identifiers", shown_identifiers(state))
     table.add_row("created", _when(state.created_at))
     table.add_row("dispatched", _when(state.dispatched_at))
     table.add_row("started", _when(state.started_at))
@@ -159,6 +180,8 @@ async def build_tree(
 ) -> Tree:
     state = await read_state(mf, key)
     label = f"{state.kind} [bold]{state.name}[/] {styled(state.status.value)} [dim]{key}[/]"
+    if state.identifiers:
+        label += f" [blue]{shown_identifiers(state)}[/]"
     if state.error:
         label += f" [red]{state.error.get('type')}[/]"
     if state.closed is False:
@@ -263,18 +286,36 @@ def _progress_of(state: SignatureState) -> tuple[int, int]:
 @click.command(name="ls")
 @click.option("--status", "status_filter", multiple=True, help="Only these statuses.")
 @click.option("--name", "name_filter", default=None, help="Only names containing this.")
+@click.option(
+    "--id",
+    "id_filter",
+    multiple=True,
+    callback=parse_id,
+    metavar="NAME=VALUE",
+    help="Signatures (at any depth) with this task identifier; repeat to require several.",
+)
 @click.option("--limit", default=50, show_default=True)
 @click.pass_context
 def ls(
-    ctx: click.Context, status_filter: tuple[str, ...], name_filter: str | None, limit: int
+    ctx: click.Context,
+    status_filter: tuple[str, ...],
+    name_filter: str | None,
+    id_filter: dict[str, str],
+    limit: int,
 ) -> None:
-    """Recent and running workflows, newest first."""
+    """Recent and running workflows, newest first; with ``--id``, the signatures that
+    carry those identifiers (found through the identifier index)."""
+
+    async def keys(mf: Mageflow) -> list[str]:
+        if id_filter:
+            return await mf.find_by_identifiers(id_filter, limit=limit * 4)
+        return [f"{wf}.r" for wf in await mf.store.list_workflows(limit=limit * 4)]
 
     async def listing(mf: Mageflow) -> list[SignatureState]:
         out: list[SignatureState] = []
-        for wf in await mf.store.list_workflows(limit=limit * 4):
+        for key in await keys(mf):
             try:
-                state = await read_state(mf, f"{wf}.r")
+                state = await read_state(mf, key)
             except MageflowError:
                 continue  # expired meanwhile
             if status_filter and state.status.value not in status_filter:
@@ -287,10 +328,18 @@ def ls(
         return out
 
     states = run(listing, ctx)
-    table = Table("key", "kind", "name", "status", "created", "progress")
+    table = Table("key", "kind", "name", "status", "created", "progress", "identifiers")
     for s in states:
         progress = ", ".join(f"{k} {v}" for k, v in s.counts.items()) if s.counts else ""
-        table.add_row(s.key, s.kind, s.name, styled(s.status.value), _when(s.created_at), progress)
+        table.add_row(
+            s.key,
+            s.kind,
+            s.name,
+            styled(s.status.value),
+            _when(s.created_at),
+            progress,
+            shown_identifiers(s),
+        )
     console.print(table)
 
 

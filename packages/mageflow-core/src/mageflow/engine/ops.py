@@ -88,7 +88,12 @@ class Engine:
         reply = await self._call(wf, "start", sid, run_id)
         action = reply[0]
         if action == "run":
-            return StartOutcome("run", kwargs=json.loads(reply[1]), attempt=int(reply[2]))
+            return StartOutcome(
+                "run",
+                kwargs=json.loads(reply[1]),
+                attempt=int(reply[2]),
+                identifiers=json.loads(reply[3]),
+            )
         if action == "redo":
             return StartOutcome("redo", owed=decode_publishes(wf, reply[1]))
         if action not in ("dup", "held", "dropped", "missing"):

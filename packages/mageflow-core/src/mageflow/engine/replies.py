@@ -55,6 +55,8 @@ class StartOutcome:
     action: Literal["run", "redo", "dup", "held", "dropped", "missing"]
     kwargs: dict[str, Any] = field(default_factory=dict)
     attempt: int = 0
+    identifiers: dict[str, Any] = field(default_factory=dict)
+    """The signature's ``task_identifiers`` (``run`` only)."""
     owed: list[Publish] = field(default_factory=list)
 
 

@@ -43,7 +43,7 @@
 --   held_from  status to restore on resume                     suspend
 --   created    ms the node was built                           client
 --   kwargs     signature kwargs JSON (a chain's / swarm's: the context every node under it
---              receives); idents task_identifiers              client
+--              receives); idents task_identifiers   client (start replies both)
 --   context    a started composite's context: its ancestors' kwargs and its own, joined
 --              by ','  (chain steps after the first and callbacks receive it)   start_node
 --   due        ms the node may start (dl / at fixed when it first became due)  not_before
@@ -639,7 +639,7 @@ if OP == 'start' then
         touched[INFLIGHT] = true
         if not get(sid, 'started') then set(sid, 'started', NOW_S) end
         local a = incr(sid, 'attempts', 1)
-        result = { 'run', get(sid, 'kwargs') or '{}', tostring(a) }
+        result = { 'run', get(sid, 'kwargs') or '{}', tostring(a), get(sid, 'idents') or '{}' }
       end
     end
   end

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, Union
 from mageflow.engine import ROOT, split_key
 from mageflow.engine import fields as F
 from mageflow.errors import SignatureInUseError, WorkflowTooDeepError
+from mageflow.flows import identifiers as idents
 from mageflow.flows.messages import to_json
 from mageflow.models.options import Options
 from mageflow.models.signatures import NodeDef
@@ -118,7 +119,7 @@ class WorkflowBuilder:
         if kwargs:
             self.fields[F.of(sid, F.KWARGS)] = to_json(kwargs, "signature kwargs")
         if identifiers:
-            self.fields[F.of(sid, F.IDENTS)] = to_json(identifiers, "task_identifiers")
+            self.fields[F.of(sid, F.IDENTS)] = idents.stored(identifiers)
 
     async def task_like(
         self, sid: str, value: TaskLike, *, parent: str | None = None, owner: str | None = None
@@ -205,9 +206,15 @@ class WorkflowBuilder:
         self.moved.append((sig, sid, old_lists))
 
     async def commit(self) -> None:
-        """Write the new records (indexed for ``mageflow ls``), then drop the standalone
-        workflows that were moved in."""
-        await self.mf.store.write(self.wf, self.fields, self.lists, index=True)
+        """Write the new records (indexed for ``mageflow ls`` and, under their final keys,
+        by their identifiers), then drop the standalone workflows that were moved in."""
+        await self.mf.store.write(
+            self.wf,
+            self.fields,
+            self.lists,
+            index=True,
+            identified=idents.to_index(self.wf, self.fields),
+        )
         await self.drop_moved()
 
     async def drop_moved(self) -> None:

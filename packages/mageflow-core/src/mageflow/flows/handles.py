@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 from mageflow import faults
 from mageflow.engine import ROOT, split_key
 from mageflow.engine import fields as F
-from mageflow.errors import SignatureNotFoundError, TaskFailedError, WaitTimeoutError
+from mageflow.errors import (
+    MageflowError,
+    SignatureNotFoundError,
+    TaskFailedError,
+    WaitTimeoutError,
+)
+from mageflow.flows import identifiers as idents
 from mageflow.flows import observe
 from mageflow.flows.build import TaskLike, WorkflowBuilder, new_item_id
 from mageflow.flows.messages import message_json
@@ -134,17 +140,28 @@ class SwarmSignature(Signature):
 
     kind = "swarm"
 
-    async def add_task(self, task: TaskLike, **kwargs: Any) -> Signature:
+    async def add_task(
+        self, task: TaskLike, *, task_identifiers: dict[str, Any] | None = None, **kwargs: Any
+    ) -> Signature:
         """Add an item; run it with ``await item.aio_run_no_wait(message)`` (its message is
         merged over the swarm's), or let :meth:`close_swarm` / the swarm's run queue it.
-        Raises :class:`SwarmClosedError` when closed."""
+        ``kwargs`` and ``task_identifiers`` work as in ``sign``. Raises
+        :class:`SwarmClosedError` when closed."""
         wf, sid = self._wf_sid
         builder = WorkflowBuilder(self.mf, wf)
         item_sid = new_item_id(sid)
-        if kwargs:
-            task = await self.mf.sign(task, **kwargs)
+        signed: Signature | None = None
+        if kwargs or task_identifiers:
+            task = signed = await self.mf.sign(task, task_identifiers=task_identifiers, **kwargs)
         await builder.task_like(item_sid, task, parent=sid)
-        await self.mf.engine.add_item(self.key, item_sid, builder.fields, builder.lists)
+        # indexed first: an entry whose add is refused is dropped by the next lookup
+        await self.mf.store.index_identified(idents.to_index(wf, builder.fields))
+        try:
+            await self.mf.engine.add_item(self.key, item_sid, builder.fields, builder.lists)
+        except MageflowError:
+            if signed is not None:  # refused: leave no signature of ours behind either
+                await self.mf.store.delete(split_key(signed.key)[0])
+            raise
         await builder.drop_moved()
         d = NodeDef.model_validate(json.loads(builder.fields[item_sid]))
         return handle_for(self.mf, f"{wf}.{item_sid}", d.kind)

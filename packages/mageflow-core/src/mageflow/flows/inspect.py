@@ -45,12 +45,14 @@ async def read_state(mf: Runtime, key: str) -> SignatureState:
         F.SENT,
         F.CLOSED,
         F.DUE,
+        F.IDENTS,
     ]
     raw = await mf.store.read(wf, [sid, *(F.of(sid, n) for n in names)])
     if raw[0] is None:
         raise SignatureNotFoundError(f"no signature stored under {key!r} (unknown or expired)")
     d = NodeDef.model_validate(json.loads(raw[0]))
-    _, status, attempts, created, t0, t1, result, error, fin, nf, running, sent, closed, due = raw
+    _, status, attempts, created, t0, t1, result, error, fin, nf, running, sent, *rest = raw
+    closed, due, idents = rest
     children: list[str] = []
     counts: dict[str, int] = {}
     if d.kind == "chain":
@@ -85,5 +87,6 @@ async def read_state(mf: Runtime, key: str) -> SignatureState:
         priority=d.priority,
         not_before=timestamp_of(due) if due else _planned(d),
         dispatched_at=timestamp_of(sent),
+        identifiers={} if idents is None else json.loads(idents),
         **SignatureState.timestamps(created, t0, t1),
     )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,7 @@ from mageflow.backend.base import HEADER_KEY, JSON, RunContext
 from mageflow.errors import (
     InvalidTaskInputError,
     NonRetryableError,
+    NotInTaskError,
     PayloadNotSerializableError,
     PublishError,
     TaskNotRegisteredError,
@@ -31,14 +34,40 @@ from mageflow.flows.messages import (
     to_jsonable,
 )
 from mageflow.flows.publish import publish
+from mageflow.models.context import TaskContext
 from mageflow.models.options import Options
 from mageflow.models.return_value import return_value_field
 
 if TYPE_CHECKING:
-    from mageflow.engine import Publish
+    from mageflow.engine import Publish, StartOutcome
     from mageflow.flows.runtime import Runtime
 
 log = logging.getLogger("mageflow.worker")
+
+_current: ContextVar[TaskContext | None] = ContextVar("mageflow_current_task", default=None)
+
+
+def current_task() -> TaskContext:
+    """The signature the calling task runs for: key, task name, ``task_identifiers``,
+    attempt, run id. Works in async and sync tasks (and what they spawn with the context).
+    Raises :class:`NotInTaskError` outside the user code of a MageFlow delivery."""
+    ctx = _current.get()
+    if ctx is None:
+        raise NotInTaskError(
+            "mageflow.current_task() was called outside a running MageFlow task; call it "
+            "from the code of an @mf.task function run by a signature (a task called "
+            "directly, not through MageFlow, has no signature)"
+        )
+    return ctx
+
+
+@contextlib.contextmanager
+def _running(ctx: TaskContext) -> Iterator[None]:
+    token = _current.set(ctx)
+    try:
+        yield
+    finally:
+        _current.reset(token)
 
 
 @dataclass(frozen=True)
@@ -112,9 +141,17 @@ async def run_task(mf: Runtime, task: RegisteredTask, payload: JSON, ctx: RunCon
         # Invoked outside MageFlow (e.g. kicked by hand): plain call, no orchestration.
         plain = payload if isinstance(payload, dict) else {}
         return _result(task, await task.call(plain))[0]
-    data = await _start(mf, task.name, key, payload, ctx, task.return_field)
-    if data is None:
+    started = await _start(mf, task.name, key, payload, ctx, task.return_field)
+    if started is None:
         return None
+    data, outcome = started
+    me = TaskContext(
+        key=key,
+        task_name=task.name,
+        identifiers=outcome.identifiers,
+        attempt=outcome.attempt,
+        run_id=ctx.run_id,
+    )
     observe.emit(
         "mageflow_task_started",
         key,
@@ -123,7 +160,9 @@ async def run_task(mf: Runtime, task: RegisteredTask, payload: JSON, ctx: RunCon
         run_id=ctx.run_id,
     )
     try:
-        result, result_json = _result(task, await task.call_with_timeout(data))
+        with _running(me):
+            value = await task.call_with_timeout(data)
+        result, result_json = _result(task, value)
     except (InvalidTaskInputError, PayloadNotSerializableError, NonRetryableError) as exc:
         await _fail(mf, task.name, key, exc, data, ctx)
         raise NonRetryableError(str(exc)) from exc
@@ -169,9 +208,10 @@ async def fail_unregistered(mf: Runtime, payload: JSON, ctx: RunContext) -> None
     if key is None or not isinstance(payload, dict):
         log.warning("a message for an unknown task, not sent by MageFlow, ignored: %s", exc)
         return
-    data = await _start(mf, ctx.task_name, key, payload, ctx, return_value_field(None))
-    if data is None:
+    started = await _start(mf, ctx.task_name, key, payload, ctx, return_value_field(None))
+    if started is None:
         return
+    data, _ = started
     log.error("%s (%s) failed: %s", key, ctx.task_name, exc)
     await _fail(mf, ctx.task_name, key, exc, data, ctx)
     raise NonRetryableError(str(exc)) from exc
@@ -179,8 +219,9 @@ async def fail_unregistered(mf: Runtime, payload: JSON, ctx: RunContext) -> None
 
 async def _start(
     mf: Runtime, task_name: str, key: str, payload: dict[str, Any], ctx: RunContext, ret: str
-) -> dict[str, Any] | None:
-    """The start transition of a delivery: the task's input if it is to run now; ``None``
+) -> tuple[dict[str, Any], StartOutcome] | None:
+    """The start transition of a delivery: the task's input and the engine's outcome if
+    it is to run now; ``None``
     if it re-issued what an already finished run owed, or is a duplicate, held or dropped.
     ``ret`` is the input field that receives the previous step's result."""
     mf.start_reconciler()
@@ -194,7 +235,7 @@ async def _start(
     if outcome.action != "run":
         log.info("delivery of %s (%s) skipped: %s", key, task_name, outcome.action)
         return None
-    return build_input(payload, outcome.kwargs, ret)
+    return build_input(payload, outcome.kwargs, ret), outcome
 
 
 async def _fail(

@@ -1,6 +1,7 @@
 """Pydantic models: signatures, swarm configuration, statuses, ``ReturnValue``."""
 
 from mageflow.models.config import SwarmConfig
+from mageflow.models.context import TaskContext
 from mageflow.models.return_value import ReturnValue, return_value_field
 from mageflow.models.signatures import NodeDef, SignatureState
 from mageflow.models.status import SignatureStatus
@@ -11,5 +12,6 @@ __all__ = [
     "SignatureState",
     "SignatureStatus",
     "SwarmConfig",
+    "TaskContext",
     "return_value_field",
 ]

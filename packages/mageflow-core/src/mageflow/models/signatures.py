@@ -68,6 +68,8 @@ class SignatureState(BaseModel):
     priority: int | None = None
     not_before: datetime | None = None
     """A delay or start time: the node starts no earlier than this."""
+    identifiers: dict[str, Any] = Field(default_factory=dict)
+    """The ``task_identifiers`` it was signed with (``find_by_identifiers`` finds it)."""
 
     @staticmethod
     def timestamps(c: str | None, t0: str | None, t1: str | None) -> dict[str, datetime | None]:

@@ -2,8 +2,9 @@
 runs atomically on them. It knows no orchestration: the engine's script decides.
 
 A workflow ``wf`` is one hash ``<prefix>:{wf}`` plus auxiliary keys that share its hash
-tag (``<hash>:<kind>:<sid>``); ``<prefix>:index`` orders workflows by creation and
-``<prefix>:live`` lists those the reconciler still has to look at.
+tag (``<hash>:<kind>:<sid>``); ``<prefix>:index`` orders workflows by creation,
+``<prefix>:live`` lists those the reconciler still has to look at, and
+``<prefix>:ident:<label>`` lists the signatures carrying one identifier (``name=value``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ class StateStore(abc.ABC):
         :class:`mageflow.errors.EngineError`; an unreachable store
         :class:`mageflow.errors.StoreUnavailableError`."""
 
+    def identifier_key(self, label: str) -> str:
+        """The zset of the signature keys carrying identifier ``label`` (score: ms)."""
+        return f"{self.prefix}:ident:{label}"
+
     @abc.abstractmethod
     async def write(
         self,
@@ -60,9 +65,31 @@ class StateStore(abc.ABC):
         fields: Mapping[str, str],
         lists: Mapping[str, Sequence[str]],
         index: bool = False,
+        identified: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
         """Create records: hash ``fields`` and auxiliary ``lists`` (``"items:<sid>"`` ...);
-        with ``index`` also list the workflow in ``<prefix>:index``."""
+        with ``index`` also list the workflow in ``<prefix>:index``; ``identified``
+        (label -> {signature key: score}) goes to :meth:`index_identified` first, so a
+        written record is never missing from the index (an entry without its record is
+        dropped by lookups)."""
+
+    @abc.abstractmethod
+    async def index_identified(self, entries: Mapping[str, Mapping[str, float]]) -> None:
+        """Add signature keys to the identifier index (label -> {key: score}); each
+        label's zset then expires ``active_ttl`` after its last write."""
+
+    @abc.abstractmethod
+    async def identified(self, labels: Sequence[str]) -> list[str]:
+        """The keys indexed under every one of ``labels``, highest score first. Reads the
+        smallest of the labels' zsets, never the workflows."""
+
+    @abc.abstractmethod
+    async def unindex_identified(self, labels: Sequence[str], keys: Sequence[str]) -> None:
+        """Remove ``keys`` from the zsets of ``labels``."""
+
+    @abc.abstractmethod
+    async def read_many(self, requests: Sequence[tuple[str, str]]) -> list[str | None]:
+        """One hash field of each of several workflows (``(wf, field)``), one round trip."""
 
     @abc.abstractmethod
     async def set_if_absent(self, wf: str, field_name: str, value: str) -> None:

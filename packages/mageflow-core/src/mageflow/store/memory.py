@@ -47,7 +47,9 @@ class MemoryStore(StateStore):
         fields: Mapping[str, str],
         lists: Mapping[str, Sequence[str]],
         index: bool = False,
+        identified: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
+        await self.index_identified(identified or {})
         ks = self.keyspace
         h = self.hash_key(wf)
         if fields:
@@ -59,6 +61,25 @@ class MemoryStore(StateStore):
                 ks.expire(f"{h}:{name}", self.active_ttl)
         if index:
             ks.zadd(f"{self.prefix}:index", [(time.time(), wf)])
+
+    async def index_identified(self, entries: Mapping[str, Mapping[str, float]]) -> None:
+        for label, members in entries.items():
+            key = self.identifier_key(label)
+            self.keyspace.zadd(key, [(score, m) for m, score in members.items()])
+            self.keyspace.expire(key, self.active_ttl)
+
+    async def identified(self, labels: Sequence[str]) -> list[str]:
+        sets = sorted((self.keyspace.zset(self.identifier_key(x)) for x in labels), key=len)
+        ranked = [m for m, _ in reversed(sets[0].by_rank(0, -1))]
+        return [m for m in ranked if all(m in z for z in sets[1:])]
+
+    async def unindex_identified(self, labels: Sequence[str], keys: Sequence[str]) -> None:
+        if keys:
+            for label in labels:
+                self.keyspace.zrem(self.identifier_key(label), *keys)
+
+    async def read_many(self, requests: Sequence[tuple[str, str]]) -> list[str | None]:
+        return [self.keyspace.hget(self.hash_key(wf), f) for wf, f in requests]
 
     async def set_if_absent(self, wf: str, field_name: str, value: str) -> None:
         self.keyspace.hsetnx(self.hash_key(wf), field_name, value)

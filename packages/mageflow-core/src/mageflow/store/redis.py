@@ -119,7 +119,9 @@ class RedisStore(StateStore):
         fields: Mapping[str, str],
         lists: Mapping[str, Sequence[str]],
         index: bool = False,
+        identified: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
+        await self.index_identified(identified or {})
         h = self.hash_key(wf)
         async with self.client.pipeline(transaction=True) as pipe:
             if fields:
@@ -132,6 +134,49 @@ class RedisStore(StateStore):
             await self._call(pipe.execute())
         if index:  # another hash slot: a separate call
             await self._call(self.client.zadd(f"{self.prefix}:index", {wf: time.time()}))
+
+    async def index_identified(self, entries: Mapping[str, Mapping[str, float]]) -> None:
+        if not entries:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:  # one key per label
+            for label, members in entries.items():
+                key = self.identifier_key(label)
+                pipe.zadd(key, dict(members))
+                pipe.expire(key, self.active_ttl)
+            await self._call(pipe.execute())
+
+    async def identified(self, labels: Sequence[str]) -> list[str]:
+        keys = [self.identifier_key(label) for label in labels]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.zcard(key)
+            sizes = await self._call(pipe.execute())
+        smallest = keys[min(range(len(keys)), key=lambda i: sizes[i])]
+        ranked = [str(m) for m in await self._call(self.client.zrevrange(smallest, 0, -1))]
+        others = [k for k in keys if k != smallest]
+        if not ranked or not others:
+            return ranked
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in others:
+                pipe.zmscore(key, ranked)
+            scores = await self._call(pipe.execute())
+        return [m for i, m in enumerate(ranked) if all(s[i] is not None for s in scores)]
+
+    async def unindex_identified(self, labels: Sequence[str], keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for label in labels:
+                pipe.zrem(self.identifier_key(label), *keys)
+            await self._call(pipe.execute())
+
+    async def read_many(self, requests: Sequence[tuple[str, str]]) -> list[str | None]:
+        if not requests:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for wf, field_name in requests:
+                pipe.hget(self.hash_key(wf), field_name)
+            return list(await self._call(pipe.execute()))
 
     async def set_if_absent(self, wf: str, field_name: str, value: str) -> None:
         await self._call(self.client.hsetnx(self.hash_key(wf), field_name, value))

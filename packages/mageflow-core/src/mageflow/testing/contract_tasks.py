@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from mageflow.app import Mageflow
+from mageflow.flows.tasks import current_task
 from mageflow.models.return_value import ReturnValue
 from mageflow.testing.probe import get_probe
 
@@ -55,6 +56,14 @@ def register(mf: Mageflow) -> None:
     async def echo(message: dict[str, Any]) -> dict[str, Any]:
         await get_probe().record(message["ns"], "echo", _public(message))
         return _public(message)
+
+    @mf.task("contract.whoami")
+    async def whoami(message: dict[str, Any]) -> dict[str, Any]:
+        return {"me": current_task().model_dump(), "message": _public(message)}
+
+    @mf.task("contract.whoami_sync")
+    def whoami_sync(message: dict[str, Any]) -> dict[str, Any]:  # runs in a thread
+        return {"me": current_task().model_dump(), "message": _public(message)}
 
     @mf.task("contract.add", input_validator=AddInput)
     async def add(message: AddInput) -> int:

@@ -1,4 +1,4 @@
-"""Signatures: kwargs, input validation, callbacks, retries, timeouts."""
+"""Signatures: kwargs, identifiers, input validation, callbacks, retries, timeouts."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from mageflow.testing.contract_tasks import RETRIES
 
 
 class SignatureContract(ContractBase):
-    """Signatures: kwargs, input validation, callbacks, retries, timeouts."""
+    """Signatures: kwargs, identifiers, input validation, callbacks, retries, timeouts."""
 
     async def test_kwargs_merge_into_message(self, harness: ContractHarness) -> None:
         ns = _ns()
@@ -19,6 +19,42 @@ class SignatureContract(ContractBase):
         result = await sig.aio_run({"ns": ns, "b": "msg", "c": 3}, timeout=harness.timeout)
         assert result == {"a": 1, "b": "msg", "c": 3}
         assert await sig.get_status() is SignatureStatus.DONE
+
+    @pytest.mark.parametrize("task", ["contract.whoami", "contract.whoami_sync"])
+    async def test_identifiers_reach_the_task_not_its_message(
+        self, harness: ContractHarness, task: str
+    ) -> None:
+        ns = _ns()
+        ids = {"order_id": "12345", "shard": 7}
+        sig = await harness.app.sign(task, task_identifiers=ids, a=1)
+        got = await sig.aio_run({"ns": ns}, timeout=harness.timeout)
+        assert got["message"] == {"a": 1}
+        me = got["me"]
+        assert me["identifiers"] == ids
+        assert (me["key"], me["task_name"], me["attempt"]) == (sig.key, task, 1)
+        assert me["run_id"]
+
+    async def test_identifiers_follow_moved_steps_and_added_items(
+        self, harness: ContractHarness
+    ) -> None:
+        ns = _ns()
+        app = harness.app
+        step = await app.sign("contract.whoami", task_identifiers={"order_id": ns})
+        wf = await app.chain(["contract.echo", step])
+        got = await wf.aio_run({"ns": ns}, timeout=harness.timeout)
+        assert got["me"]["identifiers"] == {"order_id": ns}
+        assert got["me"]["key"] == step.key and step.key.startswith(wf.key)
+        assert await app.find_by_identifiers({"order_id": ns}) == [step.key]
+
+        sw = await app.swarm()
+        await sw.aio_run_no_wait({"ns": ns})
+        item = await sw.add_task("contract.whoami", task_identifiers={"item": ns}, b=2)
+        await item.aio_run_no_wait({"ns": ns})
+        await sw.close_swarm()
+        (res,) = await sw.wait(timeout=harness.timeout)
+        assert res["me"]["identifiers"] == {"item": ns}
+        assert res["me"]["key"] == item.key and res["message"] == {"b": 2}
+        assert await app.find_by_identifiers({"item": ns}) == [item.key]
 
     async def test_input_validator_gives_model(self, harness: ContractHarness) -> None:
         ns = _ns()
