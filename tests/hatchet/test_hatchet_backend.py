@@ -25,7 +25,7 @@ import pytest_asyncio
 from hatchet_sdk import Hatchet
 from pydantic import BaseModel
 
-from mageflow import Mageflow
+from mageflow import Mageflow, Options
 from mageflow.backend.base import HEADER_KEY, OutgoingTask, TaskDefinition
 from mageflow.engine import split_key
 from mageflow.errors import ConfigurationError, TaskFailedError
@@ -220,17 +220,28 @@ async def test_payload_is_the_input_and_headers_the_metadata(setup: Setup) -> No
 
 
 @on_session_loop
-async def test_priority_is_clamped_to_hatchet_s_range(setup: Setup) -> None:
+async def test_priority_maps_onto_hatchet_s_range(setup: Setup) -> None:
     ns = uuid.uuid4().hex
     ids = await setup.backend.publish_many(
         [
             OutgoingTask("contract.echo", {"ns": ns, "i": i}, {}, priority=p)
-            for i, p in enumerate([None, 0, 2, 9])
+            for i, p in enumerate([None, 0, 3, 4, 6, 7, 9])
         ]
     )
     runs = [await setup.engine.wait_for_run_async(i) for i in ids]
-    assert [r.priority for r in runs] == [1, 1, 2, 3]
-    assert [r.input["i"] for r in runs] == [0, 1, 2, 3]
+    assert [r.priority for r in runs] == [1, 1, 1, 2, 2, 3, 3]
+    assert [r.input["i"] for r in runs] == [0, 1, 2, 3, 4, 5, 6]
+
+
+@on_session_loop
+async def test_a_signature_s_priority_reaches_hatchet(setup: Setup) -> None:
+    ns = uuid.uuid4().hex
+    urgent = await setup.app.sign("contract.echo", mageflow_options=Options(priority=9))
+    default = await setup.app.sign("contract.urgent")  # registered with priority 8
+    await urgent.aio_run({"ns": ns, "which": "urgent"}, timeout=30)
+    await default.aio_run({"ns": ns, "which": "default"}, timeout=30)
+    assert [r.priority for r in setup.runs("contract.echo", ns)] == [3]
+    assert [r.priority for r in setup.runs("contract.urgent", ns)] == [3]
 
 
 @on_session_loop

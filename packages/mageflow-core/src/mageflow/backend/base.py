@@ -74,9 +74,12 @@ class Capabilities:
 
     - ``cancel_running``: :meth:`TaskBackend.cancel` stops a task mid-run. Without it,
       ``interrupt`` behaves as ``suspend``: running tasks finish, nothing new starts.
-    - ``priorities``: :attr:`OutgoingTask.priority` is honoured. Without it, ignored.
-    - ``delayed_start``: :attr:`OutgoingTask.delay` is honoured. Without it, the task
-      runs at once.
+    - ``priorities``: :attr:`OutgoingTask.priority` (0..9, higher first) is passed to the
+      task manager's own priorities. Without it, only the engine orders by priority
+      (a swarm's queue), which it does on every backend.
+    - ``delayed_start``: :attr:`OutgoingTask.delay` (s) is honoured: the task must not
+      start earlier. Without it, the engine holds delayed nodes itself and the
+      reconciler releases them when due (the contract suite checks both).
     - ``remote_workers``: tasks run in worker processes other than the publisher's.
     """
 
