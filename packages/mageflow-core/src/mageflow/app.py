@@ -18,7 +18,12 @@ from pydantic import BaseModel
 from mageflow.backend.base import RunContext, TaskBackend, TaskDefinition
 from mageflow.engine import ROOT, Engine, split_key
 from mageflow.engine import fields as F
-from mageflow.errors import ConfigurationError, TaskAlreadyRegisteredError, TaskNotRegisteredError
+from mageflow.errors import (
+    ConfigurationError,
+    SignatureInUseError,
+    TaskAlreadyRegisteredError,
+    TaskNotRegisteredError,
+)
 from mageflow.flows import identifiers as idents
 from mageflow.flows import reconcile
 from mageflow.flows.build import (
@@ -291,6 +296,11 @@ class Mageflow:
             kwargs or success_callbacks or error_callbacks or task_identifiers or mageflow_options
         ):
             return task
+        if isinstance(task, Signature):
+            raise SignatureInUseError(
+                f"{task.key} is already signed; to change its kwargs, callbacks, identifiers "
+                "or options, sign its task again: mf.sign('<task name>', ...)"
+            )
         name = self.task_name_of(task)
         b = WorkflowBuilder(self, new_workflow_id())
         ok, err = await b.callbacks(
