@@ -14,7 +14,7 @@ from mageflow.app import Mageflow, default_instance
 from mageflow.backend.base import Capabilities, RunContext, TaskBackend, TaskDefinition
 from mageflow.flows.build import TaskLike
 from mageflow.flows.handles import ChainSignature, Signature, SwarmSignature
-from mageflow.models import ReturnValue, SignatureState, SignatureStatus, SwarmConfig
+from mageflow.models import Backoff, ReturnValue, SignatureState, SignatureStatus, SwarmConfig
 
 __version__ = "0.1.0"
 
@@ -56,6 +56,7 @@ def handle_task_callback() -> Callable[[F], F]:
 
 
 __all__ = [
+    "Backoff",
     "Capabilities",
     "ChainSignature",
     "Mageflow",

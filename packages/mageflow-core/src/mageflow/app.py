@@ -28,6 +28,7 @@ from mageflow.flows.handles import ChainSignature, Signature, SwarmSignature, ha
 from mageflow.flows.inspect import read_def
 from mageflow.flows.tasks import RegisteredTask, fail_unregistered, run_task
 from mageflow.models.config import SwarmConfig
+from mageflow.models.retry import Backoff, retry_policy
 from mageflow.models.signatures import NodeDef
 from mageflow.plugins.manager import backend_for_native, load_backend_class
 from mageflow.plugins.settings import MageflowSettings
@@ -149,12 +150,18 @@ class Mageflow:
         input_validator: type[BaseModel] | None = None,
         retries: int = 0,
         timeout: float | None = None,
+        backoff: Backoff | float | None = None,
     ) -> Callable[[FnT], FnT]:
         """Register a function (async or sync) as a task runnable by name on any worker.
 
         It receives a validated ``input_validator`` model, or a dict without one.
         ``retries`` extra attempts are made on failure; error callbacks fire after the last.
+        ``backoff`` (a :class:`~mageflow.Backoff`, or seconds for a constant delay) is the
+        wait before each retry; without it a retry starts at once.
+
+        :raises InvalidRetryPolicyError: ``retries`` or ``backoff`` is invalid.
         """
+        policy = retry_policy(retries, backoff)
 
         def decorate(fn: FnT) -> FnT:
             task_name = name or fn.__name__
@@ -164,7 +171,9 @@ class Mageflow:
                     f"task name {task_name!r} is already registered to {existing.fn!r}; "
                     "choose another name"
                 )
-            registered = RegisteredTask(task_name, fn, input_validator, retries, timeout)
+            registered = RegisteredTask(
+                task_name, fn, input_validator, retries, timeout, backoff=policy
+            )
             self.tasks[task_name] = registered
             self.backend.register(self._definition(registered))
             fn.__mageflow_task__ = task_name  # type: ignore[attr-defined]
@@ -214,6 +223,7 @@ class Mageflow:
             retries=registered.retries,
             timeout=registered.timeout,
             input_model=registered.input_model,
+            backoff=registered.backoff,
         )
 
     async def _handle(self, task: RegisteredTask, payload: Any, ctx: RunContext) -> Any:

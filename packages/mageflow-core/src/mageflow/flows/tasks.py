@@ -31,6 +31,7 @@ from mageflow.flows.messages import (
     to_jsonable,
 )
 from mageflow.flows.publish import publish
+from mageflow.models.retry import Backoff
 from mageflow.models.return_value import return_value_field
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class RegisteredTask:
     input_model: type[BaseModel] | None
     retries: int
     timeout: float | None
+    backoff: Backoff | None = None
 
     @property
     def return_field(self) -> str:
