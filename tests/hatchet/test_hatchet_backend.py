@@ -25,7 +25,7 @@ import pytest_asyncio
 from hatchet_sdk import Hatchet
 from pydantic import BaseModel
 
-from mageflow import Mageflow
+from mageflow import Backoff, Mageflow
 from mageflow.backend.base import HEADER_KEY, OutgoingTask, TaskDefinition
 from mageflow.engine import split_key
 from mageflow.errors import ConfigurationError, TaskFailedError
@@ -122,6 +122,22 @@ def test_a_task_becomes_a_standalone_task_with_retries_and_timeouts(
     with pytest.raises(ConfigurationError, match="differ only in case"):
         backend.register(TaskDefinition("my.task", _noop))
     backend.register(TaskDefinition("My.Task", _noop, retries=1))  # re-registering is fine
+
+
+def test_a_backoff_is_also_hatchet_s_native_policy(engine: HatchetTestEngine) -> None:
+    """factor -> backoff_factor, max rounded up -> backoff_max_seconds; nothing for a
+    backoff that is never used (no retries) or always zero."""
+    backend = HatchetBackend(namespaced(engine))
+    slow = Backoff(initial=0.5, factor=3.0, max=7.5)
+    backend.register(TaskDefinition("slow", _noop, retries=2, backoff=slow))
+    backend.register(TaskDefinition("unused", _noop, backoff=slow))
+    backend.register(TaskDefinition("zero", _noop, retries=2, backoff=Backoff.constant(0)))
+    (task,) = backend.workflows["slow"].to_proto().tasks
+    assert (task.backoff_factor, task.backoff_max_seconds) == (3.0, 8)
+    for name in ("unused", "zero"):
+        (plain,) = backend.workflows[name].to_proto().tasks
+        assert not plain.HasField("backoff_factor")
+        assert not plain.HasField("backoff_max_seconds")
 
 
 def test_run_worker_needs_tasks_and_the_main_thread(engine: HatchetTestEngine) -> None:
