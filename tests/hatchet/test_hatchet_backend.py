@@ -362,6 +362,28 @@ async def test_retries_keep_the_run_id_and_count_attempts(setup: Setup) -> None:
 
 
 @on_session_loop
+async def test_the_engine_holds_each_retry_for_the_core_s_backoff_delay(setup: Setup) -> None:
+    """A retried failure raises RetryAfterException: Hatchet waits the delay the core
+    computed (within the backoff's bounds), not its own factor ** n policy."""
+    ns = uuid.uuid4().hex
+    sig = await setup.app.sign("contract.backoff")
+    assert await sig.aio_run({"ns": ns}, timeout=20) == "recovered"
+    (run,) = setup.runs("contract.backoff", ns)
+    task = (await setup.engine.wait_for_run_async(run.run_id)).task
+    waits = [
+        float(e.message.removeprefix("retrying in ").removesuffix("s"))
+        for e in task.events
+        if e.event_type == "RETRYING"
+    ]
+    assert len(waits) == contract_tasks.RETRIES
+    for retry, wait in enumerate(waits, start=1):
+        shortest, longest = contract_tasks.BACKOFF.bounds(retry)
+        assert shortest <= wait <= longest + 0.001  # the engine gets whole milliseconds
+    for attempt in task.attempts[:2]:  # Hatchet shows the task's own error
+        assert "RuntimeError: not yet" in (attempt.error or "")
+
+
+@on_session_loop
 async def test_invalid_input_is_not_retried(setup: Setup) -> None:
     ns = uuid.uuid4().hex
     sig = await setup.app.sign("hatchet.strict")
