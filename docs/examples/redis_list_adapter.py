@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -85,13 +86,16 @@ class RedisListBackend(TaskBackend):
             is_final_attempt=message["attempt"] > definition.retries,
             headers=message["headers"],
         )
+        # a retry waits out its backoff (asyncio: the other tasks keep running)
+        await asyncio.sleep(max(0.0, message.get("not_before", 0.0) - time.time()))
         try:
             await definition.handler(message["payload"], ctx)
         except NonRetryableError:
             pass
         except Exception:
-            if not ctx.is_final_attempt:  # retry: same run id, next attempt
+            if not ctx.is_final_attempt:  # retry: same run id, next attempt, after backoff
                 message["attempt"] += 1
+                message["not_before"] = time.time() + definition.retry_delay(ctx.attempt)
                 await self.client.rpush(self.queue, json.dumps(message))  # type: ignore[misc]
 
     def run_worker(self, *, concurrency: int | None = None) -> None:

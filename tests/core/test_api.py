@@ -12,6 +12,7 @@ from mageflow.plugins import backend_specs
 from mageflow.store import MemoryStore, RedisStore
 
 PUBLIC = {
+    "Backoff",
     "Capabilities",
     "ChainSignature",
     "Mageflow",

@@ -25,7 +25,7 @@ import pytest_asyncio
 from hatchet_sdk import Hatchet
 from pydantic import BaseModel
 
-from mageflow import Mageflow, Options
+from mageflow import Backoff, Mageflow, Options
 from mageflow.backend.base import HEADER_KEY, OutgoingTask, TaskDefinition
 from mageflow.engine import split_key
 from mageflow.errors import ConfigurationError, TaskFailedError
@@ -122,6 +122,22 @@ def test_a_task_becomes_a_standalone_task_with_retries_and_timeouts(
     with pytest.raises(ConfigurationError, match="differ only in case"):
         backend.register(TaskDefinition("my.task", _noop))
     backend.register(TaskDefinition("My.Task", _noop, retries=1))  # re-registering is fine
+
+
+def test_a_backoff_is_also_hatchet_s_native_policy(engine: HatchetTestEngine) -> None:
+    """factor -> backoff_factor, max rounded up -> backoff_max_seconds; nothing for a
+    backoff that is never used (no retries) or always zero."""
+    backend = HatchetBackend(namespaced(engine))
+    slow = Backoff(initial=0.5, factor=3.0, max=7.5)
+    backend.register(TaskDefinition("slow", _noop, retries=2, backoff=slow))
+    backend.register(TaskDefinition("unused", _noop, backoff=slow))
+    backend.register(TaskDefinition("zero", _noop, retries=2, backoff=Backoff.constant(0)))
+    (task,) = backend.workflows["slow"].to_proto().tasks
+    assert (task.backoff_factor, task.backoff_max_seconds) == (3.0, 8)
+    for name in ("unused", "zero"):
+        (plain,) = backend.workflows[name].to_proto().tasks
+        assert not plain.HasField("backoff_factor")
+        assert not plain.HasField("backoff_max_seconds")
 
 
 def test_run_worker_needs_tasks_and_the_main_thread(engine: HatchetTestEngine) -> None:
@@ -354,6 +370,28 @@ async def test_retries_keep_the_run_id_and_count_attempts(setup: Setup) -> None:
     ]
     assert run.task.external_id == run.run_id
     assert (await sig.get_state()).attempts == 3
+
+
+@on_session_loop
+async def test_the_engine_holds_each_retry_for_the_core_s_backoff_delay(setup: Setup) -> None:
+    """A retried failure raises RetryAfterException: Hatchet waits the delay the core
+    computed (within the backoff's bounds), not its own factor ** n policy."""
+    ns = uuid.uuid4().hex
+    sig = await setup.app.sign("contract.backoff")
+    assert await sig.aio_run({"ns": ns}, timeout=20) == "recovered"
+    (run,) = setup.runs("contract.backoff", ns)
+    task = (await setup.engine.wait_for_run_async(run.run_id)).task
+    waits = [
+        float(e.message.removeprefix("retrying in ").removesuffix("s"))
+        for e in task.events
+        if e.event_type == "RETRYING"
+    ]
+    assert len(waits) == contract_tasks.RETRIES
+    for retry, wait in enumerate(waits, start=1):
+        shortest, longest = contract_tasks.BACKOFF.bounds(retry)
+        assert shortest <= wait <= longest + 0.001  # the engine gets whole milliseconds
+    for attempt in task.attempts[:2]:  # Hatchet shows the task's own error
+        assert "RuntimeError: not yet" in (attempt.error or "")
 
 
 @on_session_loop

@@ -366,6 +366,29 @@ def test_retries_honour_retry_after_and_stop_when_exhausted(
     worker.close()
 
 
+def test_native_backoff_waits_factor_to_the_retry_number_capped(
+    engine: HatchetTestEngine, wire: Wire
+) -> None:
+    """Hatchet's formula: retry n waits min(backoff_max_seconds, backoff_factor ** n),
+    n = 1 for the first retry."""
+    wire.put_workflow("wf", task_opts("t", "wf", retries=2, backoff_factor=0.5))
+    wire.put_workflow(
+        "capped", task_opts("c", "capped", retries=1, backoff_factor=3.0, backoff_max_seconds=1)
+    )
+    worker = RawWorker(wire, ["wf:t", "capped:c"], slots=1)
+    runs = [wire.trigger("wf", {}), wire.trigger("capped", {})]
+    for _ in range(5):
+        worker.send(worker.next(), d.STEP_EVENT_TYPE_FAILED, "ValueError: boom\ntrace")
+
+    def retrying(run_id: str) -> list[str]:
+        events = engine.wait_for_run(run_id, timeout=5).task.events
+        return [e.message for e in events if e.event_type == "RETRYING"]
+
+    assert retrying(runs[0]) == ["retrying in 0.5s", "retrying in 0.25s"]
+    assert retrying(runs[1]) == ["retrying in 1s"]
+    worker.close()
+
+
 def test_a_stale_event_from_a_cancelled_attempt_is_ignored(
     engine: HatchetTestEngine, wire: Wire
 ) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from taskiq import AsyncBroker, TaskiqEvents, TaskiqState
 
-from mageflow import Mageflow
+from mageflow import Backoff, Mageflow
 from mageflow.testing import contract_tasks
 from mageflow_taskiq.backend import ENV_QUEUE, TaskiqBackend
 
@@ -89,3 +89,18 @@ async def crash_item(message: dict[str, Any]) -> int:
         await client.srem(crash_key(ns, "running"), item)
     await client.rpush(crash_key(ns, "done"), item)
     return item
+
+
+CRASH_BACKOFF = 3.0
+"""Seconds ``crash.backoff`` waits before its retry."""
+
+
+@mf.task("crash.backoff", retries=1, backoff=Backoff.constant(CRASH_BACKOFF))
+async def crash_backoff(message: dict[str, Any]) -> str:
+    """Fails its first attempt; records every attempt with its pid and time."""
+    runs = await probe_client().rpush(
+        crash_key(message["ns"], "backoff"), f"{os.getpid()}:{time.time():.6f}"
+    )
+    if runs == 1:
+        raise RuntimeError("the first attempt fails")
+    return "recovered"

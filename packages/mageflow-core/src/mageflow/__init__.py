@@ -15,7 +15,14 @@ from mageflow.backend.base import Capabilities, RunContext, TaskBackend, TaskDef
 from mageflow.flows.build import Callbacks, TaskLike
 from mageflow.flows.handles import ChainSignature, Signature, SwarmSignature
 from mageflow.flows.tasks import current_task
-from mageflow.models import ReturnValue, SignatureState, SignatureStatus, SwarmConfig, TaskContext
+from mageflow.models import (
+    Backoff,
+    ReturnValue,
+    SignatureState,
+    SignatureStatus,
+    SwarmConfig,
+    TaskContext,
+)
 from mageflow.models.options import Options
 
 __version__ = "0.1.0"
@@ -109,6 +116,7 @@ def handle_task_callback() -> Callable[[F], F]:
 
 
 __all__ = [
+    "Backoff",
     "Capabilities",
     "ChainSignature",
     "Mageflow",

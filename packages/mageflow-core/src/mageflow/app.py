@@ -39,6 +39,7 @@ from mageflow.flows.inspect import read_def
 from mageflow.flows.tasks import RegisteredTask, fail_unregistered, run_task
 from mageflow.models.config import SwarmConfig
 from mageflow.models.options import Options
+from mageflow.models.retry import Backoff, retry_policy
 from mageflow.models.signatures import NodeDef
 from mageflow.plugins.manager import backend_for_native, load_backend_class
 from mageflow.plugins.settings import MageflowSettings
@@ -186,14 +187,20 @@ class Mageflow:
         timeout: float | None = None,
         priority: int | None = None,
         delay: float | timedelta | None = None,
+        backoff: Backoff | float | None = None,
     ) -> Callable[[FnT], FnT]:
         """Register a function (async or sync) as a task runnable by name on any worker.
 
         It receives a validated ``input_validator`` model (by default the pydantic model
         its first parameter is annotated with), or a dict without one. ``retries`` extra
-        attempts are made on failure; error callbacks fire after the last. ``priority``
-        (0..9) and ``delay`` (s) are the defaults of its signatures (see :class:`Options`).
+        attempts are made on failure; error callbacks fire after the last. ``backoff`` (a
+        :class:`~mageflow.Backoff`, or seconds for a constant delay) is the wait before each
+        retry; without it a retry starts at once. ``priority`` (0..9) and ``delay`` (s) are
+        the defaults of its signatures (see :class:`~mageflow.Options`).
+
+        :raises InvalidRetryPolicyError: ``retries`` or ``backoff`` is invalid.
         """
+        policy = retry_policy(retries, backoff)
         defaults = Options(priority=priority, delay=delay)
 
         def decorate(fn: FnT) -> FnT:
@@ -205,7 +212,9 @@ class Mageflow:
                     "choose another name"
                 )
             model = input_validator or input_model_of(fn)
-            registered = RegisteredTask(task_name, fn, model, retries, timeout, defaults)
+            registered = RegisteredTask(
+                task_name, fn, model, retries, timeout, defaults, backoff=policy
+            )
             self.tasks[task_name] = registered
             self.backend.register(self._definition(registered))
             fn.__mageflow_task__ = task_name  # type: ignore[attr-defined]
@@ -256,6 +265,7 @@ class Mageflow:
             retries=registered.retries,
             timeout=registered.timeout,
             input_model=registered.input_model,
+            backoff=registered.backoff,
         )
 
     async def _handle(self, task: RegisteredTask, payload: Any, ctx: RunContext) -> Any:

@@ -51,6 +51,11 @@ class TaskAlreadyRegisteredError(MageflowError):
     """Two different functions registered under one task name."""
 
 
+class InvalidRetryPolicyError(MageflowError, ValueError):
+    """A task's ``retries=`` or ``backoff=`` that cannot work (negative, not a number,
+    a cap below the first delay ...). Raised when the task is registered."""
+
+
 class StoreUnavailableError(MageflowError):
     """Redis could not be reached. The URL is shown without its password."""
 

@@ -15,6 +15,16 @@ made by a running task starts an independent run, not a child run of that task, 
 works from any event loop. A cancelled run's task is cancelled as soon as the worker
 hears of it, and again until it stops (see :func:`_cancel_at_once`). A task's
 ``timeout`` is the core's to enforce; Hatchet's execution timeout is set above it.
+
+A task's ``backoff`` is Hatchet's to wait: a failed attempt that will be retried raises
+``RetryAfterException`` with the core's delay (:meth:`TaskDefinition.retry_delay`), so
+the engine holds the retry, the worker's slot is free at once, and a worker that dies
+loses nothing. The task also gets Hatchet's native policy (``backoff_factor`` = factor,
+``backoff_max_seconds`` = max rounded up), which Hatchet applies where no delay is
+given: engines older than v0.111.0 (they ignore ``retry_after_ms``) and the retries it
+makes on its own (its execution-timeout backstop). Hatchet's delay before retry ``n`` is
+``min(backoff_max_seconds, backoff_factor ** n)``: the same as the core's when
+``initial == factor`` and ``jitter == 0``, an approximation otherwise.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from hatchet_sdk import (
     Context,
     Hatchet,
     NonRetryableException,
+    RetryAfterException,
     ScheduleTriggerWorkflowOptions,
     TriggerWorkflowOptions,
     WorkflowRunTriggerConfig,
@@ -113,6 +124,22 @@ def _cancel_at_once(ctx: Context) -> None:
     ctx._set_cancellation_flag = set_flag_and_cancel  # type: ignore[method-assign]
 
 
+def _native_backoff(definition: TaskDefinition) -> dict[str, Any]:
+    """Hatchet's own backoff policy for the task (see the module docstring)."""
+    backoff = definition.backoff
+    if not definition.retries or backoff is None or backoff.initial == 0:
+        return {}  # no policy: Hatchet retries at once, as MageFlow asks
+    return {
+        "backoff_factor": backoff.factor,
+        "backoff_max_seconds": max(1, math.ceil(backoff.max)),
+    }
+
+
+def _retry_after_ms(definition: TaskDefinition, attempt: int) -> int:
+    """Milliseconds Hatchet is to wait after failed attempt ``attempt``, rounded up."""
+    return math.ceil(definition.retry_delay(attempt) * 1000)
+
+
 def _task_function(definition: TaskDefinition) -> Callable[[Payload, Context], Any]:
     """The Hatchet task behind ``definition``: builds the RunContext, runs the handler."""
     handler = definition.handler
@@ -134,6 +161,12 @@ def _task_function(definition: TaskDefinition) -> Callable[[Payload, Context], A
         except NonRetryableError as exc:  # the core's "do not retry", naming the cause
             cause = exc.__cause__ or exc
             raise NonRetryableException(f"{type(cause).__name__}: {cause}") from exc
+        except Exception as exc:
+            wait_ms = 0 if run_ctx.is_final_attempt else _retry_after_ms(definition, attempt)
+            if wait_ms <= 0:
+                raise
+            after = timedelta(milliseconds=wait_ms)
+            raise RetryAfterException(f"{type(exc).__name__}: {exc}", after=after) from exc
         return {"result": result}
 
     run.__name__ = run.__qualname__ = definition.name
@@ -214,6 +247,7 @@ class HatchetBackend(TaskBackend):
             retries=definition.retries,
             execution_timeout=timedelta(seconds=math.ceil(timeout)),
             schedule_timeout=timedelta(seconds=math.ceil(self.schedule_timeout)),
+            **_native_backoff(definition),
         )(_task_function(definition))
 
     # -- publishing ------------------------------------------------------------------------

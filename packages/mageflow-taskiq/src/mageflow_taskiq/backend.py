@@ -12,6 +12,16 @@ message from the worker's :class:`TaskDefinition`, and reads the middleware's
 ``_retries`` label for the attempt number. The retry middleware re-sends with the same
 taskiq ``task_id``, which is therefore the run id.
 
+Retry backoff: taskiq delays a message only through a scheduler process (a schedule
+source, minute-grained for Redis) or brokers that read a ``delay`` label (not the Redis
+ones), so the adapter does it. A failed attempt that will be retried stamps its message
+with :data:`RETRY_AT` (epoch seconds: now + the task's backoff delay); the retry
+middleware copies the label into the retry message, which is in the broker at once, and
+the original is acknowledged. The worker that receives the retry sleeps (``asyncio``,
+the event loop keeps serving other tasks) until then before running it; it holds the
+message unacknowledged meanwhile, so if it dies the broker redelivers the retry (after
+``idle_timeout``) and the next worker waits only for what remains of the same due time.
+
 taskiq's receiver acknowledges and drops a message whose task name the worker has no task
 for. The backend makes the broker's ``find_task`` answer such a name with one fallback task
 (:data:`FALLBACK_TASK`) that hands the message to the core, which fails its workflow node.
@@ -26,6 +36,7 @@ import logging
 import os
 import signal
 import threading
+import time
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -70,6 +81,8 @@ _OPTIONS = ("broker", "broker_url", "queue_name", "idle_timeout")
 _RETRIES = "_retries"  # written by taskiq's retry middlewares: retries done so far
 _MAX_RETRIES = "max_retries"  # read by them: total attempts allowed
 _RETRY_ON_ERROR = "retry_on_error"
+RETRY_AT = "mageflow_retry_at"
+"""Label of a retry message: when (epoch seconds) the attempt may start, per the backoff."""
 _PUBLISH_CONCURRENCY = 16
 FALLBACK_TASK = "mageflow.unregistered"
 """The taskiq task that runs, on a worker, a message whose task name it does not serve."""
@@ -103,6 +116,26 @@ def _float_env(name: str, default: float) -> float:
         raise ConfigurationError(f"{name} must be a number of seconds, got {raw!r}") from None
 
 
+async def _wait_until(retry_at: Any, ctx: RunContext) -> None:
+    """Sleep until the epoch time of a retry's :data:`RETRY_AT` label (if any)."""
+    if retry_at is None:
+        return
+    try:
+        wait = float(retry_at) - time.time()
+    except (TypeError, ValueError):
+        logger.warning("ignoring an unreadable %s label: %r", RETRY_AT, retry_at)
+        return
+    if wait > 0:
+        logger.info(
+            "run %s (%s): attempt %d waits %.3f s for its backoff",
+            ctx.run_id,
+            ctx.task_name,
+            ctx.attempt,
+            wait,
+        )
+        await asyncio.sleep(wait)
+
+
 def _task_function(definition: TaskDefinition) -> Any:
     """The taskiq task behind ``definition``: builds the RunContext, runs the handler."""
     handler: TaskHandler = definition.handler
@@ -127,15 +160,28 @@ def _task_function(definition: TaskDefinition) -> Any:
             is_final_attempt=attempt >= max_attempts,
             headers=dict(headers or {}),
         )
+        await _wait_until(labels.get(RETRY_AT), ctx)
         try:
             # the core enforces definition.timeout around the user code itself
             return await handler(payload, ctx)
         except NonRetryableError:
             labels[_RETRY_ON_ERROR] = False
             raise
+        except Exception:
+            if not ctx.is_final_attempt and definition.backoff is not None:
+                # copied into the retry message by the retry middleware's on_error
+                labels[RETRY_AT] = f"{time.time() + definition.retry_delay(attempt):.6f}"
+            raise
 
     run.__qualname__ = run.__name__ = definition.name
     return run
+
+
+def _held_for(definition: TaskDefinition) -> float:
+    """Seconds a worker may hold one message of ``definition``: the backoff wait before
+    the attempt, then the attempt."""
+    wait = definition.backoff.max if definition.backoff and definition.retries else 0.0
+    return wait + (definition.timeout or 0)
 
 
 def _fallback_function(broker: AsyncBroker) -> Any:
@@ -292,13 +338,14 @@ class TaskiqBackend(TaskBackend):
         if (
             isinstance(idle_ms, int)
             and not isinstance(self.broker, ReclaimingStreamBroker)
-            and (definition.timeout or 0) * 1000 >= idle_ms
+            and _held_for(definition) * 1000 >= idle_ms
         ):
             logger.warning(
-                "task %r may run %ss, longer than the broker's idle_timeout (%ss): a run "
-                "still going then is delivered to a second worker (use broker_url=)",
+                "task %r may hold its message %ss (its timeout plus its longest retry "
+                "backoff), longer than the broker's idle_timeout (%ss): a run still going "
+                "then is delivered to a second worker (use broker_url=)",
                 definition.name,
-                definition.timeout,
+                _held_for(definition),
                 idle_ms / 1000,
             )
         self.broker.register_task(_task_function(definition), task_name=definition.name)

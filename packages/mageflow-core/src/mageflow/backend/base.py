@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from mageflow.errors import CapabilityNotSupportedError, ConfigurationError
+from mageflow.models.retry import Backoff
 
 JSON = Any
 """A value made of dicts, lists, str, int, float, bool and None only."""
@@ -55,6 +56,17 @@ class TaskDefinition:
     set the task manager's own timeout above it, as a backstop for a hung worker."""
     input_model: type[BaseModel] | None = None
     """The user's input validator, for adapters that show or check input schemas."""
+    backoff: Backoff | None = None
+    """How long to wait before each retry (``None``: retry at once). Wait
+    :meth:`retry_delay` after a failed attempt that is not the final one, without holding
+    a worker slot, and keep the pending retry durable (in the broker or the task
+    manager's engine) while it waits. An adapter whose task manager has a native backoff
+    may map this onto it where the formulas agree."""
+
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based) before the next one:
+        :meth:`Backoff.delay` of retry ``attempt``, jitter included; 0 without a backoff."""
+        return 0.0 if self.backoff is None else self.backoff.delay(attempt)
 
 
 @dataclass(frozen=True)

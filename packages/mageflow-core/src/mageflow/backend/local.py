@@ -39,7 +39,10 @@ class _Message:
 
 
 class LocalBackend(TaskBackend):
-    """In-process backend. ``workers`` worker loops, ``concurrency`` slots each."""
+    """In-process backend. ``workers`` worker loops, ``concurrency`` slots each.
+
+    A failed attempt is retried after its task's ``backoff``; ``retry_delay`` is the
+    constant delay of tasks registered without one (default 0: at once)."""
 
     name = "local"
     capabilities = Capabilities(
@@ -50,6 +53,8 @@ class LocalBackend(TaskBackend):
     def __init__(self, *, workers: int = 1, concurrency: int = 100, retry_delay: float = 0.0):
         if workers < 1 or concurrency < 1:
             raise ConfigurationError("local backend needs workers >= 1 and concurrency >= 1")
+        if retry_delay < 0:
+            raise ConfigurationError(f"retry_delay= must be >= 0 seconds, got {retry_delay}")
         self.workers = workers
         self.concurrency = concurrency
         self.retry_delay = retry_delay
@@ -59,6 +64,7 @@ class LocalBackend(TaskBackend):
         self._loops: list[asyncio.Task[None]] = []
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outstanding = 0
         self._idle = asyncio.Event()
@@ -97,10 +103,7 @@ class LocalBackend(TaskBackend):
         message = _Message(task, run_id=uuid.uuid4().hex)
         self._outstanding += 1
         self._idle.clear()
-        if task.delay:
-            asyncio.get_running_loop().call_later(task.delay, queue.put_nowait, message)
-        else:
-            queue.put_nowait(message)
+        queue.put_nowait(message)  # no delayed_start: the engine holds delays itself
         return message.run_id
 
     async def redeliver(self, run_id: str, task: OutgoingTask, attempt: int = 1) -> None:
@@ -151,16 +154,34 @@ class LocalBackend(TaskBackend):
             if ctx.is_final_attempt:
                 log.info("run %s failed on its final attempt: %r", message.run_id, exc)
             else:
-                message.attempt += 1
-                if self.retry_delay:
-                    await asyncio.sleep(self.retry_delay)
-                self._queue.put_nowait(message)
+                assert definition is not None  # the fallback's runs are always final
+                self._retry_later(message, definition)
                 return
         finally:
             self._running.pop(message.run_id, None)
         self._outstanding -= 1
         if self._outstanding == 0:
             self._idle.set()
+
+    def _retry_later(self, message: _Message, definition: TaskDefinition) -> None:
+        """Queue the next attempt once the task's backoff has passed. The slot is freed at
+        once: the wait is a timer, not a sleeping task."""
+        assert self._queue is not None and self._loop is not None
+        delay = definition.retry_delay(message.attempt)
+        if definition.backoff is None:
+            delay = self.retry_delay
+        message.attempt += 1
+        if delay <= 0:
+            self._queue.put_nowait(message)
+            return
+        queue = self._queue
+
+        def due() -> None:
+            self._timers.discard(timer)
+            queue.put_nowait(message)
+
+        timer = self._loop.call_later(delay, due)
+        self._timers.add(timer)
 
     async def join(self, timeout: float | None = None) -> None:
         """Wait until every published task, and everything they published, has finished
@@ -206,6 +227,9 @@ class LocalBackend(TaskBackend):
         if self._loop is asyncio.get_running_loop():
             with contextlib.suppress(TimeoutError):
                 await self.join(drain_timeout)
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
         for job in [*self._loops, *self._inflight]:
             job.cancel()
         await asyncio.gather(*self._loops, *self._inflight, return_exceptions=True)

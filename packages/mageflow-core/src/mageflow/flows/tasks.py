@@ -36,6 +36,7 @@ from mageflow.flows.messages import (
 from mageflow.flows.publish import publish
 from mageflow.models.context import TaskContext
 from mageflow.models.options import Options
+from mageflow.models.retry import Backoff
 from mageflow.models.return_value import return_value_field
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ class RegisteredTask:
     timeout: float | None
     options: Options = field(default_factory=Options)
     """Dispatch defaults (priority, delay) every signature of this task starts from."""
+    backoff: Backoff | None = None
 
     @property
     def return_field(self) -> str:

@@ -11,11 +11,16 @@ from pydantic import BaseModel, ConfigDict
 
 from mageflow.app import Mageflow
 from mageflow.flows.tasks import current_task
+from mageflow.models.retry import Backoff
 from mageflow.models.return_value import ReturnValue
 from mageflow.testing.probe import get_probe
 
 RETRIES = 2
-"""Extra attempts configured on ``contract.fail`` and ``contract.flaky``."""
+"""Extra attempts configured on ``contract.fail``, ``contract.flaky`` and
+``contract.backoff``."""
+
+BACKOFF = Backoff(initial=0.2, factor=2.0, max=0.3, jitter=0.1)
+"""The backoff of ``contract.backoff``: small, growing, capped from the second retry on."""
 
 
 class AddInput(BaseModel):
@@ -98,6 +103,15 @@ def register(mf: Mageflow) -> None:
         attempts = await probe.events(message["ns"], "flaky-attempt")
         if len(attempts) <= message.get("fail_times", 1):
             raise RuntimeError("flaky failure")
+        return "recovered"
+
+    @mf.task("contract.backoff", retries=RETRIES, backoff=BACKOFF)
+    async def backoff(message: dict[str, Any]) -> str:
+        probe = get_probe()
+        await probe.record(message["ns"], "backoff-attempt", time.time())
+        attempts = await probe.events(message["ns"], "backoff-attempt")
+        if len(attempts) <= message.get("fail_times", RETRIES):
+            raise RuntimeError("not yet")
         return "recovered"
 
     @mf.task("contract.slow")

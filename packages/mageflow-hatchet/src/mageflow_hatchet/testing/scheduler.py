@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import queue
 import threading
 import time
@@ -467,14 +468,20 @@ class Scheduler:
     # ---------------------------------------------------------------- outcomes
 
     def _retry_delay(self, task: TaskRun, retry_after_ms: int) -> float:
+        """Seconds before the next attempt, as Hatchet computes them: the task's own
+        ``retry_after_ms``, else ``min(backoff_max_seconds, backoff_factor ** n)`` for
+        retry ``n`` (1 for the first retry), else none. The power is compared in log space:
+        it overflows a float for large ``n``."""
         if retry_after_ms > 0:
             return retry_after_ms / 1000.0
         factor = task.definition.backoff_factor
-        if factor <= 0:
+        if factor is None:
             return 0.0
-        delay = float(factor**task.retry_count)
         cap = task.definition.backoff_max_seconds
-        return min(delay, cap) if cap > 0 else delay
+        retry = task.retry_count + 1
+        if factor > 1 and retry * math.log(factor) >= math.log(max(cap, 1.0)):
+            return cap
+        return float(min(cap, factor**retry))
 
     def _fail_attempt(
         self, task: TaskRun, *, error: str, outcome: str, no_retry: bool, retry_after_ms: int

@@ -52,8 +52,10 @@ class TaskDef:
     retries: int
     execution_timeout: float
     schedule_timeout: float
-    backoff_factor: float
+    backoff_factor: float | None
+    """``None``: no backoff policy, a retry is queued at once."""
     backoff_max_seconds: float
+    """The cap of the backoff; Hatchet's default of one day when only the factor is set."""
     slot_units: int
 
 

@@ -20,6 +20,8 @@ from mageflow_hatchet.testing.state import TaskDef, WorkflowDef
 
 DEFAULT_EXECUTION_TIMEOUT = 60.0
 DEFAULT_SCHEDULE_TIMEOUT = 300.0
+DEFAULT_BACKOFF_MAX = 24 * 3600.0
+"""Hatchet's cap of a backoff given without ``backoff_max_seconds``."""
 DEFAULT_SLOT_POOL = "default"
 
 
@@ -86,9 +88,11 @@ def _task_def(task: CreateTaskOpts) -> TaskDef:
         retries=task.retries,
         execution_timeout=execution_timeout,
         schedule_timeout=schedule_timeout,
-        backoff_factor=task.backoff_factor if task.HasField("backoff_factor") else 0.0,
+        backoff_factor=task.backoff_factor if task.HasField("backoff_factor") else None,
         backoff_max_seconds=(
-            float(task.backoff_max_seconds) if task.HasField("backoff_max_seconds") else 0.0
+            float(task.backoff_max_seconds)
+            if task.HasField("backoff_max_seconds")
+            else DEFAULT_BACKOFF_MAX
         ),
         slot_units=max(1, task.slot_requests.get(DEFAULT_SLOT_POOL, 1)),
     )

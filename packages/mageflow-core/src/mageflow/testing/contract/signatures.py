@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from mageflow.errors import TaskFailedError, WaitTimeoutError
 from mageflow.models.status import SignatureStatus
 from mageflow.testing.contract.base import ContractBase, ContractHarness, _ns
-from mageflow.testing.contract_tasks import RETRIES
+from mageflow.testing.contract_tasks import BACKOFF, RETRIES
 
 
 class SignatureContract(ContractBase):
@@ -120,6 +122,22 @@ class SignatureContract(ContractBase):
         assert await harness.probe.events(ns, "err") == []
         state = await sig.get_state()
         assert state.attempts == 2
+
+    async def test_retries_wait_their_backoff(self, harness: ContractHarness) -> None:
+        """Each retry starts no earlier than its backoff's shortest delay after the failed
+        attempt started (lower bounds only: how much later depends on the machine)."""
+        ns = _ns()
+        sig = await harness.app.sign("contract.backoff")
+        assert await sig.aio_run({"ns": ns}, timeout=harness.timeout) == "recovered"
+        started = await harness.probe.events(ns, "backoff-attempt")
+        assert len(started) == RETRIES + 1
+        for retry, (failed, retried) in enumerate(itertools.pairwise(started), start=1):
+            shortest, _ = BACKOFF.bounds(retry)
+            assert retried - failed >= shortest, (
+                f"retry {retry} started {retried - failed:.3f} s after the failed attempt, "
+                f"before its backoff of at least {shortest} s"
+            )
+        assert (await sig.get_state()).attempts == RETRIES + 1
 
     async def test_timeout_is_a_failure_retried_then_reported(
         self, harness: ContractHarness
