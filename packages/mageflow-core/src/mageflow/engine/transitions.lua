@@ -56,6 +56,8 @@
 --   payload    a task's payload when it cannot be rebuilt from its swarm     emit
 --   owed       JSON array of sids a task's finish dispatched (re-sent on redelivery)  finish
 --   resends    how often the reconciler re-sent the task       resend
+--   rerun      '1': a failed composite swarm item retry queued again; resumes from
+--              its failure point when it gets a slot (not from the start)   retry
 --
 -- User JSON (messages, kwargs, results, errors) is concatenated, never decoded, so it
 -- round-trips byte for byte (cjson would turn [] into {}).
@@ -501,6 +503,107 @@ local function encoded_events()
   return '[' .. table.concat(events, ',') .. ']'
 end
 
+-- Retry. A failed root runs again from its failure points: along failed nodes a task is
+-- dispatched again with its payload, a chain resumes at its failed step, a swarm queues its
+-- failed items and those its failure budget stopped. Done nodes keep their results.
+local rerun, rearm
+
+-- Clear state fields fs of node sid, in one HDEL.
+local function del_fields(sid, fs)
+  local ks = {}
+  for i, f in ipairs(fs) do
+    ks[i] = sid .. ':' .. f
+    fields[ks[i]] = false
+  end
+  redis.call('HDEL', H, unpack(ks))
+end
+
+local OUTCOME_FIELDS = { 'result', 'error', 'outcome', 'ended', 'run_id', 'owed', 'resends' }
+local RUN_FIELDS = { 'held_from', 'sent', 'queued', 'qseq', 'started', 'ended', 'input',
+  'input_ret', 'input_err', 'step', 'scanned', 'n_running', 'n_ended', 'n_failed', 'result',
+  'error', 'outcome', 'run_id', 'payload', 'owed', 'resends', 'rerun' }
+
+-- Callback cb (and everything below it) back to never run, so it fires again. O(nodes
+-- that ran); a node that never started has nothing below it that ran.
+rearm = function(cb)
+  if get(cb, 'sent') == nil and get(cb, 'queued') == nil then return end
+  local d = def(cb)
+  del_fields(cb, RUN_FIELDS)
+  set(cb, 'status', 'pending')
+  redis.call('DEL', aux('held', cb))
+  if d.k == 'chain' then
+    for _, x in ipairs(redis.call('LRANGE', aux('steps', cb), 0, -1)) do rearm(x) end
+  elseif d.k == 'swarm' then
+    for _, x in ipairs(redis.call('LRANGE', aux('items', cb), 0, -1)) do rearm(x) end
+    redis.call('DEL', aux('queue', cb), aux('running', cb))
+  end
+  for _, x in ipairs(d.ok or {}) do rearm(x) end
+  for _, x in ipairs(d.err or {}) do rearm(x) end
+end
+
+-- Failed node sid may run again: pending, outcome cleared (attempts and the first start
+-- stay), its error callbacks re-armed.
+local function reopen(sid)
+  set(sid, 'status', 'pending')
+  del_fields(sid, OUTCOME_FIELDS)
+  for _, cb in ipairs(def(sid).err or {}) do rearm(cb) end
+end
+
+-- Failed swarm s queues again its failed items and the queued ones that never started
+-- (the failure budget emptied the queue); counters then count the done items only.
+-- O(items): retry is an operator's command, never a per-event op.
+local function requeue(s)
+  local ended = 0
+  for _, it in ipairs(redis.call('LRANGE', aux('items', s), 0, -1)) do
+    local st = get(it, 'status')
+    if st == 'done' then
+      ended = ended + 1
+    elseif st == 'failed' then
+      reopen(it)
+      -- a task starts afresh from the queue (no 'sent': a stale copy of its failed run is
+      -- dropped); a composite resumes from its failure point once it has a slot
+      if def(it).k == 'task' then del(it, 'sent') else set(it, 'rerun', '1') end
+      enqueue(s, it)
+    elseif get(it, 'queued') and get(it, 'sent') == nil then
+      enqueue(s, it)
+    end
+  end
+  set(s, 'n_ended', ended)
+  set(s, 'n_failed', 0)
+  if get(s, 'closed') == '1' then queue_unqueued(s) end
+end
+
+-- Re-run node sid from its failure point (sid failed, or is a composite item marked rerun).
+rerun = function(sid)
+  local d = def(sid)
+  reopen(sid)
+  if d.k == 'task' then
+    set(sid, 'sent', NOW_S)
+    emit(sid, payload_of(sid))
+  elseif d.k == 'chain' then
+    activate(sid)
+    touched[H .. ':steps:' .. sid] = true
+    rerun(step_at(sid, tonumber(get(sid, 'step') or '0')))
+  else
+    activate(sid)
+    requeue(sid)
+    fill(sid)
+    maybe_complete(sid)
+  end
+end
+
+-- A composite swarm item that retry queued again resumes from its failure point when it
+-- gets its slot, instead of starting over (one extra field read per composite start).
+local start_fresh = start_node
+start_node = function(sid, inl, own, ret, err)
+  if def(sid).k ~= 'task' and get(sid, 'rerun') then
+    del(sid, 'rerun')
+    rerun(sid)
+  else
+    start_fresh(sid, inl, own, ret, err)
+  end
+end
+
 local result
 
 if OP == 'start' then
@@ -739,6 +842,24 @@ elseif OP == 'payload' then
   local d = def(ARGV[6])
   if d == nil or d.k ~= 'task' then return { 'missing' } end
   return { 'ok', payload_of(ARGV[6]) }
+elseif OP == 'retry' then
+  -- Re-run failed root sid from its failure points. Refused unless failed, and while any
+  -- task of the workflow is dispatched or running (e.g. its error callbacks).
+  local sid = ARGV[6]
+  local d = def(sid)
+  local st = get(sid, 'status')
+  if d == nil then
+    result = { 'err', 'missing' }
+  elseif up(d) then
+    result = { 'err', 'not_root' }
+  elseif st ~= 'failed' then
+    result = { 'err', 'not_failed', st or 'pending' }
+  elseif redis.call('ZCARD', SENT) > 0 or redis.call('SCARD', INFLIGHT) > 0 then
+    result = { 'err', 'busy' }
+  else
+    rerun(sid)
+    result = { 'ok', encoded_pubs(), encoded_events() }
+  end
 else
   return redis.error_reply('mageflow: unknown operation ' .. tostring(OP))
 end
