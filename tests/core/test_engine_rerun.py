@@ -256,3 +256,33 @@ async def test_an_open_swarm_retried_completes_once_closed(app: Mageflow) -> Non
     await drain(app)
     assert await sw.wait(timeout=5) == ["i0", "late"]
     assert await late.get_status() is SignatureStatus.DONE
+
+
+async def test_items_a_stopped_swarm_let_run_keep_their_slot_and_count_once(
+    app: Mageflow,
+) -> None:
+    ok = await sign(app, "ok")
+    items = [await sign(app, f"i{i}") for i in range(4)]
+    sw = await app.swarm(
+        items,
+        success_callbacks=[ok],
+        config=SwarmConfig(max_concurrency=2, stop_after_n_failures=1),
+        is_swarm_closed=True,
+    )
+    t(app).failing.add("i0")
+    await sw.aio_run_no_wait({})
+    m0, m1 = manual(app).take()
+    with pytest.raises(NonRetryableError):
+        await manual(app).deliver(m0)
+    assert await sw.get_status() is SignatureStatus.FAILED
+    t(app).failing.clear()
+    await sw.retry()  # i1 is still dispatched: it keeps its slot, so only i0 starts again
+    (again,) = manual(app).take()
+    assert again.key == m0.key
+    await manual(app).deliver(m1)
+    await drain(app)
+    await manual(app).deliver(again)
+    await drain(app)
+    assert sorted(t(app).ran) == ["i0", "i0", "i1", "i2", "i3", "ok"]
+    assert await sw.wait(timeout=5) == ["i0", "i1", "i2", "i3"]
+    assert (await sw.get_state()).counts["done"] == 4

@@ -89,8 +89,8 @@ class WorkflowNotFailedError(MageflowError):
 
 
 class WorkflowBusyError(MageflowError):
-    """``retry`` while tasks of the failed workflow are still dispatched or running (its
-    error callbacks, items a stopped swarm let finish): retry once they have finished."""
+    """``retry`` while error callbacks of the failure are still dispatched or running:
+    retry once they have finished (re-arming them now would lose their run)."""
 
 
 class SignatureInUseError(MageflowError):

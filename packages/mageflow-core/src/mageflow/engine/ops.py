@@ -161,7 +161,7 @@ class Engine:
     async def retry(self, key: str) -> Transition:
         """Re-run failed root ``key`` from its failure points, keeping every done result.
         Raises :class:`WorkflowNotFailedError` unless it failed, :class:`WorkflowBusyError`
-        while any of its tasks is dispatched or running."""
+        while an error callback of the failure is dispatched or running."""
         wf, sid = split_key(key)
         await self._watch(wf)
         reply = await self._call(wf, "retry", sid)
@@ -174,9 +174,8 @@ class Engine:
                 )
             if code == "busy":
                 raise WorkflowBusyError(
-                    f"{key} still has tasks dispatched or running (error callbacks, items"
-                    " a stopped swarm let finish); retry once they have finished"
-                    f" (`mageflow tree {key}` shows them)"
+                    f"{key}: error callbacks of its failure are still dispatched or running;"
+                    f" retry once they have finished (`mageflow tree {key}` shows them)"
                 )
             if code == "not_root":
                 raise SignatureInUseError(

@@ -592,6 +592,31 @@ rerun = function(sid)
   end
 end
 
+-- Is task x, dispatched or running, part of an error callback of a failed node? Retry
+-- would re-arm that callback under it. (Items a stopped swarm let run are not: they
+-- keep their slots and count once they end.)
+local function in_failed_callback(x)
+  if TERMINAL[get(x, 'status')] then return false end
+  local d = def(x)
+  while d do
+    if d.of and get(d.of, 'status') == 'failed' then return true end
+    d = up(d) and def(up(d))
+  end
+  return false
+end
+
+-- Any dispatched or running task inside an error callback of a failed node.
+-- O(dispatched + running tasks).
+local function callbacks_busy()
+  for _, x in ipairs(redis.call('ZRANGE', SENT, 0, -1)) do
+    if in_failed_callback(x) then return true end
+  end
+  for _, x in ipairs(redis.call('SMEMBERS', INFLIGHT)) do
+    if in_failed_callback(x) then return true end
+  end
+  return false
+end
+
 -- A composite swarm item that retry queued again resumes from its failure point when it
 -- gets its slot, instead of starting over (one extra field read per composite start).
 local start_fresh = start_node
@@ -843,8 +868,8 @@ elseif OP == 'payload' then
   if d == nil or d.k ~= 'task' then return { 'missing' } end
   return { 'ok', payload_of(ARGV[6]) }
 elseif OP == 'retry' then
-  -- Re-run failed root sid from its failure points. Refused unless failed, and while any
-  -- task of the workflow is dispatched or running (e.g. its error callbacks).
+  -- Re-run failed root sid from its failure points. Refused unless failed, and while an
+  -- error callback of a failed node is dispatched or running (re-arming it would lose it).
   local sid = ARGV[6]
   local d = def(sid)
   local st = get(sid, 'status')
@@ -854,7 +879,7 @@ elseif OP == 'retry' then
     result = { 'err', 'not_root' }
   elseif st ~= 'failed' then
     result = { 'err', 'not_failed', st or 'pending' }
-  elseif redis.call('ZCARD', SENT) > 0 or redis.call('SCARD', INFLIGHT) > 0 then
+  elseif callbacks_busy() then
     result = { 'err', 'busy' }
   else
     rerun(sid)

@@ -120,8 +120,8 @@ class Signature:
         callbacks are re-armed: a second failure fires them again. Call it on the root.
 
         Raises :class:`WorkflowNotFailedError` unless the workflow failed, and
-        :class:`WorkflowBusyError` while any of its tasks (e.g. an error callback) is
-        still dispatched or running."""
+        :class:`WorkflowBusyError` while an error callback of the failure is still
+        dispatched or running. Items a stopped swarm let run keep running and count."""
         transition = await self.mf.engine.retry(self.key)
         self._lifecycle("mageflow_workflow_retried", "active")
         observe.store_events(transition.events)

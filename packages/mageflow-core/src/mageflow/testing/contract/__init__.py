@@ -21,6 +21,7 @@ from mageflow.testing.contract.base import ContractHarness
 from mageflow.testing.contract.chains import ChainContract
 from mageflow.testing.contract.exactly_once import ExactlyOnceContract
 from mageflow.testing.contract.lifecycle import LifecycleContract
+from mageflow.testing.contract.rerun import RerunContract
 from mageflow.testing.contract.signatures import SignatureContract
 from mageflow.testing.contract.swarms import SwarmContract
 
@@ -30,6 +31,7 @@ class BackendContract(
     ChainContract,
     SwarmContract,
     LifecycleContract,
+    RerunContract,
     ExactlyOnceContract,
     BadInputContract,
 ):
