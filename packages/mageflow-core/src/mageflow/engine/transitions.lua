@@ -584,7 +584,7 @@ rerun = function(sid)
     activate(sid)
     touched[H .. ':steps:' .. sid] = true
     rerun(step_at(sid, tonumber(get(sid, 'step') or '0')))
-  else
+  else -- a swarm (a new composite kind needs its own branch here)
     activate(sid)
     requeue(sid)
     fill(sid)
