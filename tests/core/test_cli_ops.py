@@ -9,6 +9,7 @@ import os
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,19 +33,43 @@ class Cli:
             "MAGEFLOW_BACKEND": "local",
         }
 
-    async def __call__(self, *args: str, timeout: float = 60) -> tuple[int, str, str]:
+    async def __call__(
+        self, *args: str, timeout: float = 60, cwd: Path | None = None
+    ) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "mageflow",
             *args,
             env=self.env,
+            cwd=cwd,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
         assert proc.returncode is not None
         return proc.returncode, out.decode(), err.decode()
+
+
+def register_gated(mf: Mageflow) -> None:
+    @mf.task("gated")
+    def gated(msg: dict[str, Any]) -> int:  # sync: runs in a thread
+        if not os.path.exists(msg["path"]):
+            raise RuntimeError("gate closed")
+        return 10
+
+
+RETRY_APP = """
+from mageflow import Mageflow
+from test_cli_ops import register_gated
+
+mf = Mageflow(backend="local")  # MAGEFLOW_REDIS_URL and MAGEFLOW_KEY_PREFIX from the env
+register_gated(mf)
+
+@mf.task("inc")
+async def inc(msg):
+    return (msg.get("mageflow_results") or 0) + 1
+"""
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -72,6 +97,7 @@ async def setup(redis_url: str) -> AsyncIterator[tuple[Mageflow, Cli]]:
         await gate.wait()
         return 0
 
+    register_gated(mf)
     mf.gate = gate  # type: ignore[attr-defined]
     yield mf, Cli(redis_url, prefix)
     await mf.aclose()
@@ -208,3 +234,26 @@ async def test_identifiers_shown_and_found_by_ls_id(setup: tuple[Mageflow, Cli])
 
     code, out, err = await cli("ls", "--id", "order_id")
     assert code == 2 and "expected NAME=VALUE" in err
+
+
+async def test_retry_from_the_cli(setup: tuple[Mageflow, Cli], tmp_path: Path) -> None:
+    """``mageflow --app retry_app:mf retry KEY``: the CLI's own app re-runs the failed step
+    (the local backend runs tasks in the process that publishes them) and the rest."""
+    mf, cli = setup
+    gate = tmp_path / "gate-open"
+    wf = await mf.chain(["inc", await mf.sign("gated", path=str(gate)), "inc"], name="retried")
+    with pytest.raises(TaskFailedError):
+        await wf.aio_run({}, timeout=10)
+    (tmp_path / "retry_app.py").write_text(RETRY_APP)
+    paths = [str(Path(__file__).parent), cli.env.get("PYTHONPATH", "")]
+    cli.env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    gate.touch()
+    code, out, err = await cli("--app", "retry_app:mf", "retry", wf.key, cwd=tmp_path, timeout=120)
+    assert code == 0, out + err
+    assert wf.key in out
+    assert await wf.wait(timeout=30) == 11
+    code, out, _ = await cli("status", "--json", wf.key)
+    assert json.loads(out)["status"] == "done"
+    code, out, _ = await cli("retry", wf.key)
+    assert code == 2
+    assert "is done, not failed" in out

@@ -6,8 +6,6 @@ ManualBackend on MemoryStore and on a real Redis.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -24,27 +22,18 @@ from mageflow.testing.manual import ManualBackend
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-@pytest_asyncio.fixture(loop_scope="session", params=["memory", "redis"])
-async def app(request: pytest.FixtureRequest) -> AsyncIterator[Mageflow]:
+@pytest_asyncio.fixture(loop_scope="session")
+async def app(manual_app: Mageflow) -> Mageflow:
     """An app whose reconciler runs only when the test sweeps, re-sending at once."""
-    if request.param == "redis":
-        store: Any = RedisStore(
-            request.getfixturevalue("redis_url"), prefix=f"reg-{uuid.uuid4().hex[:6]}"
-        )
-    else:
-        store = MemoryStore()
-    mf = Mageflow(backend=ManualBackend(), store=store, resend_after=0.0)
-    mf.start_reconciler = lambda: None  # type: ignore[method-assign]
     ran: list[str] = []
 
-    @mf.task("reg.echo")
+    @manual_app.task("reg.echo")
     async def echo(msg: dict[str, Any]) -> Any:
         ran.append(msg["tag"])
         return msg["tag"]
 
-    mf.ran = ran  # type: ignore[attr-defined]
-    yield mf
-    await mf.aclose()
+    manual_app.ran = ran  # type: ignore[attr-defined]
+    return manual_app
 
 
 def manual(mf: Mageflow) -> ManualBackend:

@@ -133,3 +133,27 @@ async def test_cli_suspend_then_cancel(running: tuple[AppWorkers, Mageflow, Redi
     code, out = await cli(pool, "resume", wf.key)
     assert code == 2
     assert "already finished (canceled)" in out
+
+
+async def test_cli_retry_through_the_broker(
+    running: tuple[AppWorkers, Mageflow, RedisProbe],
+) -> None:
+    """``mageflow retry`` configured by the environment only: the failed step runs again
+    on the taskiq workers, the done step does not."""
+    pool, app, probe = running
+    ns = uuid.uuid4().hex[:8]
+    wf = await app.chain(
+        [
+            await app.sign("contract.echo", ns=ns, step=1),
+            await app.sign("contract.gated", ns=ns, id=2),
+        ]
+    )
+    await wf.aio_run_no_wait({"ns": ns})
+    code, out = await cli(pool, "watch", wf.key, "--interval", "0.1", "--timeout", "60")
+    assert code == 1, out
+    await probe.set_flag(ns, "open")
+    code, out = await cli(pool, "retry", wf.key)
+    assert code == 0, out
+    assert await wf.wait(timeout=30) == 2
+    assert len(await probe.events(ns, "echo")) == 1
+    assert await probe.events(ns, "gated") == [2, 2]

@@ -101,6 +101,16 @@ class WorkflowFinishedError(MageflowError):
     """A lifecycle operation on a workflow that already finished (done, failed, canceled)."""
 
 
+class WorkflowNotFailedError(MageflowError):
+    """``retry`` on a workflow that has not failed (pending, running, held, done,
+    canceled): only a failed workflow re-runs."""
+
+
+class WorkflowBusyError(MageflowError):
+    """``retry`` while error callbacks of the failure are still dispatched or running:
+    retry once they have finished (re-arming them now would lose their run)."""
+
+
 class SignatureInUseError(MageflowError):
     """A signature given to a chain/swarm/callback list that already belongs to a workflow
     or already ran. Sign a new one instead."""

@@ -32,7 +32,7 @@ console = Console()
     envvar="MAGEFLOW_APP",
     default=None,
     help="MODULE:ATTR of your Mageflow instance, for commands that publish "
-    "(resume) or cancel (interrupt) [env MAGEFLOW_APP].",
+    "(resume, retry) or cancel (interrupt) [env MAGEFLOW_APP].",
 )
 @click.pass_context
 def cli(ctx: click.Context, redis_url: str | None, app_target: str | None) -> None:

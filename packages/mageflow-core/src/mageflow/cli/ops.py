@@ -1,4 +1,4 @@
-"""Operator commands: status, tree, watch, ls, suspend, resume, interrupt, cancel."""
+"""Operator commands: status, tree, watch, ls, suspend, resume, interrupt, cancel, retry."""
 
 from __future__ import annotations
 
@@ -363,6 +363,11 @@ LIFECYCLE = [
     _lifecycle("resume", "Continue a suspended or interrupted workflow."),
     _lifecycle("interrupt", "Suspend and cancel running tasks where the backend can."),
     _lifecycle("cancel", "Stop a root workflow for good; no callback fires."),
+    _lifecycle(
+        "retry",
+        "Re-run a failed root workflow from where it failed; done results stay, "
+        "nothing done runs again.",
+    ),
 ]
 
 

@@ -21,7 +21,9 @@ from mageflow.errors import (
     SignatureInUseError,
     SignatureNotFoundError,
     SwarmClosedError,
+    WorkflowBusyError,
     WorkflowFinishedError,
+    WorkflowNotFailedError,
 )
 from mageflow.store.base import Script, StateStore
 
@@ -162,6 +164,32 @@ class Engine:
         if reply[0] == "err":
             _raise_for(key, reply)
         return await self._woken(wf, decode_transition(wf, reply))
+
+    async def retry(self, key: str) -> Transition:
+        """Re-run failed root ``key`` from its failure points, keeping every done result.
+        Raises :class:`WorkflowNotFailedError` unless it failed, :class:`WorkflowBusyError`
+        while an error callback of the failure is dispatched or running."""
+        wf, sid = split_key(key)
+        await self._watch(wf)
+        reply = await self._call(wf, "retry", sid)
+        if reply[0] == "err":
+            code = reply[1]
+            if code == "not_failed":
+                raise WorkflowNotFailedError(
+                    f"{key} is {reply[2]}, not failed; only a failed workflow can be retried"
+                    " (wait for it to finish, or resume it if it is held)"
+                )
+            if code == "busy":
+                raise WorkflowBusyError(
+                    f"{key}: error callbacks of its failure are still dispatched or running;"
+                    f" retry once they have finished (`mageflow tree {key}` shows them)"
+                )
+            if code == "not_root":
+                raise SignatureInUseError(
+                    f"{key} is part of a larger workflow; retry its root {wf}.r instead"
+                )
+            _raise_for(key, reply)
+        return decode_transition(wf, reply)
 
     async def cancel(self, key: str) -> list[str]:
         wf, sid = split_key(key)

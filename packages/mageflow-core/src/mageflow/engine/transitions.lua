@@ -66,6 +66,8 @@
 --   payload    a task's payload when it cannot be rebuilt from its swarm     emit
 --   owed       JSON array of sids a task's finish dispatched (re-sent on redelivery)  finish
 --   resends    how often the reconciler re-sent the task       resend
+--   rerun      '1': a failed composite swarm item retry queued again; resumes from
+--              its failure point when it gets a slot (not from the start)   retry
 --
 -- User JSON (messages, kwargs, results, errors) is concatenated, never decoded, so it
 -- round-trips byte for byte (cjson would turn [] into {}).
@@ -300,7 +302,7 @@ local function activate(sid)
   end
 end
 
-local start_node, settle, after, fill
+local start_node, settle, after, fill, rerun, rearm
 
 local PRIORITY_MAX = 9
 local SEQ_SPAN = 1099511627776 -- 2^40 queue positions per priority: scores stay exact
@@ -386,6 +388,11 @@ start_node = function(sid, inl, own, ret, err)
   end
   if d.k == 'task' then
     emit(sid, payload(inl, own, ret, err))
+    return
+  end
+  if get(sid, 'rerun') then -- a composite item retry queued again: resume, not restart
+    del(sid, 'rerun')
+    rerun(sid)
     return
   end
   local kw = get(sid, 'kwargs')
@@ -594,6 +601,123 @@ local function release_due(limit)
       end
     end
   end
+end
+
+-- Retry. A failed root runs again from its failure points: along failed nodes a task is
+-- dispatched again with its payload, a chain resumes at its failed step, a swarm queues its
+-- failed items and those its failure budget stopped. Done nodes keep their results.
+
+-- Clear state fields fs of node sid, in one HDEL.
+local function del_fields(sid, fs)
+  local ks = {}
+  for i, f in ipairs(fs) do
+    ks[i] = sid .. ':' .. f
+    fields[ks[i]] = false
+  end
+  redis.call('HDEL', H, unpack(ks))
+end
+
+local OUTCOME_FIELDS = { 'result', 'error', 'outcome', 'ended', 'run_id', 'owed', 'resends' }
+local RUN_FIELDS = { 'held_from', 'sent', 'queued', 'qseq', 'started', 'ended', 'input',
+  'input_ret', 'input_err', 'step', 'scanned', 'n_running', 'n_ended', 'n_failed', 'result',
+  'error', 'outcome', 'run_id', 'payload', 'owed', 'resends', 'rerun', 'context', 'due',
+  'deferred' }
+
+-- Callback cb (and everything below it) back to never run, so it fires again. O(nodes
+-- that ran); a node that never started has nothing below it that ran.
+rearm = function(cb)
+  if get(cb, 'sent') == nil and get(cb, 'queued') == nil then return end
+  local d = def(cb)
+  del_fields(cb, RUN_FIELDS)
+  set(cb, 'status', 'pending')
+  redis.call('DEL', aux('held', cb))
+  if d.k == 'chain' then
+    for _, x in ipairs(redis.call('LRANGE', aux('steps', cb), 0, -1)) do rearm(x) end
+  elseif d.k == 'swarm' then
+    for _, x in ipairs(redis.call('LRANGE', aux('items', cb), 0, -1)) do rearm(x) end
+    redis.call('DEL', aux('queue', cb), aux('running', cb))
+  end
+  for _, x in ipairs(d.ok or {}) do rearm(x) end
+  for _, x in ipairs(d.err or {}) do rearm(x) end
+end
+
+-- Failed node sid may run again: pending, outcome cleared (attempts and the first start
+-- stay), its error callbacks re-armed.
+local function reopen(sid)
+  set(sid, 'status', 'pending')
+  del_fields(sid, OUTCOME_FIELDS)
+  for _, cb in ipairs(def(sid).err or {}) do rearm(cb) end
+end
+
+-- Failed swarm s queues again its failed items and the queued ones that never started
+-- (the failure budget emptied the queue); counters then count the done items only.
+-- O(items): retry is an operator's command, never a per-event op.
+local function requeue(s)
+  local ended = 0
+  for _, it in ipairs(redis.call('LRANGE', aux('items', s), 0, -1)) do
+    local st = get(it, 'status')
+    if st == 'done' then
+      ended = ended + 1
+    elseif st == 'failed' then
+      reopen(it)
+      -- a task starts afresh from the queue (no 'sent': a stale copy of its failed run is
+      -- dropped); a composite resumes from its failure point once it has a slot
+      if def(it).k == 'task' then del(it, 'sent') else set(it, 'rerun', '1') end
+      enqueue(s, it)
+    elseif get(it, 'queued') and get(it, 'sent') == nil then
+      enqueue(s, it)
+    end
+  end
+  set(s, 'n_ended', ended)
+  set(s, 'n_failed', 0)
+  if get(s, 'closed') == '1' then queue_unqueued(s) end
+end
+
+-- Re-run node sid from its failure point (sid failed, or is a composite item marked rerun).
+rerun = function(sid)
+  local d = def(sid)
+  reopen(sid)
+  if d.k == 'task' then
+    set(sid, 'sent', NOW_S)
+    emit(sid, payload_of(sid))
+  elseif d.k == 'chain' then
+    activate(sid)
+    touched[H .. ':steps:' .. sid] = true
+    rerun(step_at(sid, tonumber(get(sid, 'step') or '0')))
+  else -- a swarm (a new composite kind needs its own branch here)
+    activate(sid)
+    requeue(sid)
+    fill(sid)
+    maybe_complete(sid)
+  end
+end
+
+-- Is task x, dispatched or running, part of an error callback of a failed node? Retry
+-- would re-arm that callback under it. (Items a stopped swarm let run are not: they
+-- keep their slots and count once they end.)
+local function in_failed_callback(x)
+  if TERMINAL[get(x, 'status')] then return false end
+  local d = def(x)
+  while d do
+    if d.of and get(d.of, 'status') == 'failed' then return true end
+    d = up(d) and def(up(d))
+  end
+  return false
+end
+
+-- Any dispatched or running task inside an error callback of a failed node.
+-- O(dispatched + running tasks).
+local function callbacks_busy()
+  for _, x in ipairs(redis.call('ZRANGE', SENT, 0, -1)) do
+    if in_failed_callback(x) then return true end
+  end
+  for _, x in ipairs(redis.call('SMEMBERS', INFLIGHT)) do
+    if in_failed_callback(x) then return true end
+  end
+  for _, x in ipairs(redis.call('ZRANGE', DELAYED, 0, -1)) do
+    if in_failed_callback(x) then return true end
+  end
+  return false
 end
 
 local result
@@ -841,6 +965,24 @@ elseif OP == 'payload' then
   local d = def(ARGV[6])
   if d == nil or d.k ~= 'task' then return { 'missing' } end
   return { 'ok', payload_of(ARGV[6]) }
+elseif OP == 'retry' then
+  -- Re-run failed root sid from its failure points. Refused unless failed, and while an
+  -- error callback of a failed node is dispatched or running (re-arming it would lose it).
+  local sid = ARGV[6]
+  local d = def(sid)
+  local st = get(sid, 'status')
+  if d == nil then
+    result = { 'err', 'missing' }
+  elseif up(d) then
+    result = { 'err', 'not_root' }
+  elseif st ~= 'failed' then
+    result = { 'err', 'not_failed', st or 'pending' }
+  elseif callbacks_busy() then
+    result = { 'err', 'busy' }
+  else
+    rerun(sid)
+    result = { 'ok', encoded_pubs(), encoded_events() }
+  end
 else
   return redis.error_reply('mageflow: unknown operation ' .. tostring(OP))
 end

@@ -121,6 +121,21 @@ class Signature:
         observe.store_events(transition.events)
         await publish(self.mf, transition.publishes)
 
+    async def retry(self) -> None:
+        """Re-run a failed workflow from where it failed: failed tasks run again, a chain
+        resumes at its failed step, a swarm re-runs its failed items and the ones its
+        failure budget stopped; every done result stays and nothing done runs again. Then
+        it continues as if it had not failed (:meth:`wait` for the outcome). Error
+        callbacks are re-armed: a second failure fires them again. Call it on the root.
+
+        Raises :class:`WorkflowNotFailedError` unless the workflow failed, and
+        :class:`WorkflowBusyError` while an error callback of the failure is still
+        dispatched or running. Items a stopped swarm let run keep running and count."""
+        transition = await self.mf.engine.retry(self.key)
+        self._lifecycle("mageflow_workflow_retried", "active")
+        observe.store_events(transition.events)
+        await publish(self.mf, transition.publishes)
+
     async def cancel(self) -> None:
         """Stop a whole workflow for good: nothing more starts, no callback fires."""
         run_ids = await self.mf.engine.cancel(self.key)

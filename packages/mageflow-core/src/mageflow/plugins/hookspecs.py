@@ -78,3 +78,7 @@ class ObserverHooks:
     @hookspec
     def mageflow_workflow_resumed(self, event: WorkflowEvent) -> None:
         """Resumed by a caller."""
+
+    @hookspec
+    def mageflow_workflow_retried(self, event: WorkflowEvent) -> None:
+        """A failed workflow was retried by a caller: its failed parts run again."""

@@ -114,6 +114,16 @@ def register(mf: Mageflow) -> None:
             raise RuntimeError("not yet")
         return "recovered"
 
+    @mf.task("contract.gated")
+    async def gated(message: dict[str, Any]) -> Any:
+        """Fails until the test sets the probe flag ``gate`` (``"open"`` by default)."""
+        probe = get_probe()
+        ns = message["ns"]
+        await probe.record(ns, "gated", message.get("id"))
+        if not await probe.flag(ns, message.get("gate", "open")):
+            raise ValueError(f"gate closed for {message.get('id')}")
+        return message.get("id")
+
     @mf.task("contract.slow")
     async def slow(message: dict[str, Any]) -> Any:
         probe = get_probe()

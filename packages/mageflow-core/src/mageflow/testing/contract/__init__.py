@@ -24,6 +24,7 @@ from mageflow.testing.contract.documents import DocumentsContract
 from mageflow.testing.contract.exactly_once import ExactlyOnceContract
 from mageflow.testing.contract.lifecycle import LifecycleContract
 from mageflow.testing.contract.options import OptionsContract
+from mageflow.testing.contract.rerun import RerunContract
 from mageflow.testing.contract.signatures import SignatureContract
 from mageflow.testing.contract.swarms import SwarmContract
 
@@ -33,6 +34,7 @@ class BackendContract(
     ChainContract,
     SwarmContract,
     LifecycleContract,
+    RerunContract,
     ExactlyOnceContract,
     BadInputContract,
     ContextContract,
