@@ -32,6 +32,7 @@ PUBLIC = {
     "register_task",
     "sign",
     "swarm",
+    "swarm_of",
 }
 
 

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -273,8 +273,7 @@ class Mageflow:
         result; a failing step fires its own error callbacks, then ``error``."""
         b = WorkflowBuilder(self, new_workflow_id())
         steps = [f"{ROOT}.{i}" for i in range(len(tasks))]
-        for sid, t in zip(steps, tasks, strict=True):
-            await b.task_like(sid, t, parent=ROOT)
+        await b.task_likes(zip(steps, tasks, strict=True), parent=ROOT)
         ok, err = await b.callbacks(ROOT, callbacks_of(success), callbacks_of(error))
         b.node(ROOT, NodeDef(kind="chain", name=name, on_success=ok, on_error=err))
         b.lists[F.aux(F.STEPS, ROOT)] = steps
@@ -296,28 +295,39 @@ class Mageflow:
         :meth:`SwarmSignature.add_task`, then :meth:`SwarmSignature.close_swarm`; it
         completes once closed and every item finished. ``is_swarm_closed=True`` closes it
         at creation."""
-        config = config or SwarmConfig()
         b = WorkflowBuilder(self, new_workflow_id())
         items = unique_item_ids(ROOT, len(tasks))
-        for sid, t in zip(items, tasks, strict=True):
-            await b.task_like(sid, t, parent=ROOT)
-        ok, err = await b.callbacks(
-            ROOT, callbacks_of(success_callbacks), callbacks_of(error_callbacks)
+        await b.task_likes(zip(items, tasks, strict=True), parent=ROOT)
+        await b.swarm_root(
+            success_callbacks, error_callbacks, config, is_swarm_closed, task_name, items
         )
-        b.node(
-            ROOT,
-            NodeDef(
-                kind="swarm",
-                name=task_name,
-                on_success=ok,
-                on_error=err,
-                max_concurrency=config.max_concurrency,
-                stop_after_n_failures=config.stop_after_n_failures,
-            ),
+        await b.commit()
+        return SwarmSignature(self, f"{b.wf}.{ROOT}")
+
+    async def swarm_of(
+        self,
+        task: TaskLike,
+        items: Iterable[Mapping[str, Any]],
+        *,
+        success_callbacks: Sequence[TaskLike] | TaskLike | None = None,
+        error_callbacks: Sequence[TaskLike] | TaskLike | None = None,
+        config: SwarmConfig | None = None,
+        is_swarm_closed: bool = False,
+        task_name: str | None = None,
+    ) -> SwarmSignature:
+        """A swarm of ``task`` (a ``@mf.task`` function or a task name) with one item per
+        kwargs mapping in ``items``, in order: what :meth:`swarm` builds from
+        ``[await mf.sign(task, **kw) for kw in items]``, written at once.
+
+        The keywords are :meth:`swarm`'s. All-or-nothing: every item is validated before
+        anything is written, and a failed write leaves nothing that can be loaded or run.
+        Raises :class:`NotATaskError` for a signature, :class:`PayloadNotSerializableError`
+        for an item that is not a JSON-serialisable mapping."""
+        b = WorkflowBuilder(self, new_workflow_id())
+        sids = b.task_items(ROOT, task, items)
+        await b.swarm_root(
+            success_callbacks, error_callbacks, config, is_swarm_closed, task_name, sids
         )
-        if is_swarm_closed:
-            b.fields[F.of(ROOT, F.CLOSED)] = "1"
-        b.lists[F.aux(F.ITEMS, ROOT)] = items
         await b.commit()
         return SwarmSignature(self, f"{b.wf}.{ROOT}")
 

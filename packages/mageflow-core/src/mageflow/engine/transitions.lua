@@ -596,31 +596,50 @@ elseif OP == 'run' then
     end
   end
 elseif OP == 'add' then
-  -- Add item `it` to open swarm s; ARGV[8] = n, then n (field, value) records of the item,
-  -- then (auxiliary list name, JSON array of sids) pairs: a moved chain's steps, a moved
-  -- swarm's items. All written here, or nothing is.
-  local s, it = ARGV[6], ARGV[7]
+  -- Add m items to open swarm s, in order: ARGV[7] = m, the m item sids, then n, then n
+  -- (field, value) records of the items, then (auxiliary list name, JSON array of sids)
+  -- pairs: a moved chain's steps, a moved swarm's items. All written here, or nothing is
+  -- (an id already stored, or twice in the batch, refuses the whole batch).
+  local s, m = ARGV[6], tonumber(ARGV[7])
+  local n_at = 8 + m
   local d = def(s)
+  local refused
   if d == nil or d.k ~= 'swarm' then
-    result = { 'err', 'missing' }
+    refused = 'missing'
   elseif get(s, 'closed') == '1' then
-    result = { 'err', 'closed' }
+    refused = 'closed'
   elseif TERMINAL[get(s, 'status')] then
-    result = { 'err', 'swarm_finished' }
-  elseif def(it) ~= nil then
-    result = { 'err', 'exists' }
+    refused = 'swarm_finished'
   else
-    local last = 8 + 2 * tonumber(ARGV[8])
-    for i = 9, last, 2 do redis.call('HSET', H, ARGV[i], ARGV[i + 1]) end
+    local seen = {}
+    for i = 8, n_at - 1 do
+      local it = ARGV[i]
+      if seen[it] or redis.call('HGET', H, it) ~= false then
+        refused = 'exists'
+        break
+      end
+      seen[it] = true
+    end
+  end
+  if refused then
+    result = { 'err', refused }
+  else
+    local BATCH = 1000 -- arguments per command: unpack has a stack limit
+    local last = n_at + 2 * tonumber(ARGV[n_at])
+    for i = n_at + 1, last, BATCH do
+      redis.call('HSET', H, unpack(ARGV, i, math.min(i + BATCH - 1, last)))
+    end
     for i = last + 1, #ARGV, 2 do
       local members = cjson.decode(ARGV[i + 1])
       local k = H .. ':' .. ARGV[i]
-      for j = 1, #members, 1000 do  -- unpack has a stack limit: push in batches
-        redis.call('RPUSH', k, unpack(members, j, math.min(j + 999, #members)))
+      for j = 1, #members, BATCH do
+        redis.call('RPUSH', k, unpack(members, j, math.min(j + BATCH - 1, #members)))
         touched[k] = true
       end
     end
-    redis.call('RPUSH', aux('items', s), it)
+    for i = 8, n_at - 1, BATCH do
+      redis.call('RPUSH', aux('items', s), unpack(ARGV, i, math.min(i + BATCH - 1, n_at - 1)))
+    end
     result = { 'ok' }
   end
 elseif OP == 'close' then

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from mageflow import faults
 from mageflow.engine import ROOT, split_key
 from mageflow.engine import fields as F
-from mageflow.errors import SignatureNotFoundError, TaskFailedError, WaitTimeoutError
+from mageflow.errors import (
+    MageflowError,
+    SignatureNotFoundError,
+    TaskFailedError,
+    WaitTimeoutError,
+)
 from mageflow.flows import observe
 from mageflow.flows.build import TaskLike, WorkflowBuilder, new_item_id
 from mageflow.flows.messages import message_json
@@ -19,6 +25,10 @@ from mageflow.models.status import SignatureStatus
 
 if TYPE_CHECKING:
     from mageflow.flows.runtime import Runtime
+
+ADD_BATCH = 2_000
+"""Items :meth:`SwarmSignature.add_tasks` adds per transition (a few fields each, so one
+engine call stays under ~10k fields)."""
 
 
 class Signature:
@@ -141,10 +151,38 @@ class SwarmSignature(Signature):
         if kwargs:
             task = await self.mf.sign(task, **kwargs)
         await builder.task_like(item_sid, task, parent=sid)
-        await self.mf.engine.add_item(self.key, item_sid, builder.fields, builder.lists)
+        await self.mf.engine.add_items(self.key, [item_sid], builder.fields, builder.lists)
         await builder.drop_moved()
         d = NodeDef.model_validate(json.loads(builder.fields[item_sid]))
         return handle_for(self.mf, f"{wf}.{item_sid}", d.kind)
+
+    async def add_tasks(
+        self, task: TaskLike, items: Iterable[Mapping[str, Any]]
+    ) -> list[Signature]:
+        """Add one item of ``task`` (a ``@mf.task`` function or a task name) per kwargs
+        mapping in ``items``, in order, as :meth:`add_task` would one by one; returns their
+        handles. Every item is validated before anything is written.
+
+        Up to :data:`ADD_BATCH` items are added in one atomic transition (refused, it adds
+        none of them); a bigger batch is added in several, in order, and a refusal after
+        the first (the swarm was closed meanwhile) says how many were added. Raises
+        :class:`SwarmClosedError` when closed, :class:`NotATaskError` for a signature."""
+        wf, sid = self._wf_sid
+        builder = WorkflowBuilder(self.mf, wf)
+        sids = builder.task_items(sid, task, items)
+        for start in range(0, len(sids), ADD_BATCH):
+            part = sids[start : start + ADD_BATCH]
+            records = builder.fields if len(sids) <= ADD_BATCH else builder.records_of(part)
+            try:
+                await self.mf.engine.add_items(self.key, part, records)
+            except MageflowError as exc:
+                if start == 0:
+                    raise
+                raise type(exc)(
+                    f"{exc} (the first {start} of the {len(sids)} items were added, in "
+                    "earlier transitions; the rest were not)"
+                ) from exc
+        return [Signature(self.mf, f"{wf}.{s}") for s in sids]
 
     async def close_swarm(self) -> None:
         """No more items; the swarm completes once every item has finished."""

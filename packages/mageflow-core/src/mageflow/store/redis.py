@@ -15,7 +15,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mageflow.errors import EngineError, StoreUnavailableError
-from mageflow.store.base import Reply, Script, StateStore
+from mageflow.store.base import CHUNK, Reply, Script, StateStore
 
 DEFAULT_PREFIX = "mageflow"
 DEFAULT_ACTIVE_TTL = 7 * 24 * 3600
@@ -121,14 +121,22 @@ class RedisStore(StateStore):
         index: bool = False,
     ) -> None:
         h = self.hash_key(wf)
-        async with self.client.pipeline(transaction=True) as pipe:
-            if fields:
-                pipe.hset(h, mapping=dict(fields))  # type: ignore[arg-type]
-            pipe.expire(h, self.active_ttl)
+        pairs = [x for pair in fields.items() for x in pair]
+        big = len(pairs) > 2 * CHUNK or any(len(v) > CHUNK for v in lists.values())
+        # what fits one command per key is one MULTI/EXEC; a bigger write goes in ordered
+        # chunks in one round trip (not one transaction, so other clients get served
+        # between chunks): a failure part-way leaves a prefix (see StateStore.write)
+        async with self.client.pipeline(transaction=not big) as pipe:
             for name, values in lists.items():
-                if values:
-                    pipe.rpush(f"{h}:{name}", *values)
-                    pipe.expire(f"{h}:{name}", self.active_ttl)
+                key = f"{h}:{name}"
+                for start in range(0, len(values), CHUNK):
+                    pipe.rpush(key, *values[start : start + CHUNK])
+                    if start == 0:
+                        pipe.expire(key, self.active_ttl)
+            for start in range(0, len(pairs), 2 * CHUNK):
+                pipe.hset(h, items=pairs[start : start + 2 * CHUNK])
+                if start == 0:
+                    pipe.expire(h, self.active_ttl)
             await self._call(pipe.execute())
         if index:  # another hash slot: a separate call
             await self._call(self.client.zadd(f"{self.prefix}:index", {wf: time.time()}))
@@ -137,12 +145,19 @@ class RedisStore(StateStore):
         await self._call(self.client.hsetnx(self.hash_key(wf), field_name, value))
 
     async def delete(self, wf: str, lists: Sequence[str] = ()) -> None:
-        h = self.hash_key(wf)
-        await self._call(self.client.delete(h, *(f"{h}:{name}" for name in lists)))
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.zrem(f"{self.prefix}:index", wf)
-            pipe.zrem(self.live_key, wf)
-            await self._call(pipe.execute())
+        await self.delete_many([(wf, lists)])
+
+    async def delete_many(self, entries: Sequence[tuple[str, Sequence[str]]]) -> None:
+        for start in range(0, len(entries), CHUNK):
+            part = entries[start : start + CHUNK]
+            async with self.client.pipeline(transaction=False) as pipe:
+                for wf, lists in part:
+                    h = self.hash_key(wf)
+                    pipe.delete(h, *(f"{h}:{name}" for name in lists))
+                wfs = [wf for wf, _ in part]
+                pipe.zrem(f"{self.prefix}:index", *wfs)
+                pipe.zrem(self.live_key, *wfs)
+                await self._call(pipe.execute())
 
     async def read(self, wf: str, fields: Sequence[str]) -> list[str | None]:
         if not fields:
@@ -152,6 +167,15 @@ class RedisStore(StateStore):
 
     async def read_all(self, wf: str) -> dict[str, str]:
         return dict(await self._call(self.client.hgetall(self.hash_key(wf))))
+
+    async def read_many(self, wfs: Sequence[str]) -> list[dict[str, str]]:
+        out: list[dict[str, str]] = []
+        for start in range(0, len(wfs), CHUNK):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for wf in wfs[start : start + CHUNK]:
+                    pipe.hgetall(self.hash_key(wf))
+                out.extend(dict(r) for r in await self._call(pipe.execute()))
+        return out
 
     async def read_list(self, wf: str, name: str, start: int = 0, stop: int = -1) -> list[str]:
         key = f"{self.hash_key(wf)}:{name}"
