@@ -324,9 +324,10 @@ class Mageflow:
         Raises :class:`NotATaskError` for a signature, :class:`PayloadNotSerializableError`
         for an item that is not a JSON-serialisable mapping."""
         b = WorkflowBuilder(self, new_workflow_id())
-        sids = b.task_items(ROOT, task, items)
+        bulk = b.task_items(ROOT, task, items)
+        b.store_items(bulk)
         await b.swarm_root(
-            success_callbacks, error_callbacks, config, is_swarm_closed, task_name, sids
+            success_callbacks, error_callbacks, config, is_swarm_closed, task_name, bulk.sids
         )
         await b.commit()
         return SwarmSignature(self, f"{b.wf}.{ROOT}")

@@ -596,12 +596,14 @@ elseif OP == 'run' then
     end
   end
 elseif OP == 'add' then
-  -- Add m items to open swarm s, in order: ARGV[7] = m, the m item sids, then n, then n
-  -- (field, value) records of the items, then (auxiliary list name, JSON array of sids)
-  -- pairs: a moved chain's steps, a moved swarm's items. All written here, or nothing is
-  -- (an id already stored, or twice in the batch, refuses the whole batch).
+  -- Add m items to open swarm s, in order: ARGV[7] = m, the m item sids; then k and k
+  -- (suffix, value) pairs every item gets ("<sid><suffix>" = value: its definition,
+  -- status ...); then n and n (field, value) records; then (auxiliary list name, JSON
+  -- array of sids) pairs: a moved chain's steps, a moved swarm's items. All written
+  -- here, or nothing is (an id already stored, or twice in the batch, refuses it all).
   local s, m = ARGV[6], tonumber(ARGV[7])
-  local n_at = 8 + m
+  local k_at = 8 + m
+  local n_at = k_at + 1 + 2 * tonumber(ARGV[k_at])
   local d = def(s)
   local refused
   if d == nil or d.k ~= 'swarm' then
@@ -612,33 +614,47 @@ elseif OP == 'add' then
     refused = 'swarm_finished'
   else
     local seen = {}
-    for i = 8, n_at - 1 do
-      local it = ARGV[i]
-      if seen[it] or redis.call('HGET', H, it) ~= false then
-        refused = 'exists'
-        break
+    for i = 8, k_at - 1, 1000 do
+      local j_end = math.min(i + 999, k_at - 1)
+      local stored = redis.call('HMGET', H, unpack(ARGV, i, j_end))
+      for j = i, j_end do
+        local it = ARGV[j]
+        if seen[it] or stored[j - i + 1] then refused = 'exists' end
+        seen[it] = true
       end
-      seen[it] = true
+      if refused then break end
     end
   end
   if refused then
     result = { 'err', refused }
   else
     local BATCH = 1000 -- arguments per command: unpack has a stack limit
+    local args = {}
+    for i = 8, k_at - 1 do
+      for j = k_at + 1, n_at - 1, 2 do
+        args[#args + 1] = ARGV[i] .. ARGV[j]
+        args[#args + 1] = ARGV[j + 1]
+      end
+      if #args >= BATCH then
+        redis.call('HSET', H, unpack(args))
+        args = {}
+      end
+    end
+    if #args > 0 then redis.call('HSET', H, unpack(args)) end
     local last = n_at + 2 * tonumber(ARGV[n_at])
     for i = n_at + 1, last, BATCH do
       redis.call('HSET', H, unpack(ARGV, i, math.min(i + BATCH - 1, last)))
     end
     for i = last + 1, #ARGV, 2 do
       local members = cjson.decode(ARGV[i + 1])
-      local k = H .. ':' .. ARGV[i]
+      local key = H .. ':' .. ARGV[i]
       for j = 1, #members, BATCH do
-        redis.call('RPUSH', k, unpack(members, j, math.min(j + BATCH - 1, #members)))
-        touched[k] = true
+        redis.call('RPUSH', key, unpack(members, j, math.min(j + BATCH - 1, #members)))
+        touched[key] = true
       end
     end
-    for i = 8, n_at - 1, BATCH do
-      redis.call('RPUSH', aux('items', s), unpack(ARGV, i, math.min(i + BATCH - 1, n_at - 1)))
+    for i = 8, k_at - 1, BATCH do
+      redis.call('RPUSH', aux('items', s), unpack(ARGV, i, math.min(i + BATCH - 1, k_at - 1)))
     end
     result = { 'ok' }
   end

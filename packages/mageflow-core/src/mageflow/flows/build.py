@@ -14,6 +14,7 @@ import json
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mageflow.engine import ROOT, split_key
@@ -49,10 +50,13 @@ def new_item_id(parent: str) -> str:
 
 
 def unique_item_ids(parent: str, n: int) -> list[str]:
-    """``n`` distinct new item ids."""
+    """``n`` distinct new item ids (like :func:`new_item_id`)."""
     ids: dict[str, None] = {}
     while len(ids) < n:
-        ids[new_item_id(parent)] = None
+        missing = n - len(ids)
+        bits = secrets.token_hex(8 * missing)
+        for i in range(0, 16 * missing, 16):
+            ids[f"{parent}.i{bits[i : i + 16]}"] = None
     return list(ids)
 
 
@@ -81,23 +85,39 @@ def _rename(sid: str, old_root: str, new_root: str) -> str:
     return sid
 
 
-NODE_FIELDS = (F.STATUS, F.CREATED, F.KWARGS, F.IDENTS)
-"""The state fields :meth:`WorkflowBuilder.node` may write besides the definition."""
+_PLAIN_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def kwargs_json(kwargs: Any, what: str) -> str | None:
     """A mapping of signature kwargs as JSON (``None`` when empty). Raises
     :class:`PayloadNotSerializableError` for anything else."""
-    if not isinstance(kwargs, Mapping):
+    if type(kwargs) is not dict and not isinstance(kwargs, Mapping):
         raise PayloadNotSerializableError(
             f"{what} must be a mapping of keyword arguments, not {type(kwargs).__name__}"
         )
     if not kwargs:
         return None
     try:  # plain data (the common case) without the generic conversion
-        return json.dumps(kwargs, separators=(",", ":"), allow_nan=False)
+        return _PLAIN_JSON.encode(kwargs)
     except (TypeError, ValueError):
         return to_json(kwargs, what)
+
+
+@dataclass(frozen=True)
+class TaskItems:
+    """New swarm items that all run one task, validated and serialised, not yet stored."""
+
+    sids: list[str]
+    kwargs: list[str | None]
+    """Each item's kwargs JSON (``None``: none)."""
+    shared: dict[str, str]
+    """The records every item has, by field suffix (``""`` is the definition, dumped
+    once for all of them; ``":status"`` ...)."""
+
+    def kwargs_records(self, start: int, stop: int) -> dict[str, str]:
+        """The kwargs records of items ``start:stop``."""
+        kw = zip(self.sids[start:stop], self.kwargs[start:stop], strict=True)
+        return {f"{sid}:{F.KWARGS}": value for sid, value in kw if value is not None}
 
 
 class WorkflowBuilder:
@@ -132,17 +152,6 @@ class WorkflowBuilder:
         if identifiers:
             fields[F.of(sid, F.IDENTS)] = to_json(identifiers, "task_identifiers")
 
-    def records_of(self, sids: Iterable[str]) -> dict[str, str]:
-        """What :meth:`node` wrote for ``sids``, in their order."""
-        out: dict[str, str] = {}
-        for sid in sids:
-            out[sid] = self.fields[sid]
-            for name in NODE_FIELDS:
-                value = self.fields.get(F.of(sid, name))
-                if value is not None:
-                    out[F.of(sid, name)] = value
-        return out
-
     def _task_def(self, name: str, parent: str | None, owner: str | None) -> str:
         """A task node's definition, dumped once per shape and shared."""
         shape = (name, parent, owner)
@@ -154,10 +163,11 @@ class WorkflowBuilder:
 
     def task_items(
         self, parent: str, task: TaskLike, items: Iterable[Mapping[str, Any]]
-    ) -> list[str]:
+    ) -> TaskItems:
         """One new item of swarm ``parent`` per kwargs mapping in ``items``, in order, all
-        running ``task`` (a registered function or a task name); returns their sids. Every
-        item is validated and serialised here, before anything is written."""
+        running ``task`` (a registered function or a task name). Every item is validated
+        and serialised here, before anything is written; nothing is stored in
+        :attr:`fields` (see :meth:`store_items`)."""
         from mageflow.flows.handles import Signature
 
         if isinstance(task, Signature):
@@ -168,22 +178,19 @@ class WorkflowBuilder:
             )
         dumped = self._task_def(self.mf.task_name_of(task), parent, None)
         _check_depth(f"{parent}.i")
+        encoded = [kwargs_json(kw, f"item {i} (its kwargs)") for i, kw in enumerate(items)]
+        shared = {"": dumped, F.of("", F.STATUS): "pending", F.of("", F.CREATED): self.now}
+        return TaskItems(unique_item_ids(parent, len(encoded)), encoded, shared)
+
+    def store_items(self, items: TaskItems) -> None:
+        """Store the records of ``items`` in :attr:`fields`."""
         fields = self.fields
-        status, created, kw_field = F.STATUS, F.CREATED, F.KWARGS
-        now = self.now
-        sids: list[str] = []
-        for i, kwargs in enumerate(items):
-            encoded = kwargs_json(kwargs, f"item {i} (its kwargs)")
-            sid = new_item_id(parent)
-            while sid in fields:
-                sid = new_item_id(parent)
-            sids.append(sid)
-            fields[sid] = dumped
-            fields[f"{sid}:{status}"] = "pending"
-            fields[f"{sid}:{created}"] = now
-            if encoded is not None:
-                fields[f"{sid}:{kw_field}"] = encoded
-        return sids
+        shared = list(items.shared.items())
+        for sid, kw in zip(items.sids, items.kwargs, strict=True):
+            for suffix, value in shared:
+                fields[sid + suffix] = value
+            if kw is not None:
+                fields[f"{sid}:{F.KWARGS}"] = kw
 
     async def task_like(
         self, sid: str, value: TaskLike, *, parent: str | None = None, owner: str | None = None

@@ -151,7 +151,7 @@ class SwarmSignature(Signature):
         if kwargs:
             task = await self.mf.sign(task, **kwargs)
         await builder.task_like(item_sid, task, parent=sid)
-        await self.mf.engine.add_items(self.key, [item_sid], builder.fields, builder.lists)
+        await self.mf.engine.add_items(self.key, [item_sid], builder.fields, lists=builder.lists)
         await builder.drop_moved()
         d = NodeDef.model_validate(json.loads(builder.fields[item_sid]))
         return handle_for(self.mf, f"{wf}.{item_sid}", d.kind)
@@ -168,13 +168,13 @@ class SwarmSignature(Signature):
         the first (the swarm was closed meanwhile) says how many were added. Raises
         :class:`SwarmClosedError` when closed, :class:`NotATaskError` for a signature."""
         wf, sid = self._wf_sid
-        builder = WorkflowBuilder(self.mf, wf)
-        sids = builder.task_items(sid, task, items)
+        bulk = WorkflowBuilder(self.mf, wf).task_items(sid, task, items)
+        sids = bulk.sids
         for start in range(0, len(sids), ADD_BATCH):
-            part = sids[start : start + ADD_BATCH]
-            records = builder.fields if len(sids) <= ADD_BATCH else builder.records_of(part)
+            stop = start + ADD_BATCH
+            records = bulk.kwargs_records(start, stop)
             try:
-                await self.mf.engine.add_items(self.key, part, records)
+                await self.mf.engine.add_items(self.key, sids[start:stop], records, bulk.shared)
             except MageflowError as exc:
                 if start == 0:
                     raise

@@ -20,6 +20,8 @@ from mageflow.store.base import CHUNK, Reply, Script, StateStore
 DEFAULT_PREFIX = "mageflow"
 DEFAULT_ACTIVE_TTL = 7 * 24 * 3600
 DEFAULT_FINISHED_TTL = 24 * 3600
+PACK_OVER = 1_000
+"""Script calls with this many arguments or more are packed by :func:`_resp`."""
 
 
 def redact_url(url: str) -> str:
@@ -32,6 +34,14 @@ def redact_url(url: str) -> str:
         host = f"{host}:{parts.port}"
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _resp(args: Sequence[str]) -> bytes:
+    """One command in the Redis protocol (RESP2)."""
+    encoded = [a.encode() for a in args]
+    parts = [b"*%d\r\n" % len(encoded)]
+    parts += [b"$%d\r\n%s\r\n" % (len(a), a) for a in encoded]
+    return b"".join(parts)
 
 
 class RedisStore(StateStore):
@@ -97,14 +107,19 @@ class RedisStore(StateStore):
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise self._unavailable(exc) from exc
 
+    async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Any:
+        if len(args) < PACK_OVER:
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        command = ["EVALSHA", script.sha, str(len(keys)), *keys, *args]
+        return (await self._send_packed([command]))[0]
+
     async def run_script(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
-        client = self.client
         try:
             try:
-                reply = await client.evalsha(script.sha, len(keys), *keys, *args)
+                reply = await self._evalsha(script, keys, args)
             except NoScriptError:
-                await client.script_load(script.source)
-                reply = await client.evalsha(script.sha, len(keys), *keys, *args)
+                await self.client.script_load(script.source)
+                reply = await self._evalsha(script, keys, args)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise self._unavailable(exc) from exc
         except ResponseError as exc:
@@ -123,23 +138,51 @@ class RedisStore(StateStore):
         h = self.hash_key(wf)
         pairs = [x for pair in fields.items() for x in pair]
         big = len(pairs) > 2 * CHUNK or any(len(v) > CHUNK for v in lists.values())
-        # what fits one command per key is one MULTI/EXEC; a bigger write goes in ordered
-        # chunks in one round trip (not one transaction, so other clients get served
-        # between chunks): a failure part-way leaves a prefix (see StateStore.write)
-        async with self.client.pipeline(transaction=not big) as pipe:
-            for name, values in lists.items():
-                key = f"{h}:{name}"
-                for start in range(0, len(values), CHUNK):
-                    pipe.rpush(key, *values[start : start + CHUNK])
-                    if start == 0:
-                        pipe.expire(key, self.active_ttl)
-            for start in range(0, len(pairs), 2 * CHUNK):
-                pipe.hset(h, items=pairs[start : start + 2 * CHUNK])
+        commands: list[list[str]] = []
+        for name, values in lists.items():
+            key = f"{h}:{name}"
+            for start in range(0, len(values), CHUNK):
+                commands.append(["RPUSH", key, *values[start : start + CHUNK]])
                 if start == 0:
-                    pipe.expire(h, self.active_ttl)
-            await self._call(pipe.execute())
+                    commands.append(["EXPIRE", key, str(self.active_ttl)])
+        for start in range(0, len(pairs), 2 * CHUNK):
+            commands.append(["HSET", h, *pairs[start : start + 2 * CHUNK]])
+            if start == 0:
+                commands.append(["EXPIRE", h, str(self.active_ttl)])
+        if not big:  # one command per key: one MULTI/EXEC
+            commands = [["MULTI"], *commands, ["EXEC"]]
+        # else in order, in one round trip, not one transaction (see StateStore.write)
+        await self._call(self._send_packed(commands))
         if index:  # another hash slot: a separate call
             await self._call(self.client.zadd(f"{self.prefix}:index", {wf: time.time()}))
+
+    async def _send_packed(self, commands: Sequence[Sequence[str]]) -> list[Any]:
+        """Run ``commands`` in order in one round trip (``MULTI`` ... ``EXEC`` among them
+        make a transaction), packed here: redis-py packs each argument in several Python
+        steps, and a bulk build has hundreds of thousands of them. Returns the replies;
+        raises the first error reply once all were read."""
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        replies: list[Any] = []
+        first_error: ResponseError | None = None
+        try:
+            await conn.send_packed_command([_resp(command) for command in commands])
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    first_error = first_error or exc
+        except BaseException:
+            await conn.disconnect()  # replies may be left unread on it
+            raise
+        finally:
+            await pool.release(conn)
+        if first_error is None:  # a MULTI/EXEC reply holds its commands' errors
+            nested = (r for r in replies if isinstance(r, list))
+            first_error = next((e for r in nested for e in r if isinstance(e, ResponseError)), None)
+        if first_error is not None:
+            raise first_error
+        return replies
 
     async def set_if_absent(self, wf: str, field_name: str, value: str) -> None:
         await self._call(self.client.hsetnx(self.hash_key(wf), field_name, value))
