@@ -40,21 +40,42 @@ def kwargs_of(n: int) -> list[dict[str, int]]:
     return [{"i": i} for i in range(n)]
 
 
-async def timed(run: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
+CPU: list[aioredis.Redis | None] = [None]
+"""The bench server's client, to read its CPU time (None: memory store)."""
+CPU_SPENT: dict[str, float] = {}
+
+
+async def cpu_now() -> float:
+    """CPU seconds used so far by this process and the Redis server: unlike wall time,
+    other load on a shared machine does not inflate it."""
+    server = 0.0
+    if CPU[0] is not None:
+        info = await CPU[0].info("cpu")
+        server = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return time.process_time() + server
+
+
+async def timed(run: Callable[[], Awaitable[Any]], label: str = "") -> tuple[float, Any]:
+    """Wall seconds ``run`` took (its CPU seconds go to ``CPU_SPENT[label]``)."""
+    cpu = await cpu_now()
     started = time.perf_counter()
     value = await run()
-    return time.perf_counter() - started, value
+    elapsed = time.perf_counter() - started
+    CPU_SPENT[label] = await cpu_now() - cpu
+    return elapsed, value
 
 
 async def measure_size(app: Mageflow, n: int) -> dict[str, float | None]:
-    """Per-item build cost (seconds) of each path for an N-item swarm."""
+    """Per-item build cost (seconds) of each path for an N-item swarm; ``<path> cpu``:
+    CPU seconds per item of client and server."""
     out: dict[str, float | None] = {}
+    CPU_SPENT.clear()
     items = kwargs_of(n)
     if hasattr(app, "swarm_of"):
-        elapsed, _ = await timed(lambda: app.swarm_of("noop", items, config=CONFIG))
+        elapsed, _ = await timed(lambda: app.swarm_of("noop", items, config=CONFIG), "swarm_of")
         out["swarm_of"] = elapsed / n
         sw = await app.swarm(config=CONFIG)
-        elapsed, _ = await timed(lambda: sw.add_tasks("noop", items))
+        elapsed, _ = await timed(lambda: sw.add_tasks("noop", items), "add_tasks")
         out["add_tasks"] = elapsed / n
     else:
         out["swarm_of"] = None
@@ -64,25 +85,27 @@ async def measure_size(app: Mageflow, n: int) -> dict[str, float | None]:
             for kw in items:
                 await sw.add_task("noop", **kw)
 
-        elapsed, _ = await timed(loop)
+        elapsed, _ = await timed(loop, "add_task loop")
         out["add_task loop"] = elapsed / n
 
     async def sign_all() -> list[Any]:
         return [await app.sign("noop", i=i) for i in range(n)]
 
-    elapsed, signed = await timed(sign_all)
+    elapsed, signed = await timed(sign_all, "sign")
     out["sign"] = elapsed / n
-    elapsed, _ = await timed(lambda: app.swarm(signed, config=CONFIG))
+    elapsed, _ = await timed(lambda: app.swarm(signed, config=CONFIG), "swarm(signed)")
     out["swarm(signed)"] = elapsed / n
-    elapsed, _ = await timed(lambda: app.swarm(["noop"] * n, config=CONFIG))
+    elapsed, _ = await timed(lambda: app.swarm(["noop"] * n, config=CONFIG), "swarm(names)")
     out["swarm(names)"] = elapsed / n
+    for path in list(out):
+        out[f"{path} cpu"] = None if out[path] is None else CPU_SPENT[path] / n
     return out
 
 
 def report(store_name: str, sizes: list[int], rows: dict[int, dict[str, float | None]]) -> None:
     paths = list(rows[sizes[0]])
     head = "".join(f"{f'n={n}':>12}" for n in sizes)
-    print(f"\n{store_name}: build cost per item (us)")
+    print(f"\n{store_name}: build cost per item (us); 'cpu' rows: client + server CPU time")
     print(f"{'path':<16}{head}{f'n={sizes[-1]}/n={sizes[0]}':>16}")
     for path in paths:
         cells = [rows[n].get(path) for n in sizes]
@@ -95,6 +118,7 @@ def report(store_name: str, sizes: list[int], rows: dict[int, dict[str, float | 
 async def run_store(name: str, url: str, sizes: list[int]) -> None:
     rows: dict[int, dict[str, float | None]] = {}
     client = aioredis.Redis.from_url(url)
+    CPU[0] = client if name == "redis" else None
     for n in sizes:
         store: StateStore = MemoryStore() if name == "memory" else RedisStore(url)
         app = build_app(store)
@@ -111,6 +135,7 @@ async def main(args: argparse.Namespace) -> None:
     with redis_server() as server:
         print(f"redis {server.version} ({server.strategy}); local backend; sizes {sizes}")
         print("targets: bulk paths <= 20 us per item on redis; largest/smallest ratio <= 1.2")
+        print("(wall time counts other load on a shared machine; the cpu rows do not)")
         for name in args.stores.split(","):
             await run_store(name, server.url, sizes)
 
