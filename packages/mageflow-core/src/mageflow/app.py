@@ -8,7 +8,7 @@ import inspect
 import logging
 import typing
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -341,8 +341,7 @@ class Mageflow:
         its own kwargs."""
         b = WorkflowBuilder(self, new_workflow_id())
         steps = [f"{ROOT}.{i}" for i in range(len(tasks))]
-        for sid, t in zip(steps, tasks, strict=True):
-            await b.task_like(sid, t, parent=ROOT)
+        await b.task_likes(zip(steps, tasks, strict=True), parent=ROOT)
         ok, err = await b.callbacks(ROOT, callbacks_of(success), callbacks_of(error))
         d = NodeDef(kind="chain", name=name, on_success=ok, on_error=err)
         b.node(ROOT, b.with_options(d, mageflow_options), kwargs=kwargs)
@@ -368,26 +367,57 @@ class Mageflow:
         completes once closed and every item finished. ``is_swarm_closed=True`` closes it
         at creation. ``kwargs`` are the workflow's context: every item (however nested)
         receives them, below its own kwargs."""
-        config = config or SwarmConfig()
         b = WorkflowBuilder(self, new_workflow_id())
         items = unique_item_ids(ROOT, len(tasks))
-        for sid, t in zip(items, tasks, strict=True):
-            await b.task_like(sid, t, parent=ROOT)
-        ok, err = await b.callbacks(
-            ROOT, callbacks_of(success_callbacks), callbacks_of(error_callbacks)
+        await b.task_likes(zip(items, tasks, strict=True), parent=ROOT)
+        await b.swarm_root(
+            success_callbacks,
+            error_callbacks,
+            config,
+            is_swarm_closed,
+            task_name,
+            items,
+            mageflow_options,
+            kwargs,
         )
-        d = NodeDef(
-            kind="swarm",
-            name=task_name,
-            on_success=ok,
-            on_error=err,
-            max_concurrency=config.max_concurrency,
-            stop_after_n_failures=config.stop_after_n_failures,
+        await b.commit()
+        return SwarmSignature(self, f"{b.wf}.{ROOT}")
+
+    async def swarm_of(
+        self,
+        task: TaskLike,
+        items: Iterable[Mapping[str, Any]],
+        *,
+        success_callbacks: Callbacks = None,
+        error_callbacks: Callbacks = None,
+        config: SwarmConfig | None = None,
+        is_swarm_closed: bool = False,
+        task_name: str | None = None,
+        mageflow_options: Options | None = None,
+        **kwargs: Any,
+    ) -> SwarmSignature:
+        """A swarm of ``task`` (a ``@mf.task`` function or a task name) with one item per
+        kwargs mapping in ``items``, in order: what :meth:`swarm` builds from
+        ``[await mf.sign(task, **kw) for kw in items]``, written at once.
+
+        The keywords (and the context ``kwargs``) are :meth:`swarm`'s; each item's kwargs
+        win over the context. All-or-nothing: every item is validated before
+        anything is written, and a failed write leaves nothing that can be loaded or run.
+        Raises :class:`NotATaskError` for a signature, :class:`PayloadNotSerializableError`
+        for an item that is not a JSON-serialisable mapping."""
+        b = WorkflowBuilder(self, new_workflow_id())
+        bulk = b.task_items(ROOT, task, items)
+        b.store_items(bulk)
+        await b.swarm_root(
+            success_callbacks,
+            error_callbacks,
+            config,
+            is_swarm_closed,
+            task_name,
+            bulk.sids,
+            mageflow_options,
+            kwargs,
         )
-        b.node(ROOT, b.with_options(d, mageflow_options), kwargs=kwargs)
-        if is_swarm_closed:
-            b.fields[F.of(ROOT, F.CLOSED)] = "1"
-        b.lists[F.aux(F.ITEMS, ROOT)] = items
         await b.commit()
         return SwarmSignature(self, f"{b.wf}.{ROOT}")
 

@@ -116,6 +116,10 @@ class SignatureInUseError(MageflowError):
     or already ran. Sign a new one instead."""
 
 
+class NotATaskError(MageflowError, TypeError):
+    """A pre-signed signature where one task is expected (``swarm_of``, ``add_tasks``)."""
+
+
 class PayloadNotSerializableError(MageflowError, TypeError):
     """A message, keyword or result that is not JSON-serialisable."""
 

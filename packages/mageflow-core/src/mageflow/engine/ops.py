@@ -124,19 +124,34 @@ class Engine:
             _raise_for(key, reply)
         return await self._woken(wf, decode_transition(wf, reply))
 
-    async def add_item(
+    async def add_items(
         self,
         swarm_key: str,
-        item_sid: str,
+        item_sids: Sequence[str],
         records: Mapping[str, str],
+        shared: Mapping[str, str] | None = None,
         lists: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
-        """Add an item's records (and the auxiliary lists of a moved chain or swarm) to an
-        open swarm, atomically: refused, it writes nothing."""
+        """Add items, in order, with their records to an open swarm, in one atomic
+        transition: refused, it writes nothing. ``shared`` maps a field suffix to a value
+        every item gets (``{"": definition}`` stores ``<item sid> = definition``);
+        ``lists`` are the auxiliary lists of a moved chain or swarm."""
         wf, sid = split_key(swarm_key)
+        common = [v for pair in (shared or {}).items() for v in pair]
         flat = [v for pair in records.items() for v in pair]
         aux = [v for name, ids in (lists or {}).items() for v in (name, json.dumps(list(ids)))]
-        reply = await self._call(wf, "add", sid, item_sid, str(len(records)), *flat, *aux)
+        reply = await self._call(
+            wf,
+            "add",
+            sid,
+            str(len(item_sids)),
+            *item_sids,
+            str(len(common) // 2),
+            *common,
+            str(len(records)),
+            *flat,
+            *aux,
+        )
         if reply[0] == "err":
             _raise_for(swarm_key, reply)
 

@@ -819,31 +819,66 @@ elseif OP == 'run' then
     end
   end
 elseif OP == 'add' then
-  -- Add item `it` to open swarm s; ARGV[8] = n, then n (field, value) records of the item,
-  -- then (auxiliary list name, JSON array of sids) pairs: a moved chain's steps, a moved
-  -- swarm's items. All written here, or nothing is.
-  local s, it = ARGV[6], ARGV[7]
+  -- Add m items to open swarm s, in order: ARGV[7] = m, the m item sids; then k and k
+  -- (suffix, value) pairs every item gets ("<sid><suffix>" = value: its definition,
+  -- status ...); then n and n (field, value) records; then (auxiliary list name, JSON
+  -- array of sids) pairs: a moved chain's steps, a moved swarm's items. All written
+  -- here, or nothing is (an id already stored, or twice in the batch, refuses it all).
+  local s, m = ARGV[6], tonumber(ARGV[7])
+  local k_at = 8 + m
+  local n_at = k_at + 1 + 2 * tonumber(ARGV[k_at])
   local d = def(s)
+  local refused
   if d == nil or d.k ~= 'swarm' then
-    result = { 'err', 'missing' }
+    refused = 'missing'
   elseif get(s, 'closed') == '1' then
-    result = { 'err', 'closed' }
+    refused = 'closed'
   elseif TERMINAL[get(s, 'status')] then
-    result = { 'err', 'swarm_finished' }
-  elseif def(it) ~= nil then
-    result = { 'err', 'exists' }
+    refused = 'swarm_finished'
   else
-    local last = 8 + 2 * tonumber(ARGV[8])
-    for i = 9, last, 2 do redis.call('HSET', H, ARGV[i], ARGV[i + 1]) end
-    for i = last + 1, #ARGV, 2 do
-      local members = cjson.decode(ARGV[i + 1])
-      local k = H .. ':' .. ARGV[i]
-      for j = 1, #members, 1000 do  -- unpack has a stack limit: push in batches
-        redis.call('RPUSH', k, unpack(members, j, math.min(j + 999, #members)))
-        touched[k] = true
+    local seen = {}
+    for i = 8, k_at - 1, 1000 do
+      local j_end = math.min(i + 999, k_at - 1)
+      local stored = redis.call('HMGET', H, unpack(ARGV, i, j_end))
+      for j = i, j_end do
+        local it = ARGV[j]
+        if seen[it] or stored[j - i + 1] then refused = 'exists' end
+        seen[it] = true
+      end
+      if refused then break end
+    end
+  end
+  if refused then
+    result = { 'err', refused }
+  else
+    local BATCH = 1000 -- arguments per command: unpack has a stack limit
+    local args = {}
+    for i = 8, k_at - 1 do
+      for j = k_at + 1, n_at - 1, 2 do
+        args[#args + 1] = ARGV[i] .. ARGV[j]
+        args[#args + 1] = ARGV[j + 1]
+      end
+      if #args >= BATCH then
+        redis.call('HSET', H, unpack(args))
+        args = {}
       end
     end
-    redis.call('RPUSH', aux('items', s), it)
+    if #args > 0 then redis.call('HSET', H, unpack(args)) end
+    local last = n_at + 2 * tonumber(ARGV[n_at])
+    for i = n_at + 1, last, BATCH do
+      redis.call('HSET', H, unpack(ARGV, i, math.min(i + BATCH - 1, last)))
+    end
+    for i = last + 1, #ARGV, 2 do
+      local members = cjson.decode(ARGV[i + 1])
+      local key = H .. ':' .. ARGV[i]
+      for j = 1, #members, BATCH do
+        redis.call('RPUSH', key, unpack(members, j, math.min(j + BATCH - 1, #members)))
+        touched[key] = true
+      end
+    end
+    for i = 8, k_at - 1, BATCH do
+      redis.call('RPUSH', aux('items', s), unpack(ARGV, i, math.min(i + BATCH - 1, k_at - 1)))
+    end
     result = { 'ok' }
   end
 elseif OP == 'close' then

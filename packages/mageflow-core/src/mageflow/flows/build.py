@@ -8,18 +8,26 @@ id and its old standalone workflow is deleted, so one workflow = one hash tag.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias, Union
 
 from mageflow.engine import ROOT, split_key
 from mageflow.engine import fields as F
-from mageflow.errors import SignatureInUseError, WorkflowTooDeepError
+from mageflow.errors import (
+    NotATaskError,
+    PayloadNotSerializableError,
+    SignatureInUseError,
+    WorkflowTooDeepError,
+)
 from mageflow.flows import identifiers as idents
 from mageflow.flows.messages import to_json
+from mageflow.models.config import SwarmConfig
 from mageflow.models.options import Options
 from mageflow.models.signatures import NodeDef
 
@@ -47,10 +55,13 @@ def new_item_id(parent: str) -> str:
 
 
 def unique_item_ids(parent: str, n: int) -> list[str]:
-    """``n`` distinct new item ids."""
+    """``n`` distinct new item ids (like :func:`new_item_id`)."""
     ids: dict[str, None] = {}
     while len(ids) < n:
-        ids[new_item_id(parent)] = None
+        missing = n - len(ids)
+        bits = secrets.token_hex(8 * missing)
+        for i in range(0, 16 * missing, 16):
+            ids[f"{parent}.i{bits[i : i + 16]}"] = None
     return list(ids)
 
 
@@ -93,8 +104,43 @@ def _rename(sid: str, old_root: str, new_root: str) -> str:
     return sid
 
 
+_PLAIN_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def kwargs_json(kwargs: Any, what: str) -> str | None:
+    """A mapping of signature kwargs as JSON (``None`` when empty). Raises
+    :class:`PayloadNotSerializableError` for anything else."""
+    if type(kwargs) is not dict and not isinstance(kwargs, Mapping):
+        raise PayloadNotSerializableError(
+            f"{what} must be a mapping of keyword arguments, not {type(kwargs).__name__}"
+        )
+    if not kwargs:
+        return None
+    try:  # plain data (the common case) without the generic conversion
+        return _PLAIN_JSON.encode(kwargs)
+    except (TypeError, ValueError):
+        return to_json(kwargs, what)
+
+
+@dataclass(frozen=True)
+class TaskItems:
+    """New swarm items that all run one task, validated and serialised, not yet stored."""
+
+    sids: list[str]
+    kwargs: list[str | None]
+    """Each item's kwargs JSON (``None``: none)."""
+    shared: dict[str, str]
+    """The records every item has, by field suffix (``""`` is the definition, dumped
+    once for all of them; ``":status"`` ...)."""
+
+    def kwargs_records(self, start: int, stop: int) -> dict[str, str]:
+        """The kwargs records of items ``start:stop``."""
+        kw = zip(self.sids[start:stop], self.kwargs[start:stop], strict=True)
+        return {f"{sid}:{F.KWARGS}": value for sid, value in kw if value is not None}
+
+
 class WorkflowBuilder:
-    """Collects the records of one new workflow (or of one item added to a swarm)."""
+    """Collects the records of one new workflow (or of items added to a swarm)."""
 
     def __init__(self, mf: Runtime, wf: str) -> None:
         self.mf = mf
@@ -102,36 +148,95 @@ class WorkflowBuilder:
         self.fields: dict[str, str] = {}
         self.lists: dict[str, list[str]] = {}
         self.moved: list[tuple[Signature, str, list[str]]] = []
+        self._moved_keys: set[str] = set()
+        self._task_defs: dict[tuple[str, str | None, str | None], str] = {}
         self.now = str(int(time.time() * 1000))
 
     def node(
         self,
         sid: str,
-        definition: NodeDef,
+        definition: NodeDef | str,
         *,
         kwargs: dict[str, Any] | None = None,
         identifiers: dict[str, Any] | None = None,
     ) -> None:
+        """The records of node ``sid``: its definition (a model or its dump) and state."""
         _check_depth(sid)
-        self.fields[sid] = definition.dump()
-        self.fields[F.of(sid, F.STATUS)] = "pending"
-        self.fields[F.of(sid, F.CREATED)] = self.now
+        fields = self.fields
+        fields[sid] = definition if isinstance(definition, str) else definition.dump()
+        fields[F.of(sid, F.STATUS)] = "pending"
+        fields[F.of(sid, F.CREATED)] = self.now
         if kwargs:
-            self.fields[F.of(sid, F.KWARGS)] = to_json(kwargs, "signature kwargs")
+            fields[F.of(sid, F.KWARGS)] = to_json(kwargs, "signature kwargs")
         if identifiers:
-            self.fields[F.of(sid, F.IDENTS)] = idents.stored(identifiers)
+            fields[F.of(sid, F.IDENTS)] = idents.stored(identifiers)
+
+    def _task_def(self, name: str, parent: str | None, owner: str | None) -> str:
+        """A task node's definition (the task's registered defaults), dumped once per
+        shape and shared."""
+        shape = (name, parent, owner)
+        dumped = self._task_defs.get(shape)
+        if dumped is None:
+            dumped = self.task_def(name, parent=parent, owner=owner).dump()
+            self._task_defs[shape] = dumped
+        return dumped
+
+    def task_items(
+        self, parent: str, task: TaskLike, items: Iterable[Mapping[str, Any]]
+    ) -> TaskItems:
+        """One new item of swarm ``parent`` per kwargs mapping in ``items``, in order, all
+        running ``task`` (a registered function or a task name). Every item is validated
+        and serialised here, before anything is written; nothing is stored in
+        :attr:`fields` (see :meth:`store_items`)."""
+        from mageflow.flows.handles import Signature
+
+        if isinstance(task, Signature):
+            raise NotATaskError(
+                f"{task.key} is a signature; swarm_of/add_tasks take one task (a @mf.task "
+                "function or a task name) and a kwargs mapping per item. Pass signed "
+                "signatures to swarm(...) or add_task(...) instead."
+            )
+        dumped = self._task_def(self.mf.task_name_of(task), parent, None)
+        _check_depth(f"{parent}.i")
+        encoded = [kwargs_json(kw, f"item {i} (its kwargs)") for i, kw in enumerate(items)]
+        shared = {"": dumped, F.of("", F.STATUS): "pending", F.of("", F.CREATED): self.now}
+        return TaskItems(unique_item_ids(parent, len(encoded)), encoded, shared)
+
+    def store_items(self, items: TaskItems) -> None:
+        """Store the records of ``items`` in :attr:`fields`."""
+        fields = self.fields
+        shared = list(items.shared.items())
+        for sid, kw in zip(items.sids, items.kwargs, strict=True):
+            for suffix, value in shared:
+                fields[sid + suffix] = value
+            if kw is not None:
+                fields[f"{sid}:{F.KWARGS}"] = kw
 
     async def task_like(
         self, sid: str, value: TaskLike, *, parent: str | None = None, owner: str | None = None
     ) -> None:
         """Store ``value`` under ``sid``: a new task node, or a moved signature."""
+        await self.task_likes([(sid, value)], parent=parent, owner=owner)
+
+    async def task_likes(
+        self,
+        entries: Iterable[tuple[str, TaskLike]],
+        *,
+        parent: str | None = None,
+        owner: str | None = None,
+    ) -> None:
+        """:meth:`task_like` for many ``(sid, value)``; signatures are moved in one batch."""
         from mageflow.flows.handles import Signature
 
-        if isinstance(value, Signature):
-            await self._move(sid, value, parent, owner)
-            return
-        name = self.mf.task_name_of(value)
-        self.node(sid, self.task_def(name, parent=parent, owner=owner))
+        signed: list[tuple[str, Signature]] = []
+        for sid, value in entries:
+            if isinstance(value, Signature):
+                signed.append((sid, value))
+            else:
+                name = self.mf.task_name_of(value)
+                self.node(sid, self._task_def(name, parent, owner))
+        if signed:
+            await self._move(signed, parent, owner)
 
     def task_def(
         self,
@@ -163,27 +268,70 @@ class WorkflowBuilder:
     async def callbacks(
         self, owner_sid: str, success: Iterable[TaskLike], error: Iterable[TaskLike]
     ) -> tuple[list[str], list[str]]:
-        ok: list[str] = []
-        err: list[str] = []
-        for i, cb in enumerate(success):
-            ok.append(f"{owner_sid}.s{i}")
-            await self.task_like(ok[-1], cb, owner=owner_sid)
-        for i, cb in enumerate(error):
-            err.append(f"{owner_sid}.e{i}")
-            await self.task_like(err[-1], cb, owner=owner_sid)
-        return ok, err
+        ok = [(f"{owner_sid}.s{i}", cb) for i, cb in enumerate(success)]
+        err = [(f"{owner_sid}.e{i}", cb) for i, cb in enumerate(error)]
+        await self.task_likes([*ok, *err], owner=owner_sid)
+        return [sid for sid, _ in ok], [sid for sid, _ in err]
 
-    async def _move(self, sid: str, sig: Signature, parent: str | None, owner: str | None) -> None:
-        old_wf, old_sid = split_key(sig.key)
-        if old_sid != ROOT or any(s is sig for s, _, _ in self.moved):
-            raise SignatureInUseError(
-                f"{sig.key} already belongs to a workflow; sign a new one to use it again"
-            )
-        records = await self.mf.store.read_all(old_wf)
-        if not records:
-            raise SignatureInUseError(f"{sig.key} no longer exists (expired or already used)")
-        if records.get(F.of(ROOT, F.SENT)) or records.get(F.of(ROOT, F.STATUS)) != "pending":
-            raise SignatureInUseError(f"{sig.key} was already run; sign a new one to use it")
+    async def swarm_root(
+        self,
+        success: Callbacks,
+        error: Callbacks,
+        config: SwarmConfig | None,
+        closed: bool,
+        name: str | None,
+        items: list[str],
+        options: Options | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> None:
+        """The root swarm of this workflow over ``items`` (sids already stored), with its
+        dispatch ``options`` and the ``context`` kwargs every node under it receives."""
+        config = config or SwarmConfig()
+        ok, err = await self.callbacks(ROOT, callbacks_of(success), callbacks_of(error))
+        d = NodeDef(
+            kind="swarm",
+            name=name,
+            on_success=ok,
+            on_error=err,
+            max_concurrency=config.max_concurrency,
+            stop_after_n_failures=config.stop_after_n_failures,
+        )
+        self.node(ROOT, self.with_options(d, options), kwargs=context)
+        if closed:
+            self.fields[F.of(ROOT, F.CLOSED)] = "1"
+        self.lists[F.aux(F.ITEMS, ROOT)] = items
+
+    async def _move(
+        self, signed: Sequence[tuple[str, Signature]], parent: str | None, owner: str | None
+    ) -> None:
+        """Copy standalone signatures under new sids: one batched read for all of them."""
+        old_wfs: list[str] = []
+        for _, sig in signed:
+            old_wf, old_sid = split_key(sig.key)
+            if old_sid != ROOT or sig.key in self._moved_keys:
+                raise SignatureInUseError(
+                    f"{sig.key} already belongs to a workflow; sign a new one to use it again"
+                )
+            self._moved_keys.add(sig.key)
+            old_wfs.append(old_wf)
+        stored = await self.mf.store.read_many(old_wfs)
+        for (sid, sig), old_wf, records in zip(signed, old_wfs, stored, strict=True):
+            if not records:
+                raise SignatureInUseError(f"{sig.key} no longer exists (expired or already used)")
+            if records.get(F.of(ROOT, F.SENT)) or records.get(F.of(ROOT, F.STATUS)) != "pending":
+                raise SignatureInUseError(f"{sig.key} was already run; sign a new one to use it")
+            old_lists = await self._copy(old_wf, records, sid, parent, owner)
+            self.moved.append((sig, sid, old_lists))
+
+    async def _copy(
+        self,
+        old_wf: str,
+        records: Mapping[str, str],
+        sid: str,
+        parent: str | None,
+        owner: str | None,
+    ) -> list[str]:
+        """Copy one standalone workflow's records under ``sid``; returns its list names."""
         old_lists: list[str] = []
         for field, value in records.items():
             old, sep, attr = field.partition(":")
@@ -203,25 +351,41 @@ class WorkflowBuilder:
                 self.fields[new_sid] = d.dump()
             else:
                 self.fields[f"{new_sid}:{attr}"] = value
-        self.moved.append((sig, sid, old_lists))
+        return old_lists
 
     async def commit(self) -> None:
         """Write the new records (indexed for ``mageflow ls`` and, under their final keys,
-        by their identifiers), then drop the standalone workflows that were moved in."""
-        await self.mf.store.write(
-            self.wf,
-            self.fields,
-            self.lists,
-            index=True,
-            identified=idents.to_index(self.wf, self.fields),
-        )
+        by their identifiers), then drop the standalone workflows that were moved in.
+
+        All-or-nothing for the caller: the root definition is written last (a write that
+        fails part-way leaves a workflow without a root, which cannot be loaded or run),
+        the index entry after it, and a failed write is deleted again; what a lost
+        connection keeps from being deleted expires with the active TTL. The workflow id
+        is new and its key reaches nobody before this returns."""
+        root = self.fields.pop(ROOT, None)
+        if root is not None:
+            self.fields[ROOT] = root
+        try:
+            await self.mf.store.write(
+                self.wf,
+                self.fields,
+                self.lists,
+                index=True,
+                identified=idents.to_index(self.wf, self.fields),
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.mf.store.delete(self.wf, list(self.lists))
+            raise
         await self.drop_moved()
 
     async def drop_moved(self) -> None:
         """Delete the standalone workflows that were moved in; repoint their handles."""
-        for sig, sid, lists in self.moved:
-            old_wf, _ = split_key(sig.key)
-            await self.mf.store.delete(old_wf, lists)
+        if not self.moved:
+            return
+        old = [(split_key(sig.key)[0], lists) for sig, _, lists in self.moved]
+        await self.mf.store.delete_many(old)
+        for (old_wf, _), (_, sid, _) in zip(old, self.moved, strict=True):
             self.mf.rehome(old_wf, functools.partial(self._new_key, sid))
 
     def _new_key(self, new_root: str, old_sid: str) -> str:

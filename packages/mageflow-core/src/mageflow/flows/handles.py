@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from mageflow import faults
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
     from mageflow.flows.runtime import Runtime
 
 log = logging.getLogger("mageflow")
+
+ADD_BATCH = 2_000
+"""Items :meth:`SwarmSignature.add_tasks` adds per transition (a few fields each, so one
+engine call stays under ~10k fields)."""
 
 
 class Signature:
@@ -172,7 +177,9 @@ class SwarmSignature(Signature):
         # indexed first: an entry whose add is refused is dropped by the next lookup
         await self.mf.store.index_identified(idents.to_index(wf, builder.fields))
         try:
-            await self.mf.engine.add_item(self.key, item_sid, builder.fields, builder.lists)
+            await self.mf.engine.add_items(
+                self.key, [item_sid], builder.fields, lists=builder.lists
+            )
         except MageflowError:
             if signed is not None:  # refused: leave no signature of ours behind either
                 await self.mf.store.delete(split_key(signed.key)[0])
@@ -180,6 +187,34 @@ class SwarmSignature(Signature):
         await builder.drop_moved()
         d = NodeDef.model_validate(json.loads(builder.fields[item_sid]))
         return handle_for(self.mf, f"{wf}.{item_sid}", d.kind)
+
+    async def add_tasks(
+        self, task: TaskLike, items: Iterable[Mapping[str, Any]]
+    ) -> list[Signature]:
+        """Add one item of ``task`` (a ``@mf.task`` function or a task name) per kwargs
+        mapping in ``items``, in order, as :meth:`add_task` would one by one; returns their
+        handles. Every item is validated before anything is written.
+
+        Up to :data:`ADD_BATCH` items are added in one atomic transition (refused, it adds
+        none of them); a bigger batch is added in several, in order, and a refusal after
+        the first (the swarm was closed meanwhile) says how many were added. Raises
+        :class:`SwarmClosedError` when closed, :class:`NotATaskError` for a signature."""
+        wf, sid = self._wf_sid
+        bulk = WorkflowBuilder(self.mf, wf).task_items(sid, task, items)
+        sids = bulk.sids
+        for start in range(0, len(sids), ADD_BATCH):
+            stop = start + ADD_BATCH
+            records = bulk.kwargs_records(start, stop)
+            try:
+                await self.mf.engine.add_items(self.key, sids[start:stop], records, bulk.shared)
+            except MageflowError as exc:
+                if start == 0:
+                    raise
+                raise type(exc)(
+                    f"{exc} (the first {start} of the {len(sids)} items were added, in "
+                    "earlier transitions; the rest were not)"
+                ) from exc
+        return [Signature(self.mf, f"{wf}.{s}") for s in sids]
 
     async def close_swarm(self) -> None:
         """No more items; the swarm completes once every item has finished."""

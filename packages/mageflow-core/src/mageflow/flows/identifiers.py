@@ -86,7 +86,7 @@ async def find(store: StateStore, identifiers: Any, limit: int = 100) -> list[st
     for start in range(0, len(candidates), CHECK_BATCH):
         batch = candidates[start : start + CHECK_BATCH]
         requests = [(wf, F.of(sid, F.IDENTS)) for wf, sid in map(split_key, batch)]
-        for key, raw in zip(batch, await store.read_many(requests), strict=True):
+        for key, raw in zip(batch, await store.read_fields(requests), strict=True):
             if raw is not None and set(labels) <= set(labels_of(json.loads(raw))):
                 found.append(key)
             else:

@@ -26,6 +26,9 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
+CHUNK = 10_000
+"""At most this many hash fields or list members go in one store command."""
+
 Reply = list[str] | str | int | None
 """What a script returns: strings, integers, nil, or flat arrays of strings."""
 
@@ -68,10 +71,16 @@ class StateStore(abc.ABC):
         identified: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
         """Create records: hash ``fields`` and auxiliary ``lists`` (``"items:<sid>"`` ...);
-        with ``index`` also list the workflow in ``<prefix>:index``; ``identified``
-        (label -> {signature key: score}) goes to :meth:`index_identified` first, so a
-        written record is never missing from the index (an entry without its record is
-        dropped by lookups)."""
+        with ``index`` also list the workflow in ``<prefix>:index`` (after the records).
+
+        The lists are written first, then the fields in their order, then the index entry.
+        A write may be sent as several commands (at most :data:`CHUNK` fields or members
+        each, so no single command holds the server up): if it fails part-way, only a
+        prefix of it can be stored. Callers therefore put the record that makes the rest
+        reachable (a new workflow's root definition) last, and delete on failure.
+        ``identified`` (label -> {signature key: score}) goes to :meth:`index_identified`
+        first, so a written record is never missing from the index (an entry without its
+        record is dropped by lookups)."""
 
     @abc.abstractmethod
     async def index_identified(self, entries: Mapping[str, Mapping[str, float]]) -> None:
@@ -88,7 +97,7 @@ class StateStore(abc.ABC):
         """Remove ``keys`` from the zsets of ``labels``."""
 
     @abc.abstractmethod
-    async def read_many(self, requests: Sequence[tuple[str, str]]) -> list[str | None]:
+    async def read_fields(self, requests: Sequence[tuple[str, str]]) -> list[str | None]:
         """One hash field of each of several workflows (``(wf, field)``), one round trip."""
 
     @abc.abstractmethod
@@ -100,12 +109,22 @@ class StateStore(abc.ABC):
         """Delete a workflow's hash and the named auxiliary keys, and unindex it."""
 
     @abc.abstractmethod
+    async def delete_many(self, entries: Sequence[tuple[str, Sequence[str]]]) -> None:
+        """:meth:`delete` for many ``(wf, lists)`` at once, in one round trip where the
+        store can."""
+
+    @abc.abstractmethod
     async def read(self, wf: str, fields: Sequence[str]) -> list[str | None]:
         """Read hash fields."""
 
     @abc.abstractmethod
     async def read_all(self, wf: str) -> dict[str, str]:
         """The whole workflow hash."""
+
+    @abc.abstractmethod
+    async def read_many(self, wfs: Sequence[str]) -> list[dict[str, str]]:
+        """:meth:`read_all` of many workflows, in order, in one round trip where the store
+        can (``{}`` for one that does not exist)."""
 
     @abc.abstractmethod
     async def read_list(self, wf: str, name: str, start: int = 0, stop: int = -1) -> list[str]:

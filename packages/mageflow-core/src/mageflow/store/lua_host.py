@@ -170,6 +170,10 @@ class LuaHost:
         def hset(key: str, *fv: Any) -> int:
             return ks.hset(key, zip(fv[::2], map(_text, fv[1::2]), strict=True))
 
+        def hmget(key: str, *fields: str) -> list[str | bool]:
+            values = (ks.hget(key, f) for f in fields)
+            return [False if v is None else v for v in values]  # nil as Redis gives it
+
         def zadd(key: str, *sm: Any) -> int:
             return ks.zadd(key, zip((_score(s) for s in sm[::2]), sm[1::2], strict=True))
 
@@ -196,6 +200,7 @@ class LuaHost:
 
         return {
             "HGET": ks.hget,
+            "HMGET": hmget,
             "HSET": hset,
             "HDEL": ks.hdel,
             "HINCRBY": lambda k, f, by: ks.hincrby(k, f, int(by)),

@@ -78,7 +78,7 @@ class MemoryStore(StateStore):
             for label in labels:
                 self.keyspace.zrem(self.identifier_key(label), *keys)
 
-    async def read_many(self, requests: Sequence[tuple[str, str]]) -> list[str | None]:
+    async def read_fields(self, requests: Sequence[tuple[str, str]]) -> list[str | None]:
         return [self.keyspace.hget(self.hash_key(wf), f) for wf, f in requests]
 
     async def set_if_absent(self, wf: str, field_name: str, value: str) -> None:
@@ -90,12 +90,19 @@ class MemoryStore(StateStore):
         self.keyspace.zrem(f"{self.prefix}:index", wf)
         self.keyspace.zrem(self.live_key, wf)
 
+    async def delete_many(self, entries: Sequence[tuple[str, Sequence[str]]]) -> None:
+        for wf, lists in entries:
+            await self.delete(wf, lists)
+
     async def read(self, wf: str, fields: Sequence[str]) -> list[str | None]:
         h = self.hash_key(wf)
         return [self.keyspace.hget(h, f) for f in fields]
 
     async def read_all(self, wf: str) -> dict[str, str]:
         return self.keyspace.hgetall(self.hash_key(wf))
+
+    async def read_many(self, wfs: Sequence[str]) -> list[dict[str, str]]:
+        return [self.keyspace.hgetall(self.hash_key(wf)) for wf in wfs]
 
     async def read_list(self, wf: str, name: str, start: int = 0, stop: int = -1) -> list[str]:
         return self.keyspace.lrange(f"{self.hash_key(wf)}:{name}", start, stop)

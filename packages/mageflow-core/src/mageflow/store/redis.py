@@ -15,11 +15,13 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mageflow.errors import EngineError, StoreUnavailableError
-from mageflow.store.base import Reply, Script, StateStore
+from mageflow.store.base import CHUNK, Reply, Script, StateStore
 
 DEFAULT_PREFIX = "mageflow"
 DEFAULT_ACTIVE_TTL = 7 * 24 * 3600
 DEFAULT_FINISHED_TTL = 24 * 3600
+PACK_OVER = 1_000
+"""Script calls with this many arguments or more are packed by :func:`_resp`."""
 
 
 def redact_url(url: str) -> str:
@@ -32,6 +34,14 @@ def redact_url(url: str) -> str:
         host = f"{host}:{parts.port}"
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _resp(args: Sequence[str]) -> bytes:
+    """One command in the Redis protocol (RESP2)."""
+    encoded = [a.encode() for a in args]
+    parts = [b"*%d\r\n" % len(encoded)]
+    parts += [b"$%d\r\n%s\r\n" % (len(a), a) for a in encoded]
+    return b"".join(parts)
 
 
 class RedisStore(StateStore):
@@ -97,14 +107,19 @@ class RedisStore(StateStore):
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise self._unavailable(exc) from exc
 
+    async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Any:
+        if len(args) < PACK_OVER:
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        command = ["EVALSHA", script.sha, str(len(keys)), *keys, *args]
+        return (await self._send_packed([command]))[0]
+
     async def run_script(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
-        client = self.client
         try:
             try:
-                reply = await client.evalsha(script.sha, len(keys), *keys, *args)
+                reply = await self._evalsha(script, keys, args)
             except NoScriptError:
-                await client.script_load(script.source)
-                reply = await client.evalsha(script.sha, len(keys), *keys, *args)
+                await self.client.script_load(script.source)
+                reply = await self._evalsha(script, keys, args)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise self._unavailable(exc) from exc
         except ResponseError as exc:
@@ -123,15 +138,23 @@ class RedisStore(StateStore):
     ) -> None:
         await self.index_identified(identified or {})
         h = self.hash_key(wf)
-        async with self.client.pipeline(transaction=True) as pipe:
-            if fields:
-                pipe.hset(h, mapping=dict(fields))  # type: ignore[arg-type]
-            pipe.expire(h, self.active_ttl)
-            for name, values in lists.items():
-                if values:
-                    pipe.rpush(f"{h}:{name}", *values)
-                    pipe.expire(f"{h}:{name}", self.active_ttl)
-            await self._call(pipe.execute())
+        pairs = [x for pair in fields.items() for x in pair]
+        big = len(pairs) > 2 * CHUNK or any(len(v) > CHUNK for v in lists.values())
+        commands: list[list[str]] = []
+        for name, values in lists.items():
+            key = f"{h}:{name}"
+            for start in range(0, len(values), CHUNK):
+                commands.append(["RPUSH", key, *values[start : start + CHUNK]])
+                if start == 0:
+                    commands.append(["EXPIRE", key, str(self.active_ttl)])
+        for start in range(0, len(pairs), 2 * CHUNK):
+            commands.append(["HSET", h, *pairs[start : start + 2 * CHUNK]])
+            if start == 0:
+                commands.append(["EXPIRE", h, str(self.active_ttl)])
+        if not big:  # one command per key: one MULTI/EXEC
+            commands = [["MULTI"], *commands, ["EXEC"]]
+        # else in order, in one round trip, not one transaction (see StateStore.write)
+        await self._call(self._send_packed(commands))
         if index:  # another hash slot: a separate call
             await self._call(self.client.zadd(f"{self.prefix}:index", {wf: time.time()}))
 
@@ -170,7 +193,7 @@ class RedisStore(StateStore):
                 pipe.zrem(self.identifier_key(label), *keys)
             await self._call(pipe.execute())
 
-    async def read_many(self, requests: Sequence[tuple[str, str]]) -> list[str | None]:
+    async def read_fields(self, requests: Sequence[tuple[str, str]]) -> list[str | None]:
         if not requests:
             return []
         async with self.client.pipeline(transaction=False) as pipe:
@@ -178,16 +201,51 @@ class RedisStore(StateStore):
                 pipe.hget(self.hash_key(wf), field_name)
             return list(await self._call(pipe.execute()))
 
+    async def _send_packed(self, commands: Sequence[Sequence[str]]) -> list[Any]:
+        """Run ``commands`` in order in one round trip (``MULTI`` ... ``EXEC`` among them
+        make a transaction), packed here: redis-py packs each argument in several Python
+        steps, and a bulk build has hundreds of thousands of them. Returns the replies;
+        raises the first error reply once all were read."""
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        replies: list[Any] = []
+        first_error: ResponseError | None = None
+        try:
+            await conn.send_packed_command([_resp(command) for command in commands])
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    first_error = first_error or exc
+        except BaseException:
+            await conn.disconnect()  # replies may be left unread on it
+            raise
+        finally:
+            await pool.release(conn)
+        if first_error is None:  # a MULTI/EXEC reply holds its commands' errors
+            nested = (r for r in replies if isinstance(r, list))
+            first_error = next((e for r in nested for e in r if isinstance(e, ResponseError)), None)
+        if first_error is not None:
+            raise first_error
+        return replies
+
     async def set_if_absent(self, wf: str, field_name: str, value: str) -> None:
         await self._call(self.client.hsetnx(self.hash_key(wf), field_name, value))
 
     async def delete(self, wf: str, lists: Sequence[str] = ()) -> None:
-        h = self.hash_key(wf)
-        await self._call(self.client.delete(h, *(f"{h}:{name}" for name in lists)))
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.zrem(f"{self.prefix}:index", wf)
-            pipe.zrem(self.live_key, wf)
-            await self._call(pipe.execute())
+        await self.delete_many([(wf, lists)])
+
+    async def delete_many(self, entries: Sequence[tuple[str, Sequence[str]]]) -> None:
+        for start in range(0, len(entries), CHUNK):
+            part = entries[start : start + CHUNK]
+            async with self.client.pipeline(transaction=False) as pipe:
+                for wf, lists in part:
+                    h = self.hash_key(wf)
+                    pipe.delete(h, *(f"{h}:{name}" for name in lists))
+                wfs = [wf for wf, _ in part]
+                pipe.zrem(f"{self.prefix}:index", *wfs)
+                pipe.zrem(self.live_key, *wfs)
+                await self._call(pipe.execute())
 
     async def read(self, wf: str, fields: Sequence[str]) -> list[str | None]:
         if not fields:
@@ -197,6 +255,15 @@ class RedisStore(StateStore):
 
     async def read_all(self, wf: str) -> dict[str, str]:
         return dict(await self._call(self.client.hgetall(self.hash_key(wf))))
+
+    async def read_many(self, wfs: Sequence[str]) -> list[dict[str, str]]:
+        out: list[dict[str, str]] = []
+        for start in range(0, len(wfs), CHUNK):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for wf in wfs[start : start + CHUNK]:
+                    pipe.hgetall(self.hash_key(wf))
+                out.extend(dict(r) for r in await self._call(pipe.execute()))
+        return out
 
     async def read_list(self, wf: str, name: str, start: int = 0, stop: int = -1) -> list[str]:
         key = f"{self.hash_key(wf)}:{name}"

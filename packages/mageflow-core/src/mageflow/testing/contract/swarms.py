@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -10,6 +11,7 @@ from mageflow.errors import (
     SwarmClosedError,
     TaskFailedError,
 )
+from mageflow.flows.handles import SwarmSignature
 from mageflow.models.config import SwarmConfig
 from mageflow.testing.contract.base import ContractBase, ContractHarness, _ns
 
@@ -52,15 +54,20 @@ class SwarmContract(ContractBase):
             {"a": "swarm", "b": "late-kw", "c": "late-msg", "d": "late-msg", "s": 1},
         ]
 
-    async def test_swarm_never_exceeds_max_concurrency(self, harness: ContractHarness) -> None:
-        assert harness.worker_slots >= 3, "the harness must offer >= 3 worker slots"
+    @staticmethod
+    async def _runs_capped_at_two(h: ContractHarness, sw: SwarmSignature, n: int) -> None:
+        """``sw``'s ``contract.slow`` items ``0..n-1`` finish, never more than 2 at once."""
+        assert h.worker_slots >= 3, "the harness must offer >= 3 worker slots"
         ns = _ns()
+        assert await sw.aio_run({"ns": ns}, timeout=h.timeout) == list(range(n))
+        observed = await h.probe.max_running(ns)
+        assert observed == 2, f"observed {observed} items running at once with a cap of 2"
+
+    async def test_swarm_never_exceeds_max_concurrency(self, harness: ContractHarness) -> None:
         app = harness.app
         items = [await app.sign("contract.slow", id=i, seconds=0.15) for i in range(12)]
         sw = await app.swarm(items, config=SwarmConfig(max_concurrency=2), is_swarm_closed=True)
-        assert await sw.aio_run({"ns": ns}, timeout=harness.timeout) == list(range(12))
-        observed = await harness.probe.max_running(ns)
-        assert observed == 2, f"observed {observed} items running at once with a cap of 2"
+        await self._runs_capped_at_two(harness, sw, 12)
 
     async def test_swarm_stop_after_n_failures(self, harness: ContractHarness) -> None:
         ns = _ns()
@@ -130,6 +137,71 @@ class SwarmContract(ContractBase):
             await sw.add_task("contract.echo")
         after = await sw.get_state()
         assert after.counts["total"] == before.counts["total"] == 1
+
+    async def test_swarm_of_runs_like_signed_items(self, harness: ContractHarness) -> None:
+        ns = _ns()
+        app = harness.app
+        kwargs: list[dict[str, Any]] = [{"a": "item-kw", "i": i} for i in range(3)]
+        kwargs.append({})
+        results = []
+        for build in ("signed", "bulk"):
+            done = await app.sign("contract.collect", ns=ns, tag=build)
+            options: dict[str, Any] = {"success_callbacks": [done], "is_swarm_closed": True}
+            if build == "bulk":
+                sw = await app.swarm_of("contract.echo", kwargs, **options)
+            else:
+                signed = [await app.sign("contract.echo", **kw) for kw in kwargs]
+                sw = await app.swarm(signed, **options)
+            results.append(await sw.aio_run({"ns": ns, "a": "swarm"}, timeout=harness.timeout))
+            (got,) = await self.events(harness, ns, build, 1)
+            assert got["mageflow_results"] == results[-1]
+        assert results[0] == results[1]
+        assert results[1] == [{"a": "item-kw", "i": i} for i in range(3)] + [{"a": "swarm"}]
+
+    async def test_swarm_of_and_add_tasks_keep_the_cap(self, harness: ContractHarness) -> None:
+        app = harness.app
+        sw = await app.swarm_of(
+            "contract.slow",
+            [{"id": i, "seconds": 0.1} for i in range(4)],
+            config=SwarmConfig(max_concurrency=2),
+        )
+        await sw.add_tasks("contract.slow", [{"id": i, "seconds": 0.1} for i in range(4, 8)])
+        await sw.close_swarm()
+        await self._runs_capped_at_two(harness, sw, 8)
+
+    async def test_add_tasks_runs_like_add_task(self, harness: ContractHarness) -> None:
+        ns = _ns()
+        app = harness.app
+        results = []
+        for build in ("one by one", "bulk"):
+            done = await app.sign("contract.collect", ns=ns, tag=build)
+            sw = await app.swarm(success_callbacks=[done])
+            await sw.aio_run_no_wait({"ns": ns, "b": "swarm"})
+            kwargs: list[dict[str, Any]] = [{"b": "item-kw", "i": i} for i in range(3)]
+            if build == "bulk":
+                added = await sw.add_tasks(app.tasks["contract.echo"].fn, kwargs)
+            else:
+                added = [await sw.add_task("contract.echo", **kw) for kw in kwargs]
+            await added[1].aio_run_no_wait({"b": "own-msg", "c": "own-msg"})
+            await sw.close_swarm()
+            results.append(await sw.wait(timeout=harness.timeout))
+            (got,) = await self.events(harness, ns, build, 1)
+            assert got["mageflow_results"] == results[-1]
+        assert results[0] == results[1]
+        assert results[1] == [
+            {"b": "item-kw", "i": 0},
+            {"b": "own-msg", "c": "own-msg", "i": 1},
+            {"b": "item-kw", "i": 2},
+        ]
+
+    async def test_add_tasks_to_closed_swarm_raises_and_changes_nothing(
+        self, harness: ContractHarness
+    ) -> None:
+        app = harness.app
+        sw = await app.swarm_of("contract.echo", [{"i": 0}], is_swarm_closed=True)
+        with pytest.raises(SwarmClosedError):
+            await sw.add_tasks("contract.echo", [{"i": 1}, {"i": 2}])
+        assert (await sw.get_state()).counts["total"] == 1
 
     async def test_swarm_as_chain_step_hands_list_to_next(self, harness: ContractHarness) -> None:
         ns = _ns()
