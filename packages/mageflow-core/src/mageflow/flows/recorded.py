@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import stamina
 
+from mageflow import faults
 from mageflow.errors import StoreUnavailableError
 
 log = logging.getLogger("mageflow.worker")
@@ -18,8 +19,11 @@ WAIT_MAX = 2.0
 """Longest pause (s) between two attempts while the store is unreachable."""
 
 
-async def until_recorded(what: str, transition: Callable[[], Awaitable[T]]) -> T:
-    """Run ``transition`` until the store answers; its other errors propagate at once.
+async def until_recorded(
+    op: str, task_name: str, key: str, transition: Callable[[], Awaitable[T]]
+) -> T:
+    """Run ``transition`` (the ``op`` of a delivery of ``task_name`` for ``key``) until
+    the store answers; its other errors propagate at once.
 
     A delivery whose start or finish is not recorded must not be acknowledged: the worker
     keeps holding it (a stream broker keeps renewing its claim) and retries with capped
@@ -27,14 +31,22 @@ async def until_recorded(what: str, transition: Callable[[], Awaitable[T]]) -> T
     broker redelivers the message. Every transition is idempotent, so a retry of one
     that was applied but whose reply was lost changes nothing.
     """
-    try:
+
+    async def once() -> T:
+        try:
+            faults.fail(faults.STORE, f"{op}:{task_name}")
+        except ConnectionError as exc:
+            raise StoreUnavailableError(str(exc)) from exc
         return await transition()
+
+    try:
+        return await once()
     except StoreUnavailableError as exc:
-        log.warning("%s: the store is unreachable (%s); retrying until it is back", what, exc)
+        log.warning("%s of %s: store unreachable (%s); retrying until it is back", op, key, exc)
     async for attempt in stamina.retry_context(
         on=StoreUnavailableError, attempts=None, timeout=None, wait_initial=0.05, wait_max=WAIT_MAX
     ):
         with attempt:
-            result = await transition()
-    log.warning("%s: recorded after the store came back", what)
+            result = await once()
+    log.warning("%s of %s: recorded after the store came back", op, key)
     return result

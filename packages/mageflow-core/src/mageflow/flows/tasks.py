@@ -187,7 +187,7 @@ async def run_task(mf: Runtime, task: RegisteredTask, payload: JSON, ctx: RunCon
         await _fail(mf, task.name, key, exc, data, ctx)
         raise
     transition = await until_recorded(
-        f"finish of {key}", lambda: mf.engine.finish(key, True, result_json)
+        "finish", task.name, key, lambda: mf.engine.finish(key, True, result_json)
     )
     faults.check(faults.AFTER_FINISH, task.name)
     await _publish_after_finish(mf, key, transition.publishes)
@@ -231,7 +231,9 @@ async def _start(
     if it re-issued what an already finished run owed, or is a duplicate, held or dropped.
     ``ret`` is the input field that receives the previous step's result."""
     mf.start_reconciler()
-    outcome = await until_recorded(f"start of {key}", lambda: mf.engine.start(key, ctx.run_id))
+    outcome = await until_recorded(
+        "start", task_name, key, lambda: mf.engine.start(key, ctx.run_id)
+    )
     if outcome.action == "redo":
         log.info(
             "redelivered %s (%s): re-issuing %d publish(es)", key, task_name, len(outcome.owed)
@@ -258,7 +260,7 @@ async def _fail(
         original = "{}"
     error = error_json(exc)
     transition = await until_recorded(
-        f"finish of {key}", lambda: mf.engine.finish(key, False, error, original)
+        "finish", task_name, key, lambda: mf.engine.finish(key, False, error, original)
     )
     faults.check(faults.AFTER_FINISH, task_name)
     await _publish_after_finish(mf, key, transition.publishes)
