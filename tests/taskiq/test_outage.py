@@ -1,14 +1,15 @@
 """Redis outages in the middle of a swarm and a chain, on real taskiq workers.
 
-Two ``mageflow worker`` processes serve a closed swarm of ``ITEMS`` ``crash.item`` tasks
-(``max_concurrency=CAP``) and a chain of ``STEPS`` of them, the store and the broker on
-Redis servers of their own (or one server for both). Once ``RESTART_AFTER`` swarm items
-completed, the store's Redis, the broker's Redis or both are stopped (SIGTERM: a clean
-shutdown; SIGKILL: a crash) and started again on the same port, with the persistence the
-scenario names: ``none`` loses everything (a broker restarted so loses its queue and its
-consumer group), ``rdb`` saves on SIGTERM, ``aof`` (``appendonly yes``, fsync always)
-survives SIGKILL. A store that loses acknowledged writes (SIGKILL without AOF) cannot
-be helped and is not tested.
+Two ``mageflow worker`` processes (or one ``taskiq worker --workers 2``) serve a closed
+swarm of ``ITEMS`` ``crash.item`` tasks (``max_concurrency=CAP``) and a chain of ``STEPS``
+of them, the store and the broker on Redis servers of their own (or one server for both).
+Once ``RESTART_AFTER`` swarm items completed, the store's Redis, the broker's Redis or
+both are stopped (SIGTERM: a clean shutdown; SIGKILL: a crash) and started again on the
+same port, with the persistence the scenario names: ``none`` loses everything (a broker
+restarted so loses its queue and its consumer group), ``rdb`` saves on SIGTERM, ``aof``
+(``appendonly yes``, fsync always) survives SIGKILL. A store that loses acknowledged
+writes (SIGKILL without AOF) cannot be helped and is not tested. Some outages outlast
+``IDLE_TIMEOUT``, one while the items its held messages stand for still run.
 
 Every workflow must finish, each callback fire exactly once with every result, every
 item run (the reconciler re-sends what the broker lost), no user code run twice (no
@@ -66,6 +67,11 @@ class Outage:
     sig: int
     persistence: str  # of what is restarted
     shared: bool = False  # the store and the broker on one Redis
+    down: float = DOWN  # seconds it stays down
+    kind: str = "mageflow"  # or "taskiq": `taskiq worker --workers 2` (one manager)
+    items: int = ITEMS
+    item_seconds: float = ITEM_SECONDS
+    restart_after: int = RESTART_AFTER  # completed swarm items
 
 
 SCENARIOS = [
@@ -75,7 +81,38 @@ SCENARIOS = [
     Outage("broker-sigkill-lost", ("broker",), signal.SIGKILL, "none"),
     Outage("both-sigterm-rdb", ("store", "broker"), signal.SIGTERM, "rdb"),
     Outage("shared-sigkill-aof", ("store", "broker"), signal.SIGKILL, "aof", shared=True),
+    # down longer than IDLE_TIMEOUT: held messages look idle when the broker is back
+    Outage("store-sigterm-rdb-5s", ("store",), signal.SIGTERM, "rdb", down=5.0),
+    Outage("broker-sigterm-rdb-5s", ("broker",), signal.SIGTERM, "rdb", down=5.0),
+    # ... while the items those messages stand for still run: a worker must not claim
+    # them before their holders renewed
+    Outage(
+        "broker-sigterm-rdb-3s-long-items",
+        ("broker",),
+        signal.SIGTERM,
+        "rdb",
+        down=3.0,
+        items=30,
+        item_seconds=5.0,
+        restart_after=10,
+    ),
+    Outage(
+        "shared-sigterm-taskiq-cli",
+        ("store", "broker"),
+        signal.SIGTERM,
+        "rdb",
+        shared=True,
+        kind="taskiq",
+    ),
 ]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def text(value: bytes | str) -> str:
@@ -135,15 +172,18 @@ async def test_workflows_ride_out_a_redis_restart(
             broker_url=broker.url,
             extra_env={"MAGEFLOW_RESEND_AFTER": str(RESEND_AFTER)},
         )
-        workers = [pool.start("mageflow", concurrency=8) for _ in range(2)]
+        if outage.kind == "taskiq":
+            workers = [pool.start("taskiq", processes=2, concurrency=8)]
+        else:
+            workers = [pool.start("mageflow", concurrency=8) for _ in range(2)]
         app: Mageflow | None = None
         try:
-            await pool.wait_ready(2, rdb)
+            ready = await pool.wait_ready(2, rdb)
             app = pool.client_app()
             contract_tasks.register(app)
             app.task("crash.item")(crash_item_elsewhere)
             ns, ns_chain = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
-            items = [await app.sign("crash.item", id=i) for i in range(ITEMS)]
+            items = [await app.sign("crash.item", id=i) for i in range(outage.items)]
             sw = await app.swarm(
                 items,
                 success_callbacks=[await app.sign("contract.collect", ns=ns, tag="swarm-done")],
@@ -158,18 +198,19 @@ async def test_workflows_ride_out_a_redis_restart(
                 steps, success=await app.sign("contract.collect", ns=ns, tag="chain-done")
             )
             started = time.monotonic()
-            await sw.aio_run_no_wait({"ns": ns, "seconds": ITEM_SECONDS})
+            await sw.aio_run_no_wait({"ns": ns, "seconds": outage.item_seconds})
             await ch.aio_run_no_wait({})
 
             async def enough_done() -> bool:
-                return int(await rdb.llen(crash_key(ns, "done"))) >= RESTART_AFTER
+                return int(await rdb.llen(crash_key(ns, "done"))) >= outage.restart_after
 
-            await probe.wait_until(enough_done, 60, f"{RESTART_AFTER} completed items")
+            await probe.wait_until(enough_done, 60, f"{outage.restart_after} completed items")
             restarted_at = time.monotonic()
             targets = [store] if outage.shared else [
                 {"store": store, "broker": broker}[role] for role in outage.restart
             ]  # fmt: skip
-            await asyncio.gather(*(asyncio.to_thread(s.restart, outage.sig, DOWN) for s in targets))
+            restarts = (asyncio.to_thread(s.restart, outage.sig, outage.down) for s in targets)
+            await asyncio.gather(*restarts)
             back_at = time.monotonic()
 
             async def both_done() -> bool:
@@ -189,9 +230,10 @@ async def test_workflows_ride_out_a_redis_restart(
             completions = Counter(int(x) for x in await rdb.lrange(crash_key(ns, "done"), 0, -1))
             observed = await probe.max_running(ns)
             exits = [w.proc.returncode for w in workers if w.proc.poll() is not None]
+            exits += [pid for pid in ready if not alive(pid)]  # taskiq's forked workers
             figures = {
                 "scenario": outage.name,
-                "lost": ITEMS - len(runs) + STEPS - len(chain_runs),
+                "lost": outage.items - len(runs) + STEPS - len(chain_runs),
                 "ran_twice": len(twice) + len(chain_twice),
                 "double_callbacks": max(len(swarm_cbs), 1) - 1 + max(len(chain_cbs), 1) - 1,
                 "max_running": observed,
@@ -208,14 +250,14 @@ async def test_workflows_ride_out_a_redis_restart(
 
             # -- every workflow finished, each callback once, with every result ------------
             assert len(swarm_cbs) == 1, swarm_cbs
-            assert swarm_cbs[0]["mageflow_results"] == list(range(ITEMS))
+            assert swarm_cbs[0]["mageflow_results"] == list(range(outage.items))
             assert len(chain_cbs) == 1, chain_cbs
             assert chain_cbs[0]["mageflow_results"] == STEPS - 1
             assert await status_of(sw) == "done"
             assert await status_of(ch) == "done"
             # -- nothing lost, nothing run twice (no worker died), the cap held ------------
-            assert set(runs) == set(range(ITEMS)), "every item ran"
-            assert set(completions) == set(range(ITEMS)), "every item completed"
+            assert set(runs) == set(range(outage.items)), "every item ran"
+            assert set(completions) == set(range(outage.items)), "every item completed"
             assert set(chain_runs) == set(range(STEPS)), "every step ran"
             assert not twice and not chain_twice, f"user code ran twice: {twice} {chain_twice}"
             assert observed <= CAP, f"{observed} items held a slot at once (cap {CAP})"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -97,6 +98,7 @@ class ReclaimingStreamBroker(RedisStreamBroker):
         self._held: set[tuple[Any, Any]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         self._client: Redis | None = None
+        self._back_at = -math.inf  # when the broker's Redis last answered after failing
 
     @property
     def client(self) -> Redis:
@@ -148,7 +150,7 @@ class ReclaimingStreamBroker(RedisStreamBroker):
                         message = await self._accepted(stream, msg_id, fields)
                         if message is not None:
                             yield message
-                if time.monotonic() < next_scan:
+                if time.monotonic() < next_scan or self._just_back():
                     continue
                 next_scan = time.monotonic() + self.block / 1000
                 for stream in streams:
@@ -209,7 +211,15 @@ class ReclaimingStreamBroker(RedisStreamBroker):
                     regroup = _no_group(exc)
                     raise
         logger.warning("%s: the broker's Redis is back", what)
+        self._back_at = time.monotonic()
         return result
+
+    def _just_back(self) -> bool:
+        """Whether the broker's Redis came back less than ``idle_timeout / 2`` ago. The
+        messages live workers hold went unrenewed while it was down and may look idle; no
+        claim is made until every live worker renewed its own (every ``idle_timeout / 3``),
+        so a long outage does not hand running tasks to a second worker."""
+        return time.monotonic() - self._back_at < self.idle_timeout / 2000
 
     async def _create_groups(self, from_id: str) -> None:
         streams = {self.queue_name, *self.additional_streams}
@@ -284,6 +294,7 @@ class ReclaimingStreamBroker(RedisStreamBroker):
     async def _keep_claimed(self) -> None:
         async with Redis(connection_pool=self.connection_pool) as conn:
             script = conn.register_script(_KEEP_CLAIMED)
+            failing = False
             while True:
                 await asyncio.sleep(self.idle_timeout / 3000)
                 by_stream: dict[Any, list[Any]] = {}
@@ -295,7 +306,11 @@ class ReclaimingStreamBroker(RedisStreamBroker):
                             keys=[stream], args=[self.consumer_group_name, self.consumer_name, *ids]
                         )
                     except RedisError as exc:
+                        failing = True
                         logger.warning("cannot renew the claim on %d messages: %s", len(ids), exc)
+                    else:
+                        if failing:  # back after an outage this worker's reads may not see
+                            failing, self._back_at = False, time.monotonic()
 
 
 def build_stream_broker(url: str, *, queue_name: str, idle_timeout: float) -> Any:
