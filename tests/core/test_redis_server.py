@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -329,3 +330,30 @@ def test_forgotten_server_is_stopped_at_interpreter_exit() -> None:
     port = urlsplit(out.stdout.strip()).port
     assert port is not None
     _assert_port_refuses(port)
+
+
+@pytest.mark.usefixtures("wheel_binary")
+@pytest.mark.parametrize(
+    ("persistence", "sig", "kept"),
+    [
+        ("none", signal.SIGTERM, False),
+        ("rdb", signal.SIGTERM, True),
+        ("rdb", signal.SIGKILL, False),
+        ("aof", signal.SIGKILL, True),
+    ],
+)
+def test_restartable_server_comes_back_on_its_port_with_what_its_persistence_kept(
+    persistence: str, sig: int, kept: bool
+) -> None:
+    with rs.restartable_redis(persistence) as server:
+        url = server.url
+        client = redis.Redis.from_url(url)
+        client.set("k", "v")
+        client.close()
+        server.restart(sig, down=0.05)
+        assert server.url == url
+        client = redis.Redis.from_url(url)
+        assert client.get("k") == (b"v" if kept else None)
+        client.close()
+        assert server.restarts == 1
+    _assert_port_refuses(urlsplit(url).port or 0)

@@ -247,6 +247,9 @@ class AppWorkers:
     log_dir: Path
     idle_timeout: float = 2.0
     fault_dir: Path | None = None
+    store_url: str | None = None  # the store's Redis (default: redis_url)
+    broker_url: str | None = None  # the broker's Redis (default: redis_url)
+    extra_env: dict[str, str] = field(default_factory=dict)
     queue: str = field(default_factory=lambda: f"mf-tq-{uuid.uuid4().hex[:12]}")
     prefix: str = field(default_factory=lambda: f"mf-t-{uuid.uuid4().hex[:8]}")
     started: list[Worker] = field(default_factory=list)
@@ -261,13 +264,14 @@ class AppWorkers:
         env = {
             **os.environ,
             "MAGEFLOW_BACKEND": "taskiq",
-            ENV_URL: self.redis_url,
+            ENV_URL: self.broker_url or self.redis_url,
             ENV_QUEUE: self.queue,
             ENV_IDLE_TIMEOUT: str(self.idle_timeout),
-            "MAGEFLOW_REDIS_URL": self.redis_url,
+            "MAGEFLOW_REDIS_URL": self.store_url or self.redis_url,
             "MAGEFLOW_KEY_PREFIX": self.prefix,
             "MAGEFLOW_PROBE_URL": self.redis_url,
             "PYTHONPATH": _pythonpath(),
+            **self.extra_env,
         }
         env.pop("MAGEFLOW_TASKIQ_BROKER", None)
         env.pop("MAGEFLOW_FAULT_DIR", None)
@@ -279,10 +283,10 @@ class AppWorkers:
         """The test process's ``Mageflow``: same broker, store and prefix as the workers."""
         return mageflow.Mageflow(
             backend="taskiq",
-            broker_url=self.redis_url,
+            broker_url=self.broker_url or self.redis_url,
             queue_name=self.queue,
             idle_timeout=self.idle_timeout,
-            redis_url=self.redis_url,
+            redis_url=self.store_url or self.redis_url,
             key_prefix=self.prefix,
         )
 

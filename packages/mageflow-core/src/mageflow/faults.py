@@ -23,6 +23,9 @@ AFTER_CLOSE = "after-close"
 """Client (name ``client``): after the ``close_swarm`` transition, before its publishes."""
 PUBLISH = "publish"
 """Any process: a publish of the named task raises :class:`ConnectionError`."""
+STORE = "store"
+"""Worker, name ``start:<task>`` or ``finish:<task>``: that transition of a delivery of the
+task meets an unreachable store (``StoreUnavailableError``) before reaching it."""
 
 CLIENT = "client"
 

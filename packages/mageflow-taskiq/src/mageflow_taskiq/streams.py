@@ -5,17 +5,49 @@ live worker's messages are never taken from it however long their tasks run."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 import time
-from collections.abc import AsyncGenerator
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any, TypeVar
 
+import stamina
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import AckableMessage, BrokerMessage
 from taskiq_redis import RedisStreamBroker
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+WAIT_MAX = 2.0
+"""Longest pause (s) between two attempts while the broker's Redis is unreachable."""
+DEAD_MAXLEN = 10_000
+"""About how many dead-lettered entries ``<queue>:dead`` keeps (the oldest are trimmed)."""
+
+
+def dead_stream(stream: str) -> str:
+    """Where the entries of ``stream`` that cannot be run are kept for the operator."""
+    return f"{stream}:dead"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _no_group(exc: Exception) -> bool:
+    return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
+
+
+def _broker_lost(exc: Exception) -> bool:
+    """A transient failure of the broker's Redis (``BusyLoadingError``, raised while a
+    restarted server loads its data, is a ``ConnectionError``)."""
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError)) or _no_group(exc)
+
 
 # Reset the idle time of the given entries that are still pending for this consumer.
 _KEEP_CLAIMED = """
@@ -49,6 +81,12 @@ class ReclaimingStreamBroker(RedisStreamBroker):
     are claimed, and ``idle_timeout`` bounds the redelivery delay, not the task length.
     Idle messages are claimed one at a time, each when the worker has a slot to run it.
 
+    Outages and poison: a lost connection, a restarting Redis or a consumer group lost
+    with the stream never escape :meth:`listen` (the worker waits, with backoff, and
+    recreates the group), and an acknowledgement is retried the same way. An entry that
+    cannot be a message (no ``data`` field, bytes the formatter rejects) is copied to
+    ``<queue>:dead`` with the reason and acknowledged.
+
     Two costs are cut as well: publishing and acknowledging reuse one client instead of
     building a ``Redis`` object per message, and an acknowledged entry is deleted from the
     stream (XACK + XDEL in one round trip), so the stream holds what is queued or
@@ -60,6 +98,7 @@ class ReclaimingStreamBroker(RedisStreamBroker):
         self._held: set[tuple[Any, Any]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         self._client: Redis | None = None
+        self._back_at = -math.inf  # when the broker's Redis last answered after failing
 
     @property
     def client(self) -> Redis:
@@ -95,18 +134,23 @@ class ReclaimingStreamBroker(RedisStreamBroker):
         next_scan = 0.0
         async with Redis(connection_pool=self.connection_pool) as conn:
             while True:
-                fetched: Any = await conn.xreadgroup(
-                    self.consumer_group_name,
-                    self.consumer_name,
-                    streams,
-                    block=self.block,
-                    noack=False,
-                    count=self.count,
+                fetched: Any = await self._riding_out(
+                    "reading the stream",
+                    lambda: conn.xreadgroup(
+                        self.consumer_group_name,
+                        self.consumer_name,
+                        streams,
+                        block=self.block,
+                        noack=False,
+                        count=self.count,
+                    ),
                 )
                 for stream, entries in fetched or ():
                     for msg_id, fields in entries:
-                        yield self._message(stream, msg_id, fields)
-                if time.monotonic() < next_scan:
+                        message = await self._accepted(stream, msg_id, fields)
+                        if message is not None:
+                            yield message
+                if time.monotonic() < next_scan or self._just_back():
                     continue
                 next_scan = time.monotonic() + self.block / 1000
                 for stream in streams:
@@ -116,42 +160,141 @@ class ReclaimingStreamBroker(RedisStreamBroker):
                     # another worker claims them too and both run them.
                     cursor: Any = "0-0"
                     while True:
-                        reply: Any = await conn.xautoclaim(
-                            stream,
-                            self.consumer_group_name,
-                            self.consumer_name,
-                            min_idle_time=self.idle_timeout,
-                            start_id=cursor,
-                            count=1,
+                        reply: Any = await self._riding_out(
+                            "claiming idle messages",
+                            functools.partial(
+                                conn.xautoclaim,
+                                stream,
+                                self.consumer_group_name,
+                                self.consumer_name,
+                                min_idle_time=self.idle_timeout,
+                                start_id=cursor,
+                                count=1,
+                            ),
                         )
                         cursor = reply[0]
                         for msg_id, fields in reply[1]:
                             # Redis 6.2 lists deleted entries with no fields. A message
                             # held here was claimed back after failed renewals: skip it.
                             if fields and (stream, msg_id) not in self._held:
-                                yield self._message(stream, msg_id, fields)
+                                message = await self._accepted(stream, msg_id, fields)
+                                if message is not None:
+                                    yield message
                         if cursor in (b"0-0", "0-0"):
                             break
 
-    def _message(self, stream: Any, msg_id: Any, fields: Any) -> AckableMessage:
+    async def _riding_out(self, what: str, command: Callable[[], Awaitable[T]]) -> T:
+        """Run ``command`` until the broker's Redis answers: a dropped connection, a
+        restarting or loading server, or a group lost with the stream (a restart without
+        persistence) are waited out with capped exponential backoff, never raised. A lost
+        group is created again from the stream's start, so nothing added since is skipped.
+        """
+        try:
+            return await command()
+        except RedisError as exc:
+            if not _broker_lost(exc):
+                raise
+            logger.warning(
+                "%s: the broker's Redis failed (%s); retrying until it is back", what, exc
+            )
+            regroup = _no_group(exc)
+        async for attempt in stamina.retry_context(
+            on=_broker_lost, attempts=None, timeout=None, wait_initial=0.05, wait_max=WAIT_MAX
+        ):
+            with attempt:
+                if regroup:
+                    await self._create_groups(from_id="0")
+                    regroup = False
+                try:
+                    result = await command()
+                except ResponseError as exc:
+                    regroup = _no_group(exc)
+                    raise
+        logger.warning("%s: the broker's Redis is back", what)
+        self._back_at = time.monotonic()
+        return result
+
+    def _just_back(self) -> bool:
+        """Whether the broker's Redis came back less than ``idle_timeout / 2`` ago. The
+        messages live workers hold went unrenewed while it was down and may look idle; no
+        claim is made until every live worker renewed its own (every ``idle_timeout / 3``),
+        so a long outage does not hand running tasks to a second worker."""
+        return time.monotonic() - self._back_at < self.idle_timeout / 2000
+
+    async def _create_groups(self, from_id: str) -> None:
+        streams = {self.queue_name, *self.additional_streams}
+        for stream in streams:
+            try:
+                await self.client.xgroup_create(
+                    stream, self.consumer_group_name, id=from_id, mkstream=True
+                )
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            else:
+                logger.warning("created the consumer group of %s again (from %s)", stream, from_id)
+
+    async def _accepted(self, stream: Any, msg_id: Any, fields: Any) -> AckableMessage | None:
+        """The entry as a message to run, or ``None`` if it cannot be one: then it is
+        dead-lettered to ``<stream>:dead`` and acknowledged, so that it neither stays
+        pending nor crashes the next worker that reclaims it."""
         stream = stream.decode() if isinstance(stream, bytes) else stream
+        data = fields.get(b"data")
+        if data is None:
+            reason = f"the entry has no 'data' field (fields: {sorted(fields)!r})"
+        else:
+            try:
+                self.formatter.loads(message=data).parse_labels()
+            except Exception as exc:  # whatever the formatter raises on bad bytes
+                reason = f"cannot parse the message: {exc!r}"
+            else:
+                return self._message(stream, msg_id, data)
+        dead = dead_stream(stream)
+        logger.error("dead-lettering %s entry %s to %s: %s", stream, _text(msg_id), dead, reason)
+
+        async def dead_letter() -> None:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.xadd(
+                    dead,
+                    {
+                        **fields,
+                        "dead_reason": reason,
+                        "dead_id": msg_id,
+                        "dead_group": self.consumer_group_name,
+                        "dead_consumer": self.consumer_name,
+                    },
+                    maxlen=DEAD_MAXLEN,
+                    approximate=True,
+                )
+                pipe.xack(stream, self.consumer_group_name, msg_id)
+                pipe.xdel(stream, msg_id)
+                await pipe.execute()
+
+        await self._riding_out("dead-lettering", dead_letter)
+        return None
+
+    def _message(self, stream: str, msg_id: Any, data: bytes) -> AckableMessage:
         held = (stream, msg_id)
         self._held.add(held)
 
+        async def ack() -> None:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.xack(stream, self.consumer_group_name, msg_id)
+                pipe.xdel(stream, msg_id)
+                await pipe.execute()
+
         async def ack_and_release() -> None:
             try:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    pipe.xack(stream, self.consumer_group_name, msg_id)
-                    pipe.xdel(stream, msg_id)
-                    await pipe.execute()
+                await self._riding_out("acknowledging", ack)
             finally:
                 self._held.discard(held)
 
-        return AckableMessage(data=fields[b"data"], ack=ack_and_release)
+        return AckableMessage(data=data, ack=ack_and_release)
 
     async def _keep_claimed(self) -> None:
         async with Redis(connection_pool=self.connection_pool) as conn:
             script = conn.register_script(_KEEP_CLAIMED)
+            failing = False
             while True:
                 await asyncio.sleep(self.idle_timeout / 3000)
                 by_stream: dict[Any, list[Any]] = {}
@@ -163,7 +306,11 @@ class ReclaimingStreamBroker(RedisStreamBroker):
                             keys=[stream], args=[self.consumer_group_name, self.consumer_name, *ids]
                         )
                     except RedisError as exc:
+                        failing = True
                         logger.warning("cannot renew the claim on %d messages: %s", len(ids), exc)
+                    else:
+                        if failing:  # back after an outage this worker's reads may not see
+                            failing, self._back_at = False, time.monotonic()
 
 
 def build_stream_broker(url: str, *, queue_name: str, idle_timeout: float) -> Any:

@@ -21,6 +21,7 @@ from mageflow.errors import (
     NotInTaskError,
     PayloadNotSerializableError,
     PublishError,
+    StoreUnavailableError,
     TaskNotRegisteredError,
     TaskTimeoutError,
 )
@@ -34,6 +35,7 @@ from mageflow.flows.messages import (
     to_jsonable,
 )
 from mageflow.flows.publish import publish
+from mageflow.flows.recorded import until_recorded
 from mageflow.models.context import TaskContext
 from mageflow.models.options import Options
 from mageflow.models.retry import Backoff
@@ -131,13 +133,15 @@ async def _publish_after_finish(rt: Runtime, key: str, publishes: list[Publish])
     dispatches are recorded and the reconciler re-sends them."""
     try:
         await publish(rt, publishes)
-    except PublishError as exc:
+    except (PublishError, StoreUnavailableError) as exc:
         log.error("%s finished, but publishing what follows failed: %s", key, exc)
 
 
 async def run_task(mf: Runtime, task: RegisteredTask, payload: JSON, ctx: RunContext) -> JSON:
     """What a worker does with one delivery: one start transition, the user code, one
-    finish transition, then the publishes that finish implies."""
+    finish transition, then the publishes that finish implies. A store outage at start or
+    finish is waited out (:func:`until_recorded`): the delivery is never acknowledged
+    before both are recorded."""
     key = ctx.headers.get(HEADER_KEY)
     if key is None or not isinstance(payload, dict):
         # Invoked outside MageFlow (e.g. kicked by hand): plain call, no orchestration.
@@ -184,7 +188,9 @@ async def run_task(mf: Runtime, task: RegisteredTask, payload: JSON, ctx: RunCon
             raise
         await _fail(mf, task.name, key, exc, data, ctx)
         raise
-    transition = await mf.engine.finish(key, True, result_json)
+    transition = await until_recorded(
+        "finish", task.name, key, lambda: mf.engine.finish(key, True, result_json)
+    )
     faults.check(faults.AFTER_FINISH, task.name)
     await _publish_after_finish(mf, key, transition.publishes)
     observe.emit(
@@ -227,7 +233,9 @@ async def _start(
     if it re-issued what an already finished run owed, or is a duplicate, held or dropped.
     ``ret`` is the input field that receives the previous step's result."""
     mf.start_reconciler()
-    outcome = await mf.engine.start(key, ctx.run_id)
+    outcome = await until_recorded(
+        "start", task_name, key, lambda: mf.engine.start(key, ctx.run_id)
+    )
     if outcome.action == "redo":
         log.info(
             "redelivered %s (%s): re-issuing %d publish(es)", key, task_name, len(outcome.owed)
@@ -253,7 +261,9 @@ async def _fail(
     except PayloadNotSerializableError:
         original = "{}"
     error = error_json(exc)
-    transition = await mf.engine.finish(key, False, error, original)
+    transition = await until_recorded(
+        "finish", task_name, key, lambda: mf.engine.finish(key, False, error, original)
+    )
     faults.check(faults.AFTER_FINISH, task_name)
     await _publish_after_finish(mf, key, transition.publishes)
     observe.emit(

