@@ -209,6 +209,24 @@ async def test_nested_lists_take_the_finished_ttl_with_their_root(app: Mageflow)
         assert 0 < await ttl_of(app, f"{h}:{kind}") <= 50, kind
 
 
+async def test_lists_of_steps_never_started_take_the_finished_ttl(app: Mageflow) -> None:
+    """The root ends (canceled) before its second step, a swarm with a chain as its item
+    and a swarm as its callback, ever started: none of their lists keeps the active TTL."""
+    item = await app.chain(["inc"])
+    callback = await app.swarm(["inc"], is_swarm_closed=True)
+    later = await app.swarm([item], is_swarm_closed=True, success_callbacks=[callback])
+    chain = await app.chain(["inc", later])
+    wf, _ = split_key(chain.key)
+    await chain.aio_run_no_wait({})
+    manual(app).take()
+    await chain.cancel()
+    h = app.store.hash_key(wf)
+    for kind in ("steps:r", "items:r.1", "items:r.1.s0"):
+        assert 0 < await ttl_of(app, f"{h}:{kind}") <= 50, kind
+    (item_sid,) = await app.store.read_list(wf, "items:r.1")
+    assert 0 < await ttl_of(app, f"{h}:steps:{item_sid}") <= 50
+
+
 @pytest.mark.parametrize("bad", [None, 5, 1.5, object()])
 async def test_something_that_is_not_a_task_is_a_typed_error(app: Mageflow, bad: Any) -> None:
     for build in (

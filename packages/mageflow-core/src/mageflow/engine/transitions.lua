@@ -606,9 +606,13 @@ local function expire_everything(ttl)
   local stack = { ROOT }
   while #stack > 0 do
     local sid = table.remove(stack)
-    local d = def(sid)
+    redis.call('EXPIRE', H .. ':held:' .. sid, ttl)
+    local raw = defs[sid] == nil and redis.call('HGET', H, sid)
+    -- a plain task without callbacks has no other keys: not decoded (most swarm items)
+    local leaf = raw and string.sub(raw, 1, 11) == '{"k":"task"' and not string.find(raw, '"ok"', 1, true)
+      and not string.find(raw, '"err"', 1, true)
+    local d = not leaf and def(sid)
     if d then
-      redis.call('EXPIRE', H .. ':held:' .. sid, ttl)
       local kids = {}
       if d.k == 'chain' then
         redis.call('EXPIRE', H .. ':steps:' .. sid, ttl)
