@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 
 from mageflow import Mageflow, SwarmConfig
-from mageflow.backend.base import HEADER_KEY
+from mageflow.backend.base import HEADER_KEY, RunContext
 from mageflow.engine import split_key
 from mageflow.errors import (
     InvalidKeyError,
@@ -21,6 +21,7 @@ from mageflow.errors import (
     InvalidTaskError,
     SignatureNotFoundError,
 )
+from mageflow.flows.tasks import fail_unregistered
 from mageflow.models.status import SignatureStatus
 from mageflow.store import MemoryStore, RedisStore
 from mageflow.testing.manual import ManualBackend, Sent
@@ -141,6 +142,17 @@ async def test_engine_start_replies_mismatch_with_the_nodes_task(app: Mageflow) 
     outcome = await app.engine.start(sent.key, sent.run_id, "other")
     assert (outcome.action, outcome.node_task) == ("mismatch", "inc")
     assert await sig.get_status() is SignatureStatus.PENDING  # nothing changed
+
+
+async def test_delivery_under_a_task_name_that_is_not_text_is_dropped(app: Mageflow) -> None:
+    sig = await app.sign("inc", n=1)
+    await sig.aio_run_no_wait({})
+    (sent,) = manual(app).take()
+    # what a worker does with a name it does not serve: the unregistered-task path
+    ctx = RunContext("in\ud800c", sent.run_id, 1, True, dict(sent.task.headers))
+    assert await fail_unregistered(app, sent.task.payload, ctx) is None
+    assert await sig.get_status() is SignatureStatus.PENDING
+    assert await manual(app).deliver(sent) == 2
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from mageflow.backend.base import HEADER_KEY, JSON, RunContext
 from mageflow.engine import split_key
 from mageflow.errors import (
     InvalidKeyError,
+    InvalidNameError,
     InvalidTaskInputError,
     NonRetryableError,
     NotInTaskError,
@@ -39,6 +40,7 @@ from mageflow.flows.publish import publish
 from mageflow.models.context import TaskContext
 from mageflow.models.options import Options
 from mageflow.models.return_value import return_value_field
+from mageflow.models.signatures import check_name
 
 if TYPE_CHECKING:
     from mageflow.engine import Publish, StartOutcome
@@ -219,8 +221,12 @@ async def fail_unregistered(mf: Runtime, payload: JSON, ctx: RunContext) -> None
     raise NonRetryableError(str(exc)) from exc
 
 
-def _malformed(key: object, payload: JSON) -> str | None:
+def _malformed(task_name: str, key: object, payload: JSON) -> str | None:
     """Why a delivery carrying a key header cannot be MageFlow's, or ``None``."""
+    try:
+        check_name(task_name, "its task name")
+    except InvalidNameError as exc:
+        return str(exc)
     if not isinstance(payload, dict):
         return f"its payload is a {type(payload).__name__}, not an object"
     try:
@@ -238,9 +244,9 @@ async def _start(
     duplicate, held or dropped, or is not a delivery of that node of this task (malformed,
     or naming another task than the node's: dropped with a warning, nothing changes).
     ``ret`` is the input field that receives the previous step's result."""
-    why = _malformed(key, payload)
-    if why is not None:
-        log.warning("a malformed delivery of %s (%r) dropped: %s", task_name, key, why)
+    why = _malformed(task_name, key, payload)
+    if why is not None:  # repr: the log shows no raw text of the message
+        log.warning("a malformed delivery of %r (%r) dropped: %s", task_name, key, why)
         return None
     assert isinstance(payload, dict)
     mf.start_reconciler()
