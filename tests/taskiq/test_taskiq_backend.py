@@ -104,6 +104,29 @@ def test_broker_from_url_option_and_environment(monkeypatch: pytest.MonkeyPatch)
         TaskiqBackend.from_options({})
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "0.5", "nan", "inf", "abc"])
+def test_idle_timeout_out_of_range_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """0 hands every running message to another worker (double runs), -1 made workers
+    exit: both are a ConfigurationError, from the environment or the option."""
+    monkeypatch.setenv(ENV_URL, "redis://localhost:1/0")
+    monkeypatch.setenv(ENV_IDLE_TIMEOUT, value)
+    with pytest.raises(ConfigurationError, match=f"{ENV_IDLE_TIMEOUT} must be .* at least 1"):
+        TaskiqBackend.from_options({})
+    monkeypatch.delenv(ENV_IDLE_TIMEOUT)
+    with pytest.raises(ConfigurationError, match="idle_timeout= must be"):
+        TaskiqBackend.from_options({"idle_timeout": float(value) if value != "abc" else value})
+
+
+@pytest.mark.parametrize("url", ["http://x", "localhost:6379", "memory://"])
+def test_broker_url_of_another_scheme_is_refused(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    with pytest.raises(ConfigurationError, match="not a Redis URL"):
+        TaskiqBackend.from_options({"broker_url": url})
+    monkeypatch.setenv(ENV_URL, f"{url}?password=PW")
+    with pytest.raises(ConfigurationError, match=ENV_URL) as info:
+        TaskiqBackend.from_options({})
+    assert "PW" not in str(info.value)
+
+
 def test_broker_from_import_string(app_module: str, monkeypatch: pytest.MonkeyPatch) -> None:
     backend = TaskiqBackend.from_options({"broker": f"{app_module}:broker"})
     assert backend.broker is sys.modules[app_module].broker

@@ -20,6 +20,7 @@ from mageflow.engine import ROOT, Engine, split_key
 from mageflow.engine import fields as F
 from mageflow.errors import (
     ConfigurationError,
+    InvalidTaskError,
     SignatureInUseError,
     TaskAlreadyRegisteredError,
     TaskNotRegisteredError,
@@ -40,7 +41,7 @@ from mageflow.flows.tasks import RegisteredTask, fail_unregistered, run_task
 from mageflow.models.config import SwarmConfig
 from mageflow.models.options import Options
 from mageflow.models.retry import Backoff, retry_policy
-from mageflow.models.signatures import NodeDef
+from mageflow.models.signatures import NodeDef, check_name
 from mageflow.plugins.manager import backend_for_native, load_backend_class
 from mageflow.plugins.settings import MageflowSettings
 from mageflow.store.base import StateStore
@@ -63,9 +64,9 @@ _UNSHARED_STORE = (
 
 def _one_task(task: TaskLike | None, task_name: str | None) -> TaskLike:
     if task is None and task_name is None:
-        raise TypeError("sign() needs a task: sign(task) or sign(task_name='...')")
+        raise InvalidTaskError("sign() needs a task: sign(task) or sign(task_name='...')")
     if task is not None and task_name is not None and task != task_name:
-        raise TypeError(f"sign() got two tasks: {task!r} and task_name={task_name!r}")
+        raise InvalidTaskError(f"sign() got two tasks: {task!r} and task_name={task_name!r}")
     return task if task is not None else task_name  # type: ignore[return-value]
 
 
@@ -204,7 +205,7 @@ class Mageflow:
         defaults = Options(priority=priority, delay=delay)
 
         def decorate(fn: FnT) -> FnT:
-            task_name = name or fn.__name__
+            task_name = check_name(name or fn.__name__, "a task name")
             existing = self.tasks.get(task_name)
             if existing is not None and existing.fn is not fn:
                 raise TaskAlreadyRegisteredError(
@@ -279,9 +280,10 @@ class Mageflow:
     def task_name_of(self, value: TaskLike) -> str:
         name = value if isinstance(value, str) else getattr(value, "__mageflow_task__", None)
         if not isinstance(name, str):
-            raise TypeError(
+            raise InvalidTaskError(
                 f"expected a signature, a @mf.task function or a task name, got {value!r}"
             )
+        check_name(name, "a task name")
         if name not in self.tasks:
             raise TaskNotRegisteredError(name, self.tasks)
         return name
@@ -339,6 +341,8 @@ class Mageflow:
         result; a failing step fires its own error callbacks, then ``error``. ``kwargs``
         are the workflow's context: every step (however nested) receives them, below
         its own kwargs."""
+        if name is not None:
+            check_name(name, "the chain's name")
         b = WorkflowBuilder(self, new_workflow_id())
         steps = [f"{ROOT}.{i}" for i in range(len(tasks))]
         await b.task_likes(zip(steps, tasks, strict=True), parent=ROOT)

@@ -10,7 +10,12 @@ class MageflowError(Exception):
 
 
 class ConfigurationError(MageflowError):
-    """Settings that cannot work together (unknown option, missing adapter setting)."""
+    """Settings that cannot work together or are out of range (unknown option, missing
+    adapter setting, a TTL that is not a positive number, a URL of another scheme)."""
+
+
+class InvalidSwarmConfigError(ConfigurationError, ValueError):
+    """A :class:`~mageflow.SwarmConfig` value out of range (``max_concurrency=0``)."""
 
 
 class UnknownBackendError(ConfigurationError):
@@ -82,6 +87,21 @@ class SignatureNotFoundError(MageflowError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "signature not found"
+
+
+class InvalidKeyError(SignatureNotFoundError, ValueError):
+    """A string that is not a signature key MageFlow hands out (``sig.key``): nothing is
+    read or written for it."""
+
+
+class InvalidTaskError(MageflowError, TypeError):
+    """Something given where a task is expected (chain step, swarm item, callback) that
+    is neither a signature, a ``@mf.task`` function nor a task name."""
+
+
+class InvalidNameError(MageflowError, ValueError):
+    """A task, chain or swarm name that cannot be stored (empty, not text, or not
+    encodable as UTF-8, e.g. a lone surrogate)."""
 
 
 class NotInTaskError(MageflowError, LookupError):

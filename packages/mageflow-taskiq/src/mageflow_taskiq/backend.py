@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import os
 import signal
 import threading
@@ -64,6 +65,7 @@ from mageflow.backend.base import (
     TaskHandler,
 )
 from mageflow.errors import ConfigurationError, NonRetryableError
+from mageflow.store import URL_SCHEMES, redact_url
 from mageflow_taskiq.streams import ReclaimingStreamBroker, build_stream_broker, cancel_and_wait
 
 logger = logging.getLogger(__name__)
@@ -106,14 +108,33 @@ def _import_broker(spec: str) -> Any:
     return obj() if inspect.isfunction(obj) else obj  # a factory, as `taskiq worker` allows
 
 
-def _float_env(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
+MIN_IDLE_TIMEOUT = 1.0
+"""Below this, a worker's claims lapse between renewals: running messages would be
+handed to another worker (a double run) or the reclaim loop would spin."""
+
+
+def _idle_timeout(value: object, source: str) -> float:
+    """``value`` (an option or the environment's text) as a finite number of seconds of
+    at least :data:`MIN_IDLE_TIMEOUT`. Raises :class:`ConfigurationError` naming ``source``."""
     try:
-        return float(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a number of seconds, got {raw!r}") from None
+        seconds = float(value)  # type: ignore[arg-type]  # refused below when it is not
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(value, bool) or not math.isfinite(seconds) or seconds < MIN_IDLE_TIMEOUT:
+        raise ConfigurationError(
+            f"{source} must be a number of seconds of at least {MIN_IDLE_TIMEOUT:g}, got {value!r}"
+        )
+    return seconds
+
+
+def _check_broker_url(url: object) -> None:
+    scheme = str(url).partition("://")[0].lower() if "://" in str(url) else ""
+    if not isinstance(url, str) or scheme not in URL_SCHEMES:
+        shown = redact_url(url) if isinstance(url, str) else repr(url)
+        raise ConfigurationError(
+            f"the taskiq broker URL ({ENV_URL} or broker_url=) {shown!r} is not a Redis "
+            "URL; use redis://host:6379/0, rediss://... or unix:///path/to/redis.sock"
+        )
 
 
 async def _wait_until(retry_at: Any, ctx: RunContext) -> None:
@@ -307,12 +328,16 @@ class TaskiqBackend(TaskBackend):
         if broker is None and url is None:
             raise ConfigurationError(f"the taskiq backend has no broker: {_HOW_TO_CONFIGURE}")
         if url is not None:
+            _check_broker_url(url)
             queue = options.get("queue_name") or os.environ.get(ENV_QUEUE) or DEFAULT_QUEUE
             idle = options.get("idle_timeout")
-            idle = _float_env(ENV_IDLE_TIMEOUT, DEFAULT_IDLE_TIMEOUT) if idle is None else idle
-            return cls._for(
-                build_stream_broker(str(url), queue_name=queue, idle_timeout=float(idle))
-            )
+            if idle is not None:
+                idle = _idle_timeout(idle, "idle_timeout=")
+            elif os.environ.get(ENV_IDLE_TIMEOUT):
+                idle = _idle_timeout(os.environ[ENV_IDLE_TIMEOUT], ENV_IDLE_TIMEOUT)
+            else:
+                idle = DEFAULT_IDLE_TIMEOUT
+            return cls._for(build_stream_broker(str(url), queue_name=queue, idle_timeout=idle))
         if "queue_name" in options or "idle_timeout" in options:
             raise ConfigurationError(
                 "queue_name= and idle_timeout= apply only with broker_url=; "

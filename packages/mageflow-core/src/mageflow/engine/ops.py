@@ -84,11 +84,16 @@ class Engine:
         return reply
 
     # -- a worker's events ------------------------------------------------------------------
-    async def start(self, key: str, run_id: str) -> StartOutcome:
-        """A delivery of ``key`` under ``run_id`` arrived: may its user code run?"""
+    async def start(self, key: str, run_id: str, task_name: str | None = None) -> StartOutcome:
+        """A delivery of ``key`` under ``run_id``, for task ``task_name``, arrived: may its
+        user code run? A delivery naming another task than the node's is a ``mismatch``
+        and changes nothing (workers always pass the name; ``None`` skips the check)."""
         wf, sid = split_key(key)
-        reply = await self._call(wf, "start", sid, run_id)
+        named = () if task_name is None else (task_name,)
+        reply = await self._call(wf, "start", sid, run_id, *named)
         action = reply[0]
+        if action == "mismatch":
+            return StartOutcome("mismatch", node_task=reply[1])
         if action == "run":
             return StartOutcome(
                 "run",
@@ -261,11 +266,13 @@ class Engine:
     # -- waiting ------------------------------------------------------------------------------
     async def wait(self, key: str, timeout: float | None) -> str:
         """Block until ``key`` is terminal (pushed by the script); returns its status.
-        Raises :class:`TimeoutError` after ``timeout`` seconds."""
+        Raises :class:`SignatureNotFoundError` for a key that is unknown or expired (and
+        writes nothing then), :class:`TimeoutError` after ``timeout`` seconds."""
         wf, sid = split_key(key)
         status_field = F.of(sid, F.STATUS)
         status: list[str | None] = [None]
-        await self.store.set_if_absent(wf, F.of(sid, F.WAITED), "1")
+        if not await self.store.set_if_present(wf, status_field, F.of(sid, F.WAITED), "1"):
+            raise SignatureNotFoundError(f"no signature stored under {key!r} (unknown or expired)")
 
         async def settled() -> bool:
             (status[0],) = await self.store.read(wf, [status_field])

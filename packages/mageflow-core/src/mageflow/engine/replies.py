@@ -50,14 +50,16 @@ class Transition:
 class StartOutcome:
     """What a delivery should do: ``run`` the user code, ``redo`` (re-issue ``owed``
     publishes of an already finished run), or nothing (``dup``, ``held``, ``dropped``,
-    ``missing``)."""
+    ``missing``, ``mismatch``: the delivery names another task than the node's)."""
 
-    action: Literal["run", "redo", "dup", "held", "dropped", "missing"]
+    action: Literal["run", "redo", "dup", "held", "dropped", "missing", "mismatch"]
     kwargs: dict[str, Any] = field(default_factory=dict)
     attempt: int = 0
     identifiers: dict[str, Any] = field(default_factory=dict)
     """The signature's ``task_identifiers`` (``run`` only)."""
     owed: list[Publish] = field(default_factory=list)
+    node_task: str = ""
+    """The task name the node was signed for (``mismatch`` only)."""
 
 
 @dataclass(frozen=True)

@@ -720,14 +720,52 @@ local function callbacks_busy()
   return false
 end
 
+-- The root's finishing call gives every key of the workflow the finished TTL, not only
+-- those it touched: a nested swarm's lists, the steps of a chain never started, held lists.
+-- O(nodes), once per workflow (the swarm's own completion already reads every item).
+local root_was_final = TERMINAL[get(ROOT, 'status')] ~= nil
+
+local function expire_everything(ttl)
+  for _, k in ipairs({ SENT, INFLIGHT, DELAYED }) do redis.call('EXPIRE', k, ttl) end
+  local stack = { ROOT }
+  while #stack > 0 do
+    local sid = table.remove(stack)
+    redis.call('EXPIRE', H .. ':held:' .. sid, ttl)
+    local raw = defs[sid] == nil and redis.call('HGET', H, sid)
+    -- a plain task without callbacks has no other keys: not decoded (most swarm items)
+    local leaf = raw and string.sub(raw, 1, 11) == '{"k":"task"' and not string.find(raw, '"ok"', 1, true)
+      and not string.find(raw, '"err"', 1, true)
+    local d = not leaf and def(sid)
+    if d then
+      local kids = {}
+      if d.k == 'chain' then
+        redis.call('EXPIRE', H .. ':steps:' .. sid, ttl)
+        kids = redis.call('LRANGE', H .. ':steps:' .. sid, 0, -1)
+      elseif d.k == 'swarm' then
+        for _, kind in ipairs({ 'items', 'queue', 'running' }) do
+          redis.call('EXPIRE', H .. ':' .. kind .. ':' .. sid, ttl)
+        end
+        kids = redis.call('LRANGE', H .. ':items:' .. sid, 0, -1)
+      end
+      for _, list in ipairs({ kids, d.ok or {}, d.err or {} }) do
+        for _, x in ipairs(list) do stack[#stack + 1] = x end
+      end
+    end
+  end
+end
+
 local result
 
 if OP == 'start' then
-  -- A delivery of task sid under run rid: run it, or say why not.
+  -- A delivery of task sid under run rid, as task ARGV[8]: run it, or say why not. A
+  -- delivery under another task name than sid's is not this node's: 'mismatch' (its
+  -- definition's task name), nothing changes.
   local sid, rid = ARGV[6], ARGV[7]
   local d = def(sid)
   if d == nil or d.k ~= 'task' then
     result = { 'missing' }
+  elseif ARGV[8] ~= nil and d.t ~= ARGV[8] then
+    result = { 'mismatch', d.t }
   else
     local st = get(sid, 'status')
     local cur = get(sid, 'run_id')
@@ -1023,7 +1061,10 @@ else
 end
 
 local ttl = TTL_ACTIVE
-if TERMINAL[get(ROOT, 'status')] then ttl = TTL_DONE end
+if TERMINAL[get(ROOT, 'status')] then
+  ttl = TTL_DONE
+  if not root_was_final then expire_everything(ttl) end
+end
 redis.call('EXPIRE', H, ttl)
 for k, _ in pairs(touched) do
   redis.call('EXPIRE', k, ttl)

@@ -29,7 +29,7 @@ from mageflow.flows import identifiers as idents
 from mageflow.flows.messages import to_json
 from mageflow.models.config import SwarmConfig
 from mageflow.models.options import Options
-from mageflow.models.signatures import NodeDef
+from mageflow.models.signatures import NodeDef, check_name
 
 if TYPE_CHECKING:
     from mageflow.flows.handles import Signature
@@ -287,6 +287,8 @@ class WorkflowBuilder:
         """The root swarm of this workflow over ``items`` (sids already stored), with its
         dispatch ``options`` and the ``context`` kwargs every node under it receives."""
         config = config or SwarmConfig()
+        if name is not None:
+            check_name(name, "the swarm's task_name")
         ok, err = await self.callbacks(ROOT, callbacks_of(success), callbacks_of(error))
         d = NodeDef(
             kind="swarm",

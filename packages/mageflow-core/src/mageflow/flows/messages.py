@@ -64,7 +64,8 @@ def build_input(
     """Merge, lowest precedence first: inherited messages (swarm/chain), the signature's
     kwargs, the signature's own run message; then the previous result and the error."""
     data: dict[str, Any] = {}
-    for layer in payload.get("in") or []:
+    layers = payload.get("in")
+    for layer in layers if isinstance(layers, list) else []:
         if isinstance(layer, Mapping):
             data.update(layer)
     data.update(kwargs)

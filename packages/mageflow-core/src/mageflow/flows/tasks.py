@@ -15,7 +15,10 @@ from pydantic import BaseModel, ValidationError
 
 from mageflow import faults
 from mageflow.backend.base import HEADER_KEY, JSON, RunContext
+from mageflow.engine import split_key
 from mageflow.errors import (
+    InvalidKeyError,
+    InvalidNameError,
     InvalidTaskInputError,
     NonRetryableError,
     NotInTaskError,
@@ -40,6 +43,7 @@ from mageflow.models.context import TaskContext
 from mageflow.models.options import Options
 from mageflow.models.retry import Backoff
 from mageflow.models.return_value import return_value_field
+from mageflow.models.signatures import check_name
 
 if TYPE_CHECKING:
     from mageflow.engine import Publish, StartOutcome
@@ -143,7 +147,7 @@ async def run_task(mf: Runtime, task: RegisteredTask, payload: JSON, ctx: RunCon
     finish is waited out (:func:`until_recorded`): the delivery is never acknowledged
     before both are recorded."""
     key = ctx.headers.get(HEADER_KEY)
-    if key is None or not isinstance(payload, dict):
+    if key is None:
         # Invoked outside MageFlow (e.g. kicked by hand): plain call, no orchestration.
         plain = payload if isinstance(payload, dict) else {}
         return _result(task, await task.call(plain))[0]
@@ -213,7 +217,7 @@ async def fail_unregistered(mf: Runtime, payload: JSON, ctx: RunContext) -> None
     message that MageFlow did not send is only logged."""
     exc = TaskNotRegisteredError(ctx.task_name, mf.tasks)
     key = ctx.headers.get(HEADER_KEY)
-    if key is None or not isinstance(payload, dict):
+    if key is None:
         log.warning("a message for an unknown task, not sent by MageFlow, ignored: %s", exc)
         return
     started = await _start(mf, ctx.task_name, key, payload, ctx, return_value_field(None))
@@ -225,17 +229,47 @@ async def fail_unregistered(mf: Runtime, payload: JSON, ctx: RunContext) -> None
     raise NonRetryableError(str(exc)) from exc
 
 
+def _malformed(task_name: str, key: object, payload: JSON) -> str | None:
+    """Why a delivery carrying a key header cannot be MageFlow's, or ``None``."""
+    try:
+        check_name(task_name, "its task name")
+    except InvalidNameError as exc:
+        return str(exc)
+    if not isinstance(payload, dict):
+        return f"its payload is a {type(payload).__name__}, not an object"
+    try:
+        split_key(key)  # type: ignore[arg-type]  # checked there: any header value
+    except InvalidKeyError as exc:
+        return str(exc)
+    return None
+
+
 async def _start(
-    mf: Runtime, task_name: str, key: str, payload: dict[str, Any], ctx: RunContext, ret: str
+    mf: Runtime, task_name: str, key: str, payload: JSON, ctx: RunContext, ret: str
 ) -> tuple[dict[str, Any], StartOutcome] | None:
     """The start transition of a delivery: the task's input and the engine's outcome if
-    it is to run now; ``None``
-    if it re-issued what an already finished run owed, or is a duplicate, held or dropped.
+    it is to run now; ``None`` if it re-issued what an already finished run owed, is a
+    duplicate, held or dropped, or is not a delivery of that node of this task (malformed,
+    or naming another task than the node's: dropped with a warning, nothing changes).
     ``ret`` is the input field that receives the previous step's result."""
+    why = _malformed(task_name, key, payload)
+    if why is not None:  # repr: the log shows no raw text of the message
+        log.warning("a malformed delivery of %r (%r) dropped: %s", task_name, key, why)
+        return None
+    assert isinstance(payload, dict)
     mf.start_reconciler()
     outcome = await until_recorded(
-        "start", task_name, key, lambda: mf.engine.start(key, ctx.run_id)
+        "start", task_name, key, lambda: mf.engine.start(key, ctx.run_id, task_name)
     )
+    if outcome.action == "mismatch":
+        log.warning(
+            "a delivery of %s as task %r dropped: that signature is of task %r (a forged or "
+            "misrouted message)",
+            key,
+            task_name,
+            outcome.node_task,
+        )
+        return None
     if outcome.action == "redo":
         log.info(
             "redelivered %s (%s): re-issuing %d publish(es)", key, task_name, len(outcome.owed)

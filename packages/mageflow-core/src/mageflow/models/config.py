@@ -1,6 +1,10 @@
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mageflow.errors import InvalidSwarmConfigError
 
 
 class SwarmConfig(BaseModel):
@@ -16,3 +20,15 @@ class SwarmConfig(BaseModel):
 
     max_concurrency: int | None = Field(default=None, ge=1)
     stop_after_n_failures: int | None = Field(default=None, ge=1)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            wrong = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
+            )
+            raise InvalidSwarmConfigError(
+                f"invalid SwarmConfig ({wrong}); max_concurrency and stop_after_n_failures "
+                "are whole numbers of at least 1, or None for no limit"
+            ) from None

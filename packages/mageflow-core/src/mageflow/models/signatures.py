@@ -6,7 +6,9 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import PydanticSerializationError
 
+from mageflow.errors import InvalidNameError
 from mageflow.models.status import SignatureStatus
 
 Kind = Literal["task", "chain", "swarm"]
@@ -36,7 +38,28 @@ class NodeDef(BaseModel):
     """The task manager holds the delay (the engine dispatches at once, with the delay)."""
 
     def dump(self) -> str:
-        return self.model_dump_json(by_alias=True, exclude_none=True, exclude_defaults=True)
+        """The stored JSON. Raises :class:`InvalidNameError` for a name that is not text."""
+        try:
+            return self.model_dump_json(by_alias=True, exclude_none=True, exclude_defaults=True)
+        except PydanticSerializationError as exc:
+            raise InvalidNameError(
+                f"a task or workflow name cannot be stored ({exc}); use UTF-8 text"
+            ) from None
+
+
+def check_name(value: object, what: str) -> str:
+    """``value`` when it can be stored as a name: a non-empty string of UTF-8 text (no
+    lone surrogates). Raises :class:`InvalidNameError` naming ``what`` otherwise."""
+    if not isinstance(value, str) or not value:
+        raise InvalidNameError(f"{what} must be a non-empty string, not {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidNameError(
+            f"{what} {value!r} is not UTF-8 text ({exc.reason} at position {exc.start}); "
+            "use a name without lone surrogates"
+        ) from None
+    return value
 
 
 def timestamp_of(ms: str | None) -> datetime | None:

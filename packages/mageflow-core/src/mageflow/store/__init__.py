@@ -1,7 +1,16 @@
 """Where a workflow's records live and how a script runs atomically on them."""
 
-from mageflow.store.base import Script, StateStore
+from mageflow.store.base import Script, StateStore, check_ttls
 from mageflow.store.memory import MemoryStore
-from mageflow.store.redis import RedisStore, redact_url
+from mageflow.store.redis import URL_SCHEMES, RedisStore, check_store_url, redact_url
 
-__all__ = ["MemoryStore", "RedisStore", "Script", "StateStore", "redact_url"]
+__all__ = [
+    "URL_SCHEMES",
+    "MemoryStore",
+    "RedisStore",
+    "Script",
+    "StateStore",
+    "check_store_url",
+    "check_ttls",
+    "redact_url",
+]

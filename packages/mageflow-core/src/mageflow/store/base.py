@@ -2,7 +2,8 @@
 runs atomically on them. It knows no orchestration: the engine's script decides.
 
 A workflow ``wf`` is one hash ``<prefix>:{wf}`` plus auxiliary keys that share its hash
-tag (``<hash>:<kind>:<sid>``); ``<prefix>:index`` orders workflows by creation,
+tag (``<hash>:<kind>:<sid>``); ``<prefix>:index`` orders the workflows created within
+``active_ttl`` by creation,
 ``<prefix>:live`` lists those the reconciler still has to look at, and
 ``<prefix>:ident:<label>`` lists the signatures carrying one identifier (``name=value``).
 """
@@ -13,6 +14,8 @@ import abc
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+from mageflow.errors import ConfigurationError
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,25 @@ class Script:
 CHUNK = 10_000
 """At most this many hash fields or list members go in one store command."""
 
+_SET_IF_PRESENT = Script(
+    "if redis.call('HGET', KEYS[1], ARGV[1]) == false then return 0 end\n"
+    "if redis.call('HGET', KEYS[1], ARGV[2]) == false then\n"
+    "  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])\n"
+    "end\n"
+    "return 1\n"
+)
+
 Reply = list[str] | str | int | None
 """What a script returns: strings, integers, nil, or flat arrays of strings."""
+
+
+def check_ttls(active_ttl: object, finished_ttl: object) -> None:
+    """Both TTLs must be whole seconds, at least 1. Raises :class:`ConfigurationError`."""
+    for name, value in (("active_ttl", active_ttl), ("finished_ttl", finished_ttl)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(
+                f"{name} must be a whole number of seconds of at least 1, not {value!r}"
+            )
 
 
 class StateStore(abc.ABC):
@@ -45,6 +65,13 @@ class StateStore(abc.ABC):
     def hash_key(self, wf: str) -> str:
         """The key of workflow ``wf``'s hash; its hash tag is ``{wf}``."""
         return f"{self.prefix}:{{{wf}}}"
+
+    @property
+    def index_key(self) -> str:
+        """The zset of workflows by creation time (s), for ``mageflow ls``. Entries older
+        than ``active_ttl`` are dropped by the next write, and the key expires
+        ``active_ttl`` after it: it never outgrows the workflows created within that TTL."""
+        return f"{self.prefix}:index"
 
     @property
     def live_key(self) -> str:
@@ -100,9 +127,13 @@ class StateStore(abc.ABC):
     async def read_fields(self, requests: Sequence[tuple[str, str]]) -> list[str | None]:
         """One hash field of each of several workflows (``(wf, field)``), one round trip."""
 
-    @abc.abstractmethod
-    async def set_if_absent(self, wf: str, field_name: str, value: str) -> None:
-        """``HSETNX`` one field of the workflow's hash."""
+    async def set_if_present(self, wf: str, guard: str, field_name: str, value: str) -> bool:
+        """Set ``field_name`` (unless set) on workflow ``wf`` if its hash has field
+        ``guard``; ``False`` (nothing written, no key created) when it has not."""
+        reply = await self.run_script(
+            _SET_IF_PRESENT, [self.hash_key(wf)], [guard, field_name, value]
+        )
+        return reply == 1
 
     @abc.abstractmethod
     async def delete(self, wf: str, lists: Sequence[str] = ()) -> None:

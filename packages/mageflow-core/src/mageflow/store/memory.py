@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from mageflow.errors import EngineError
-from mageflow.store.base import Reply, Script, StateStore
+from mageflow.store.base import Reply, Script, StateStore, check_ttls
 from mageflow.store.keyspace import Keyspace
 from mageflow.store.lua_host import LuaHost, ScriptFailed
 
@@ -27,6 +27,7 @@ class MemoryStore(StateStore):
         active_ttl: int = DEFAULT_ACTIVE_TTL,
         finished_ttl: int = DEFAULT_FINISHED_TTL,
     ) -> None:
+        check_ttls(active_ttl, finished_ttl)
         self.prefix = prefix
         self.active_ttl = active_ttl
         self.finished_ttl = finished_ttl
@@ -60,7 +61,14 @@ class MemoryStore(StateStore):
                 ks.rpush(f"{h}:{name}", *values)
                 ks.expire(f"{h}:{name}", self.active_ttl)
         if index:
-            ks.zadd(f"{self.prefix}:index", [(time.time(), wf)])
+            now = time.time()
+            ks.zadd(self.index_key, [(now, wf)])
+            listed = ks.zset(self.index_key)
+            while (oldest := listed.pop_min()) is not None:
+                if oldest[1] > now - self.active_ttl:
+                    listed[oldest[0]] = oldest[1]  # still young: put back, stop
+                    break
+            ks.expire(self.index_key, self.active_ttl)
 
     async def index_identified(self, entries: Mapping[str, Mapping[str, float]]) -> None:
         for label, members in entries.items():
@@ -81,13 +89,10 @@ class MemoryStore(StateStore):
     async def read_fields(self, requests: Sequence[tuple[str, str]]) -> list[str | None]:
         return [self.keyspace.hget(self.hash_key(wf), f) for wf, f in requests]
 
-    async def set_if_absent(self, wf: str, field_name: str, value: str) -> None:
-        self.keyspace.hsetnx(self.hash_key(wf), field_name, value)
-
     async def delete(self, wf: str, lists: Sequence[str] = ()) -> None:
         h = self.hash_key(wf)
         self.keyspace.delete(h, *(f"{h}:{name}" for name in lists))
-        self.keyspace.zrem(f"{self.prefix}:index", wf)
+        self.keyspace.zrem(self.index_key, wf)
         self.keyspace.zrem(self.live_key, wf)
 
     async def delete_many(self, entries: Sequence[tuple[str, Sequence[str]]]) -> None:
@@ -119,7 +124,7 @@ class MemoryStore(StateStore):
         return 0
 
     async def list_workflows(self, limit: int = 100) -> list[str]:
-        ranked = self.keyspace.zset(f"{self.prefix}:index").by_rank(0, -1)
+        ranked = self.keyspace.zset(self.index_key).by_rank(0, -1)
         return [wf for wf, _ in reversed(ranked)][:limit]
 
     async def set_live(self, entries: Mapping[str, float], *, earlier_only: bool = False) -> None:

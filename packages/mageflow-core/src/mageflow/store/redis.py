@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mageflow.errors import EngineError, StoreUnavailableError
-from mageflow.store.base import CHUNK, Reply, Script, StateStore
+from mageflow.errors import ConfigurationError, EngineError, StoreUnavailableError
+from mageflow.store.base import CHUNK, Reply, Script, StateStore, check_ttls
 
 DEFAULT_PREFIX = "mageflow"
 DEFAULT_ACTIVE_TTL = 7 * 24 * 3600
@@ -24,16 +24,50 @@ PACK_OVER = 1_000
 """Script calls with this many arguments or more are packed by :func:`_resp`."""
 
 
+_URL = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?(?P<auth>[^/?#]*)(?P<path>[^?#]*)"
+    r"(?:\?(?P<query>[^#]*))?(?P<frag>#.*)?",
+    re.S,
+)
+_QUERY_PASSWORD = re.compile(r"(?i)(^|&)(password=)[^&]*")
+URL_SCHEMES = ("redis", "rediss", "unix")
+"""The URL schemes of a Redis store (``memory://`` selects the in-memory store)."""
+
+
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """The URL with its password (in the user part or the query string, the only place a
+    ``unix://`` URL has one) replaced by ``***``; everything else is kept as written (an
+    IPv6 host keeps its brackets)."""
+    m = _URL.fullmatch(url)
+    if m is None:
+        return "<a URL that cannot be parsed>"
+    userinfo, at, hostport = m["auth"].rpartition("@")
+    auth = f"{userinfo.partition(':')[0]}:***@{hostport}" if at and ":" in userinfo else m["auth"]
+    query = "" if m["query"] is None else "?" + _QUERY_PASSWORD.sub(r"\1\2***", m["query"])
+    return f"{m['scheme'] or ''}{auth}{m['path']}{query}{m['frag'] or ''}"
+
+
+def check_store_url(url: str) -> str:
+    """``url`` when it names a Redis server (``redis://``, ``rediss://``, ``unix://``) or
+    the in-memory store (``memory://``). Raises :class:`ConfigurationError` otherwise."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme not in (*URL_SCHEMES, "memory"):
+        raise ConfigurationError(
+            f"{redact_url(url)!r} is not a Redis URL; use redis://host:6379/0, "
+            "rediss://host:6380/0 or unix:///path/to/redis.sock (memory:// for the "
+            "in-memory store)"
+        )
+    return url
+
+
+def _described(kw: Mapping[str, Any]) -> str:
+    """A URL for the connection settings of a client the caller passed (no password)."""
+    if kw.get("path"):
+        return f"unix://{kw['path']}?db={kw.get('db', 0)}"
+    host = str(kw.get("host", "?"))
+    if ":" in host:
+        host = f"[{host}]"
+    return f"redis://{host}:{kw.get('port', '?')}/{kw.get('db', 0)}"
 
 
 def _resp(args: Sequence[str]) -> bytes:
@@ -57,14 +91,20 @@ class RedisStore(StateStore):
         finished_ttl: int = DEFAULT_FINISHED_TTL,
         max_connections: int = 64,
     ) -> None:
+        check_ttls(active_ttl, finished_ttl)
         if isinstance(client, str):
-            self.url = client
-            parsed = aioredis.BlockingConnectionPool.from_url(client)
+            self.url = check_store_url(client)
+            try:
+                parsed = aioredis.BlockingConnectionPool.from_url(client)
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"cannot use the Redis URL {redact_url(client)!r}: {exc}"
+                ) from None
             self._pool_args: dict[str, Any] = dict(parsed.connection_kwargs)
             self._connection_class: Any = parsed.connection_class
         else:
             kw = client.connection_pool.connection_kwargs
-            self.url = f"redis://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
+            self.url = _described(kw)
             self._pool_args = dict(kw)
             self._connection_class = client.connection_pool.connection_class
         # JSON strings in, JSON strings out, whatever the caller's client was set to
@@ -156,7 +196,12 @@ class RedisStore(StateStore):
         # else in order, in one round trip, not one transaction (see StateStore.write)
         await self._call(self._send_packed(commands))
         if index:  # another hash slot: a separate call
-            await self._call(self.client.zadd(f"{self.prefix}:index", {wf: time.time()}))
+            now, key = time.time(), self.index_key
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.zadd(key, {wf: now})
+                pipe.zremrangebyscore(key, "-inf", now - self.active_ttl)
+                pipe.expire(key, self.active_ttl)
+                await self._call(pipe.execute())
 
     async def index_identified(self, entries: Mapping[str, Mapping[str, float]]) -> None:
         if not entries:
@@ -229,9 +274,6 @@ class RedisStore(StateStore):
             raise first_error
         return replies
 
-    async def set_if_absent(self, wf: str, field_name: str, value: str) -> None:
-        await self._call(self.client.hsetnx(self.hash_key(wf), field_name, value))
-
     async def delete(self, wf: str, lists: Sequence[str] = ()) -> None:
         await self.delete_many([(wf, lists)])
 
@@ -243,7 +285,7 @@ class RedisStore(StateStore):
                     h = self.hash_key(wf)
                     pipe.delete(h, *(f"{h}:{name}" for name in lists))
                 wfs = [wf for wf, _ in part]
-                pipe.zrem(f"{self.prefix}:index", *wfs)
+                pipe.zrem(self.index_key, *wfs)
                 pipe.zrem(self.live_key, *wfs)
                 await self._call(pipe.execute())
 
@@ -281,7 +323,7 @@ class RedisStore(StateStore):
         return 0
 
     async def list_workflows(self, limit: int = 100) -> list[str]:
-        ids = await self._call(self.client.zrevrange(f"{self.prefix}:index", 0, limit - 1))
+        ids = await self._call(self.client.zrevrange(self.index_key, 0, limit - 1))
         return [str(i) for i in ids]
 
     async def set_live(self, entries: Mapping[str, float], *, earlier_only: bool = False) -> None:

@@ -45,6 +45,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from mageflow.store.redis import redact_url
+
 __all__ = [
     "ENV_STRATEGY",
     "ENV_URL",
@@ -91,7 +93,7 @@ def check_strategy(name: str) -> tuple[bool, str]:
     if name == "env":
         url = os.environ.get(ENV_URL)
         if url:
-            return True, f"{ENV_URL} is set ({_redact(url)})"
+            return True, f"{ENV_URL} is set ({redact_url(url)})"
         return False, f"{ENV_URL} is not set"
     if name == "docker":
         return _check_docker()
@@ -187,15 +189,6 @@ def _forced(strategy: str | None) -> str | None:
     return name
 
 
-def _redact(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
 def _info(client: redis.Redis) -> dict[str, Any]:
     info: dict[str, Any] = client.info("server")
     return info
@@ -209,7 +202,7 @@ def _from_env() -> RedisServer:
     try:
         version = str(_info(client)["redis_version"])
     except redis.RedisError as exc:
-        raise RuntimeError(f"{ENV_URL}={_redact(url)} does not answer: {exc}") from exc
+        raise RuntimeError(f"{ENV_URL}={redact_url(url)} does not answer: {exc}") from exc
     finally:
         client.close()
     return RedisServer(url=url, strategy="env", version=version)

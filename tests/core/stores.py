@@ -1,0 +1,27 @@
+"""Helpers of the core tests that run on both hosts of the engine script."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from mageflow import Mageflow
+from mageflow.store import MemoryStore, RedisStore
+from mageflow.store.base import StateStore
+from mageflow.testing.manual import ManualBackend
+
+
+def store_for(request: pytest.FixtureRequest, prefix: str, **ttls: Any) -> StateStore:
+    """The store ``request.param`` names (``"redis"``: the session's server under a fresh
+    prefix, else in memory), with ``ttls`` (``active_ttl=``, ``finished_ttl=``)."""
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        return RedisStore(url, prefix=f"{prefix}-{uuid.uuid4().hex[:6]}", **ttls)
+    return MemoryStore(**ttls)
+
+
+def manual(mf: Mageflow) -> ManualBackend:
+    assert isinstance(mf.backend, ManualBackend)
+    return mf.backend
