@@ -70,9 +70,14 @@ async def test_poison_entries_are_dead_lettered_and_the_worker_keeps_serving(
         assert b"cannot parse" in by_id[poison_ids[1]][b"dead_reason"]
         assert b"cannot parse" in by_id[poison_ids[2]][b"dead_reason"]
         assert b"no 'data' field" in by_id[reclaimed_id][b"dead_reason"]
-        # acknowledged and deleted: nothing pending, nothing left to reclaim
-        assert (await rdb.xpending(pool.queue, GROUP))["pending"] == 0
-        assert await rdb.xlen(pool.queue) == 0
+        # acknowledged and deleted: nothing pending, nothing left to reclaim (the served
+        # task's own message is acknowledged just after it records: wait for that too)
+
+        async def all_acknowledged() -> bool:
+            pending = (await rdb.xpending(pool.queue, GROUP))["pending"]
+            return bool(pending == 0 and await rdb.xlen(pool.queue) == 0)
+
+        await probe.wait_until(all_acknowledged, 30, f"acknowledgements\n{pool.logs()}")
         assert worker.proc.poll() is None, f"the worker exited:\n{pool.logs()}"
         assert len(await probe.events(ns, "served")) == 1
     finally:
