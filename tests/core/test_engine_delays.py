@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import Any
@@ -19,16 +18,12 @@ from mageflow.backend.local import LocalBackend
 from mageflow.engine import split_key
 from mageflow.errors import InvalidOptionsError
 from mageflow.models.status import SignatureStatus
-from mageflow.store import MemoryStore, RedisStore
+from tests.core.stores import store_for
 
 
 @pytest_asyncio.fixture(loop_scope="session", params=["memory", "redis"])
 async def app(request: pytest.FixtureRequest) -> AsyncIterator[Mageflow]:
-    if request.param == "redis":
-        store: Any = RedisStore(request.getfixturevalue("redis_url"), prefix=uuid.uuid4().hex[:8])
-    else:
-        store = MemoryStore()
-    mf = Mageflow(backend=LocalBackend(workers=1, concurrency=4), store=store)
+    mf = Mageflow(backend=LocalBackend(workers=1, concurrency=4), store=store_for(request, "t"))
     runs: list[dict[str, Any]] = []
     ran: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,16 +12,12 @@ import pytest_asyncio
 
 from mageflow import Mageflow
 from mageflow.backend.local import LocalBackend
-from mageflow.store import MemoryStore, RedisStore
+from tests.core.stores import store_for
 
 
 @pytest_asyncio.fixture(loop_scope="session", params=["memory", "redis"])
 async def app(request: pytest.FixtureRequest) -> AsyncIterator[Mageflow]:
-    if request.param == "redis":
-        store: Any = RedisStore(request.getfixturevalue("redis_url"), prefix=uuid.uuid4().hex[:8])
-    else:
-        store = MemoryStore()
-    mf = Mageflow(backend=LocalBackend(workers=1, concurrency=4), store=store)
+    mf = Mageflow(backend=LocalBackend(workers=1, concurrency=4), store=store_for(request, "t"))
     mf.gate = asyncio.Event()  # type: ignore[attr-defined]
     mf.started = asyncio.Event()  # type: ignore[attr-defined]
 
