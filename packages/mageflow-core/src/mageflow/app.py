@@ -160,6 +160,7 @@ class Mageflow:
             asyncio.AbstractEventLoop, tuple[asyncio.Task[None], asyncio.Event, reconcile.Alarm]
         ] = weakref.WeakKeyDictionary()
         self._engine.on_wake = self._wake_reconciler
+        self._closing = False
         if isinstance(backend, TaskBackend):
             if backend_options:
                 raise ConfigurationError(
@@ -460,6 +461,8 @@ class Mageflow:
 
     def start_reconciler(self) -> None:
         """Run the reconciler sweep on this event loop (once per loop; workers call it)."""
+        if self._closing:
+            return
         loop = asyncio.get_running_loop()
         running = self._reconcilers.get(loop)
         if running is None or running[0].done():
@@ -490,13 +493,21 @@ class Mageflow:
         self.backend.run_worker(concurrency=concurrency)
 
     async def aclose(self) -> None:
-        running = self._reconcilers.pop(asyncio.get_running_loop(), None)
-        if running is not None:
-            task, stop, _ = running
-            stop.set()
-            while not task.done():
-                task.cancel()
-                await asyncio.wait({task}, timeout=0.05)
-        await self.backend.shutdown()
-        await self._store.close()
-        self._started = False
+        """Let the backend drain, then stop this loop's reconciler and close the store.
+        (Each task the drain runs would start the reconciler again: while closing it
+        cannot restart, and it is awaited once the drain is over.)"""
+        self._closing = True
+        try:
+            running = self._reconcilers.pop(asyncio.get_running_loop(), None)
+            if running is not None:
+                running[1].set()  # no new sweep; the one under way may still publish
+            await self.backend.shutdown()
+            if running is not None:
+                task = running[0]
+                while not task.done():
+                    task.cancel()
+                    await asyncio.wait({task}, timeout=0.05)
+            await self._store.close()
+        finally:
+            self._closing = False
+            self._started = False
