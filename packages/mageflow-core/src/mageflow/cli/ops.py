@@ -362,7 +362,11 @@ LIFECYCLE = [
     _lifecycle("suspend", "Stop what has not started; running tasks finish."),
     _lifecycle("resume", "Continue a suspended or interrupted workflow."),
     _lifecycle("interrupt", "Suspend and cancel running tasks where the backend can."),
-    _lifecycle("cancel", "Stop a root workflow for good; no callback fires."),
+    _lifecycle(
+        "cancel",
+        "Stop a node for good (its callbacks never fire): a root ends; a step or item "
+        "counts as failed (Canceled) for its parent.",
+    ),
     _lifecycle(
         "retry",
         "Re-run a failed root workflow from where it failed; done results stay, "

@@ -27,6 +27,8 @@
 --   H:delayed              zset: nodes whose start the engine holds until a time; score = that
 --                          time (ms); the reconciler's pass releases them when due
 --   H:done                 pub/sub channel: a watched node settled (message = sid)
+--   H:conts                set: the roots of workflows tasks returned to run in their place
+--                          (reached by the root's final expiry like the rest)
 --
 -- DEFINITION (JSON, written once by the client, never user data)
 --   k kind: task|chain|swarm   t task name        n display name
@@ -66,8 +68,10 @@
 --   payload    a task's payload when it cannot be rebuilt from its swarm     emit
 --   owed       JSON array of sids a task's finish dispatched (re-sent on redelivery)  finish
 --   resends    how often the reconciler re-sent the task       resend
---   rerun      '1': a failed composite swarm item retry queued again; resumes from
---              its failure point when it gets a slot (not from the start)   retry
+--   rerun      '1': a failed composite swarm item (or task with a continuation) retry
+--              queued again; resumes from its failure point when it gets a slot   retry
+--   cont       the root sid of the workflow task sid returned to run in its place; the
+--              task settles with that workflow's outcome               continue
 --
 -- User JSON (messages, kwargs, results, errors) is concatenated, never decoded, so it
 -- round-trips byte for byte (cjson would turn [] into {}).
@@ -94,6 +98,8 @@ local TERMINAL = { done = true, failed = true, canceled = true }
 local HOLDING = { suspended = true, interrupted = true }
 
 local DELAYED = H .. ':delayed'
+local CONTS = H .. ':conts'
+local CANCELED = '{"type":"Canceled","message":"canceled by an operator"}'
 local pubs = {}     -- specs to publish: [task, sid, payload(, priority, not-before ms)]
 local wake_at = nil -- earliest time this call made a node wait for (the live index must know)
 local sent_now = {} -- sids this call dispatched
@@ -302,7 +308,7 @@ local function activate(sid)
   end
 end
 
-local start_node, settle, after, fill, rerun, rearm
+local start_node, settle, after, fill, rerun, rearm, continuation_done
 
 local PRIORITY_MAX = 9
 local SEQ_SPAN = 1099511627776 -- 2^40 queue positions per priority: scores stay exact
@@ -378,6 +384,10 @@ end
 -- (held until its time when it has a delay the task manager does not hold).
 start_node = function(sid, inl, own, ret, err)
   local d = def(sid)
+  if get(sid, 'status') == 'canceled' then -- canceled before it started: its parent reacts
+    after(sid, inl)
+    return
+  end
   set(sid, 'sent', NOW_S)
   if not d.nd then
     local due = not_before(sid)
@@ -386,13 +396,13 @@ start_node = function(sid, inl, own, ret, err)
       return
     end
   end
-  if d.k == 'task' then
-    emit(sid, payload(inl, own, ret, err))
-    return
-  end
-  if get(sid, 'rerun') then -- a composite item retry queued again: resume, not restart
+  if (d.k ~= 'task' or d.p) and get(sid, 'rerun') then -- a retried item: resume, not restart
     del(sid, 'rerun')
     rerun(sid)
+    return
+  end
+  if d.k == 'task' then
+    emit(sid, payload(inl, own, ret, err))
     return
   end
   local kw = get(sid, 'kwargs')
@@ -490,6 +500,13 @@ settle = function(sid, ok, val, inl)
   after(sid, inl)
 end
 
+-- Task t's returned workflow settled: t settles with its outcome (t's callbacks, then
+-- t's parent). A failure is reported on the input t ran with.
+continuation_done = function(t, ok, val)
+  if TERMINAL[get(t, 'status')] or get(t, 'outcome') then return end
+  settle(t, ok, val, get(t, 'input'))
+end
+
 -- What follows an ended node: its callbacks, then its parent's advancement.
 after = function(sid, inl)
   local d = def(sid)
@@ -500,11 +517,16 @@ after = function(sid, inl)
     for _, cb in ipairs(d.ok or {}) do start_node(cb, context_above(cb), nil, val, nil) end
   else
     val = get(sid, 'error') or 'null'
-    for _, cb in ipairs(d.err or {}) do start_node(cb, inl, nil, nil, val) end
+    if get(sid, 'status') ~= 'canceled' then -- a canceled node's own callbacks never fire
+      for _, cb in ipairs(d.err or {}) do start_node(cb, inl, nil, nil, val) end
+    end
   end
   if d.p then
-    if def(d.p).k == 'chain' then
+    local pk = def(d.p).k
+    if pk == 'chain' then
       chain_step_done(d.p, sid, ok, val)
+    elseif pk == 'task' then
+      continuation_done(d.p, ok, val)
     else
       swarm_item_done(d.p, sid, ok, val)
     end
@@ -514,7 +536,10 @@ end
 -- Running tasks under sid go back to pending, held on `holder`; their run ids go to out.
 local function take_running(sid, holder, out)
   local d = def(sid)
-  if d.k == 'task' then
+  local c = d.k == 'task' and get(sid, 'cont')
+  if c then
+    if not TERMINAL[get(sid, 'status')] then take_running(c, holder, out) end
+  elseif d.k == 'task' then
     local st = get(sid, 'status')
     local self_held = HOLDING[st] and get(sid, 'held_from') == 'active'
     if st == 'active' or self_held then
@@ -621,14 +646,16 @@ local OUTCOME_FIELDS = { 'result', 'error', 'outcome', 'ended', 'run_id', 'owed'
 local RUN_FIELDS = { 'held_from', 'sent', 'queued', 'qseq', 'started', 'ended', 'input',
   'input_ret', 'input_err', 'step', 'scanned', 'n_running', 'n_ended', 'n_failed', 'result',
   'error', 'outcome', 'run_id', 'payload', 'owed', 'resends', 'rerun', 'context', 'due',
-  'deferred' }
+  'deferred', 'cont' }
 
 -- Callback cb (and everything below it) back to never run, so it fires again. O(nodes
 -- that ran); a node that never started has nothing below it that ran.
 rearm = function(cb)
   if get(cb, 'sent') == nil and get(cb, 'queued') == nil then return end
   local d = def(cb)
+  local c = get(cb, 'cont')
   del_fields(cb, RUN_FIELDS)
+  if c then rearm(c) end
   set(cb, 'status', 'pending')
   redis.call('DEL', aux('held', cb))
   if d.k == 'chain' then
@@ -662,7 +689,12 @@ local function requeue(s)
       reopen(it)
       -- a task starts afresh from the queue (no 'sent': a stale copy of its failed run is
       -- dropped); a composite resumes from its failure point once it has a slot
-      if def(it).k == 'task' then del(it, 'sent') else set(it, 'rerun', '1') end
+      if def(it).k == 'task' and not get(it, 'cont') then del(it, 'sent') else set(it, 'rerun', '1') end
+      enqueue(s, it)
+    elseif st == 'canceled' then -- an operator canceled it: it runs again from the start
+      rearm(it)
+      set(it, 'status', 'pending')
+      set(it, 'queued', '1')
       enqueue(s, it)
     elseif get(it, 'queued') and get(it, 'sent') == nil then
       enqueue(s, it)
@@ -673,11 +705,39 @@ local function requeue(s)
   if get(s, 'closed') == '1' then queue_unqueued(s) end
 end
 
+-- Canceled node sid (a chain step or a returned workflow; a swarm item is queued again
+-- by requeue) back to never run, started again with what its parent gives it.
+local function restart(sid)
+  local d = def(sid)
+  rearm(sid)
+  set(sid, 'status', 'pending')
+  local pd = d.p and def(d.p)
+  if pd == nil then return end
+  if pd.k == 'chain' then
+    local cur = tonumber(get(d.p, 'step') or '0')
+    if cur == 0 then
+      start_node(sid, get(d.p, 'input'), nil, get(d.p, 'input_ret'), get(d.p, 'input_err'))
+    else
+      start_node(sid, get(d.p, 'context'), nil, get(step_at(d.p, cur - 1), 'result'), nil)
+    end
+  elseif pd.k == 'task' then
+    start_node(sid, context_above(sid), nil, nil, nil)
+  end
+end
+
 -- Re-run node sid from its failure point (sid failed, or is a composite item marked rerun).
 rerun = function(sid)
   local d = def(sid)
+  if get(sid, 'status') == 'canceled' then
+    restart(sid)
+    return
+  end
+  local c = d.k == 'task' and get(sid, 'cont')
   reopen(sid)
-  if d.k == 'task' then
+  if c then -- its returned workflow failed: that resumes, the task does not run again
+    set(sid, 'status', 'active')
+    rerun(c)
+  elseif d.k == 'task' then
     set(sid, 'sent', NOW_S)
     emit(sid, payload_of(sid))
   elseif d.k == 'chain' then
@@ -726,8 +786,9 @@ end
 local root_was_final = TERMINAL[get(ROOT, 'status')] ~= nil
 
 local function expire_everything(ttl)
-  for _, k in ipairs({ SENT, INFLIGHT, DELAYED }) do redis.call('EXPIRE', k, ttl) end
-  local stack = { ROOT }
+  for _, k in ipairs({ SENT, INFLIGHT, DELAYED, CONTS }) do redis.call('EXPIRE', k, ttl) end
+  local stack = redis.call('SMEMBERS', CONTS)
+  stack[#stack + 1] = ROOT
   while #stack > 0 do
     local sid = table.remove(stack)
     redis.call('EXPIRE', H .. ':held:' .. sid, ttl)
@@ -771,7 +832,7 @@ if OP == 'start' then
     local cur = get(sid, 'run_id')
     if st == 'canceled' then
       result = { 'dropped' }
-    elseif TERMINAL[st] or get(sid, 'outcome') then
+    elseif TERMINAL[st] or get(sid, 'outcome') or get(sid, 'cont') then
       if cur == rid then result = { 'redo', redo(sid) } else result = { 'dup' } end
     elseif cur and cur ~= rid and (st == 'active' or get(sid, 'held_from') == 'active') then
       result = { 'dup' }
@@ -811,11 +872,34 @@ elseif OP == 'finish' then
   local d = def(sid)
   if d == nil or d.k ~= 'task' then
     result = { 'missing' }
-  elseif TERMINAL[get(sid, 'status')] or get(sid, 'outcome') then
+  elseif TERMINAL[get(sid, 'status')] or get(sid, 'outcome') or get(sid, 'cont') then
     result = { 'dup', redo(sid) }
   else
     redis.call('SREM', INFLIGHT, sid)
     settle(sid, ok, val, inp)
+    set(sid, 'owed', string_list(sent_now))
+    result = transition_reply()
+  end
+elseif OP == 'continue' then
+  -- Task sid returned a workflow to run in its place: its root c, already stored under
+  -- sid (inert until now), starts; sid settles when c does. inp: the input sid ran with.
+  local sid, c, inp = ARGV[6], ARGV[7], ARGV[8]
+  local d = def(sid)
+  local cd = def(c)
+  if d == nil or d.k ~= 'task' then
+    result = { 'missing' }
+  elseif TERMINAL[get(sid, 'status')] or get(sid, 'outcome') or get(sid, 'cont') then
+    result = { 'dup', redo(sid) }
+  elseif cd == nil or cd.p ~= sid then
+    result = { 'missing' }
+  else
+    redis.call('SREM', INFLIGHT, sid)
+    set(sid, 'cont', c)
+    set(sid, 'input', inp)
+    redis.call('SADD', CONTS, c)
+    touched[CONTS] = true
+    events[#events + 1] = cjson.encode({ 'continued', sid, c })
+    start_node(c, context_above(c), nil, nil, nil)
     set(sid, 'owed', string_list(sent_now))
     result = transition_reply()
   end
@@ -1008,7 +1092,29 @@ elseif OP == 'cancel' then
   elseif TERMINAL[st] then
     result = { 'err', 'finished', st }
   elseif up(d) then
-    result = { 'err', 'not_root' }
+    -- A node inside a workflow: it and what is under it stop; for its parent it failed
+    -- with a Canceled error (a chain stops, a swarm counts it against its budget). Its
+    -- own callbacks never fire. Not started yet: its parent reacts when it would start.
+    local rids = {}
+    take_running(sid, sid, rids)
+    redis.call('DEL', aux('held', sid))
+    local reached = get(sid, 'sent') ~= nil
+    if is_item(d) and redis.call('ZREM', aux('queue', d.p), sid) == 1 then reached = true end
+    set(sid, 'status', 'canceled')
+    set(sid, 'error', CANCELED)
+    set(sid, 'ended', NOW_S)
+    events[#events + 1] = cjson.encode({ 'canceled', sid, d.k, get(sid, 'started') or NOW_S })
+    if get(sid, 'waited') then redis.call('PUBLISH', H .. ':done', sid) end
+    if reached then
+      local why, at = blocker(up(d))
+      if why == 'hold' then
+        hold(at, { 'after', sid, '' })
+      elseif why ~= 'canceled' then
+        after(sid, get(sid, 'input'))
+      end
+    end
+    result = { 'ok', string_list(rids), encoded_pubs(), encoded_events(),
+      wake_at and string.format('%d', wake_at) or '' }
   else
     local rids = {}
     take_running(sid, sid, rids)

@@ -84,7 +84,7 @@ class Signature:
         if status == "done":
             return None if result is None else json.loads(result)
         if status == "canceled":
-            raise TaskFailedError(self.key, {"type": "Canceled", "message": "workflow canceled"})
+            raise TaskFailedError(self.key, {"type": "Canceled", "message": "canceled"})
         raise TaskFailedError(self.key, json.loads(error) if error else None)
 
     async def get_status(self) -> SignatureStatus:
@@ -142,10 +142,16 @@ class Signature:
         await publish(self.mf, transition.publishes)
 
     async def cancel(self) -> None:
-        """Stop a whole workflow for good: nothing more starts, no callback fires."""
-        run_ids = await self.mf.engine.cancel(self.key)
+        """Stop this node and everything under it for good: nothing more starts under it
+        and its own callbacks never fire. On a root that ends the workflow; on a step or
+        item its parent counts it as failed with error type ``Canceled`` (a chain stops, a
+        swarm counts it against ``stop_after_n_failures``). Running tasks are canceled
+        where the backend can. Raises :class:`WorkflowFinishedError` once it finished."""
+        run_ids, transition = await self.mf.engine.cancel(self.key)
         if run_ids and self.mf.backend.capabilities.cancel_running:
             await self.mf.backend.cancel(run_ids)
+        observe.store_events(transition.events)
+        await publish(self.mf, transition.publishes)
 
 
 class ChainSignature(Signature):
