@@ -25,7 +25,10 @@ QUEUE = "queue"
 DUE = "due"
 DONE_CHANNEL = "done"
 
-TERMINAL = frozenset({"done", "failed", "canceled"})
+N_DEPS = "n_deps"
+NODES = "nodes"
+
+TERMINAL = frozenset({"done", "failed", "canceled", "skipped"})
 HOLDING = frozenset({"suspended", "interrupted"})
 
 

@@ -90,7 +90,7 @@ end
 local ROOT = 'r'
 local SENT = H .. ':sent'
 local INFLIGHT = H .. ':inflight'
-local TERMINAL = { done = true, failed = true, canceled = true }
+local TERMINAL = { done = true, failed = true, canceled = true, skipped = true }
 local HOLDING = { suspended = true, interrupted = true }
 
 local DELAYED = H .. ':delayed'
@@ -303,6 +303,7 @@ local function activate(sid)
 end
 
 local start_node, settle, after, fill, rerun, rearm
+local graph_start, graph_node_done, graph_maybe_complete, start_graph_node, branch_child_done
 
 local PRIORITY_MAX = 9
 local SEQ_SPAN = 1099511627776 -- 2^40 queue positions per priority: scores stay exact
@@ -335,6 +336,7 @@ end
 
 -- Settle a closed, started swarm once every item ended: results in item order.
 local function maybe_complete(s)
+  if def(s).k == 'graph' then return graph_maybe_complete(s) end
   if get(s, 'closed') ~= '1' or get(s, 'sent') == nil then return end
   if TERMINAL[get(s, 'status')] or get(s, 'outcome') then return end
   local n = redis.call('LLEN', aux('items', s))
@@ -369,7 +371,11 @@ fill = function(s)
     if not it then break end
     incr(s, 'n_running', 1)
     redis.call('SADD', aux('running', s), it)
-    start_node(it, get(s, 'input'), get(it, 'own'), get(s, 'input_ret'), get(s, 'input_err'))
+    if d.k == 'graph' then
+      start_graph_node(s, it)
+    else
+      start_node(it, get(s, 'input'), get(it, 'own'), get(s, 'input_ret'), get(s, 'input_err'))
+    end
   end
   filling[s] = nil
 end
@@ -413,6 +419,10 @@ start_node = function(sid, inl, own, ret, err)
     else
       start_node(first, input, nil, ret, err)
     end
+  elseif d.k == 'graph' then
+    graph_start(sid)
+  elseif d.k == 'branch' then
+    start_node(d.sl, input, nil, ret, err)
   else
     queue_unqueued(sid)
     fill(sid)
@@ -503,11 +513,190 @@ after = function(sid, inl)
     for _, cb in ipairs(d.err or {}) do start_node(cb, inl, nil, nil, val) end
   end
   if d.p then
-    if def(d.p).k == 'chain' then
+    local pk = def(d.p).k
+    if pk == 'chain' then
       chain_step_done(d.p, sid, ok, val)
+    elseif pk == 'graph' then
+      graph_node_done(d.p, sid, ok, val)
+    elseif pk == 'branch' then
+      branch_child_done(d.p, sid, ok, val)
     else
       swarm_item_done(d.p, sid, ok, val)
     end
+  end
+end
+
+-- Graphs. A graph's nodes are the list H:nodes:<graph>; a node knows its in-edges (rq
+-- required, oq optional dependency sids) and its out-edges (rd dependents that require it,
+-- od dependents for which it is optional); its state field `n_deps` counts the
+-- dependencies not finished yet. A finished node touches its out-edges only: O(1) per
+-- node apart from them, never a scan of the graph. Ready nodes wait on H:queue:<graph>
+-- (priority order, as swarm items) and hold a slot in H:running:<graph> while they run.
+
+-- The outcome of finished node x as a dependency / sink value: its result, or
+-- {"mageflow_error": its error} when it failed or was skipped.
+local function outcome_value(x)
+  if get(x, 'status') == 'done' then return get(x, 'result') or 'null' end
+  return '{"mageflow_error":' .. (get(x, 'error') or 'null') .. '}'
+end
+
+-- A JSON object of the outcomes of nodes xs, keyed by their names in the graph.
+local function keyed_outcomes(xs)
+  local parts = {}
+  for _, x in ipairs(xs) do
+    parts[#parts + 1] = cjson.encode(def(x).gn) .. ':' .. outcome_value(x)
+  end
+  return '{' .. table.concat(parts, ',') .. '}'
+end
+
+local function dependencies(d)
+  local all = {}
+  for _, x in ipairs(d.rq or {}) do all[#all + 1] = x end
+  for _, x in ipairs(d.oq or {}) do all[#all + 1] = x end
+  return all
+end
+
+-- Graph g's ready node x takes its slot: the graph's messages, and as the previous result
+-- its dependencies' outcomes keyed by name (a node without dependencies: what the graph
+-- itself was started with).
+start_graph_node = function(g, x)
+  local deps = dependencies(def(x))
+  if #deps > 0 then
+    start_node(x, get(g, 'input'), nil, keyed_outcomes(deps), nil)
+  else
+    start_node(x, get(g, 'input'), nil, get(g, 'input_ret'), get(g, 'input_err'))
+  end
+end
+
+-- Node x of graph g is ready: on the queue, once.
+local function ready(g, x)
+  if get(x, 'status') == 'pending' and not get(x, 'queued') then
+    set(x, 'queued', '1')
+    enqueue(g, x)
+  end
+end
+
+-- One more dependency of node x finished.
+local function release(g, x)
+  if incr(x, 'n_deps', -1) <= 0 then ready(g, x) end
+end
+
+-- Node x never runs: skipped, with why (its callbacks do not fire).
+local function skip(x, why)
+  set(x, 'status', 'skipped')
+  set(x, 'error', cjson.encode({ type = 'Skipped', message = why }))
+  set(x, 'ended', NOW_S)
+  events[#events + 1] = cjson.encode({ 'skipped', x, def(x).k, NOW_S })
+  if get(x, 'waited') then redis.call('PUBLISH', H .. ':done', x) end
+end
+
+-- Node failed of graph g did not succeed: every node that requires it (transitively) is
+-- skipped; the optional dependents of a skipped node count it as finished.
+-- O(the skipped subgraph and its out-edges).
+local function skip_dependents(g, failed)
+  local stack = { failed }
+  while #stack > 0 do
+    local cur = table.remove(stack)
+    local d = def(cur)
+    for _, y in ipairs(d.rd or {}) do
+      if get(y, 'status') == 'pending' and not get(y, 'queued') then
+        skip(y, 'required dependency ' .. cjson.encode(d.gn) .. ' did not succeed')
+        incr(g, 'n_ended', 1)
+        stack[#stack + 1] = y
+      end
+    end
+    if cur ~= failed then
+      for _, y in ipairs(d.od or {}) do release(g, y) end
+    end
+  end
+end
+
+-- Graph g starts: its sources (nodes without dependencies) are ready.
+graph_start = function(g)
+  for _, x in ipairs(def(g).sr or {}) do ready(g, x) end
+  fill(g)
+  graph_maybe_complete(g)
+end
+
+-- Settle a started graph once every node ended: the sink outcomes keyed by name.
+graph_maybe_complete = function(g)
+  if get(g, 'sent') == nil or TERMINAL[get(g, 'status')] or get(g, 'outcome') then return end
+  if tonumber(get(g, 'n_ended') or '0') < redis.call('LLEN', aux('nodes', g)) then return end
+  settle(g, true, keyed_outcomes(def(g).sk or {}), nil)
+end
+
+-- Graph g reacts to node sid ending: free its slot, skip what required it, count a
+-- failure nobody tolerates against the budget, release the dependents, refill.
+graph_node_done = function(g, sid, ok, val)
+  if redis.call('SREM', aux('running', g), sid) == 1 then incr(g, 'n_running', -1) end
+  incr(g, 'n_ended', 1)
+  if TERMINAL[get(g, 'status')] or get(g, 'outcome') then return end
+  local d, gd = def(sid), def(g)
+  if not ok then
+    skip_dependents(g, sid)
+    -- tolerated: it has dependents and every one of them declared it optional
+    local tolerated = d.od ~= nil and #d.od > 0 and (d.rd == nil or #d.rd == 0)
+    if not tolerated then
+      local nf = incr(g, 'n_failed', 1)
+      if gd.sa ~= nil and nf >= gd.sa then
+        redis.call('DEL', aux('queue', g))
+        local msg = string.format('%d node(s) failed (stop_after_n_failures=%d); last: %s: %s',
+          nf, gd.sa, tostring(d.gn), error_summary(val))
+        settle(g, false, cjson.encode({ type = 'GraphFailed', message = msg }), get(g, 'input'))
+        return
+      end
+    end
+  else
+    for _, y in ipairs(d.rd or {}) do release(g, y) end
+  end
+  for _, y in ipairs(d.od or {}) do release(g, y) end
+  fill(g)
+  graph_maybe_complete(g)
+end
+
+-- Branches. A branch runs its selector (sl); the selector's result names the case (cs:
+-- case key -> sid, df: the default) that runs next, recorded in `chosen`; the others end
+-- skipped. The branch's result is the chosen case's.
+
+-- Every child of branch definition d: the selector, the cases, the default.
+local function branch_children(d)
+  local kids = { d.sl }
+  for _, x in pairs(d.cs or {}) do kids[#kids + 1] = x end
+  if d.df then kids[#kids + 1] = d.df end
+  table.sort(kids)
+  return kids
+end
+
+-- The case key a selector result names: a JSON string's text, else the JSON text itself.
+local function case_key(val)
+  if string.sub(val, 1, 1) == '"' then
+    local decoded, s = pcall(cjson.decode, val)
+    if decoded and type(s) == 'string' then return s end
+  end
+  return val
+end
+
+branch_child_done = function(b, sid, ok, val)
+  if TERMINAL[get(b, 'status')] or get(b, 'outcome') then return end
+  local d = def(b)
+  if sid ~= d.sl then
+    if sid == get(b, 'chosen') then settle(b, ok, val, get(b, 'input')) end
+    return
+  end
+  local pick = ok and ((d.cs or {})[case_key(val)] or d.df) or nil
+  for _, x in ipairs(branch_children(d)) do
+    if x ~= d.sl and x ~= pick and get(x, 'status') == 'pending' then
+      skip(x, ok and 'another case was chosen' or 'the selector failed')
+    end
+  end
+  if not ok then
+    settle(b, false, val, get(b, 'input'))
+  elseif pick == nil then
+    local msg = 'the selector returned ' .. val .. ', which names no case, and there is no default'
+    settle(b, false, cjson.encode({ type = 'NoBranchMatched', message = msg }), get(b, 'input'))
+  else
+    set(b, 'chosen', pick)
+    start_node(pick, get(b, 'input'), nil, val, nil)
   end
 end
 
@@ -528,6 +717,10 @@ local function take_running(sid, holder, out)
     if get(sid, 'sent') and not TERMINAL[get(sid, 'status')] then
       local cur = step_at(sid, tonumber(get(sid, 'step') or '0'))
       if cur then take_running(cur, holder, out) end
+    end
+  elseif d.k == 'branch' then
+    if get(sid, 'sent') and not TERMINAL[get(sid, 'status')] then
+      take_running(get(sid, 'chosen') or d.sl, holder, out)
     end
   else
     for _, it in ipairs(redis.call('SMEMBERS', aux('running', sid))) do
@@ -636,6 +829,15 @@ rearm = function(cb)
   elseif d.k == 'swarm' then
     for _, x in ipairs(redis.call('LRANGE', aux('items', cb), 0, -1)) do rearm(x) end
     redis.call('DEL', aux('queue', cb), aux('running', cb))
+  elseif d.k == 'graph' then
+    for _, x in ipairs(redis.call('LRANGE', aux('nodes', cb), 0, -1)) do
+      rearm(x)
+      if def(x).rq or def(x).oq then set(x, 'n_deps', #dependencies(def(x))) end
+    end
+    redis.call('DEL', aux('queue', cb), aux('running', cb))
+  elseif d.k == 'branch' then
+    del(cb, 'chosen')
+    for _, x in ipairs(branch_children(d)) do rearm(x) end
   end
   for _, x in ipairs(d.ok or {}) do rearm(x) end
   for _, x in ipairs(d.err or {}) do rearm(x) end
@@ -673,6 +875,66 @@ local function requeue(s)
   if get(s, 'closed') == '1' then queue_unqueued(s) end
 end
 
+-- Failed graph g runs again: failed nodes re-run from their failure points, skipped ones
+-- wait again, pending counters are recounted (dependencies not done) and the ready nodes
+-- queued. O(nodes + edges): retry is an operator's command, never a per-event op.
+local function graph_requeue(g)
+  local nodes = redis.call('LRANGE', aux('nodes', g), 0, -1)
+  redis.call('DEL', aux('queue', g))
+  local ended = 0
+  for _, x in ipairs(nodes) do
+    local st = get(x, 'status')
+    if st == 'done' then
+      ended = ended + 1
+    elseif st == 'failed' then
+      reopen(x)
+      if def(x).k == 'task' then del(x, 'sent') else set(x, 'rerun', '1') end
+      del(x, 'queued')
+    elseif st == 'skipped' then
+      set(x, 'status', 'pending')
+      del_fields(x, { 'error', 'ended', 'queued' })
+    elseif get(x, 'queued') and get(x, 'sent') == nil then
+      del(x, 'queued') -- the budget emptied the queue it was on
+    end
+  end
+  for _, x in ipairs(nodes) do
+    if get(x, 'status') == 'pending' and (get(x, 'sent') == nil or get(x, 'rerun')) then
+      local waiting = 0
+      for _, y in ipairs(dependencies(def(x))) do
+        if get(y, 'status') ~= 'done' then waiting = waiting + 1 end
+      end
+      set(x, 'n_deps', waiting)
+      if waiting == 0 then ready(g, x) end
+    end
+  end
+  set(g, 'n_ended', ended)
+  set(g, 'n_failed', 0)
+  set(g, 'n_running', redis.call('SCARD', aux('running', g)))
+end
+
+-- Failed branch b runs again: its failed case, or (the selector failed or named no case)
+-- the selector, with the cases waiting again.
+local function branch_rerun(b)
+  local d = def(b)
+  local chosen = get(b, 'chosen')
+  if chosen then
+    rerun(chosen)
+    return
+  end
+  for _, x in ipairs(branch_children(d)) do
+    if get(x, 'status') == 'skipped' then
+      set(x, 'status', 'pending')
+      del_fields(x, { 'error', 'ended' })
+    end
+  end
+  if get(d.sl, 'status') == 'failed' then
+    rerun(d.sl)
+  else
+    reopen(d.sl)
+    start_node(d.sl, get(b, 'input'), nil, get(b, 'input_ret'), get(b, 'input_err'))
+  end
+end
+
 -- Re-run node sid from its failure point (sid failed, or is a composite item marked rerun).
 rerun = function(sid)
   local d = def(sid)
@@ -684,6 +946,14 @@ rerun = function(sid)
     activate(sid)
     touched[H .. ':steps:' .. sid] = true
     rerun(step_at(sid, tonumber(get(sid, 'step') or '0')))
+  elseif d.k == 'graph' then
+    activate(sid)
+    graph_requeue(sid)
+    fill(sid)
+    graph_maybe_complete(sid)
+  elseif d.k == 'branch' then
+    activate(sid)
+    branch_rerun(sid)
   else -- a swarm (a new composite kind needs its own branch here)
     activate(sid)
     requeue(sid)
@@ -746,6 +1016,13 @@ local function expire_everything(ttl)
           redis.call('EXPIRE', H .. ':' .. kind .. ':' .. sid, ttl)
         end
         kids = redis.call('LRANGE', H .. ':items:' .. sid, 0, -1)
+      elseif d.k == 'graph' then
+        for _, kind in ipairs({ 'nodes', 'queue', 'running' }) do
+          redis.call('EXPIRE', H .. ':' .. kind .. ':' .. sid, ttl)
+        end
+        kids = redis.call('LRANGE', H .. ':nodes:' .. sid, 0, -1)
+      elseif d.k == 'branch' then
+        kids = branch_children(d)
       end
       for _, list in ipairs({ kids, d.ok or {}, d.err or {} }) do
         for _, x in ipairs(list) do stack[#stack + 1] = x end
@@ -992,7 +1269,7 @@ elseif OP == 'resume' then
         end
       end
     end
-    if d.k == 'swarm' then
+    if d.k == 'swarm' or d.k == 'graph' then
       fill(sid)
       maybe_complete(sid)
     end

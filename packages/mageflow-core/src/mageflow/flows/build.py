@@ -104,6 +104,23 @@ def _rename(sid: str, old_root: str, new_root: str) -> str:
     return sid
 
 
+_LISTS = {"swarm": F.ITEMS, "chain": F.STEPS, "graph": F.NODES}
+"""The auxiliary list of each composite kind that has one (moved with it)."""
+
+
+def renamed_refs(d: NodeDef, rename: Callable[[str], str]) -> None:
+    """Rename the graph and branch sids ``d`` refers to (a moved workflow)."""
+    d.requires = [rename(x) for x in d.requires]
+    d.optional = [rename(x) for x in d.optional]
+    d.required_by = [rename(x) for x in d.required_by]
+    d.optional_for = [rename(x) for x in d.optional_for]
+    d.sources = [rename(x) for x in d.sources]
+    d.sinks = [rename(x) for x in d.sinks]
+    d.selector = d.selector and rename(d.selector)
+    d.cases = {k: rename(x) for k, x in d.cases.items()}
+    d.default = d.default and rename(d.default)
+
+
 _PLAIN_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
@@ -341,8 +358,8 @@ class WorkflowBuilder:
             if not sep:
                 _check_depth(new_sid)
                 d = NodeDef.model_validate(json.loads(value))
-                if d.kind in ("swarm", "chain"):
-                    kind = F.ITEMS if d.kind == "swarm" else F.STEPS
+                if d.kind in _LISTS:
+                    kind = _LISTS[d.kind]
                     old_lists.append(F.aux(kind, old))
                     members = await self.mf.store.read_list(old_wf, F.aux(kind, old))
                     self.lists[F.aux(kind, new_sid)] = [_rename(x, ROOT, sid) for x in members]
@@ -350,6 +367,7 @@ class WorkflowBuilder:
                 d.owner = owner if old == ROOT else d.owner and _rename(d.owner, ROOT, sid)
                 d.on_success = [_rename(x, ROOT, sid) for x in d.on_success]
                 d.on_error = [_rename(x, ROOT, sid) for x in d.on_error]
+                renamed_refs(d, functools.partial(_rename, old_root=ROOT, new_root=sid))
                 self.fields[new_sid] = d.dump()
             else:
                 self.fields[f"{new_sid}:{attr}"] = value

@@ -238,12 +238,38 @@ class SwarmSignature(Signature):
         return closed == "1"
 
 
+class GraphSignature(Signature):
+    """Nodes run once their dependencies finished, each with their results keyed by
+    dependency name; the result is the sink nodes' results keyed by node name."""
+
+    kind = "graph"
+
+
+class BranchSignature(Signature):
+    """A selector runs; its result picks the case that runs next (the others end
+    ``skipped``); the result is that case's result."""
+
+    kind = "branch"
+
+
+_HANDLES: dict[str, type[Signature]] = {
+    "chain": ChainSignature,
+    "swarm": SwarmSignature,
+    "graph": GraphSignature,
+    "branch": BranchSignature,
+}
+
+
 def handle_for(mf: Runtime, key: str, kind: str) -> Signature:
-    if kind == "chain":
-        return ChainSignature(mf, key)
-    if kind == "swarm":
-        return SwarmSignature(mf, key)
-    return Signature(mf, key)
+    return _HANDLES.get(kind, Signature)(mf, key)
 
 
-__all__ = ["ROOT", "ChainSignature", "Signature", "SwarmSignature", "handle_for"]
+__all__ = [
+    "ROOT",
+    "BranchSignature",
+    "ChainSignature",
+    "GraphSignature",
+    "Signature",
+    "SwarmSignature",
+    "handle_for",
+]
