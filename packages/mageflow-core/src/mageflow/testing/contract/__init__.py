@@ -22,6 +22,7 @@ from mageflow.testing.contract.chains import ChainContract
 from mageflow.testing.contract.context import ContextContract
 from mageflow.testing.contract.documents import DocumentsContract
 from mageflow.testing.contract.exactly_once import ExactlyOnceContract
+from mageflow.testing.contract.graphs import GraphContract
 from mageflow.testing.contract.lifecycle import LifecycleContract
 from mageflow.testing.contract.options import OptionsContract
 from mageflow.testing.contract.rerun import RerunContract
@@ -40,6 +41,7 @@ class BackendContract(
     ContextContract,
     OptionsContract,
     DocumentsContract,
+    GraphContract,
 ):
     """Subclass and provide the ``harness`` fixture."""
 
