@@ -264,7 +264,7 @@ class BranchSignature(Signature):
         if raw is None:
             raise SignatureNotFoundError(f"no signature stored under {self.key!r}")
         d = NodeDef.model_validate(json.loads(raw))
-        named: dict[str | None, str] = dict(d.cases)
+        named: dict[str | None, str] = {k: v for k, v in d.cases.items()}
         if d.default is not None:
             named[None] = d.default
         found = await _named_handles(self.mf, wf, list(named.values()), lambda _: None)
