@@ -6,8 +6,12 @@ Measures, in one run against a throwaway Redis server:
   because the client only ever sends commands the scripts never use (EVALSHA, HMGET,
   HSETNX, SUBSCRIBE, ...); the total including in-script commands is shown too.
 - per-item time of a 1,000 vs a 20,000 item swarm (target ratio <= 1.2).
+- round trips per node of a layered graph (each node requires two nodes of the layer
+  before; target <= 2) and per-node time of a 10,000 vs a 1,000 node graph (target
+  ratio <= 1.2).
 
     python bench/core_roundtrips.py [--steps 200] [--small 1000] [--large 20000]
+        [--graph-small 1000] [--graph-large 10000] [--graph-width 50]
 """
 
 from __future__ import annotations
@@ -89,6 +93,47 @@ async def measure(
     return elapsed / units, used
 
 
+def layered(n: int, width: int) -> dict[str, Any]:
+    """``n`` nodes of task ``noop`` in layers of ``width``; node i of a layer requires
+    nodes i and i+1 (mod width) of the layer before."""
+    nodes: dict[str, Any] = {}
+    for i in range(n):
+        layer, pos = divmod(i, width)
+        if layer == 0:
+            nodes[f"n{i}"] = "noop"
+        else:
+            prev = (layer - 1) * width
+            deps = sorted({f"n{prev + pos}", f"n{prev + (pos + 1) % width}"})
+            nodes[f"n{i}"] = ("noop", deps)
+    return nodes
+
+
+async def graph_case(app: Mageflow, client: aioredis.Redis, args: argparse.Namespace) -> None:
+    per_node: dict[int, list[float]] = {}
+    for n in (args.graph_small, args.graph_large):
+        per_node[n] = []
+        for rep in range(args.repeat):
+            g = await app.graph(layered(n, args.graph_width), max_concurrency=100)
+            cost, used = await measure(
+                app,
+                client,
+                f"graph node (n={n}, run {rep + 1})",
+                n,
+                lambda g=g: g.aio_run({}, timeout=600),
+            )
+            per_node[n].append(cost)
+        print(
+            f"    graph client commands (last run): "
+            f"{ {k: v for k, v in used.items() if k in CLIENT_ONLY} }"
+        )
+    small = statistics.median(per_node[args.graph_small])
+    large = statistics.median(per_node[args.graph_large])
+    print(
+        f"per-node time ratio n={args.graph_large} / n={args.graph_small}: {large / small:.3f} "
+        f"(target <= 1.2; medians of {args.repeat} runs)"
+    )
+
+
 async def main(args: argparse.Namespace) -> None:
     with redis_server() as server:
         client = aioredis.Redis.from_url(server.url, decode_responses=True)
@@ -129,6 +174,7 @@ async def main(args: argparse.Namespace) -> None:
             f"per-item time ratio n={args.large} / n={args.small}: {large / small:.3f} "
             f"(target <= 1.2; medians of {args.repeat} runs)"
         )
+        await graph_case(app, client, args)
         await app.aclose()
         await client.aclose()
 
@@ -139,4 +185,7 @@ if __name__ == "__main__":
     parser.add_argument("--small", type=int, default=1000)
     parser.add_argument("--large", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--graph-small", type=int, default=1000)
+    parser.add_argument("--graph-large", type=int, default=10000)
+    parser.add_argument("--graph-width", type=int, default=50)
     asyncio.run(main(parser.parse_args()))

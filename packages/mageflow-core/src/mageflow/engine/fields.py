@@ -27,6 +27,8 @@ DONE_CHANNEL = "done"
 
 N_DEPS = "n_deps"
 NODES = "nodes"
+SOURCES = "sources"
+SINKS = "sinks"
 
 TERMINAL = frozenset({"done", "failed", "canceled", "skipped"})
 HOLDING = frozenset({"suspended", "interrupted"})

@@ -613,7 +613,7 @@ end
 
 -- Graph g starts: its sources (nodes without dependencies) are ready.
 graph_start = function(g)
-  for _, x in ipairs(def(g).sr or {}) do ready(g, x) end
+  for _, x in ipairs(redis.call('LRANGE', aux('sources', g), 0, -1)) do ready(g, x) end
   fill(g)
   graph_maybe_complete(g)
 end
@@ -622,7 +622,7 @@ end
 graph_maybe_complete = function(g)
   if get(g, 'sent') == nil or TERMINAL[get(g, 'status')] or get(g, 'outcome') then return end
   if tonumber(get(g, 'n_ended') or '0') < redis.call('LLEN', aux('nodes', g)) then return end
-  settle(g, true, keyed_outcomes(def(g).sk or {}), nil)
+  settle(g, true, keyed_outcomes(redis.call('LRANGE', aux('sinks', g), 0, -1)), nil)
 end
 
 -- Graph g reacts to node sid ending: free its slot, skip what required it, count a
@@ -1017,7 +1017,7 @@ local function expire_everything(ttl)
         end
         kids = redis.call('LRANGE', H .. ':items:' .. sid, 0, -1)
       elseif d.k == 'graph' then
-        for _, kind in ipairs({ 'nodes', 'queue', 'running' }) do
+        for _, kind in ipairs({ 'nodes', 'sources', 'sinks', 'queue', 'running' }) do
           redis.call('EXPIRE', H .. ':' .. kind .. ':' .. sid, ttl)
         end
         kids = redis.call('LRANGE', H .. ':nodes:' .. sid, 0, -1)

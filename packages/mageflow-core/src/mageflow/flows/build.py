@@ -104,8 +104,8 @@ def _rename(sid: str, old_root: str, new_root: str) -> str:
     return sid
 
 
-_LISTS = {"swarm": F.ITEMS, "chain": F.STEPS, "graph": F.NODES}
-"""The auxiliary list of each composite kind that has one (moved with it)."""
+_LISTS = {"swarm": (F.ITEMS,), "chain": (F.STEPS,), "graph": (F.NODES, F.SOURCES, F.SINKS)}
+"""The auxiliary lists of each composite kind that has some (moved with it)."""
 
 
 def renamed_refs(d: NodeDef, rename: Callable[[str], str]) -> None:
@@ -114,8 +114,6 @@ def renamed_refs(d: NodeDef, rename: Callable[[str], str]) -> None:
     d.optional = [rename(x) for x in d.optional]
     d.required_by = [rename(x) for x in d.required_by]
     d.optional_for = [rename(x) for x in d.optional_for]
-    d.sources = [rename(x) for x in d.sources]
-    d.sinks = [rename(x) for x in d.sinks]
     d.selector = d.selector and rename(d.selector)
     d.cases = {k: rename(x) for k, x in d.cases.items()}
     d.default = d.default and rename(d.default)
@@ -358,8 +356,7 @@ class WorkflowBuilder:
             if not sep:
                 _check_depth(new_sid)
                 d = NodeDef.model_validate(json.loads(value))
-                if d.kind in _LISTS:
-                    kind = _LISTS[d.kind]
+                for kind in _LISTS.get(d.kind, ()):
                     old_lists.append(F.aux(kind, old))
                     members = await self.mf.store.read_list(old_wf, F.aux(kind, old))
                     self.lists[F.aux(kind, new_sid)] = [_rename(x, ROOT, sid) for x in members]

@@ -155,11 +155,16 @@ async def build_graph(
         on_error=err,
         max_concurrency=config.max_concurrency,
         stop_after_n_failures=config.stop_after_n_failures,
-        sources=[sids[n] for n, s in nodes.items() if not (s.requires or s.optional)],
-        sinks=[sids[n] for n in nodes if not (required_by[n] or optional_for[n])],
     )
     b.node(sid, b.with_options(d, options), kwargs=context)
     b.lists[F.aux(F.NODES, sid)] = list(sids.values())
+    # lists, not definition fields: every node event decodes the graph's definition
+    sources = [sids[n] for n, s in nodes.items() if not (s.requires or s.optional)]
+    sinks = [sids[n] for n in nodes if not (required_by[n] or optional_for[n])]
+    if sources:
+        b.lists[F.aux(F.SOURCES, sid)] = sources
+    if sinks:
+        b.lists[F.aux(F.SINKS, sid)] = sinks
 
 
 async def build_branch(

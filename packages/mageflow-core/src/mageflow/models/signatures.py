@@ -46,10 +46,6 @@ class NodeDef(BaseModel):
     """The nodes that require this graph node (its out-edges)."""
     optional_for: list[str] = Field(default_factory=list, alias="od")
     """The nodes for which this graph node is an optional dependency."""
-    sources: list[str] = Field(default_factory=list, alias="sr")
-    """A graph's nodes without dependencies (ready when it starts)."""
-    sinks: list[str] = Field(default_factory=list, alias="sk")
-    """A graph's nodes nothing depends on (its result)."""
     selector: str | None = Field(default=None, alias="sl")
     """A branch's selector sid."""
     cases: dict[str, str] = Field(default_factory=dict, alias="cs")
