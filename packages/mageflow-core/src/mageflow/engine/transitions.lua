@@ -14,6 +14,11 @@
 --   H:queue:<swarm>        zset of items waiting for a free slot; score orders them:
 --                          higher priority first, first queued first within a priority
 --   H:running:<swarm>      set of items holding a slot
+--   H:nodes:<graph>        list of the graph's node sids, in the order given
+--   H:sources:<graph> / H:sinks:<graph>  lists of its nodes without dependencies / that
+--                          nothing depends on (ready at start / its result)
+--   H:queue:<graph>, H:running:<graph>  ready nodes waiting for a slot / holding one (as
+--                          a swarm's)
 --   H:held:<node>          list of JSON entries held while <node> is suspended/interrupted:
 --                          ["pub",sid] publish task sid; ["fill",swarm] start queued items;
 --                          ["settle",sid,input] sid finished while itself held;
@@ -29,17 +34,22 @@
 --   H:done                 pub/sub channel: a watched node settled (message = sid)
 --
 -- DEFINITION (JSON, written once by the client, never user data)
---   k kind: task|chain|swarm   t task name        n display name
---   p parent (chain or swarm)  of owner: the node whose callback this is
+--   k kind: task|chain|swarm|graph|branch   t task name        n display name
+--   p parent (chain, swarm, graph or branch)  of owner: the node whose callback this is
 --   ok / err callback sids     mc max_concurrency  sa stop_after_n_failures
 --   pr priority 0..9 (higher starts first among queued swarm items; default 0; also sent
 --      to the task manager)
 --   dl start this many ms after becoming due   at  start no earlier than this ms timestamp
 --   nd '1': the task manager holds dl/at (the engine dispatches at once, with the time)
 --   (a chain's steps are the list H:steps:<chain>, so an event reads one step, not all)
+--   graph node: gn its name in the graph; rq / oq required / optional dependency sids;
+--      rd / od its out-edges: the nodes that require it / for which it is optional
+--   branch: sl selector sid; cs {case key: sid}; df default case sid
 --
 -- STATE FIELDS "<sid>:<field>"                                  written by
---   status     pending|active|suspended|interrupted|canceled|done|failed   engine
+--   status     pending|active|suspended|interrupted|canceled|done|failed|skipped  engine
+--              (skipped: a graph node whose required dependency did not succeed, or a
+--              branch case not chosen; it never runs, its callbacks never fire)
 --   held_from  status to restore on resume                     suspend
 --   created    ms the node was built                           client
 --   kwargs     signature kwargs JSON (a chain's / swarm's: the context every node under it
@@ -66,6 +76,8 @@
 --   payload    a task's payload when it cannot be rebuilt from its swarm     emit
 --   owed       JSON array of sids a task's finish dispatched (re-sent on redelivery)  finish
 --   resends    how often the reconciler re-sent the task       resend
+--   n_deps     graph node: dependencies not finished yet (0: ready)   client, engine
+--   chosen     branch: the case its selector picked                 branch_child_done
 --   rerun      '1': a failed composite swarm item retry queued again; resumes from
 --              its failure point when it gets a slot (not from the start)   retry
 --
