@@ -20,11 +20,12 @@ import argparse
 import asyncio
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from mageflow import Mageflow, SwarmConfig
+from mageflow import Mageflow, Signature, SwarmConfig
 from mageflow.backend.local import LocalBackend
 from mageflow.store import RedisStore, StateStore
 from mageflow.testing.redis_server import redis_server
@@ -108,29 +109,37 @@ def layered(n: int, width: int) -> dict[str, Any]:
     return nodes
 
 
-async def graph_case(app: Mageflow, client: aioredis.Redis, args: argparse.Namespace) -> None:
-    per_node: dict[int, list[float]] = {}
-    for n in (args.graph_small, args.graph_large):
-        per_node[n] = []
-        for rep in range(args.repeat):
-            g = await app.graph(layered(n, args.graph_width), max_concurrency=100)
+async def scaling(
+    app: Mageflow,
+    client: aioredis.Redis,
+    unit: str,
+    sizes: tuple[int, int],
+    repeat: int,
+    build: Callable[[int], Awaitable[Signature]],
+) -> None:
+    """Per-``unit`` time of the workflows ``build(n)`` makes, for both ``sizes``: each
+    run's figures, the client commands of the last run, the ratio of the medians."""
+    per_unit: dict[int, list[float]] = {}
+    for n in sizes:
+        per_unit[n] = []
+        for rep in range(repeat):
+            wf = await build(n)
             cost, used = await measure(
                 app,
                 client,
-                f"graph node (n={n}, run {rep + 1})",
+                f"{unit} (n={n}, run {rep + 1})",
                 n,
-                lambda g=g: g.aio_run({}, timeout=600),
+                lambda wf=wf: wf.aio_run({}, timeout=600),
             )
-            per_node[n].append(cost)
+            per_unit[n].append(cost)
         print(
-            f"    graph client commands (last run): "
+            f"    {unit.split()[0]} client commands (last run): "
             f"{ {k: v for k, v in used.items() if k in CLIENT_ONLY} }"
         )
-    small = statistics.median(per_node[args.graph_small])
-    large = statistics.median(per_node[args.graph_large])
+    small, large = (statistics.median(per_unit[n]) for n in sizes)
     print(
-        f"per-node time ratio n={args.graph_large} / n={args.graph_small}: {large / small:.3f} "
-        f"(target <= 1.2; medians of {args.repeat} runs)"
+        f"per-{unit.split()[-1]} time ratio n={sizes[1]} / n={sizes[0]}: {large / small:.3f} "
+        f"(target <= 1.2; medians of {repeat} runs)"
     )
 
 
@@ -149,32 +158,24 @@ async def main(args: argparse.Namespace) -> None:
         )
         print(f"    chain client commands: { {k: v for k, v in used.items() if k in CLIENT_ONLY} }")
 
-        per_item: dict[int, list[float]] = {}
-        for n in (args.small, args.large):
-            per_item[n] = []
-            for rep in range(args.repeat):
-                sw = await app.swarm(
-                    ["noop"] * n, config=SwarmConfig(max_concurrency=100), is_swarm_closed=True
-                )
-                cost, used = await measure(
-                    app,
-                    client,
-                    f"swarm item (n={n}, run {rep + 1})",
-                    n,
-                    lambda sw=sw: sw.aio_run({}, timeout=600),
-                )
-                per_item[n].append(cost)
-            print(
-                f"    swarm client commands (last run): "
-                f"{ {k: v for k, v in used.items() if k in CLIENT_ONLY} }"
-            )
-        small = statistics.median(per_item[args.small])
-        large = statistics.median(per_item[args.large])
-        print(
-            f"per-item time ratio n={args.large} / n={args.small}: {large / small:.3f} "
-            f"(target <= 1.2; medians of {args.repeat} runs)"
+        async def swarm_of_noops(n: int) -> Signature:
+            cfg = SwarmConfig(max_concurrency=100)
+            return await app.swarm(["noop"] * n, config=cfg, is_swarm_closed=True)
+
+        async def layered_graph(n: int) -> Signature:
+            return await app.graph(layered(n, args.graph_width), max_concurrency=100)
+
+        await scaling(
+            app, client, "swarm item", (args.small, args.large), args.repeat, swarm_of_noops
         )
-        await graph_case(app, client, args)
+        await scaling(
+            app,
+            client,
+            "graph node",
+            (args.graph_small, args.graph_large),
+            args.repeat,
+            layered_graph,
+        )
         await app.aclose()
         await client.aclose()
 

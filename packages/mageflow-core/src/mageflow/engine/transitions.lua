@@ -863,6 +863,14 @@ local function reopen(sid)
   for _, cb in ipairs(def(sid).err or {}) do rearm(cb) end
 end
 
+-- Failed node x of a swarm or graph will be queued again: a task starts afresh from the
+-- queue (no 'sent': a stale copy of its failed run is dropped); a composite resumes from
+-- its failure point once it has a slot.
+local function reopen_queued(x)
+  reopen(x)
+  if def(x).k == 'task' then del(x, 'sent') else set(x, 'rerun', '1') end
+end
+
 -- Failed swarm s queues again its failed items and the queued ones that never started
 -- (the failure budget emptied the queue); counters then count the done items only.
 -- O(items): retry is an operator's command, never a per-event op.
@@ -873,10 +881,7 @@ local function requeue(s)
     if st == 'done' then
       ended = ended + 1
     elseif st == 'failed' then
-      reopen(it)
-      -- a task starts afresh from the queue (no 'sent': a stale copy of its failed run is
-      -- dropped); a composite resumes from its failure point once it has a slot
-      if def(it).k == 'task' then del(it, 'sent') else set(it, 'rerun', '1') end
+      reopen_queued(it)
       enqueue(s, it)
     elseif get(it, 'queued') and get(it, 'sent') == nil then
       enqueue(s, it)
@@ -899,8 +904,7 @@ local function graph_requeue(g)
     if st == 'done' then
       ended = ended + 1
     elseif st == 'failed' then
-      reopen(x)
-      if def(x).k == 'task' then del(x, 'sent') else set(x, 'rerun', '1') end
+      reopen_queued(x)
       del(x, 'queued')
     elseif st == 'skipped' then
       set(x, 'status', 'pending')

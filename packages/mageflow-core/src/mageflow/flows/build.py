@@ -29,7 +29,7 @@ from mageflow.flows import identifiers as idents
 from mageflow.flows.messages import to_json
 from mageflow.models.config import SwarmConfig
 from mageflow.models.options import Options
-from mageflow.models.signatures import NodeDef, check_name
+from mageflow.models.signatures import Kind, NodeDef, check_name
 
 if TYPE_CHECKING:
     from mageflow.flows.handles import Signature
@@ -288,6 +288,28 @@ class WorkflowBuilder:
         await self.task_likes([*ok, *err], owner=owner_sid)
         return [sid for sid, _ in ok], [sid for sid, _ in err]
 
+    async def composite(
+        self,
+        sid: str,
+        kind: Kind,
+        name: str | None,
+        success: Callbacks,
+        error: Callbacks,
+        config: SwarmConfig | None = None,
+    ) -> NodeDef:
+        """The definition of composite ``sid`` with its callbacks stored (and, for a swarm
+        or graph, its ``config``); the caller adds the rest and stores it."""
+        ok, err = await self.callbacks(sid, callbacks_of(success), callbacks_of(error))
+        config = config or SwarmConfig()
+        return NodeDef(
+            kind=kind,
+            name=name,
+            on_success=ok,
+            on_error=err,
+            max_concurrency=config.max_concurrency,
+            stop_after_n_failures=config.stop_after_n_failures,
+        )
+
     async def swarm_root(
         self,
         success: Callbacks,
@@ -301,18 +323,9 @@ class WorkflowBuilder:
     ) -> None:
         """The root swarm of this workflow over ``items`` (sids already stored), with its
         dispatch ``options`` and the ``context`` kwargs every node under it receives."""
-        config = config or SwarmConfig()
         if name is not None:
             check_name(name, "the swarm's task_name")
-        ok, err = await self.callbacks(ROOT, callbacks_of(success), callbacks_of(error))
-        d = NodeDef(
-            kind="swarm",
-            name=name,
-            on_success=ok,
-            on_error=err,
-            max_concurrency=config.max_concurrency,
-            stop_after_n_failures=config.stop_after_n_failures,
-        )
+        d = await self.composite(ROOT, "swarm", name, success, error, config or SwarmConfig())
         self.node(ROOT, self.with_options(d, options), kwargs=context)
         if closed:
             self.fields[F.of(ROOT, F.CLOSED)] = "1"

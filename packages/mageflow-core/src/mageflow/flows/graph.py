@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 
 from mageflow.engine import fields as F
 from mageflow.errors import GraphCycleError, InvalidGraphError, UnknownDependencyError
-from mageflow.flows.build import Callbacks, TaskLike, WorkflowBuilder, callbacks_of
+from mageflow.flows.build import Callbacks, TaskLike, WorkflowBuilder
 from mageflow.models.config import SwarmConfig
 from mageflow.models.options import Options
 from mageflow.models.signatures import NodeDef, check_name
@@ -147,15 +147,7 @@ async def build_graph(
         _patch(b, sids[n], graph_fields)
         if spec.requires or spec.optional:
             b.fields[F.of(sids[n], F.N_DEPS)] = str(len(spec.requires) + len(spec.optional))
-    ok, err = await b.callbacks(sid, callbacks_of(success), callbacks_of(error))
-    d = NodeDef(
-        kind="graph",
-        name=name,
-        on_success=ok,
-        on_error=err,
-        max_concurrency=config.max_concurrency,
-        stop_after_n_failures=config.stop_after_n_failures,
-    )
+    d = await b.composite(sid, "graph", name, success, error, config)
     b.node(sid, b.with_options(d, options), kwargs=context)
     b.lists[F.aux(F.NODES, sid)] = list(sids.values())
     # lists, not definition fields: every node event decodes the graph's definition
@@ -198,14 +190,8 @@ async def build_branch(
     if default is not None:
         entries.append((f"{sid}.cd", default))
     await b.task_likes(entries, parent=sid)
-    ok, err = await b.callbacks(sid, callbacks_of(success), callbacks_of(error))
-    d = NodeDef(
-        kind="branch",
-        name=name,
-        on_success=ok,
-        on_error=err,
-        selector=f"{sid}.x",
-        cases=case_sids,
-        default=None if default is None else f"{sid}.cd",
-    )
+    d = await b.composite(sid, "branch", name, success, error)
+    d.selector = f"{sid}.x"
+    d.cases = case_sids
+    d.default = None if default is None else f"{sid}.cd"
     b.node(sid, b.with_options(d, options), kwargs=context)

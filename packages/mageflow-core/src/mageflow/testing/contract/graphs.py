@@ -8,12 +8,23 @@ import pytest
 
 from mageflow.errors import TaskFailedError
 from mageflow.flows.graph import GraphNode
+from mageflow.flows.handles import Signature
 from mageflow.models.status import SignatureStatus
 from mageflow.testing.contract.base import ContractBase, ContractHarness, _ns
 
 
 class GraphContract(ContractBase):
     """Dependency graphs and branches: readiness, skipping, results, nesting, lifecycle."""
+
+    async def _graph_fails(self, h: ContractHarness, g: Signature, ns: str, says: str) -> None:
+        """``g`` run with ``{"ns": ns}`` fails with ``GraphFailed`` saying ``says``; its
+        error callback (tag ``err``) fires once with that error."""
+        with pytest.raises(TaskFailedError) as info:
+            await g.aio_run({"ns": ns}, timeout=h.timeout)
+        assert info.value.error_type == "GraphFailed"
+        assert says in (info.value.error_message or "")
+        (got,) = await self.events(h, ns, "err", 1)
+        assert got["mageflow_error"]["type"] == "GraphFailed"
 
     async def test_diamond_with_a_failed_optional_edge_still_runs_the_join(
         self, harness: ContractHarness
@@ -80,12 +91,7 @@ class GraphContract(ContractBase):
             },
             error_callbacks=[err],
         )
-        with pytest.raises(TaskFailedError) as info:
-            await g2.aio_run({"ns": ns}, timeout=harness.timeout)
-        assert info.value.error_type == "GraphFailed"
-        assert "b broke" in (info.value.error_message or "")
-        (got,) = await self.events(harness, ns, "err", 1)
-        assert got["mageflow_error"]["type"] == "GraphFailed"
+        await self._graph_fails(harness, g2, ns, "b broke")
         assert await (await g2.nodes())["c"].get_status() is SignatureStatus.SKIPPED
         assert len(await harness.probe.events(ns, "ok")) == 1
         assert await harness.probe.events(ns, "never") == []
@@ -169,12 +175,7 @@ class GraphContract(ContractBase):
             stop_after_n_failures=2,
             error_callbacks=[err],
         )
-        with pytest.raises(TaskFailedError) as info:
-            await failing.aio_run({"ns": ns2}, timeout=harness.timeout)
-        assert info.value.error_type == "GraphFailed"
-        assert "2 node(s) failed" in (info.value.error_message or "")
-        (got,) = await self.events(harness, ns2, "err", 1)
-        assert got["mageflow_error"]["type"] == "GraphFailed"
+        await self._graph_fails(harness, failing, ns2, "2 node(s) failed")
         assert (await harness.probe.events(ns2, "slow-start"))[:2] == ["f1", "f2"]
 
     async def test_suspended_graph_starts_no_ready_node_until_resumed(
