@@ -38,6 +38,8 @@ def test_demo_runs_every_part() -> None:
     assert out.stdout.count("upload report.pdf: attempt failed") == 3
     assert out.stdout.count("error callback: ConnectionError") == 1
     assert "-> [15, 15, 15]" in out.stdout
+    assert "{'receipt': 'receipt for 25 (upload failed)'}" in out.stdout
+    assert "-> 30 (case 'big' skipped)" in out.stdout
 
 
 def test_worker_rejects_bad_target(tmp_path: Path) -> None:

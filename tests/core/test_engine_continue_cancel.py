@@ -181,3 +181,22 @@ async def test_cancel_a_step_before_it_starts(app: Mageflow) -> None:
 async def drain_one(mf: Mageflow) -> None:
     (m,) = manual(mf).take()
     await deliver_all(mf, [m])
+
+
+async def test_cancel_a_graph_node_skips_what_requires_it(app: Mageflow) -> None:
+    b = await app.sign("cc.step", tag="gb")
+    c = await app.sign("cc.step", tag="gc")
+    g = await app.graph(
+        {"a": await app.sign("cc.step", tag="ga"), "b": (b, ["a"]), "c": (c, ["b"])}
+    )
+    await b.cancel()
+    await g.aio_run_no_wait({})
+    await drain(app)
+    assert ran(app).tags == ["ga"]
+    assert await c.get_status() is SignatureStatus.SKIPPED
+    assert await g.get_status() is SignatureStatus.FAILED
+    ran(app).tags.clear()
+    await g.retry()
+    await drain(app)
+    assert ran(app).tags == ["gb", "gc"]
+    assert await g.get_status() is SignatureStatus.DONE

@@ -35,6 +35,7 @@ STATUS_STYLE = {
     "suspended": "yellow",
     "interrupted": "yellow",
     "canceled": "magenta",
+    "skipped": "bright_black",
 }
 
 

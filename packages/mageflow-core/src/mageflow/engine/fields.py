@@ -25,7 +25,12 @@ QUEUE = "queue"
 DUE = "due"
 DONE_CHANNEL = "done"
 
-TERMINAL = frozenset({"done", "failed", "canceled"})
+N_DEPS = "n_deps"
+NODES = "nodes"
+SOURCES = "sources"
+SINKS = "sinks"
+
+TERMINAL = frozenset({"done", "failed", "canceled", "skipped"})
 HOLDING = frozenset({"suspended", "interrupted"})
 
 

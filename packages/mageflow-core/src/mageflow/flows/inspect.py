@@ -72,6 +72,14 @@ async def read_state(mf: Runtime, key: str) -> SignatureState:
         counts["pending"] = max(total - counts["queued"] - counts["running"] - int(fin or 0), 0)
         if total <= 1000:
             children = [join_key(wf, s) for s in await mf.store.read_list(wf, F.aux(F.ITEMS, sid))]
+    elif d.kind == "graph":
+        nodes = await mf.store.read_list(wf, F.aux(F.NODES, sid))
+        counts = {"total": len(nodes), "running": int(running or 0), "ended": int(fin or 0)}
+        counts["failed"] = int(nf or 0)
+        children = [join_key(wf, s) for s in nodes]
+    elif d.kind == "branch":
+        kids = [d.selector, *d.cases.values(), *([d.default] if d.default else [])]
+        children = [join_key(wf, s) for s in kids if s]
     return SignatureState(
         key=key,
         kind=d.kind,

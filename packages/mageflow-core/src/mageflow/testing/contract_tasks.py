@@ -174,6 +174,12 @@ def register(mf: Mageflow) -> None:
         await get_probe().record(message["ns"], "echo", _public(message))
         return message.get("id")
 
+    @mf.task("contract.route")
+    async def route(message: dict[str, Any]) -> Any:
+        """A branch selector: returns the message's ``route``."""
+        await get_probe().record(message["ns"], "route", message.get("route"))
+        return message.get("route")
+
     @mf.task("contract.bad_result")
     async def bad_result(message: dict[str, Any]) -> Any:
         return {"value": Unserialisable()}

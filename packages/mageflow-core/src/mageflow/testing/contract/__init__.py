@@ -23,6 +23,7 @@ from mageflow.testing.contract.context import ContextContract
 from mageflow.testing.contract.documents import DocumentsContract
 from mageflow.testing.contract.dynamic import DynamicContract
 from mageflow.testing.contract.exactly_once import ExactlyOnceContract
+from mageflow.testing.contract.graphs import GraphContract
 from mageflow.testing.contract.lifecycle import LifecycleContract
 from mageflow.testing.contract.options import OptionsContract
 from mageflow.testing.contract.rerun import RerunContract
@@ -42,6 +43,7 @@ class BackendContract(
     OptionsContract,
     DocumentsContract,
     DynamicContract,
+    GraphContract,
 ):
     """Subclass and provide the ``harness`` fixture."""
 
