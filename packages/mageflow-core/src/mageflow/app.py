@@ -45,11 +45,13 @@ from mageflow.flows.handles import (
     handle_for,
 )
 from mageflow.flows.inspect import read_def
+from mageflow.flows.stats import read_stats
 from mageflow.flows.tasks import RegisteredTask, fail_unregistered, run_task
 from mageflow.models.config import SwarmConfig
 from mageflow.models.options import Options
 from mageflow.models.retry import Backoff, retry_policy
 from mageflow.models.signatures import NodeDef, check_name
+from mageflow.models.stats import Stats
 from mageflow.plugins.manager import backend_for_native, load_backend_class
 from mageflow.plugins.settings import MageflowSettings
 from mageflow.store.base import StateStore
@@ -527,6 +529,14 @@ class Mageflow:
         by their text (``1`` finds ``"1"``). Uses the identifier index, never scans
         workflows. Raises :class:`InvalidIdentifiersError` for no or malformed pairs."""
         return await idents.find(self.store, identifiers, limit)
+
+    async def stats(self, window: float | timedelta = 900) -> Stats:
+        """Per task name: attempts started, retried, done, failed, mean and p95 duration;
+        top-level workflows started / done / failed / canceled; over the last ``window``
+        (seconds or a timedelta, whole minutes, at most an hour). Kept by the transitions
+        in per-minute buckets: reading costs one hash per minute, never a scan."""
+        seconds = window.total_seconds() if isinstance(window, timedelta) else window
+        return await read_stats(self.store, seconds)
 
     # -- handles ---------------------------------------------------------------------------
     def track(self, handle: Signature) -> None:

@@ -78,7 +78,11 @@ class Engine:
         ]
 
     async def _call(self, wf: str, op: str, *args: str) -> list[str]:
-        reply = await self.store.run_script(SCRIPT, [self.store.hash_key(wf)], self._argv(op, args))
+        keys = [self.store.hash_key(wf)]
+        stats = self.store.stats_key
+        if stats is not None:
+            keys.append(stats)
+        reply = await self.store.run_script(SCRIPT, keys, self._argv(op, args))
         if not isinstance(reply, list) or not reply:
             raise EngineError(f"unexpected engine reply for {wf} ({op}): {reply!r}")
         return reply

@@ -34,6 +34,8 @@
 --   H:done                 pub/sub channel: a watched node settled (message = sid)
 --   H:conts                set: the roots of workflows tasks returned to run in their place
 --                          (reached by the root's final expiry like the rest)
+--   KEYS[2] (optional)     statistics: "<prefix>:stats"; each minute m has the hash
+--                          KEYS[2]..':'..m (its own Cluster slot, see STATISTICS below)
 --
 -- DEFINITION (JSON, written once by the client, never user data)
 --   k kind: task|chain|swarm|graph|branch   t task name        n display name
@@ -171,6 +173,38 @@ local function aux(kind, sid)
   local k = H .. ':' .. kind .. ':' .. sid
   touched[k] = true
   return k
+end
+
+-- STATISTICS (optional KEYS[2]): per-minute bucket hashes "<KEYS[2]>:<minute>", each
+-- expiring STATS_TTL after its minute, fields "t:<task>:<counter>" (started, retried,
+-- done, failed, ms = summed duration, h<i> = durations <= STATS_BOUNDS[i] ms, h0 = more)
+-- and "w:<status>" for roots (started, done, failed, canceled). O(1) per event, memory
+-- bounded by the minutes kept x the task names. The buckets are cross-workflow keys in
+-- another Cluster slot than H: the client passes KEYS[2] only where one script may touch
+-- both (a single Redis, the in-process store).
+local STATS = KEYS[2]
+local STATS_TTL = 3660
+local STATS_BOUNDS = { 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000 }
+
+local function stat(field, by)
+  if not STATS then return end
+  local k = STATS .. ':' .. string.format('%d', math.floor(NOW / 60000))
+  redis.call('HINCRBY', k, field, by)
+  redis.call('EXPIRE', k, STATS_TTL)
+end
+
+-- Task sid's final outcome: counted with its duration since its first attempt.
+local function stat_finished(sid, ok)
+  if not STATS then return end
+  local t = 't:' .. def(sid).t .. ':'
+  stat(t .. (ok and 'done' or 'failed'), 1)
+  local ms = NOW - tonumber(get(sid, 'started') or NOW_S)
+  stat(t .. 'ms', ms)
+  local b = 0
+  for i, bound in ipairs(STATS_BOUNDS) do
+    if ms <= bound then b = i break end
+  end
+  stat(t .. 'h' .. b, 1)
 end
 
 local function up(d)
@@ -512,6 +546,7 @@ settle = function(sid, ok, val, inl)
   local d = def(sid)
   set(sid, 'status', ok and 'done' or 'failed')
   set(sid, 'ended', NOW_S)
+  if sid == ROOT then stat(ok and 'w:done' or 'w:failed', 1) end
   events[#events + 1] = cjson.encode({ ok and 'done' or 'failed', sid, d.k, get(sid, 'started') or NOW_S })
   if get(sid, 'waited') then redis.call('PUBLISH', H .. ':done', sid) end
   if why == 'canceled' then return end
@@ -735,6 +770,47 @@ branch_child_done = function(b, sid, ok, val)
   end
 end
 
+-- A swarm item task that holds its slot without running (held by a suspend or an
+-- interrupt) is 'paused' and counted in its swarm's n_paused, so the swarm's running
+-- count (n_running - n_paused) stays true while it is held.
+local function pause(sid)
+  local p = def(sid).p
+  if p and def(p).k == 'swarm' and not get(sid, 'paused') then
+    set(sid, 'paused', '1')
+    incr(p, 'n_paused', 1)
+  end
+end
+
+local function unpause(sid)
+  if get(sid, 'paused') then
+    del(sid, 'paused')
+    local p = def(sid).p
+    if tonumber(get(p, 'n_paused') or '0') > 0 then incr(p, 'n_paused', -1) end
+  end
+end
+
+-- A canceled workflow's swarms under sid (as far as they started) queue and run nothing:
+-- their queues and running sets go, so their counts show what is left.
+local function drop_queues(sid)
+  local d = def(sid)
+  if d.k == 'chain' then
+    if get(sid, 'sent') and not TERMINAL[get(sid, 'status')] then
+      local cur = step_at(sid, tonumber(get(sid, 'step') or '0'))
+      if cur then drop_queues(cur) end
+    end
+  elseif d.k == 'swarm' or d.k == 'graph' then
+    for _, it in ipairs(redis.call('SMEMBERS', aux('running', sid))) do drop_queues(it) end
+    redis.call('DEL', aux('queue', sid), aux('running', sid))
+    if get(sid, 'n_running') then set(sid, 'n_running', 0) end
+    if get(sid, 'n_paused') then set(sid, 'n_paused', 0) end
+  elseif d.k == 'branch' then
+    local chosen = get(sid, 'chosen')
+    if chosen then drop_queues(chosen) end
+  elseif get(sid, 'cont') then
+    drop_queues(get(sid, 'cont'))
+  end
+end
+
 -- Running tasks under sid go back to pending, held on `holder`; their run ids go to out.
 local function take_running(sid, holder, out)
   local d = def(sid)
@@ -749,6 +825,7 @@ local function take_running(sid, holder, out)
       if self_held then set(sid, 'held_from', 'pending') else set(sid, 'status', 'pending') end
       del(sid, 'run_id')
       redis.call('SREM', INFLIGHT, sid)
+      pause(sid)
       hold(holder, { 'pub', sid })
     end
   elseif d.k == 'chain' then
@@ -1154,6 +1231,7 @@ if OP == 'start' then
             redis.call('SREM', INFLIGHT, sid)
             if st == 'active' then set(sid, 'status', 'pending') else set(sid, 'held_from', 'pending') end
           end
+          pause(sid)
           hold(at, { 'pub', sid })
           result = { 'held' }
         else
@@ -1162,10 +1240,13 @@ if OP == 'start' then
       else
         set(sid, 'status', 'active')
         set(sid, 'run_id', rid)
+        unpause(sid)
         redis.call('SADD', INFLIGHT, sid)
         touched[INFLIGHT] = true
         if not get(sid, 'started') then set(sid, 'started', NOW_S) end
         local a = incr(sid, 'attempts', 1)
+        stat('t:' .. d.t .. ':started', 1)
+        if a > 1 then stat('t:' .. d.t .. ':retried', 1) end
         result = { 'run', get(sid, 'kwargs') or '{}', tostring(a), get(sid, 'idents') or '{}' }
       end
     end
@@ -1180,6 +1261,7 @@ elseif OP == 'finish' then
     result = { 'dup', redo(sid) }
   else
     redis.call('SREM', INFLIGHT, sid)
+    stat_finished(sid, ok)
     settle(sid, ok, val, inp)
     set(sid, 'owed', string_list(sent_now))
     result = transition_reply()
@@ -1229,6 +1311,7 @@ elseif OP == 'run' then
         set(sid, 'queued', '1')
         enqueue(d.p, sid)
         if get(d.p, 'sent') == nil and up(pd) == nil and get(d.p, 'status') ~= 'canceled' then
+          stat('w:started', 1)
           start_node(d.p, '', nil, nil, nil) -- a root swarm starts with its first item run
         else
           fill(d.p)
@@ -1240,6 +1323,7 @@ elseif OP == 'run' then
     elseif get(sid, 'status') == 'canceled' then
       result = { 'err', 'finished', 'canceled' }
     else
+      stat('w:started', 1)
       start_node(sid, '', own, nil, nil)
       result = transition_reply()
     end
@@ -1358,6 +1442,7 @@ elseif OP == 'resume' then
       local e = cjson.decode(raw)
       local kind, x = e[1], e[2]
       if kind == 'pub' then
+        unpause(x)
         if not TERMINAL[get(x, 'status')] and not get(x, 'outcome') and not get(x, 'run_id') then
           emit(x, payload_of(x))
         end
@@ -1401,6 +1486,8 @@ elseif OP == 'cancel' then
     -- own callbacks never fire. Not started yet: its parent reacts when it would start.
     local rids = {}
     take_running(sid, sid, rids)
+    drop_queues(sid)
+    unpause(sid)
     redis.call('DEL', aux('held', sid))
     local reached = get(sid, 'sent') ~= nil
     if d.p and redis.call('ZREM', H .. ':queue:' .. d.p, sid) == 1 then reached = true end
@@ -1422,10 +1509,12 @@ elseif OP == 'cancel' then
   else
     local rids = {}
     take_running(sid, sid, rids)
+    drop_queues(sid)
     redis.call('DEL', aux('held', sid))
     redis.call('DEL', SENT, INFLIGHT, DELAYED)
     set(sid, 'status', 'canceled')
     set(sid, 'ended', NOW_S)
+    stat('w:canceled', 1)
     if get(sid, 'waited') then redis.call('PUBLISH', H .. ':done', sid) end
     result = { 'ok', string_list(rids) }
   end

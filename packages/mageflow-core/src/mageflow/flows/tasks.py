@@ -348,6 +348,7 @@ async def _fail(
     data: dict[str, Any],
     ctx: RunContext,
 ) -> None:
+    log.error("%s (%s) failed for good at attempt %d: %r", key, task_name, ctx.attempt, exc)
     try:
         original = to_json(data, "input")
     except PayloadNotSerializableError:

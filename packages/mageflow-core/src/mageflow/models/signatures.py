@@ -109,6 +109,8 @@ class SignatureState(BaseModel):
     """A delay or start time: the node starts no earlier than this."""
     identifiers: dict[str, Any] = Field(default_factory=dict)
     """The ``task_identifiers`` it was signed with (``find_by_identifiers`` finds it)."""
+    steps_done: int | None = None
+    """For chains: steps finished (``len(children)`` once the chain is done)."""
 
     @staticmethod
     def timestamps(c: str | None, t0: str | None, t1: str | None) -> dict[str, datetime | None]:
