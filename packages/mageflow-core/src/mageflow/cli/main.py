@@ -81,15 +81,22 @@ def load_app(target: str) -> Mageflow:
 @cli.command()
 @click.argument("target")
 @click.option("--concurrency", type=int, default=None, help="Tasks one worker runs at once.")
-def worker(target: str, concurrency: int | None) -> None:
+@click.option(
+    "--queues",
+    default=None,
+    help="Comma-separated queues to serve (default: 'default', the tasks given no queue).",
+)
+def worker(target: str, concurrency: int | None, queues: str | None) -> None:
     """Serve the tasks of the Mageflow instance TARGET (``module:attr``)."""
     app = load_app(target)
+    served = None if queues is None else [q.strip() for q in queues.split(",") if q.strip()]
     try:
         console.print(
-            f"[bold]mageflow worker[/] backend={app.backend.name} tasks={len(app.tasks)}",
+            f"[bold]mageflow worker[/] backend={app.backend.name} tasks={len(app.tasks)}"
+            + (f" queues={','.join(served)}" if served else ""),
             highlight=False,
         )
-        app.run_worker(concurrency=concurrency)
+        app.run_worker(concurrency=concurrency, queues=served)
     except KeyboardInterrupt:
         pass
     console.print("mageflow worker stopped")

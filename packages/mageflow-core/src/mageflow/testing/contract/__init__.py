@@ -25,6 +25,7 @@ from mageflow.testing.contract.exactly_once import ExactlyOnceContract
 from mageflow.testing.contract.lifecycle import LifecycleContract
 from mageflow.testing.contract.options import OptionsContract
 from mageflow.testing.contract.rerun import RerunContract
+from mageflow.testing.contract.routing import RoutingContract
 from mageflow.testing.contract.signatures import SignatureContract
 from mageflow.testing.contract.swarms import SwarmContract
 
@@ -40,6 +41,7 @@ class BackendContract(
     ContextContract,
     OptionsContract,
     DocumentsContract,
+    RoutingContract,
 ):
     """Subclass and provide the ``harness`` fixture."""
 
