@@ -174,6 +174,7 @@ class Mageflow:
         else:
             cls = load_backend_class(backend or settings.backend)
             self.backend = cls.from_options(backend_options)
+        self.backend.use_key_prefix(self._store.prefix)
         self.backend.on_worker_start(self.start_reconciler)
         self.backend.register_fallback(self._handle_unregistered)
         self.tasks: dict[str, RegisteredTask] = {}
@@ -260,6 +261,7 @@ class Mageflow:
         if backend is not None:
             self.backend = backend
             self._started = False
+            backend.use_key_prefix(self._store.prefix)
             backend.on_worker_start(self.start_reconciler)
             backend.register_fallback(self._handle_unregistered)
             for registered in self.tasks.values():

@@ -177,6 +177,11 @@ class TaskBackend(abc.ABC):
             )
         _served_by_process = tuple(queues)
 
+    def use_key_prefix(self, prefix: str) -> None:
+        """Told the application's store key prefix once it is built: a backend whose
+        queues are shared by every app on one server derives its queue names from it, so
+        apps with different prefixes never take each other's messages. Default: nothing."""
+
     def on_worker_start(self, hook: Callable[[], None]) -> None:
         """The core registers what a worker must also run (the reconciler)."""
         self._worker_hooks = [*getattr(self, "_worker_hooks", ()), hook]
