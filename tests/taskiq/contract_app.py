@@ -107,3 +107,12 @@ async def crash_backoff(message: dict[str, Any]) -> str:
     if runs == 1:
         raise RuntimeError("the first attempt fails")
     return "recovered"
+
+
+@mf.task("crash.freeze")
+async def crash_freeze(message: dict[str, Any]) -> str:
+    """Blocks its worker's event loop for ``seconds`` (no claim or lease is renewed
+    meanwhile, as in a worker frozen by a stop-the-world pause); records every run."""
+    await probe_client().rpush(crash_key(message["ns"], "freeze"), os.getpid())
+    time.sleep(float(message["seconds"]))  # noqa: ASYNC251 (the point: a frozen loop)
+    return "thawed"
