@@ -29,10 +29,17 @@ async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     faults.configure(tmp_path)
     # three independent workers with two slots each, so concurrency caps are tested
     # across workers, not inside one
-    app = Mageflow(backend=LocalBackend(workers=3, concurrency=2), store=store)
+    pools = dict.fromkeys(contract_tasks.ROUTED_QUEUES, 1)  # a pool of its own each
+    app = Mageflow(backend=LocalBackend(workers=3, concurrency=2, pools=pools), store=store)
     contract_tasks.register(app)
     yield ContractHarness(
-        app=app, probe=probe, fault_dir=tmp_path, timeout=10, settle=0.2, worker_slots=6
+        app=app,
+        probe=probe,
+        fault_dir=tmp_path,
+        timeout=10,
+        settle=0.2,
+        worker_slots=6,
+        routed_queues=contract_tasks.ROUTED_QUEUES,
     )
     faults.configure(None)
     set_probe(None)

@@ -20,6 +20,7 @@ from mageflow.engine import ROOT, Engine, split_key
 from mageflow.engine import fields as F
 from mageflow.errors import (
     ConfigurationError,
+    InvalidOptionsError,
     InvalidTaskError,
     SignatureInUseError,
     TaskAlreadyRegisteredError,
@@ -48,7 +49,7 @@ from mageflow.flows.inspect import read_def
 from mageflow.flows.stats import read_stats
 from mageflow.flows.tasks import RegisteredTask, fail_unregistered, run_task
 from mageflow.models.config import SwarmConfig
-from mageflow.models.options import Options
+from mageflow.models.options import Options, check_queue
 from mageflow.models.retry import Backoff, retry_policy
 from mageflow.models.signatures import NodeDef, check_name
 from mageflow.models.stats import Stats
@@ -163,6 +164,8 @@ class Mageflow:
                     finished_ttl=settings.finished_ttl,
                 )
         self.resend_after = settings.resend_after if resend_after is None else resend_after
+        self.lease = settings.lease
+        """Seconds a running attempt holds its task between renewals (``MAGEFLOW_LEASE``)."""
         self._store: StateStore = store
         self._defaulted_store = defaulted
         self._engine = Engine(store, resend_after=self.resend_after)
@@ -181,6 +184,7 @@ class Mageflow:
         else:
             cls = load_backend_class(backend or settings.backend)
             self.backend = cls.from_options(backend_options)
+        self.backend.use_key_prefix(self._store.prefix)
         self.backend.on_worker_start(self.start_reconciler)
         self.backend.register_fallback(self._handle_unregistered)
         self.tasks: dict[str, RegisteredTask] = {}
@@ -200,6 +204,7 @@ class Mageflow:
         priority: int | None = None,
         delay: float | timedelta | None = None,
         backoff: Backoff | float | None = None,
+        queue: str | None = None,
     ) -> Callable[[FnT], FnT]:
         """Register a function (async or sync) as a task runnable by name on any worker.
 
@@ -208,12 +213,14 @@ class Mageflow:
         attempts are made on failure; error callbacks fire after the last. ``backoff`` (a
         :class:`~mageflow.Backoff`, or seconds for a constant delay) is the wait before each
         retry; without it a retry starts at once. ``priority`` (0..9) and ``delay`` (s) are
-        the defaults of its signatures (see :class:`~mageflow.Options`).
+        the defaults of its signatures (see :class:`~mageflow.Options`), and so is
+        ``queue``: only workers serving that queue run it (``mageflow worker app:mf
+        --queues gpu``).
 
         :raises InvalidRetryPolicyError: ``retries`` or ``backoff`` is invalid.
         """
         policy = retry_policy(retries, backoff)
-        defaults = Options(priority=priority, delay=delay)
+        defaults = Options(priority=priority, delay=delay, queue=queue)
 
         def decorate(fn: FnT) -> FnT:
             task_name = check_name(name or fn.__name__, "a task name")
@@ -264,6 +271,7 @@ class Mageflow:
         if backend is not None:
             self.backend = backend
             self._started = False
+            backend.use_key_prefix(self._store.prefix)
             backend.on_worker_start(self.start_reconciler)
             backend.register_fallback(self._handle_unregistered)
             for registered in self.tasks.values():
@@ -584,10 +592,19 @@ class Mageflow:
         tasks were re-sent (``mageflow reconcile`` runs this)."""
         return await reconcile.sweep_due(self)
 
-    def run_worker(self, *, concurrency: int | None = None) -> None:
-        """Serve this instance's tasks until interrupted (blocking). Raises
-        :class:`ConfigurationError` when the workers could not share the store."""
+    def run_worker(
+        self, *, concurrency: int | None = None, queues: Sequence[str] | None = None
+    ) -> None:
+        """Serve this instance's tasks until interrupted (blocking): only those routed to
+        ``queues`` when given (``"default"`` names the tasks given no queue). Raises
+        :class:`ConfigurationError` when the workers could not share the store,
+        :class:`InvalidOptionsError` for a bad queue name and
+        :class:`CapabilityNotSupportedError` when the backend cannot route."""
         self._refuse_unshared_store()
+        if queues is not None:
+            if not queues:
+                raise InvalidOptionsError("give at least one queue to serve, e.g. default")
+            self.backend.serve_queues([check_queue(q) for q in queues])
         self.backend.run_worker(concurrency=concurrency)
 
     async def aclose(self) -> None:

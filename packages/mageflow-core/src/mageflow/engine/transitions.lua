@@ -45,6 +45,7 @@
 --      to the task manager)
 --   dl start this many ms after becoming due   at  start no earlier than this ms timestamp
 --   nd '1': the task manager holds dl/at (the engine dispatches at once, with the time)
+--   q  the queue (worker capability) the task is routed to; sent to the task manager
 --   (a chain's steps are the list H:steps:<chain>, so an event reads one step, not all)
 --   graph node: gn its name in the graph; rq / oq required / optional dependency sids;
 --      rd / od its out-edges: the nodes that require it / for which it is optional
@@ -77,6 +78,8 @@
 --   outcome    done|failed recorded while the node itself is held            settle
 --   waited     '1' when a client waits: settling PUBLISHes on H:done         client
 --   run_id / attempts   the run executing a task, attempts made             start
+--   lease      ms until which the running attempt of run_id holds the task: a copy of
+--              the same run waits ('leased') instead of running user code   start, lease
 --   payload    a task's payload when it cannot be rebuilt from its swarm     emit
 --   owed       JSON array of sids a task's finish dispatched (re-sent on redelivery)  finish
 --   resends    how often the reconciler re-sent the task       resend
@@ -274,9 +277,10 @@ local function spec(sid, pl)
   local d = def(sid)
   local s = '[' .. cjson.encode(d.t) .. ',' .. cjson.encode(sid) .. ',' .. pl
   local due = d.nd and not_before(sid)
-  if d.pr or due then
+  if d.pr or due or d.q then
     s = s .. ',' .. (d.pr and tostring(d.pr) or 'null') .. ',' .. (due and string.format('%d', due) or 'null')
   end
+  if d.q then s = s .. ',' .. cjson.encode(d.q) end
   return s .. ']'
 end
 
@@ -1215,6 +1219,10 @@ if OP == 'start' then
       result = { 'dropped' }
     elseif TERMINAL[st] or get(sid, 'outcome') or get(sid, 'cont') then
       if cur == rid then result = { 'redo', redo(sid) } else result = { 'dup' } end
+    elseif cur == rid and (st == 'active' or get(sid, 'held_from') == 'active')
+        and tonumber(get(sid, 'lease') or '0') > NOW then
+      -- a copy of a run whose attempt still holds its lease: it must not run user code
+      result = { 'leased', get(sid, 'lease') }
     elseif cur and cur ~= rid and (st == 'active' or get(sid, 'held_from') == 'active') then
       result = { 'dup' }
     elseif get(sid, 'sent') == nil then
@@ -1247,6 +1255,7 @@ if OP == 'start' then
         local a = incr(sid, 'attempts', 1)
         stat('t:' .. d.t .. ':started', 1)
         if a > 1 then stat('t:' .. d.t .. ':retried', 1) end
+        if ARGV[9] then set(sid, 'lease', NOW + tonumber(ARGV[9])) end
         result = { 'run', get(sid, 'kwargs') or '{}', tostring(a), get(sid, 'idents') or '{}' }
       end
     end
@@ -1262,6 +1271,7 @@ elseif OP == 'finish' then
   else
     redis.call('SREM', INFLIGHT, sid)
     stat_finished(sid, ok)
+    del(sid, 'lease')
     settle(sid, ok, val, inp)
     set(sid, 'owed', string_list(sent_now))
     result = transition_reply()
@@ -1280,6 +1290,7 @@ elseif OP == 'continue' then
     result = { 'missing' }
   else
     redis.call('SREM', INFLIGHT, sid)
+    del(sid, 'lease')
     set(sid, 'cont', c)
     set(sid, 'input', inp)
     redis.call('SADD', CONTS, c)
@@ -1532,6 +1543,19 @@ elseif OP == 'reconcile' then
   if held_until and (nxt == nil or held_until < nxt) then nxt = held_until end
   result = { 'ok', encoded_pubs(), nxt and string.format('%d', nxt) or '', get(ROOT, 'status') or 'pending',
     tostring(redis.call('SCARD', INFLIGHT)) }
+elseif OP == 'lease' then
+  -- Run ARGV[7] of task ARGV[6] still runs: its lease lasts ARGV[8] ms from now ('0':
+  -- released, so that the next attempt of the same run starts at once). 'lost': the task
+  -- is not (or no longer) this run's, or it settled.
+  local sid, rid, ms = ARGV[6], ARGV[7], tonumber(ARGV[8])
+  local d = def(sid)
+  if d == nil or d.k ~= 'task' or get(sid, 'run_id') ~= rid or TERMINAL[get(sid, 'status')]
+      or get(sid, 'outcome') then
+    result = { 'lost' }
+  else
+    if ms > 0 then set(sid, 'lease', NOW + ms) else del(sid, 'lease') end
+    result = { 'ok' }
+  end
 elseif OP == 'payload' then
   -- Read only: the payload task sid is (or would be) dispatched with.
   local d = def(ARGV[6])

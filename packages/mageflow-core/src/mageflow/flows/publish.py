@@ -35,7 +35,7 @@ def outgoing(p: Publish) -> OutgoingTask:
     delay = None
     if p.not_before_ms is not None:
         delay = max(p.not_before_ms / 1000 - time.time(), 0.0) or None
-    return OutgoingTask(p.task_name, p.payload, {HEADER_KEY: p.key}, p.priority, delay)
+    return OutgoingTask(p.task_name, p.payload, {HEADER_KEY: p.key}, p.priority, delay, p.queue)
 
 
 async def _send(rt: Runtime, publishes: Sequence[Publish], tasks: list[OutgoingTask]) -> None:

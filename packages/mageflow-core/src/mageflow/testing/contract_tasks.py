@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from mageflow.app import Mageflow
+from mageflow.backend.base import serving_queues
 from mageflow.flows.handles import Signature
 from mageflow.flows.tasks import current_task
 from mageflow.models.config import SwarmConfig
@@ -44,6 +45,13 @@ class NewTaskMessage(BaseModel):
     task_id: int
 
 
+ROUTED_QUEUES = ("contract-a", "contract-b")
+"""Queues a harness serves each by a worker process of its own (besides ``default``):
+the routing test sends ``contract.where`` to each; ``contract.gpu`` is registered with
+the second as its queue."""
+UNSERVED_QUEUE = "contract-nobody"
+"""A queue no worker serves: a task routed there stays queued."""
+
 URGENT_PRIORITY = 8
 """The registered default priority of ``contract.urgent``."""
 
@@ -63,6 +71,16 @@ def register(mf: Mageflow) -> None:
     async def echo(message: dict[str, Any]) -> dict[str, Any]:
         await get_probe().record(message["ns"], "echo", _public(message))
         return _public(message)
+
+    @mf.task("contract.where")
+    async def where(message: dict[str, Any]) -> list[str]:
+        served = list(serving_queues())
+        await get_probe().record(message["ns"], "where", {"tag": message["tag"], "served": served})
+        return served
+
+    @mf.task("contract.gpu", queue=ROUTED_QUEUES[1])
+    async def gpu(message: dict[str, Any]) -> list[str]:
+        return list(serving_queues())
 
     @mf.task("contract.whoami")
     async def whoami(message: dict[str, Any]) -> dict[str, Any]:

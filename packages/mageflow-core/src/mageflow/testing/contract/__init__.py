@@ -27,6 +27,7 @@ from mageflow.testing.contract.graphs import GraphContract
 from mageflow.testing.contract.lifecycle import LifecycleContract
 from mageflow.testing.contract.options import OptionsContract
 from mageflow.testing.contract.rerun import RerunContract
+from mageflow.testing.contract.routing import RoutingContract
 from mageflow.testing.contract.signatures import SignatureContract
 from mageflow.testing.contract.swarms import SwarmContract
 
@@ -44,6 +45,7 @@ class BackendContract(
     DocumentsContract,
     DynamicContract,
     GraphContract,
+    RoutingContract,
 ):
     """Subclass and provide the ``harness`` fixture."""
 

@@ -33,6 +33,9 @@ class ContractHarness:
     """How long to wait before asserting that something did *not* happen."""
     worker_slots: int = 3
     """Tasks the workers can run at once in total (the concurrency test needs >= 3)."""
+    routed_queues: tuple[str, ...] = ()
+    """Queues served each by a worker of its own besides ``default`` (the routing test
+    needs :data:`mageflow.testing.contract_tasks.ROUTED_QUEUES`)."""
 
 
 def _ns() -> str:
