@@ -189,6 +189,26 @@ local function stat_finished(sid, ok)
   stat(t .. 'h' .. b, 1)
 end
 
+-- A swarm item that holds its slot without running (a task held by a suspend or an
+-- interrupt, or an item that ended under a held swarm and waits to be counted) is
+-- 'paused' and counted in its swarm's n_paused, so the swarm's running count
+-- (n_running - n_paused) stays true while it is held.
+local function pause(sid)
+  local p = def(sid).p
+  if p and def(p).k == 'swarm' and not get(sid, 'paused') then
+    set(sid, 'paused', '1')
+    incr(p, 'n_paused', 1)
+  end
+end
+
+local function unpause(sid)
+  if get(sid, 'paused') then
+    del(sid, 'paused')
+    local p = def(sid).p
+    if tonumber(get(p, 'n_paused') or '0') > 0 then incr(p, 'n_paused', -1) end
+  end
+end
+
 local function up(d)
   return d.p or d.of
 end
@@ -519,6 +539,7 @@ settle = function(sid, ok, val, inl)
   if get(sid, 'waited') then redis.call('PUBLISH', H .. ':done', sid) end
   if why == 'canceled' then return end
   if why == 'hold' then
+    pause(sid)
     hold(at, { 'after', sid, inl or '' })
     return
   end
@@ -543,25 +564,6 @@ after = function(sid, inl)
     else
       swarm_item_done(d.p, sid, ok, val)
     end
-  end
-end
-
--- A swarm item task that holds its slot without running (held by a suspend or an
--- interrupt) is 'paused' and counted in its swarm's n_paused, so the swarm's running
--- count (n_running - n_paused) stays true while it is held.
-local function pause(sid)
-  local p = def(sid).p
-  if p and def(p).k == 'swarm' and not get(sid, 'paused') then
-    set(sid, 'paused', '1')
-    incr(p, 'n_paused', 1)
-  end
-end
-
-local function unpause(sid)
-  if get(sid, 'paused') then
-    del(sid, 'paused')
-    local p = def(sid).p
-    if tonumber(get(p, 'n_paused') or '0') > 0 then incr(p, 'n_paused', -1) end
   end
 end
 
@@ -1068,6 +1070,7 @@ elseif OP == 'resume' then
         if why == 'hold' then
           hold(at, e)
         elseif why ~= 'canceled' then
+          unpause(x)
           after(x, e[3])
         end
       end
