@@ -168,11 +168,12 @@ local STATS = KEYS[2]
 local STATS_TTL = 3660
 local STATS_BOUNDS = { 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000 }
 
+local stats_bucket = nil -- this minute's bucket, once written (its TTL is set at the end)
+
 local function stat(field, by)
   if not STATS then return end
-  local k = STATS .. ':' .. string.format('%d', math.floor(NOW / 60000))
-  redis.call('HINCRBY', k, field, by)
-  redis.call('EXPIRE', k, STATS_TTL)
+  stats_bucket = stats_bucket or (STATS .. ':' .. string.format('%d', math.floor(NOW / 60000)))
+  redis.call('HINCRBY', stats_bucket, field, by)
 end
 
 -- Task sid's final outcome: counted with its duration since its first attempt.
@@ -1154,4 +1155,5 @@ redis.call('EXPIRE', H, ttl)
 for k, _ in pairs(touched) do
   redis.call('EXPIRE', k, ttl)
 end
+if stats_bucket then redis.call('EXPIRE', stats_bucket, STATS_TTL) end
 return result
