@@ -155,9 +155,9 @@ def worker(target: str, concurrency: int | None, log_level: str, metrics_port: i
     """Serve the tasks of the Mageflow instance TARGET (``module:attr``)."""
     configure_logging(log_level)
     app = load_app(target)
-    for line in worker_banner(app, concurrency):
-        console.print(line, highlight=False)
     try:
+        for line in worker_banner(app, concurrency):
+            console.print(line, highlight=False)
         asyncio.run(_check_store(app))
         if metrics_port is not None:
             from mageflow.plugins.metrics import serve_metrics
