@@ -477,7 +477,8 @@ class TaskiqBackend(TaskBackend):
             receiver=f"{__name__}:{ShutdownSafeReceiver.__name__}",
         )
         logging.basicConfig(level=args.log_level, format=args.log_format)
-        logging.getLogger("taskiq").setLevel(args.log_level)
+        if logging.getLogger("taskiq").level == logging.NOTSET:  # else: mageflow --log-level
+            logging.getLogger("taskiq").setLevel(args.log_level)
         start_listen(args)
 
     def describe(self) -> Mapping[str, str]:

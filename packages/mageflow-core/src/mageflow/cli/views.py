@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
+from mageflow.engine import fields as F
+from mageflow.engine import join_key, split_key
 from mageflow.errors import ConfigurationError, MageflowError
 from mageflow.flows.inspect import read_state
 from mageflow.models.signatures import SignatureState
@@ -93,12 +95,20 @@ class FailedItems:
 
 async def failed_items(view: StoreView, state: SignatureState, first: int) -> FailedItems:
     """Failed tasks at any depth below ``state``, in item/step order: the first ``first``
-    with their errors, and a count of the rest (from the swarms' counters where the
-    scan of :data:`FAILED_SCAN` nodes does not reach them)."""
+    with their errors, and a count of the rest (a swarm's from its counter; otherwise
+    those found in a scan of at most :data:`FAILED_SCAN` nodes)."""
     out = FailedItems()
     found, budget = 0, FAILED_SCAN
-    todo = list(reversed(state.children))
+    children = state.children
+    if state.kind == "swarm" and not children:  # over 1,000 items: read state does not list
+        wf, sid = split_key(state.key)
+        listed = await view.store.read_list(wf, F.aux(F.ITEMS, sid), 0, FAILED_SCAN - 1)
+        children = [join_key(wf, item) for item in listed]
+    todo = list(reversed(children))
+    counted = state.counts.get("failed", 0)
     while todo and budget > 0:
+        if len(out.shown) >= first and state.kind == "swarm":
+            break  # the swarm's own counter says how many more
         budget -= 1
         node = await read_state(view, todo.pop())
         if node.kind == "task" and node.status.value == "failed" and node.error is not None:
@@ -106,7 +116,6 @@ async def failed_items(view: StoreView, state: SignatureState, first: int) -> Fa
             if len(out.shown) < first:
                 out.shown.append((node.key, node.name, node.error))
         todo.extend(reversed(node.children))
-    counted = state.counts.get("failed", 0)
     out.more = max(found, counted) - len(out.shown)
     return out
 

@@ -189,11 +189,12 @@ local STATS = KEYS[2]
 local STATS_TTL = 3660
 local STATS_BOUNDS = { 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000 }
 
+local stats_bucket = nil -- this minute's bucket, once written (its TTL is set at the end)
+
 local function stat(field, by)
   if not STATS then return end
-  local k = STATS .. ':' .. string.format('%d', math.floor(NOW / 60000))
-  redis.call('HINCRBY', k, field, by)
-  redis.call('EXPIRE', k, STATS_TTL)
+  stats_bucket = stats_bucket or (STATS .. ':' .. string.format('%d', math.floor(NOW / 60000)))
+  redis.call('HINCRBY', stats_bucket, field, by)
 end
 
 -- Task sid's final outcome: counted with its duration since its first attempt.
@@ -208,6 +209,26 @@ local function stat_finished(sid, ok)
     if ms <= bound then b = i break end
   end
   stat(t .. 'h' .. b, 1)
+end
+
+-- A swarm item that holds its slot without running (a task held by a suspend or an
+-- interrupt, or an item that ended under a held swarm and waits to be counted) is
+-- 'paused' and counted in its swarm's n_paused, so the swarm's running count
+-- (n_running - n_paused) stays true while it is held.
+local function pause(sid)
+  local p = def(sid).p
+  if p and def(p).k == 'swarm' and not get(sid, 'paused') then
+    set(sid, 'paused', '1')
+    incr(p, 'n_paused', 1)
+  end
+end
+
+local function unpause(sid)
+  if get(sid, 'paused') then
+    del(sid, 'paused')
+    local p = def(sid).p
+    if tonumber(get(p, 'n_paused') or '0') > 0 then incr(p, 'n_paused', -1) end
+  end
 end
 
 local function up(d)
@@ -555,6 +576,7 @@ settle = function(sid, ok, val, inl)
   if get(sid, 'waited') then redis.call('PUBLISH', H .. ':done', sid) end
   if why == 'canceled' then return end
   if why == 'hold' then
+    pause(sid)
     hold(at, { 'after', sid, inl or '' })
     return
   end
@@ -771,25 +793,6 @@ branch_child_done = function(b, sid, ok, val)
   else
     set(b, 'chosen', pick)
     start_node(pick, get(b, 'input'), nil, val, nil)
-  end
-end
-
--- A swarm item task that holds its slot without running (held by a suspend or an
--- interrupt) is 'paused' and counted in its swarm's n_paused, so the swarm's running
--- count (n_running - n_paused) stays true while it is held.
-local function pause(sid)
-  local p = def(sid).p
-  if p and def(p).k == 'swarm' and not get(sid, 'paused') then
-    set(sid, 'paused', '1')
-    incr(p, 'n_paused', 1)
-  end
-end
-
-local function unpause(sid)
-  if get(sid, 'paused') then
-    del(sid, 'paused')
-    local p = def(sid).p
-    if tonumber(get(p, 'n_paused') or '0') > 0 then incr(p, 'n_paused', -1) end
   end
 end
 
@@ -1472,6 +1475,7 @@ elseif OP == 'resume' then
         if why == 'hold' then
           hold(at, e)
         elseif why ~= 'canceled' then
+          unpause(x)
           after(x, e[3])
         end
       end
@@ -1592,4 +1596,5 @@ redis.call('EXPIRE', H, ttl)
 for k, _ in pairs(touched) do
   redis.call('EXPIRE', k, ttl)
 end
+if stats_bucket then redis.call('EXPIRE', stats_bucket, STATS_TTL) end
 return result

@@ -20,6 +20,7 @@ from mageflow.testing.contract.bad_input import BadInputContract
 from mageflow.testing.contract.base import ContractHarness
 from mageflow.testing.contract.chains import ChainContract
 from mageflow.testing.contract.context import ContextContract
+from mageflow.testing.contract.counts import CountsContract
 from mageflow.testing.contract.documents import DocumentsContract
 from mageflow.testing.contract.dynamic import DynamicContract
 from mageflow.testing.contract.exactly_once import ExactlyOnceContract
@@ -46,6 +47,7 @@ class BackendContract(
     DynamicContract,
     GraphContract,
     RoutingContract,
+    CountsContract,
 ):
     """Subclass and provide the ``harness`` fixture."""
 
