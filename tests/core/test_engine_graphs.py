@@ -175,3 +175,36 @@ async def test_tree_and_state_show_nodes_and_skipped(local: Mageflow) -> None:
     tree = await build_tree(local, g.key, 50)
     labels = [str(child.label) for child in tree.children]
     assert any("skipped" in label for label in labels)
+
+
+async def test_canceled_graph_starts_nothing_more(app: Mageflow) -> None:
+    g = await app.graph({"a": await _node(app, "a"), "b": (await _node(app, "b"), ["a"])})
+    await g.aio_run_no_wait({})
+    backend = manual(app)
+    (a,) = backend.take()
+    await g.cancel()
+    await backend.deliver(a)  # dropped: the workflow is canceled
+    assert backend.take() == []
+    assert app.runs == []  # type: ignore[attr-defined]
+    assert await g.get_status() is SignatureStatus.CANCELED
+
+
+async def test_interrupted_graph_runs_its_running_node_again_on_resume(app: Mageflow) -> None:
+    g = await app.graph({"a": await _node(app, "a"), "b": (await _node(app, "b"), ["a"])})
+    await g.aio_run_no_wait({})
+    backend = manual(app)
+    (a,) = backend.take()
+    started = await app.engine.start(a.key, a.run_id, "node")
+    assert started.action == "run"
+    await g.interrupt()  # no cancel capability here: the run's next delivery is held
+    assert await g.get_status() is SignatureStatus.INTERRUPTED
+    await backend.deliver(a)  # its worker restarted it: held, the user code does not run
+    assert app.runs == []  # type: ignore[attr-defined]
+    await g.resume()
+    (again,) = backend.take()
+    assert again.key == a.key
+    await backend.deliver(again)
+    (b,) = backend.take()
+    await backend.deliver(b)
+    assert await g.wait(timeout=5) == {"b": "b"}
+    assert [r[0] for r in app.runs] == ["a", "b"]  # type: ignore[attr-defined]

@@ -281,6 +281,8 @@ def _progress_of(state: SignatureState) -> tuple[int, int]:
         )
     if state.kind == "chain":
         return len(state.children), 0 if not state.status.is_terminal else len(state.children)
+    if state.kind == "graph":
+        return state.counts.get("total", 0), state.counts.get("ended", 0)
     return 1, 1 if state.status.is_terminal else 0
 
 
