@@ -17,7 +17,7 @@ from mageflow.errors import GraphCycleError, InvalidGraphError, UnknownDependenc
 from mageflow.models.status import SignatureStatus
 from mageflow.testing.manual import ManualBackend
 
-from .stores import manual, store_for
+from .stores import manual, store_for, ttl_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -35,7 +35,10 @@ def _register(mf: Mageflow, runs: list[tuple[str, Any]]) -> None:
 
 @pytest_asyncio.fixture(loop_scope="session", params=HOSTS)
 async def app(request: pytest.FixtureRequest) -> AsyncIterator[Mageflow]:
-    mf = Mageflow(backend=ManualBackend(), store=store_for(request, "graphs"))
+    mf = Mageflow(
+        backend=ManualBackend(),
+        store=store_for(request, "graphs", active_ttl=500, finished_ttl=50),
+    )
     mf.runs = []  # type: ignore[attr-defined]
     _register(mf, mf.runs)  # type: ignore[attr-defined]
     yield mf
@@ -208,3 +211,19 @@ async def test_interrupted_graph_runs_its_running_node_again_on_resume(app: Mage
     await backend.deliver(b)
     assert await g.wait(timeout=5) == {"b": "b"}
     assert [r[0] for r in app.runs] == ["a", "b"]  # type: ignore[attr-defined]
+
+
+async def test_every_list_of_a_graph_takes_the_finished_ttl(app: Mageflow) -> None:
+    """Canceled before its nested swarm and branch ever started: the graph's lists and
+    theirs take the finished TTL with the root."""
+    sw = await app.swarm([await _node(app, "item")], is_swarm_closed=True)
+    br = await app.branch(await _node(app, "sel"), {"x": await _node(app, "x")})
+    g = await app.graph({"a": await _node(app, "a"), "sw": (sw, ["a"]), "br": (br, ["a"])})
+    wf, _ = split_key(g.key)
+    await g.aio_run_no_wait({})
+    manual(app).take()
+    await g.cancel()
+    h = app.store.hash_key(wf)
+    assert 0 < await ttl_of(app, h) <= 50
+    for kind in ("nodes:r", "sources:r", "sinks:r", "items:r.n1"):
+        assert 0 < await ttl_of(app, f"{h}:{kind}") <= 50, kind
