@@ -13,7 +13,12 @@ import pytest_asyncio
 from mageflow import GraphNode, Mageflow, Options
 from mageflow.backend.local import LocalBackend
 from mageflow.engine import split_key
-from mageflow.errors import GraphCycleError, InvalidGraphError, UnknownDependencyError
+from mageflow.errors import (
+    GraphCycleError,
+    InvalidGraphError,
+    SignatureInUseError,
+    UnknownDependencyError,
+)
 from mageflow.models.status import SignatureStatus
 from mageflow.testing.manual import ManualBackend
 
@@ -227,3 +232,11 @@ async def test_every_list_of_a_graph_takes_the_finished_ttl(app: Mageflow) -> No
     assert 0 < await ttl_of(app, h) <= 50
     for kind in ("nodes:r", "sources:r", "sinks:r", "items:r.n1"):
         assert 0 < await ttl_of(app, f"{h}:{kind}") <= 50, kind
+
+
+async def test_a_node_cannot_be_run_on_its_own(app: Mageflow) -> None:
+    g = await app.graph({"a": await _node(app, "a")})
+    br = await app.branch(await _node(app, "sel"), {"x": await _node(app, "x")})
+    for inner in [*(await g.nodes()).values(), *(await br.cases()).values()]:
+        with pytest.raises(SignatureInUseError, match="node of a graph or branch"):
+            await inner.aio_run_no_wait({})
