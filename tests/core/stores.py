@@ -25,16 +25,3 @@ def store_for(request: pytest.FixtureRequest, prefix: str, **ttls: Any) -> State
 def manual(mf: Mageflow) -> ManualBackend:
     assert isinstance(mf.backend, ManualBackend)
     return mf.backend
-
-
-async def ttl_of(app: Mageflow, key: str) -> int:
-    """Seconds left on ``key`` (-1: no TTL, -2: no such key), as Redis reports it."""
-    store = app.store
-    if isinstance(store, RedisStore):
-        return int(await store.client.ttl(key))
-    assert isinstance(store, MemoryStore)
-    ks = store.keyspace
-    if not ks.exists(key):
-        return -2
-    at = ks.expires.get(key)
-    return -1 if at is None else round(at - ks.clock())

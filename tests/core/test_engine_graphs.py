@@ -22,7 +22,8 @@ from mageflow.errors import (
 from mageflow.models.status import SignatureStatus
 from mageflow.testing.manual import ManualBackend
 
-from .stores import manual, store_for, ttl_of
+from .stores import manual, store_for
+from .ttl import ttl_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

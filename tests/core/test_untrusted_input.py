@@ -25,7 +25,8 @@ from mageflow.flows.tasks import fail_unregistered
 from mageflow.models.status import SignatureStatus
 from mageflow.store import MemoryStore, RedisStore
 from mageflow.testing.manual import ManualBackend, Sent
-from tests.core.stores import manual, store_for, ttl_of
+from tests.core.stores import manual, store_for
+from tests.core.ttl import ttl_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
