@@ -132,9 +132,9 @@ class ProgressView:
 @dataclass
 class ProgressMeter:
     """Turns successive states of one workflow into progress frames: steps done/total for
-    a chain, items finished/total with throughput and ETA for a swarm. Feed it whenever a
-    new state is known (a poll, or an event of ``wf.events()``); ``window`` seconds of
-    samples make the throughput."""
+    a chain, items (nodes) finished/total with throughput and ETA for a swarm (graph).
+    Feed it whenever a new state is known (a poll, or an event of ``wf.events()``);
+    ``window`` seconds of samples make the throughput."""
 
     window: float = 10.0
     clock: Callable[[], float] = time.monotonic
@@ -146,10 +146,13 @@ class ProgressMeter:
             total = len(state.children)
             done = state.steps_done or 0
             return ProgressView(total, done, f"{status} step {done}/{total}")
-        if state.kind != "swarm":
+        if state.kind not in ("swarm", "graph"):
             return ProgressView(1, int(state.status.is_terminal), status)
         total = state.counts.get("total", 0)
-        done = state.counts.get("done", 0) + state.counts.get("failed", 0)
+        if state.kind == "graph":
+            done = state.counts.get("ended", 0)
+        else:
+            done = state.counts.get("done", 0) + state.counts.get("failed", 0)
         counts = ", ".join(f"{k} {v}" for k, v in state.counts.items() if k != "total" and v)
         detail = f"{status} {done}/{total}" + (f" ({counts})" if counts else "")
         rate = self._rate(done)

@@ -50,6 +50,8 @@ def _raise_for(key: str, reply: Sequence[str]) -> None:
         raise SignatureInUseError(f"{key} is a callback; it runs when its task finishes")
     if code == "chain_step":
         raise SignatureInUseError(f"{key} is a chain step; run the chain instead")
+    if code == "inner_node":
+        raise SignatureInUseError(f"{key} is a node of a graph or branch; run that instead")
     if code == "not_root":
         raise SignatureInUseError(f"{key} is part of a larger workflow; cancel the workflow")
     if code == "exists":

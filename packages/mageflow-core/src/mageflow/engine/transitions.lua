@@ -1333,7 +1333,7 @@ elseif OP == 'run' then
         result = transition_reply()
       end
     elseif pd then
-      result = { 'err', 'chain_step' }
+      result = { 'err', pd.k == 'chain' and 'chain_step' or 'inner_node' }
     elseif get(sid, 'status') == 'canceled' then
       result = { 'err', 'finished', 'canceled' }
     else
