@@ -8,14 +8,14 @@ import inspect
 import logging
 import typing
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
-from mageflow.backend.base import RunContext, TaskBackend, TaskDefinition
+from mageflow.backend.base import JSON, RunContext, TaskBackend, TaskDefinition
 from mageflow.engine import ROOT, Engine, split_key
 from mageflow.engine import fields as F
 from mageflow.errors import (
@@ -51,6 +51,9 @@ from mageflow.store.redis import RedisStore
 log = logging.getLogger("mageflow")
 
 FnT = TypeVar("FnT", bound=Callable[..., Any])
+
+DeliveryTap = Callable[[JSON, RunContext], Awaitable[None]]
+"""Awaited with each delivery's payload and run context: see :meth:`Mageflow.tap_deliveries`."""
 
 _default: Mageflow | None = None
 
@@ -270,11 +273,24 @@ class Mageflow:
             backoff=registered.backoff,
         )
 
+    _taps: tuple[DeliveryTap, ...] = ()
+
+    def tap_deliveries(self, tap: DeliveryTap) -> None:
+        """Await ``tap(payload, ctx)`` first at every delivery the backend hands this
+        instance, exactly as the adapter reported it (duplicates and redeliveries the
+        engine skips included). The contract suite's probe counts attempts with it; an
+        exception from ``tap`` fails the delivery like one from the task."""
+        self._taps = (*self._taps, tap)
+
     async def _handle(self, task: RegisteredTask, payload: Any, ctx: RunContext) -> Any:
+        for tap in self._taps:
+            await tap(payload, ctx)
         await self.ensure_started()
         return await run_task(self, task, payload, ctx)
 
     async def _handle_unregistered(self, payload: Any, ctx: RunContext) -> None:
+        for tap in self._taps:
+            await tap(payload, ctx)
         await self.ensure_started()
         await fail_unregistered(self, payload, ctx)
 

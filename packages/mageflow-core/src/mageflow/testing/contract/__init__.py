@@ -20,6 +20,7 @@ from mageflow.testing.contract.bad_input import BadInputContract
 from mageflow.testing.contract.base import ContractHarness
 from mageflow.testing.contract.chains import ChainContract
 from mageflow.testing.contract.context import ContextContract
+from mageflow.testing.contract.delivery import DeliveryContract
 from mageflow.testing.contract.documents import DocumentsContract
 from mageflow.testing.contract.exactly_once import ExactlyOnceContract
 from mageflow.testing.contract.lifecycle import LifecycleContract
@@ -40,6 +41,7 @@ class BackendContract(
     ContextContract,
     OptionsContract,
     DocumentsContract,
+    DeliveryContract,
 ):
     """Subclass and provide the ``harness`` fixture."""
 
