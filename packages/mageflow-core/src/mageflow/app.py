@@ -88,6 +88,17 @@ def input_model_of(fn: Callable[..., Any]) -> type[BaseModel] | None:
     return None
 
 
+def with_store_url(
+    cls: type[TaskBackend], options: dict[str, Any], url: aioredis.Redis | str | None
+) -> dict[str, Any]:
+    """``options`` plus the store's Redis URL under ``cls.store_url_option``, for a
+    backend that asks for it (``None``: the store is in memory or given as a client or
+    ``store=``). An option of that name the caller gave wins."""
+    if cls.store_url_option is None:
+        return options
+    return {cls.store_url_option: url if isinstance(url, str) else None, **options}
+
+
 def default_instance() -> Mageflow:
     """The first :class:`Mageflow` created in this process, else one from the environment."""
     global _default
@@ -140,6 +151,7 @@ class Mageflow:
                 backend = backend or spec.name
                 backend_options.setdefault(spec.native_option, obj)
         defaulted: StateStore | None = None
+        store_url: aioredis.Redis | str | None = None  # what the store was built from
         if store is None:
             redis_client = redis_client or settings.redis_url
             if redis_client is None or redis_client == "memory://":
@@ -149,6 +161,7 @@ class Mageflow:
                     finished_ttl=settings.finished_ttl,
                 )
             else:
+                store_url = redis_client
                 store = RedisStore(
                     redis_client,
                     prefix=key_prefix or settings.key_prefix,
@@ -173,7 +186,7 @@ class Mageflow:
             self.backend = backend
         else:
             cls = load_backend_class(backend or settings.backend)
-            self.backend = cls.from_options(backend_options)
+            self.backend = cls.from_options(with_store_url(cls, backend_options, store_url))
         self.backend.on_worker_start(self.start_reconciler)
         self.backend.register_fallback(self._handle_unregistered)
         self.tasks: dict[str, RegisteredTask] = {}
