@@ -17,6 +17,7 @@ from mageflow.flows.tasks import current_task
 from mageflow.models.retry import Backoff
 from mageflow.models.return_value import ReturnValue
 from mageflow.testing.probe import get_probe
+from mageflow.testing.workers import announce_worker
 
 RETRIES = 2
 """Extra attempts configured on ``contract.fail``, ``contract.flaky`` and
@@ -84,8 +85,10 @@ def _public(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def register(mf: Mageflow) -> None:
-    """Register every ``contract.*`` task on ``mf`` and tap its deliveries."""
+    """Register every ``contract.*`` task on ``mf``, tap its deliveries, and announce its
+    worker processes to a :class:`~mageflow.testing.workers.WorkerPool`."""
     mf.tap_deliveries(record_delivery)
+    mf.backend.on_worker_start(announce_worker)
 
     @mf.task("contract.echo")
     async def echo(message: dict[str, Any]) -> dict[str, Any]:
