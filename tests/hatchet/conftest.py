@@ -214,6 +214,9 @@ async def contract_harness(
             app=app,
             probe=probe,
             fault_dir=fault_dir,
+            # the engine re-queues the runs of a worker silent this long; the SDK's
+            # heartbeats renew the claim of a live one
+            redelivery_lease=HEARTBEAT_TIMEOUT,
             timeout=timeout,
             settle=0.3,
             worker_slots=pool.total_slots,

@@ -41,6 +41,7 @@ except ImportError:  # workspace packages not installed into the venv: use the s
 from mageflow.testing import contract_tasks  # noqa: E402
 from mageflow.testing.probe import RedisProbe  # noqa: E402
 from mageflow.testing.redis_server import redis_server  # noqa: E402
+from mageflow.testing.workers import pid_alive  # noqa: E402
 from mageflow_taskiq.backend import (  # noqa: E402
     ENV_IDLE_TIMEOUT,
     ENV_QUEUE,
@@ -218,16 +219,6 @@ def record_key(queue: str) -> Callable[[str], str]:
 
 CONTRACT_APP = "tests.taskiq.contract_app"
 SHUTDOWN_SAFE_RECEIVER = "mageflow_taskiq.backend:ShutdownSafeReceiver"
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass

@@ -67,6 +67,7 @@ async def harness(
             app=app,
             probe=probe,
             fault_dir=fault_dir,
+            redelivery_lease=IDLE_TIMEOUT,
             timeout=30.0,
             settle=0.3,
             worker_slots=processes * concurrency,

@@ -8,14 +8,14 @@ import inspect
 import logging
 import typing
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
-from mageflow.backend.base import RunContext, TaskBackend, TaskDefinition
+from mageflow.backend.base import JSON, RunContext, TaskBackend, TaskDefinition
 from mageflow.engine import ROOT, Engine, split_key
 from mageflow.engine import fields as F
 from mageflow.errors import (
@@ -63,6 +63,9 @@ log = logging.getLogger("mageflow")
 
 FnT = TypeVar("FnT", bound=Callable[..., Any])
 
+DeliveryTap = Callable[[JSON, RunContext], Awaitable[None]]
+"""Awaited with each delivery's payload and run context: see :meth:`Mageflow.tap_deliveries`."""
+
 _default: Mageflow | None = None
 
 _UNSHARED_STORE = (
@@ -94,6 +97,17 @@ def input_model_of(fn: Callable[..., Any]) -> type[BaseModel] | None:
     if isinstance(hint, type) and issubclass(hint, BaseModel):
         return hint
     return None
+
+
+def with_store_url(
+    cls: type[TaskBackend], options: dict[str, Any], url: aioredis.Redis | str | None
+) -> dict[str, Any]:
+    """``options`` plus the store's Redis URL under ``cls.store_url_option``, for a
+    backend that asks for it (``None``: the store is in memory or given as a client or
+    ``store=``). An option of that name the caller gave wins."""
+    if cls.store_url_option is None:
+        return options
+    return {cls.store_url_option: url if isinstance(url, str) else None, **options}
 
 
 def default_instance() -> Mageflow:
@@ -148,6 +162,7 @@ class Mageflow:
                 backend = backend or spec.name
                 backend_options.setdefault(spec.native_option, obj)
         defaulted: StateStore | None = None
+        store_url: aioredis.Redis | str | None = None  # what the store was built from
         if store is None:
             redis_client = redis_client or settings.redis_url
             if redis_client is None or redis_client == "memory://":
@@ -157,6 +172,7 @@ class Mageflow:
                     finished_ttl=settings.finished_ttl,
                 )
             else:
+                store_url = redis_client
                 store = RedisStore(
                     redis_client,
                     prefix=key_prefix or settings.key_prefix,
@@ -183,7 +199,7 @@ class Mageflow:
             self.backend = backend
         else:
             cls = load_backend_class(backend or settings.backend)
-            self.backend = cls.from_options(backend_options)
+            self.backend = cls.from_options(with_store_url(cls, backend_options, store_url))
         self.backend.use_key_prefix(self._store.prefix)
         self.backend.on_worker_start(self.start_reconciler)
         self.backend.register_fallback(self._handle_unregistered)
@@ -288,11 +304,24 @@ class Mageflow:
             backoff=registered.backoff,
         )
 
+    _taps: tuple[DeliveryTap, ...] = ()
+
+    def tap_deliveries(self, tap: DeliveryTap) -> None:
+        """Await ``tap(payload, ctx)`` first at every delivery the backend hands this
+        instance, exactly as the adapter reported it (duplicates and redeliveries the
+        engine skips included). The contract suite's probe counts attempts with it; an
+        exception from ``tap`` fails the delivery like one from the task."""
+        self._taps = (*self._taps, tap)
+
     async def _handle(self, task: RegisteredTask, payload: Any, ctx: RunContext) -> Any:
+        for tap in self._taps:
+            await tap(payload, ctx)
         await self.ensure_started()
         return await run_task(self, task, payload, ctx)
 
     async def _handle_unregistered(self, payload: Any, ctx: RunContext) -> None:
+        for tap in self._taps:
+            await tap(payload, ctx)
         await self.ensure_started()
         await fail_unregistered(self, payload, ctx)
 

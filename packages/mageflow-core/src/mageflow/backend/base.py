@@ -133,6 +133,12 @@ class TaskBackend(abc.ABC):
     capabilities: ClassVar[Capabilities] = Capabilities()
     accepted_options: ClassVar[tuple[str, ...]] = ()
     """Keyword arguments of ``Mageflow(...)`` this backend takes (``broker``, ...)."""
+    store_url_option: ClassVar[str | None] = None
+    """Opt-in: the option under which :meth:`from_options` receives the store's Redis URL
+    (the ``redis_url=`` given to ``Mageflow(...)``, a URL passed positionally, or
+    ``MAGEFLOW_REDIS_URL``; ``None`` when the store is in memory, a client object or
+    ``store=``), e.g. to default a Redis-based task manager to the store's Redis. List it
+    in :attr:`accepted_options` too; a value the user passes under that name wins."""
 
     @abc.abstractmethod
     def register(self, definition: TaskDefinition) -> None:

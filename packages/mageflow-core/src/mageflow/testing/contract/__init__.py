@@ -21,6 +21,7 @@ from mageflow.testing.contract.base import ContractHarness
 from mageflow.testing.contract.chains import ChainContract
 from mageflow.testing.contract.context import ContextContract
 from mageflow.testing.contract.counts import CountsContract
+from mageflow.testing.contract.delivery import DeliveryContract
 from mageflow.testing.contract.documents import DocumentsContract
 from mageflow.testing.contract.dynamic import DynamicContract
 from mageflow.testing.contract.exactly_once import ExactlyOnceContract
@@ -48,6 +49,7 @@ class BackendContract(
     GraphContract,
     RoutingContract,
     CountsContract,
+    DeliveryContract,
 ):
     """Subclass and provide the ``harness`` fixture."""
 

@@ -27,6 +27,12 @@ class ContractHarness:
     """The task manager redelivers a message whose worker died before acknowledging it.
     Informational: the crash-window test passes either way (through the redelivery, or
     through the reconciler)."""
+    redelivery_lease: float | None = None
+    """Seconds after which the task manager hands a message its worker still holds to
+    another worker unless the worker renews its claim (taskiq's stream ``idle_timeout``, a
+    Hatchet worker's heartbeat timeout, a visibility timeout). The suite runs a task for
+    longer and checks it ran once. ``None`` (the task manager never takes back a message
+    from a live worker) skips that test."""
     timeout: float = 30.0
     """Upper bound for one workflow to finish."""
     settle: float = 0.5
