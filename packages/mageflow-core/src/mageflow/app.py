@@ -590,9 +590,14 @@ class Mageflow:
 
     # -- transport ------------------------------------------------------------------------
     async def ensure_started(self) -> None:
+        """Start the backend once; a start that failed is tried again on the next call."""
         if not self._started:
             self._started = True
-            await self.backend.startup()
+            try:
+                await self.backend.startup()
+            except BaseException:
+                self._started = False
+                raise
 
     def start_reconciler(self) -> None:
         """Run the reconciler sweep on this event loop (once per loop; workers call it)."""
