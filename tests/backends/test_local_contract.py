@@ -30,7 +30,9 @@ async def local_harness(
     probe = MemoryProbe()
     set_probe(probe)
     faults.configure(fault_dir)
-    app = Mageflow(backend=backend, store=store)
+    # a short run lease: a worker the fault kills mid-task is redelivered at once here,
+    # and its copy waits for the dead attempt's lease to lapse
+    app = Mageflow(backend=backend, store=store, lease=1.0)
     contract_tasks.register(app)
     try:
         yield ContractHarness(

@@ -142,6 +142,7 @@ class Mageflow:
         store: StateStore | None = None,
         key_prefix: str | None = None,
         resend_after: float | None = None,
+        lease: float | None = None,
         **backend_options: Any,
     ) -> None:
         global _default
@@ -180,8 +181,11 @@ class Mageflow:
                     finished_ttl=settings.finished_ttl,
                 )
         self.resend_after = settings.resend_after if resend_after is None else resend_after
-        self.lease = settings.lease
-        """Seconds a running attempt holds its task between renewals (``MAGEFLOW_LEASE``)."""
+        if lease is not None and not lease > 0:
+            raise ConfigurationError(f"lease must be a positive number of seconds, not {lease!r}")
+        self.lease = settings.lease if lease is None else lease
+        """Seconds a running attempt holds its task between renewals (``lease=`` or
+        ``MAGEFLOW_LEASE``): a copy of its run waits that long after its worker died."""
         self._store: StateStore = store
         self._defaulted_store = defaulted
         self._engine = Engine(store, resend_after=self.resend_after)
