@@ -27,6 +27,8 @@
 --   H:delayed              zset: nodes whose start the engine holds until a time; score = that
 --                          time (ms); the reconciler's pass releases them when due
 --   H:done                 pub/sub channel: a watched node settled (message = sid)
+--   H:events               stream of state changes (field e: JSON [sid, event, kind, task,
+--                          ms, attempt, status]), capped at EVENTS_MAX entries; wf.events() reads it
 --
 -- DEFINITION (JSON, written once by the client, never user data)
 --   k kind: task|chain|swarm   t task name        n display name
@@ -117,9 +119,36 @@ local function get(sid, f)
   return v
 end
 
+-- Streamed events (H:events, read by wf.events()): one compact entry per state change,
+-- JSON [sid, event, kind, task name, ms, attempt, status]; appended at the end of the call.
+local EVENTS = H .. ':events'
+local EVENTS_MAX = 10000 -- entries kept per workflow (XADD MAXLEN ~): O(1) per event
+local stream = {}
+local STATUS_EVENT = { done = 'done', failed = 'failed', canceled = 'canceled',
+  suspended = 'suspended', interrupted = 'interrupted', skipped = 'skipped' }
+local def
+local function note(sid, event, attempt, status)
+  local d = def(sid)
+  stream[#stream + 1] = cjson.encode({ sid, event, d and d.k or 'task', d and d.t or '', NOW,
+    attempt or 0, status or 'active' })
+end
+
+-- The event of sid's status going from old to v (nil: no change worth streaming).
+local function status_event(old, v)
+  if old == v then return nil end
+  local held = old == 'suspended' or old == 'interrupted'
+  if v == 'active' then return held and 'resumed' or 'started' end
+  if v == 'pending' then return held and 'resumed' or 'requeued' end
+  return STATUS_EVENT[v] or v
+end
+
 local function set(sid, f, v)
   local k = sid .. ':' .. f
   if type(v) == 'number' then v = string.format('%d', v) end
+  if f == 'status' then
+    local ev = status_event(get(sid, f), v)
+    if ev then note(sid, ev, 0, v) end
+  end
   redis.call('HSET', H, k, v)
   fields[k] = v
 end
@@ -137,7 +166,7 @@ local function incr(sid, f, by)
 end
 
 -- The definition of sid, or nil when there is none (definitions never change).
-local function def(sid)
+def = function(sid)
   local d = defs[sid]
   if d == nil then
     local raw = redis.call('HGET', H, sid)
@@ -801,6 +830,7 @@ if OP == 'start' then
         touched[INFLIGHT] = true
         if not get(sid, 'started') then set(sid, 'started', NOW_S) end
         local a = incr(sid, 'attempts', 1)
+        if a > 1 then note(sid, 'retried', a) end
         result = { 'run', get(sid, 'kwargs') or '{}', tostring(a), get(sid, 'idents') or '{}' }
       end
     end
@@ -1058,6 +1088,11 @@ elseif OP == 'retry' then
   end
 else
   return redis.error_reply('mageflow: unknown operation ' .. tostring(OP))
+end
+
+for _, e in ipairs(stream) do
+  redis.call('XADD', EVENTS, 'MAXLEN', '~', EVENTS_MAX, '*', 'e', e)
+  touched[EVENTS] = true
 end
 
 local ttl = TTL_ACTIVE

@@ -21,6 +21,7 @@ from mageflow.testing.contract.base import ContractHarness
 from mageflow.testing.contract.chains import ChainContract
 from mageflow.testing.contract.context import ContextContract
 from mageflow.testing.contract.documents import DocumentsContract
+from mageflow.testing.contract.events import EventsContract
 from mageflow.testing.contract.exactly_once import ExactlyOnceContract
 from mageflow.testing.contract.lifecycle import LifecycleContract
 from mageflow.testing.contract.options import OptionsContract
@@ -40,6 +41,7 @@ class BackendContract(
     ContextContract,
     OptionsContract,
     DocumentsContract,
+    EventsContract,
 ):
     """Subclass and provide the ``harness`` fixture."""
 
