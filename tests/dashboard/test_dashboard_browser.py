@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -18,13 +17,12 @@ import pytest
 import pytest_asyncio
 
 pytest.importorskip("starlette")
-uvicorn = pytest.importorskip("uvicorn")
 async_api = pytest.importorskip("playwright.async_api")
 
 from mageflow import Mageflow, SwarmConfig  # noqa: E402
 from mageflow.backend.local import LocalBackend  # noqa: E402
-from mageflow.cli.dashboard.server import create_app  # noqa: E402
 from mageflow.store import RedisStore  # noqa: E402
+from tests.dashboard.conftest import serving  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
@@ -44,12 +42,6 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest_asyncio.fixture
 async def served(redis_url: str) -> AsyncIterator[tuple[Mageflow, str]]:
     store = RedisStore(redis_url, prefix=f"dash-{uuid.uuid4().hex[:6]}")
@@ -63,23 +55,13 @@ async def served(redis_url: str) -> AsyncIterator[tuple[Mageflow, str]]:
             raise ValueError(f"image {msg['n']} is corrupt")
         return f"thumb-{msg['n']}.png"
 
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(mf, token="s3cret"), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
-    serving = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
-        await asyncio.sleep(0.05)
     mf.permits = permits  # type: ignore[attr-defined]
     try:
-        yield mf, f"http://127.0.0.1:{port}"
+        async with serving(mf, token="s3cret") as url:
+            yield mf, url
     finally:
         for _ in range(100):
             permits.release()
-        server.should_exit = True
-        await serving
         await mf.aclose()
 
 
@@ -153,18 +135,3 @@ async def ended(locator: Any) -> int:
     text = await locator.inner_text()
     match = re.match(r"(\d+)/", text)
     return int(match.group(1)) if match else 0
-
-
-async def test_actions_need_the_token(served: tuple[Mageflow, str]) -> None:
-    mf, url = served
-    wf = await mf.chain(["resize"], n=7)
-    await wf.aio_run_no_wait({})
-
-    reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
-    request = f"POST /api/workflows/{wf.key}/cancel HTTP/1.1\r\nHost: x\r\n"
-    writer.write(f"{request}Content-Length: 0\r\n\r\n".encode())
-    await writer.drain()
-    head = (await reader.readuntil(b"\r\n")).decode()
-    writer.close()
-    assert " 401 " in head
-    assert (await wf.get_status()).value != "canceled"
