@@ -27,8 +27,9 @@
 --   H:delayed              zset: nodes whose start the engine holds until a time; score = that
 --                          time (ms); the reconciler's pass releases them when due
 --   H:done                 pub/sub channel: a watched node settled (message = sid)
---   H:events               stream of state changes (field e: JSON [sid, event, kind, task,
---                          ms, attempt, status]), capped at EVENTS_MAX entries; wf.events() reads it
+--   H:events               stream: one entry per call that changed a status (field e: JSON
+--                          array of [sid, event, kind, task, ms, attempt, status]), capped at
+--                          EVENTS_MAX entries; wf.events() reads it
 --
 -- DEFINITION (JSON, written once by the client, never user data)
 --   k kind: task|chain|swarm   t task name        n display name
@@ -120,17 +121,29 @@ local function get(sid, f)
 end
 
 -- Streamed events (H:events, read by wf.events()): one compact entry per state change,
--- JSON [sid, event, kind, task name, ms, attempt, status]; appended at the end of the call.
+-- JSON [sid, event, kind, task name, ms, attempt, status]; a call's changes go in one
+-- stream entry (a JSON array of them), appended at the end of the call.
 local EVENTS = H .. ':events'
-local EVENTS_MAX = 10000 -- entries kept per workflow (XADD MAXLEN ~): O(1) per event
+local EVENTS_MAX = 10000 -- entries (transitions) kept per workflow (XADD MAXLEN ~)
 local stream = {}
 local STATUS_EVENT = { done = 'done', failed = 'failed', canceled = 'canceled',
   suspended = 'suspended', interrupted = 'interrupted', skipped = 'skipped' }
 local def
+local names_json = {} -- task name -> its JSON text (names are plain text as a rule)
+local function name_json(t)
+  local j = names_json[t]
+  if j == nil then
+    if string.find(t, '[%c"\\]') then j = cjson.encode(t) else j = '"' .. t .. '"' end
+    names_json[t] = j
+  end
+  return j
+end
 local function note(sid, event, attempt, status)
   local d = def(sid)
-  stream[#stream + 1] = cjson.encode({ sid, event, d and d.k or 'task', d and d.t or '', NOW,
-    attempt or 0, status or 'active' })
+  -- sids, event names, kinds and statuses are plain identifiers: concatenated as JSON
+  stream[#stream + 1] = '["' .. sid .. '","' .. event .. '","' .. (d and d.k or 'task') .. '",'
+    .. name_json(d and d.t or '') .. ',' .. NOW_S .. ',' .. (attempt or 0) .. ',"'
+    .. (status or 'active') .. '"]'
 end
 
 -- The event of sid's status going from old to v (nil: no change worth streaming).
@@ -1090,8 +1103,8 @@ else
   return redis.error_reply('mageflow: unknown operation ' .. tostring(OP))
 end
 
-for _, e in ipairs(stream) do
-  redis.call('XADD', EVENTS, 'MAXLEN', '~', EVENTS_MAX, '*', 'e', e)
+if #stream > 0 then
+  redis.call('XADD', EVENTS, 'MAXLEN', '~', EVENTS_MAX, '*', 'e', '[' .. table.concat(stream, ',') .. ']')
   touched[EVENTS] = true
 end
 

@@ -2,8 +2,9 @@
 
 Every transition appends its state changes to the workflow's ``H:events`` stream in the
 same atomic call; a reader blocks on it (``XREAD BLOCK`` in Redis, an in-process wake-up
-in memory), so events are pushed, never polled. A reader that starts late replays the
-stream from its beginning (capped at the newest 10,000 entries per workflow).
+in memory), so events are pushed, never polled. One entry holds one transition's
+changes. A reader that starts late replays the stream from its beginning (capped at the
+newest 10,000 entries per workflow).
 """
 
 from __future__ import annotations
@@ -50,9 +51,11 @@ async def node_events(
             continue
         for entry_id, raw in entries:
             cursor = entry_id
-            event = StreamedEvent.from_entry(wf, entry_id, raw)
-            node = split_key(event.key)[1]
-            if node == sid or node.startswith(below):
-                yield event
-            if event.is_terminal and node in (sid, ROOT):
+            ended = False
+            for event in StreamedEvent.from_entry(wf, entry_id, raw):
+                node = split_key(event.key)[1]
+                if node == sid or node.startswith(below):
+                    yield event
+                ended = ended or (event.is_terminal and node in (sid, ROOT))
+            if ended:  # the rest of that transition's changes were yielded too
                 return

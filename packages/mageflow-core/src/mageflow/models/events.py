@@ -50,7 +50,9 @@ class StreamedEvent:
     ``interrupted``, ``resumed``, ``requeued`` (back to pending: interrupted while running,
     or reopened by ``retry()``), ``skipped``; ``status`` is the node's status after it.
     ``key`` is the node's signature key, ``workflow`` its root's, ``at`` epoch seconds
-    (the transition's clock) and ``id`` the stream entry's id.
+    (the transition's clock) and ``id`` the id of the stream entry that holds it (one
+    per transition: the changes one transition made share it; ``events(after=id)``
+    resumes after them).
     """
 
     id: str
@@ -68,20 +70,23 @@ class StreamedEvent:
         return self.event in TERMINAL_EVENTS
 
     @classmethod
-    def from_entry(cls, wf: str, entry_id: str, raw: str) -> StreamedEvent:
-        """Decode one stream entry (``[sid, event, kind, task, ms, attempt, status]``)."""
-        sid, event, kind, task, ms, attempt, status = json.loads(raw)
-        return cls(
-            id=entry_id,
-            event=event,
-            key=f"{wf}.{sid}",
-            workflow=f"{wf}.r",
-            kind=kind,
-            status=status,
-            at=ms / 1000,
-            task_name=task or None,
-            attempt=attempt or None,
-        )
+    def from_entry(cls, wf: str, entry_id: str, raw: str) -> list[StreamedEvent]:
+        """Decode one stream entry: the changes of one transition, in order, each
+        ``[sid, event, kind, task, ms, attempt, status]``."""
+        return [
+            cls(
+                id=entry_id,
+                event=event,
+                key=f"{wf}.{sid}",
+                workflow=f"{wf}.r",
+                kind=kind,
+                status=status,
+                at=ms / 1000,
+                task_name=task or None,
+                attempt=attempt or None,
+            )
+            for sid, event, kind, task, ms, attempt, status in json.loads(raw)
+        ]
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
