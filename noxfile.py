@@ -51,7 +51,7 @@ _add_pyenv_pythons_to_path()
 
 PACKAGES = [
     "-e",
-    "packages/mageflow-core[otel,pytest]",
+    "packages/mageflow-core[otel,metrics,pytest]",
     "-e",
     "packages/mageflow-taskiq",
     "-e",

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any
 
 import pytest
 
 from mageflow import Mageflow
+from mageflow.errors import NonRetryableError
 from mageflow.store import MemoryStore, RedisStore
 from mageflow.store.base import StateStore
-from mageflow.testing.manual import ManualBackend
+from mageflow.testing.manual import ManualBackend, Sent
 
 
 def store_for(request: pytest.FixtureRequest, prefix: str, **ttls: Any) -> StateStore:
@@ -25,3 +27,19 @@ def store_for(request: pytest.FixtureRequest, prefix: str, **ttls: Any) -> State
 def manual(mf: Mageflow) -> ManualBackend:
     assert isinstance(mf.backend, ManualBackend)
     return mf.backend
+
+
+async def deliver_all(mf: Mageflow, sent: list[Sent]) -> None:
+    """Deliver ``sent`` in order; a task failing for good is part of the test."""
+    for m in sent:
+        with contextlib.suppress(NonRetryableError):
+            await manual(mf).deliver(m)
+
+
+async def drain(mf: Mageflow) -> list[Sent]:
+    """Deliver everything published, and what that publishes, until nothing is left."""
+    delivered: list[Sent] = []
+    while sent := manual(mf).take():
+        delivered.extend(sent)
+        await deliver_all(mf, sent)
+    return delivered

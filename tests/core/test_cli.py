@@ -38,6 +38,8 @@ def test_demo_runs_every_part() -> None:
     assert out.stdout.count("upload report.pdf: attempt failed") == 3
     assert out.stdout.count("error callback: ConnectionError") == 1
     assert "-> [15, 15, 15]" in out.stdout
+    assert "{'receipt': 'receipt for 25 (upload failed)'}" in out.stdout
+    assert "-> 30 (case 'big' skipped)" in out.stdout
 
 
 def test_worker_rejects_bad_target(tmp_path: Path) -> None:
@@ -60,10 +62,12 @@ def test_local_worker_serves_until_interrupted(tmp_path: Path) -> None:
     )
     try:
         deadline = time.monotonic() + 20
-        line = ""
-        while time.monotonic() < deadline and "mageflow worker" not in line:
-            line = proc.stdout.readline() if proc.stdout else ""
-        assert "backend=local tasks=1" in line
+        lines: list[str] = []
+        while time.monotonic() < deadline and not any("tasks" in x for x in lines):
+            lines.append(proc.stdout.readline() if proc.stdout else "")
+        banner = "".join(lines)
+        assert "mageflow worker backend=local" in banner
+        assert "store    memory://" in banner and "tasks    1: t" in banner
         assert proc.poll() is None
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0

@@ -3,7 +3,6 @@ through ManualBackend, on MemoryStore and on a real Redis (the one engine script
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from mageflow.errors import (
 )
 from mageflow.flows import reconcile
 from mageflow.models.status import SignatureStatus
-from mageflow.testing.manual import ManualBackend, Sent
+from tests.core.stores import drain, manual
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -49,22 +48,6 @@ async def app(manual_app: Mageflow) -> Mageflow:
 
 def t(mf: Mageflow) -> Tasks:
     return mf.t  # type: ignore[attr-defined,no-any-return]
-
-
-def manual(mf: Mageflow) -> ManualBackend:
-    assert isinstance(mf.backend, ManualBackend)
-    return mf.backend
-
-
-async def drain(mf: Mageflow) -> list[Sent]:
-    """Deliver everything published, and what that publishes, until nothing is left."""
-    delivered: list[Sent] = []
-    while sent := manual(mf).take():
-        for m in sent:
-            delivered.append(m)
-            with contextlib.suppress(NonRetryableError):
-                await manual(mf).deliver(m)
-    return delivered
 
 
 async def sign(mf: Mageflow, tag: str, **kw: Any) -> Any:

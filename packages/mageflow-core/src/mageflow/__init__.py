@@ -13,7 +13,14 @@ from mageflow import errors
 from mageflow.app import Mageflow, default_instance
 from mageflow.backend.base import Capabilities, RunContext, TaskBackend, TaskDefinition
 from mageflow.flows.build import Callbacks, TaskLike
-from mageflow.flows.handles import ChainSignature, Signature, SwarmSignature
+from mageflow.flows.graph import GraphNode, NodeSpec
+from mageflow.flows.handles import (
+    BranchSignature,
+    ChainSignature,
+    GraphSignature,
+    Signature,
+    SwarmSignature,
+)
 from mageflow.flows.tasks import current_task
 from mageflow.models import (
     Backoff,
@@ -113,6 +120,54 @@ async def swarm_of(
     )
 
 
+async def graph(
+    nodes: Mapping[str, NodeSpec],
+    *,
+    name: str | None = None,
+    max_concurrency: int | None = None,
+    stop_after_n_failures: int | None = 1,
+    success_callbacks: Callbacks = None,
+    error_callbacks: Callbacks = None,
+    mageflow_options: Options | None = None,
+    **kwargs: Any,
+) -> GraphSignature:
+    """:meth:`Mageflow.graph` on the default instance."""
+    return await default_instance().graph(
+        nodes,
+        name=name,
+        max_concurrency=max_concurrency,
+        stop_after_n_failures=stop_after_n_failures,
+        success_callbacks=success_callbacks,
+        error_callbacks=error_callbacks,
+        mageflow_options=mageflow_options,
+        **kwargs,
+    )
+
+
+async def branch(
+    selector: TaskLike,
+    cases: Mapping[str, TaskLike],
+    *,
+    default: TaskLike | None = None,
+    name: str | None = None,
+    success_callbacks: Callbacks = None,
+    error_callbacks: Callbacks = None,
+    mageflow_options: Options | None = None,
+    **kwargs: Any,
+) -> BranchSignature:
+    """:meth:`Mageflow.branch` on the default instance."""
+    return await default_instance().branch(
+        selector,
+        cases,
+        default=default,
+        name=name,
+        success_callbacks=success_callbacks,
+        error_callbacks=error_callbacks,
+        mageflow_options=mageflow_options,
+        **kwargs,
+    )
+
+
 async def load(key: str) -> Signature:
     """:meth:`Mageflow.load` on the default instance."""
     return await default_instance().load(key)
@@ -139,8 +194,11 @@ def handle_task_callback() -> Callable[[F], F]:
 
 __all__ = [
     "Backoff",
+    "BranchSignature",
     "Capabilities",
     "ChainSignature",
+    "GraphNode",
+    "GraphSignature",
     "Mageflow",
     "Options",
     "ReturnValue",
@@ -155,10 +213,12 @@ __all__ = [
     "TaskDefinition",
     "TaskLike",
     "__version__",
+    "branch",
     "chain",
     "current_task",
     "errors",
     "find_by_identifiers",
+    "graph",
     "handle_task_callback",
     "load",
     "register_task",

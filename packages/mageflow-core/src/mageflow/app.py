@@ -35,13 +35,23 @@ from mageflow.flows.build import (
     new_workflow_id,
     unique_item_ids,
 )
-from mageflow.flows.handles import ChainSignature, Signature, SwarmSignature, handle_for
+from mageflow.flows.graph import NodeSpec, build_branch, build_graph, graph_nodes
+from mageflow.flows.handles import (
+    BranchSignature,
+    ChainSignature,
+    GraphSignature,
+    Signature,
+    SwarmSignature,
+    handle_for,
+)
 from mageflow.flows.inspect import read_def
+from mageflow.flows.stats import read_stats
 from mageflow.flows.tasks import RegisteredTask, fail_unregistered, run_task
 from mageflow.models.config import SwarmConfig
 from mageflow.models.options import Options
 from mageflow.models.retry import Backoff, retry_policy
 from mageflow.models.signatures import NodeDef, check_name
+from mageflow.models.stats import Stats
 from mageflow.plugins.manager import backend_for_native, load_backend_class
 from mageflow.plugins.settings import MageflowSettings
 from mageflow.store.base import StateStore
@@ -426,6 +436,86 @@ class Mageflow:
         await b.commit()
         return SwarmSignature(self, f"{b.wf}.{ROOT}")
 
+    async def graph(
+        self,
+        nodes: Mapping[str, NodeSpec],
+        *,
+        name: str | None = None,
+        max_concurrency: int | None = None,
+        stop_after_n_failures: int | None = 1,
+        success_callbacks: Callbacks = None,
+        error_callbacks: Callbacks = None,
+        mageflow_options: Options | None = None,
+        **kwargs: Any,
+    ) -> GraphSignature:
+        """A dependency graph: ``nodes`` maps a name to a task-like (no dependencies), a
+        ``(task_like, [required names])`` pair or a :class:`~mageflow.GraphNode` (with
+        ``requires=`` and ``optional=``). A node starts once its dependencies finished and
+        receives their results keyed by name in its ``ReturnValue`` field (else
+        ``mageflow_results``); nodes without dependencies get the graph's message. The
+        result is the sink nodes' results keyed by name.
+
+        A failed node skips what requires it. A failure counts against
+        ``stop_after_n_failures`` (default 1: the first one fails the graph; ``None``:
+        never) unless every dependent declared the node optional. At most
+        ``max_concurrency`` nodes run at once; node priorities order the ready ones.
+        ``kwargs`` are the workflow's context. Raises :class:`UnknownDependencyError`,
+        :class:`GraphCycleError` or :class:`InvalidGraphError` before anything is
+        written."""
+        checked = graph_nodes(nodes)
+        config = SwarmConfig(
+            max_concurrency=max_concurrency, stop_after_n_failures=stop_after_n_failures
+        )
+        b = WorkflowBuilder(self, new_workflow_id())
+        await build_graph(
+            b,
+            ROOT,
+            checked,
+            name=name,
+            config=config,
+            success=success_callbacks,
+            error=error_callbacks,
+            options=mageflow_options,
+            context=kwargs,
+        )
+        await b.commit()
+        return GraphSignature(self, f"{b.wf}.{ROOT}")
+
+    async def branch(
+        self,
+        selector: TaskLike,
+        cases: Mapping[str, TaskLike],
+        *,
+        default: TaskLike | None = None,
+        name: str | None = None,
+        success_callbacks: Callbacks = None,
+        error_callbacks: Callbacks = None,
+        mageflow_options: Options | None = None,
+        **kwargs: Any,
+    ) -> BranchSignature:
+        """A conditional path: ``selector`` runs with the branch's message; its result
+        (a string, or a number/boolean matched by its JSON text) picks the case of
+        ``cases`` to run next, else ``default`` (no default: the branch fails with
+        ``NoBranchMatched``). The chosen task-like gets the branch's message and the
+        selector's result (``ReturnValue`` rule); the others end ``skipped``; the
+        branch's result is the chosen one's. Raises :class:`InvalidGraphError` for no
+        case and no default."""
+        b = WorkflowBuilder(self, new_workflow_id())
+        await build_branch(
+            b,
+            ROOT,
+            selector,
+            cases,
+            default,
+            name=name,
+            success=success_callbacks,
+            error=error_callbacks,
+            options=mageflow_options,
+            context=kwargs,
+        )
+        await b.commit()
+        return BranchSignature(self, f"{b.wf}.{ROOT}")
+
     async def load(self, key: str) -> Signature:
         """The signature, chain or swarm stored under ``key``."""
         d = await read_def(self, key)
@@ -439,6 +529,14 @@ class Mageflow:
         by their text (``1`` finds ``"1"``). Uses the identifier index, never scans
         workflows. Raises :class:`InvalidIdentifiersError` for no or malformed pairs."""
         return await idents.find(self.store, identifiers, limit)
+
+    async def stats(self, window: float | timedelta = 900) -> Stats:
+        """Per task name: attempts started, retried, done, failed, mean and p95 duration;
+        top-level workflows started / done / failed / canceled; over the last ``window``
+        (seconds or a timedelta, whole minutes, at most an hour). Kept by the transitions
+        in per-minute buckets: reading costs one hash per minute, never a scan."""
+        seconds = window.total_seconds() if isinstance(window, timedelta) else window
+        return await read_stats(self.store, seconds)
 
     # -- handles ---------------------------------------------------------------------------
     def track(self, handle: Signature) -> None:

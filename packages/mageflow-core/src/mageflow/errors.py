@@ -173,3 +173,16 @@ class TaskTimeoutError(MageflowError, TimeoutError):
 
 class WaitTimeoutError(MageflowError, TimeoutError):
     """``aio_run`` / ``wait`` gave up before the signature finished."""
+
+
+class InvalidGraphError(MageflowError, ValueError):
+    """A graph or branch that cannot be built (a node name that is not text, an edge
+    given as both required and optional, a branch without cases). Nothing is written."""
+
+
+class UnknownDependencyError(InvalidGraphError):
+    """A graph node depends on a name that is not a node of the graph."""
+
+
+class GraphCycleError(InvalidGraphError):
+    """A graph's dependencies form a cycle (a node waits, through others, for itself)."""

@@ -12,6 +12,7 @@ from rich.console import Console
 from mageflow.app import Mageflow
 from mageflow.backend.local import LocalBackend
 from mageflow.errors import TaskFailedError
+from mageflow.flows.graph import GraphNode
 from mageflow.models.config import SwarmConfig
 from mageflow.models.return_value import ReturnValue
 
@@ -23,6 +24,42 @@ class Order(BaseModel):
 
 class Charged(BaseModel):
     charge: ReturnValue[int]
+
+
+async def graph_demo(mf: Mageflow, console: Console) -> None:
+    """validate -> (bill, flaky-upload) -> receipt, the upload optional; then a branch."""
+
+    @mf.task("bill")
+    async def bill(msg: dict[str, Any]) -> int:
+        amount: int = msg["mageflow_results"]["validate"]  # dependency results by name
+        return amount + 5
+
+    @mf.task("receipt")
+    async def receipt(msg: dict[str, Any]) -> str:
+        deps = msg["mageflow_results"]
+        upload = "failed" if "mageflow_error" in deps["upload"] else "ok"
+        return f"receipt for {deps['bill']} (upload {upload})"
+
+    @mf.task("size")
+    async def size(msg: dict[str, Any]) -> str:
+        return "big" if msg["amount"] > 100 else "small"
+
+    g = await mf.graph(
+        {
+            "validate": "validate",
+            "bill": ("bill", ["validate"]),
+            "upload": GraphNode(await mf.sign("flaky-upload", file="receipt.pdf"), ["validate"]),
+            "receipt": GraphNode("receipt", requires=["bill"], optional=["upload"]),
+        }
+    )
+    result = await g.aio_run({"order_id": "C-3", "amount": 20}, timeout=10)
+    console.print(f"graph {g.key} -> {result}")
+    br = await mf.branch("size", {"big": "receipt"}, default="validate")
+    picked = await br.aio_run({"order_id": "D-4", "amount": 30}, timeout=10)
+    cases = await br.cases()
+    console.print(
+        f"branch {br.key} -> {picked} (case 'big' {(await cases['big'].get_status()).value})"
+    )
 
 
 async def run_demo(console: Console, redis_url: str | None = None) -> None:
@@ -97,5 +134,8 @@ async def run_demo(console: Console, redis_url: str | None = None) -> None:
     result = await nested.aio_run({"order_id": "B-7", "amount": 10}, timeout=10)
     console.print(f"nested {nested.key} -> {result}")
     await asyncio.sleep(0.1)
+
+    console.rule("5. graph: a diamond whose optional edge fails, then a branch on a result")
+    await graph_demo(mf, console)
     await mf.aclose()
     console.rule("done")

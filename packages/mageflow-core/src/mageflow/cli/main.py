@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import os
+import re
 import sys
 
 import click
@@ -14,6 +16,7 @@ from rich.table import Table
 from mageflow.app import Mageflow
 from mageflow.cli.ops import COMMANDS
 from mageflow.errors import MageflowError
+from mageflow.store import redact_url
 
 console = Console()
 
@@ -62,6 +65,60 @@ def demo(redis_url: str | None) -> None:
     asyncio.run(run_demo(console, redis_url))
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+TASK_MANAGER_LOGGERS = ("mageflow", "taskiq", "hatchet_sdk", "hatchet")
+
+
+def configure_logging(level: str) -> None:
+    """One handler on the root logger at ``level``; MageFlow's and the task managers'
+    loggers at that level too."""
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger().setLevel(level.upper())
+    for name in TASK_MANAGER_LOGGERS:
+        logging.getLogger(name).setLevel(level.upper())
+
+
+def worker_banner(app: Mageflow, concurrency: int | None) -> list[str]:
+    """What ``mageflow worker`` prints before it serves: backend and its settings, the
+    store (password hidden), queues, concurrency and the task names."""
+    info = dict(app.backend.describe())
+    queue = info.pop("queue_name", None) or info.pop("queues", None) or "default"
+    settings = ", ".join(f"{k}={v}" for k, v in info.items())
+    return [
+        f"[bold]mageflow worker[/] backend={app.backend.name}"
+        + (f" ({settings})" if settings else ""),
+        f"  store    {redact_url(app.store.url)} (prefix {app.store.prefix})",
+        f"  queues   {queue}",
+        f"  concurrency {concurrency if concurrency is not None else 'backend default'}",
+        f"  tasks    {len(app.tasks)}: {', '.join(sorted(app.tasks)) or '-'}",
+    ]
+
+
+async def _check_store(app: Mageflow) -> None:
+    try:
+        await app.store.ping()
+    finally:
+        await app.store.close()
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """A one-line reason when ``exc`` (or what caused it) is a failed connection."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        name = type(seen).__name__
+        if isinstance(seen, (ConnectionError, TimeoutError)) or "Connection" in name:
+            return redact_text(f"{name}: {seen}".splitlines()[0])
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the password of any URL in it hidden."""
+    return re.sub(r"\b(rediss?|amqps?|https?)://[^\s'\"]+", lambda m: redact_url(m[0]), text)
+
+
 def load_app(target: str) -> Mageflow:
     """Import ``module:attr`` and return the Mageflow instance it names."""
     module_name, _, attr = target.partition(":")
@@ -81,17 +138,47 @@ def load_app(target: str) -> Mageflow:
 @cli.command()
 @click.argument("target")
 @click.option("--concurrency", type=int, default=None, help="Tasks one worker runs at once.")
-def worker(target: str, concurrency: int | None) -> None:
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    help="Logging of MageFlow and the task manager (its loggers and the root).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port (needs mageflow-core[metrics]).",
+)
+def worker(target: str, concurrency: int | None, log_level: str, metrics_port: int | None) -> None:
     """Serve the tasks of the Mageflow instance TARGET (``module:attr``)."""
+    configure_logging(log_level)
     app = load_app(target)
+    for line in worker_banner(app, concurrency):
+        console.print(line, highlight=False)
     try:
-        console.print(
-            f"[bold]mageflow worker[/] backend={app.backend.name} tasks={len(app.tasks)}",
-            highlight=False,
-        )
+        asyncio.run(_check_store(app))
+        if metrics_port is not None:
+            from mageflow.plugins.metrics import serve_metrics
+
+            serve_metrics(app, metrics_port)
+            console.print(f"  metrics  http://0.0.0.0:{metrics_port}/metrics", highlight=False)
         app.run_worker(concurrency=concurrency)
     except KeyboardInterrupt:
         pass
+    except MageflowError:
+        raise
+    except Exception as exc:
+        reason = unreachable(exc)
+        if reason is None:
+            raise
+        console.print(
+            f"[red]error:[/] cannot reach the task manager: {reason}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(2)
     console.print("mageflow worker stopped")
 
 
@@ -108,5 +195,5 @@ def main() -> None:
     try:
         cli(standalone_mode=True)
     except MageflowError as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False)
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -13,14 +13,25 @@ import click
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 from rich.tree import Tree
 
 from mageflow.app import Mageflow
+from mageflow.cli.views import (
+    FailedItems,
+    ProgressMeter,
+    StoreView,
+    duration_of,
+    failed_items,
+    ls_row,
+    parse_age,
+    read_only,
+)
 from mageflow.errors import ConfigurationError, MageflowError
 from mageflow.flows import identifiers as idents
 from mageflow.flows import reconcile
-from mageflow.flows.inspect import read_state
+from mageflow.flows.inspect import Readable, read_state
+from mageflow.flows.stats import read_stats
 from mageflow.models.signatures import SignatureState
 from mageflow.models.status import SignatureStatus
 from mageflow.store.memory import MemoryStore
@@ -35,6 +46,7 @@ STATUS_STYLE = {
     "suspended": "yellow",
     "interrupted": "yellow",
     "canceled": "magenta",
+    "skipped": "bright_black",
 }
 
 
@@ -70,8 +82,13 @@ def run(coro_fn: Callable[[Mageflow], Awaitable[T]], ctx: click.Context) -> T:
     try:
         return asyncio.run(main())
     except MageflowError as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False)
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
+
+
+def error_text(error: dict[str, Any] | None) -> str:
+    """``Type: message`` of a stored error, ``""`` for none."""
+    return "" if not error else f"{error.get('type')}: {error.get('message')}"
 
 
 def _when(value: datetime | None) -> str:
@@ -116,7 +133,7 @@ def waiting_note(state: SignatureState) -> str | None:
     return f"for a worker that serves task {state.name!r} (dispatched {age:.0f} s ago)"
 
 
-async def find_waiting(mf: Mageflow, state: SignatureState) -> list[tuple[str, str]]:
+async def find_waiting(mf: Readable, state: SignatureState) -> list[tuple[str, str]]:
     """``(key, note)`` of the tasks at or below ``state`` that wait for a worker, reading
     at most :data:`WAITING_SCAN` nodes; nothing below a suspended or finished node."""
     parent = state.parent
@@ -163,20 +180,34 @@ def print_state(state: SignatureState, waiting: Sequence[tuple[str, str]] = ()) 
         table.add_row("not before", _when(state.not_before))
     if state.counts:
         table.add_row("items", ", ".join(f"{k} {v}" for k, v in state.counts.items()))
-    elif state.children:
-        table.add_row("steps", str(len(state.children)))
+    elif state.kind == "chain":
+        table.add_row("steps", f"{state.steps_done or 0}/{len(state.children)} done")
     if state.error:
         table.add_row("error", f"[red]{state.error.get('type')}: {state.error.get('message')}[/]")
     if state.result is not None:
         table.add_row("result", _summary(state.result))
     for key, note in waiting:
+        if key == FAILED:
+            table.add_row("failed", note)
+            continue
         where = "" if key == state.key else f"{key} "
         table.add_row("waiting", f"[yellow]{where}{note}[/]")
     console.print(table)
 
 
+FAILED = "\0failed"
+"""Marks a row of ``print_state``'s notes that shows a failed item."""
+
+
+def _failed_rows(failed: FailedItems) -> list[tuple[str, str]]:
+    rows = [(FAILED, f"[red]{escape(f'{k} {n}: {error_text(e)}')}[/]") for k, n, e in failed.shown]
+    if failed.more > 0:
+        rows.append((FAILED, f"[red]... and {failed.more} more failed[/]"))
+    return rows
+
+
 async def build_tree(
-    mf: Mageflow, key: str, max_items: int, node: Tree | None = None, held: bool = False
+    mf: Readable, key: str, max_items: int, node: Tree | None = None, held: bool = False
 ) -> Tree:
     state = await read_state(mf, key)
     label = f"{state.kind} [bold]{state.name}[/] {styled(state.status.value)} [dim]{key}[/]"
@@ -203,19 +234,28 @@ async def build_tree(
 @click.command()
 @click.argument("key")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--failed",
+    "first_failed",
+    default=5,
+    show_default=True,
+    help="Failed items shown with their errors (the rest are counted).",
+)
 @click.pass_context
-def status(ctx: click.Context, key: str, as_json: bool) -> None:
-    """Status, timings, attempts, error and result of one signature, chain or swarm, and
-    which of its tasks wait for a worker (dispatched, not started)."""
+def status(ctx: click.Context, key: str, as_json: bool, first_failed: int) -> None:
+    """Status, timings, attempts, error and result of one signature, chain or swarm, its
+    failed items with their errors, and which of its tasks wait for a worker."""
     if as_json:
-        click.echo(run(lambda mf: read_state(mf, key), ctx).model_dump_json(indent=2))
+        click.echo(read_only(lambda v: read_state(v, key), ctx).model_dump_json(indent=2))
         return
 
-    async def with_waiting(mf: Mageflow) -> tuple[SignatureState, list[tuple[str, str]]]:
-        state = await read_state(mf, key)
-        return state, await find_waiting(mf, state)
+    async def with_details(v: StoreView) -> tuple[SignatureState, list[tuple[str, str]]]:
+        state = await read_state(v, key)
+        failed = await failed_items(v, state, first_failed)
+        waiting = await find_waiting(v, state)
+        return state, [*_failed_rows(failed), *waiting]
 
-    print_state(*run(with_waiting, ctx))
+    print_state(*read_only(with_details, ctx))
 
 
 @click.command()
@@ -229,7 +269,7 @@ def status(ctx: click.Context, key: str, as_json: bool) -> None:
 @click.pass_context
 def tree(ctx: click.Context, key: str, max_items: int) -> None:
     """The whole workflow as a tree: chain steps in order, swarm items, nesting."""
-    console.print(run(lambda mf: build_tree(mf, key, max_items), ctx))
+    console.print(read_only(lambda v: build_tree(v, key, max_items), ctx))
 
 
 @click.command()
@@ -245,7 +285,7 @@ def tree(ctx: click.Context, key: str, max_items: int) -> None:
 def watch(ctx: click.Context, key: str, interval: float, timeout: float | None) -> None:
     """Live progress until the workflow is terminal; exits 1 unless it succeeded."""
 
-    async def follow(mf: Mageflow) -> str:
+    async def follow(mf: StoreView) -> str:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         with Progress(
@@ -257,16 +297,13 @@ def watch(ctx: click.Context, key: str, interval: float, timeout: float | None) 
             transient=False,
         ) as progress:
             bar = progress.add_task(key, total=None, detail="")
+            meter = ProgressMeter()
             changed = await _pushed_changes(mf, key)
             while True:
                 state = await read_state(mf, key)
-                total, done = _progress_of(state)
-                detail = ", ".join(f"{k} {v}" for k, v in state.counts.items() if k != "total")
+                frame = meter.update(state)
                 progress.update(
-                    bar,
-                    total=total,
-                    completed=done,
-                    detail=f"{styled(state.status.value)} {detail}",
+                    bar, total=frame.total, completed=frame.done, detail=escape(frame.detail)
                 )
                 if state.status.is_terminal:
                     return state.status.value
@@ -274,18 +311,20 @@ def watch(ctx: click.Context, key: str, interval: float, timeout: float | None) 
                     raise click.ClickException(f"{key} still {state.status.value} after timeout")
                 await _next_change(changed, interval)
 
-    final = run(follow, ctx)
+    final = read_only(follow, ctx)
     console.print(f"{key} finished: {styled(final)}")
     sys.exit(0 if final == "done" else 1)
 
 
-async def _pushed_changes(mf: Mageflow, key: str) -> asyncio.Event:
+async def _pushed_changes(mf: StoreView, key: str) -> asyncio.Event:
     """An event set whenever the engine streams a change under ``key`` (``wf.events()``)."""
+    from mageflow.flows.stream import node_events
+
     changed = asyncio.Event()
-    sig = await mf.load(key)
+    changes = node_events(mf, key)
 
     async def pump() -> None:
-        async for _ in sig.events():
+        async for _ in changes:
             changed.set()
         changed.set()
 
@@ -305,16 +344,6 @@ async def _next_change(changed: asyncio.Event, interval: float) -> None:
     await asyncio.sleep(interval)
 
 
-def _progress_of(state: SignatureState) -> tuple[int, int]:
-    if state.kind == "swarm":
-        return state.counts.get("total", 0), state.counts.get("done", 0) + state.counts.get(
-            "failed", 0
-        )
-    if state.kind == "chain":
-        return len(state.children), 0 if not state.status.is_terminal else len(state.children)
-    return 1, 1 if state.status.is_terminal else 0
-
-
 @click.command(name="ls")
 @click.option("--status", "status_filter", multiple=True, help="Only these statuses.")
 @click.option("--name", "name_filter", default=None, help="Only names containing this.")
@@ -326,24 +355,39 @@ def _progress_of(state: SignatureState) -> tuple[int, int]:
     metavar="NAME=VALUE",
     help="Signatures (at any depth) with this task identifier; repeat to require several.",
 )
+@click.option("--kind", "kind_filter", multiple=True, help="Only these kinds (task, chain, swarm).")
+@click.option("--since", "since", default=None, help="Only created within this age (30s, 15m, 2h).")
 @click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of the rows.")
 @click.pass_context
 def ls(
     ctx: click.Context,
     status_filter: tuple[str, ...],
     name_filter: str | None,
     id_filter: dict[str, str],
+    kind_filter: tuple[str, ...],
+    since: str | None,
     limit: int,
+    as_json: bool,
 ) -> None:
-    """Recent and running workflows, newest first; with ``--id``, the signatures that
-    carry those identifiers (found through the identifier index)."""
+    """Recent and running workflows, newest first, with full keys, durations and errors;
+    with ``--id``, the signatures that carry those identifiers (the identifier index)."""
+    max_age = None if since is None else parse_age(since)
 
-    async def keys(mf: Mageflow) -> list[str]:
+    async def keys(mf: StoreView) -> list[str]:
         if id_filter:
-            return await mf.find_by_identifiers(id_filter, limit=limit * 4)
+            return await idents.find(mf.store, id_filter, limit * 4)
         return [f"{wf}.r" for wf in await mf.store.list_workflows(limit=limit * 4)]
 
-    async def listing(mf: Mageflow) -> list[SignatureState]:
+    def wanted(state: SignatureState) -> bool:
+        if kind_filter and state.kind not in kind_filter:
+            return False
+        if max_age is None:
+            return True
+        age = datetime.now(timezone.utc) - (state.created_at or datetime.now(timezone.utc))
+        return age.total_seconds() <= max_age
+
+    async def listing(mf: StoreView) -> list[SignatureState]:
         out: list[SignatureState] = []
         for key in await keys(mf):
             try:
@@ -354,25 +398,43 @@ def ls(
                 continue
             if name_filter and name_filter not in state.name:
                 continue
+            if not wanted(state):
+                continue
             out.append(state)
             if len(out) >= limit:
                 break
         return out
 
-    states = run(listing, ctx)
-    table = Table("key", "kind", "name", "status", "created", "progress", "identifiers")
+    states = read_only(listing, ctx)
+    if as_json:
+        click.echo(json.dumps([ls_row(s) for s in states], indent=2, default=str))
+        return
+    width = max((len(s.key) for s in states), default=3)
+    table = Table(
+        "kind", "name", "status", "created", "duration", "progress", "error", "identifiers"
+    )
+    table.columns.insert(0, Column("key", no_wrap=True, min_width=width))
     for s in states:
-        progress = ", ".join(f"{k} {v}" for k, v in s.counts.items()) if s.counts else ""
+        progress = ", ".join(f"{k} {v}" for k, v in s.counts.items() if v) if s.counts else ""
+        if s.kind == "chain":
+            progress = f"step {s.steps_done or 0}/{len(s.children)}"
+        took = duration_of(s)
         table.add_row(
             s.key,
             s.kind,
-            s.name,
+            escape(s.name),
             styled(s.status.value),
             _when(s.created_at),
+            "" if took is None else f"{took:.1f} s",
             progress,
+            f"[red]{escape(_summary_text(error_text(s.error)))}[/]",
             shown_identifiers(s),
         )
     console.print(table)
+
+
+def _summary_text(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _lifecycle(verb: str, doc: str) -> click.Command:
@@ -394,7 +456,11 @@ LIFECYCLE = [
     _lifecycle("suspend", "Stop what has not started; running tasks finish."),
     _lifecycle("resume", "Continue a suspended or interrupted workflow."),
     _lifecycle("interrupt", "Suspend and cancel running tasks where the backend can."),
-    _lifecycle("cancel", "Stop a root workflow for good; no callback fires."),
+    _lifecycle(
+        "cancel",
+        "Stop a node for good (its callbacks never fire): a root ends; a step or item "
+        "counts as failed (Canceled) for its parent.",
+    ),
     _lifecycle(
         "retry",
         "Re-run a failed root workflow from where it failed; done results stay, "
@@ -420,4 +486,33 @@ def reconcile_command(ctx: click.Context, forever: bool) -> None:
     console.print(f"re-sent {run(act, ctx)} task(s) that were dispatched and never started")
 
 
-COMMANDS = [status, tree, watch, ls, *LIFECYCLE, reconcile_command]
+@click.command(name="stats")
+@click.option("--window", default="15m", show_default=True, help="How far back (30s, 15m, 1h).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def stats_command(ctx: click.Context, window: str, as_json: bool) -> None:
+    """Per task name: attempts started, retried, done, failed, mean and p95 duration; and
+    top-level workflows by outcome, over a recent window (at most an hour)."""
+    seconds = parse_age(window)
+    found = read_only(lambda v: read_stats(v.store, seconds), ctx)
+    if as_json:
+        click.echo(found.model_dump_json(indent=2))
+        return
+    table = Table("task", "started", "retried", "done", "failed", "mean", "p95")
+    for name, t in found.tasks.items():
+        table.add_row(
+            escape(name),
+            str(t.started),
+            str(t.retried),
+            str(t.done),
+            f"[red]{t.failed}[/]" if t.failed else "0",
+            "-" if t.mean_s is None else f"{t.mean_s:.3f} s",
+            "-" if t.p95_s is None else f"{t.p95_s:.3f} s",
+        )
+    console.print(f"since {_when(found.since)} ({found.window_s // 60} min)")
+    console.print(table)
+    flows = ", ".join(f"{k} {v}" for k, v in sorted(found.workflows.items())) or "none"
+    console.print(f"workflows: {flows}", highlight=False)
+
+
+COMMANDS = [status, tree, watch, ls, *LIFECYCLE, reconcile_command, stats_command]

@@ -18,6 +18,8 @@ WAITED = "waited"
 N_RUNNING = "n_running"
 N_ENDED = "n_ended"
 N_FAILED = "n_failed"
+N_PAUSED = "n_paused"
+STEP = "step"
 
 STEPS = "steps"
 ITEMS = "items"
@@ -25,7 +27,12 @@ QUEUE = "queue"
 DUE = "due"
 DONE_CHANNEL = "done"
 
-TERMINAL = frozenset({"done", "failed", "canceled"})
+N_DEPS = "n_deps"
+NODES = "nodes"
+SOURCES = "sources"
+SINKS = "sinks"
+
+TERMINAL = frozenset({"done", "failed", "canceled", "skipped"})
 HOLDING = frozenset({"suspended", "interrupted"})
 
 
@@ -37,3 +44,10 @@ def of(sid: str, name: str) -> str:
 def aux(kind: str, sid: str) -> str:
     """The name of an auxiliary key of node ``sid`` (``items``, ``queue`` ...)."""
     return f"{kind}:{sid}"
+
+
+STATS_BOUNDS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000)
+"""Upper bounds (ms) of the statistics' duration histogram: field ``h<i>`` counts
+durations <= ``STATS_BOUNDS_MS[i-1]``, ``h0`` longer ones (``STATS_BOUNDS`` in the script)."""
+STATS_MINUTES = 60
+"""Minutes of statistics kept (each bucket expires an hour after its minute)."""

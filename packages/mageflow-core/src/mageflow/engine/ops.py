@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 
 from mageflow.engine import fields as F
-from mageflow.engine.keys import split_key
+from mageflow.engine.keys import ROOT, split_key
 from mageflow.engine.replies import (
     Reconciled,
     StartOutcome,
@@ -78,7 +78,11 @@ class Engine:
         ]
 
     async def _call(self, wf: str, op: str, *args: str) -> list[str]:
-        reply = await self.store.run_script(SCRIPT, [self.store.hash_key(wf)], self._argv(op, args))
+        keys = [self.store.hash_key(wf)]
+        stats = self.store.stats_key
+        if stats is not None:
+            keys.append(stats)
+        reply = await self.store.run_script(SCRIPT, keys, self._argv(op, args))
         if not isinstance(reply, list) or not reply:
             raise EngineError(f"unexpected engine reply for {wf} ({op}): {reply!r}")
         return reply
@@ -116,6 +120,19 @@ class Engine:
         reply = await self._call(wf, "finish", sid, "1" if ok else "0", value, original_input)
         if reply[0] == "missing":
             return Transition()
+        if reply[0] == "dup":
+            return Transition(decode_publishes(wf, reply[1]))
+        return await self._woken(wf, decode_transition(wf, reply))
+
+    async def continue_with(self, key: str, root_sid: str, original_input: str) -> Transition:
+        """Task ``key`` returned a workflow, already stored under ``root_sid`` in its own
+        workflow: start it in the task's place (``original_input``: the task's input, for
+        the error callbacks if that workflow fails). A duplicate re-issues what the first
+        call dispatched and starts nothing."""
+        wf, sid = split_key(key)
+        reply = await self._call(wf, "continue", sid, root_sid, original_input)
+        if reply[0] == "missing":
+            raise SignatureNotFoundError(f"no task stored under {key!r} to continue")
         if reply[0] == "dup":
             return Transition(decode_publishes(wf, reply[1]))
         return await self._woken(wf, decode_transition(wf, reply))
@@ -211,12 +228,21 @@ class Engine:
             _raise_for(key, reply)
         return decode_transition(wf, reply)
 
-    async def cancel(self, key: str) -> list[str]:
+    async def cancel(self, key: str) -> tuple[list[str], Transition]:
+        """Cancel ``key``: a root for good, or a node inside a workflow (which its parent
+        then counts as failed). Returns the run ids to cancel and what its parent's
+        reaction dispatched."""
         wf, sid = split_key(key)
+        if sid != ROOT:
+            await self._watch(wf)
         reply = await self._call(wf, "cancel", sid)
         if reply[0] == "err":
             _raise_for(key, reply)
-        return [r for r in json.loads(reply[1]) if r]
+        run_ids = [r for r in json.loads(reply[1]) if r]
+        if len(reply) <= 2:
+            return run_ids, Transition()
+        transition = decode_transition(wf, [reply[0], *reply[2:]])
+        return run_ids, await self._woken(wf, transition)
 
     # -- the reconciler ---------------------------------------------------------------------
     async def claim_due(self, lease: float, limit: int) -> list[str]:

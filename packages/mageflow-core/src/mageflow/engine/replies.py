@@ -24,9 +24,10 @@ class Publish:
 @dataclass(frozen=True)
 class EngineEvent:
     """Something a transition did besides the task's own change, for observers:
-    ``done`` / ``failed`` (``key`` settled; ``detail`` = its kind), ``advanced`` (chain
-    ``key`` started step ``detail``), ``item`` (swarm ``key``: item ``detail`` ended,
-    ``ok``)."""
+    ``done`` / ``failed`` / ``canceled`` (``key`` settled; ``detail`` = its kind),
+    ``advanced`` (chain ``key`` started step ``detail``), ``continued`` (task ``key``
+    started the workflow ``detail`` it returned), ``item`` (swarm ``key``: item
+    ``detail`` ended, ``ok``)."""
 
     name: str
     key: str
@@ -94,8 +95,8 @@ def decode_events(wf: str, raw: str) -> list[EngineEvent]:
             out.append(
                 EngineEvent("item", join_key(wf, sid), join_key(wf, entry[2]), entry[3] == "done")
             )
-        elif name == "advanced":
-            out.append(EngineEvent("advanced", join_key(wf, sid), join_key(wf, entry[2])))
+        elif name in ("advanced", "continued"):
+            out.append(EngineEvent(name, join_key(wf, sid), join_key(wf, entry[2])))
         else:
             started = int(entry[3]) if len(entry) > 3 else None
             out.append(EngineEvent(name, join_key(wf, sid), entry[2], name == "done", started))

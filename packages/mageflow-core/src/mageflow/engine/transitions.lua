@@ -14,6 +14,11 @@
 --   H:queue:<swarm>        zset of items waiting for a free slot; score orders them:
 --                          higher priority first, first queued first within a priority
 --   H:running:<swarm>      set of items holding a slot
+--   H:nodes:<graph>        list of the graph's node sids, in the order given
+--   H:sources:<graph> / H:sinks:<graph>  lists of its nodes without dependencies / that
+--                          nothing depends on (ready at start / its result)
+--   H:queue:<graph>, H:running:<graph>  ready nodes waiting for a slot / holding one (as
+--                          a swarm's)
 --   H:held:<node>          list of JSON entries held while <node> is suspended/interrupted:
 --                          ["pub",sid] publish task sid; ["fill",swarm] start queued items;
 --                          ["settle",sid,input] sid finished while itself held;
@@ -30,19 +35,28 @@
 --   H:events               stream: one entry per call that changed a status (field e: JSON
 --                          array of [sid, event, kind, task, ms, attempt, status]), capped at
 --                          EVENTS_MAX entries; wf.events() reads it
+--   H:conts                set: the roots of workflows tasks returned to run in their place
+--                          (reached by the root's final expiry like the rest)
+--   KEYS[2] (optional)     statistics: "<prefix>:stats"; each minute m has the hash
+--                          KEYS[2]..':'..m (its own Cluster slot, see STATISTICS below)
 --
 -- DEFINITION (JSON, written once by the client, never user data)
---   k kind: task|chain|swarm   t task name        n display name
---   p parent (chain or swarm)  of owner: the node whose callback this is
+--   k kind: task|chain|swarm|graph|branch   t task name        n display name
+--   p parent (chain, swarm, graph or branch)  of owner: the node whose callback this is
 --   ok / err callback sids     mc max_concurrency  sa stop_after_n_failures
 --   pr priority 0..9 (higher starts first among queued swarm items; default 0; also sent
 --      to the task manager)
 --   dl start this many ms after becoming due   at  start no earlier than this ms timestamp
 --   nd '1': the task manager holds dl/at (the engine dispatches at once, with the time)
 --   (a chain's steps are the list H:steps:<chain>, so an event reads one step, not all)
+--   graph node: gn its name in the graph; rq / oq required / optional dependency sids;
+--      rd / od its out-edges: the nodes that require it / for which it is optional
+--   branch: sl selector sid; cs {case key: sid}; df default case sid
 --
 -- STATE FIELDS "<sid>:<field>"                                  written by
---   status     pending|active|suspended|interrupted|canceled|done|failed   engine
+--   status     pending|active|suspended|interrupted|canceled|done|failed|skipped  engine
+--              (skipped: a graph node whose required dependency did not succeed, or a
+--              branch case not chosen; it never runs, its callbacks never fire)
 --   held_from  status to restore on resume                     suspend
 --   created    ms the node was built                           client
 --   kwargs     signature kwargs JSON (a chain's / swarm's: the context every node under it
@@ -69,8 +83,12 @@
 --   payload    a task's payload when it cannot be rebuilt from its swarm     emit
 --   owed       JSON array of sids a task's finish dispatched (re-sent on redelivery)  finish
 --   resends    how often the reconciler re-sent the task       resend
---   rerun      '1': a failed composite swarm item retry queued again; resumes from
---              its failure point when it gets a slot (not from the start)   retry
+--   n_deps     graph node: dependencies not finished yet (0: ready)   client, engine
+--   chosen     branch: the case its selector picked                 branch_child_done
+--   rerun      '1': a failed composite swarm item (or task with a continuation) retry
+--              queued again; resumes from its failure point when it gets a slot   retry
+--   cont       the root sid of the workflow task sid returned to run in its place; the
+--              task settles with that workflow's outcome               continue
 --
 -- User JSON (messages, kwargs, results, errors) is concatenated, never decoded, so it
 -- round-trips byte for byte (cjson would turn [] into {}).
@@ -93,10 +111,12 @@ end
 local ROOT = 'r'
 local SENT = H .. ':sent'
 local INFLIGHT = H .. ':inflight'
-local TERMINAL = { done = true, failed = true, canceled = true }
+local TERMINAL = { done = true, failed = true, canceled = true, skipped = true }
 local HOLDING = { suspended = true, interrupted = true }
 
 local DELAYED = H .. ':delayed'
+local CONTS = H .. ':conts'
+local CANCELED = '{"type":"Canceled","message":"canceled by an operator"}'
 local pubs = {}     -- specs to publish: [task, sid, payload(, priority, not-before ms)]
 local wake_at = nil -- earliest time this call made a node wait for (the live index must know)
 local sent_now = {} -- sids this call dispatched
@@ -195,6 +215,38 @@ local function aux(kind, sid)
   local k = H .. ':' .. kind .. ':' .. sid
   touched[k] = true
   return k
+end
+
+-- STATISTICS (optional KEYS[2]): per-minute bucket hashes "<KEYS[2]>:<minute>", each
+-- expiring STATS_TTL after its minute, fields "t:<task>:<counter>" (started, retried,
+-- done, failed, ms = summed duration, h<i> = durations <= STATS_BOUNDS[i] ms, h0 = more)
+-- and "w:<status>" for roots (started, done, failed, canceled). O(1) per event, memory
+-- bounded by the minutes kept x the task names. The buckets are cross-workflow keys in
+-- another Cluster slot than H: the client passes KEYS[2] only where one script may touch
+-- both (a single Redis, the in-process store).
+local STATS = KEYS[2]
+local STATS_TTL = 3660
+local STATS_BOUNDS = { 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000 }
+
+local function stat(field, by)
+  if not STATS then return end
+  local k = STATS .. ':' .. string.format('%d', math.floor(NOW / 60000))
+  redis.call('HINCRBY', k, field, by)
+  redis.call('EXPIRE', k, STATS_TTL)
+end
+
+-- Task sid's final outcome: counted with its duration since its first attempt.
+local function stat_finished(sid, ok)
+  if not STATS then return end
+  local t = 't:' .. def(sid).t .. ':'
+  stat(t .. (ok and 'done' or 'failed'), 1)
+  local ms = NOW - tonumber(get(sid, 'started') or NOW_S)
+  stat(t .. 'ms', ms)
+  local b = 0
+  for i, bound in ipairs(STATS_BOUNDS) do
+    if ms <= bound then b = i break end
+  end
+  stat(t .. 'h' .. b, 1)
 end
 
 local function up(d)
@@ -344,7 +396,8 @@ local function activate(sid)
   end
 end
 
-local start_node, settle, after, fill, rerun, rearm
+local start_node, settle, after, fill, rerun, rearm, continuation_done
+local graph_start, graph_node_done, graph_maybe_complete, start_graph_node, branch_child_done
 
 local PRIORITY_MAX = 9
 local SEQ_SPAN = 1099511627776 -- 2^40 queue positions per priority: scores stay exact
@@ -377,6 +430,7 @@ end
 
 -- Settle a closed, started swarm once every item ended: results in item order.
 local function maybe_complete(s)
+  if def(s).k == 'graph' then return graph_maybe_complete(s) end
   if get(s, 'closed') ~= '1' or get(s, 'sent') == nil then return end
   if TERMINAL[get(s, 'status')] or get(s, 'outcome') then return end
   local n = redis.call('LLEN', aux('items', s))
@@ -411,7 +465,11 @@ fill = function(s)
     if not it then break end
     incr(s, 'n_running', 1)
     redis.call('SADD', aux('running', s), it)
-    start_node(it, get(s, 'input'), get(it, 'own'), get(s, 'input_ret'), get(s, 'input_err'))
+    if d.k == 'graph' then
+      start_graph_node(s, it)
+    else
+      start_node(it, get(s, 'input'), get(it, 'own'), get(s, 'input_ret'), get(s, 'input_err'))
+    end
   end
   filling[s] = nil
 end
@@ -420,6 +478,10 @@ end
 -- (held until its time when it has a delay the task manager does not hold).
 start_node = function(sid, inl, own, ret, err)
   local d = def(sid)
+  if get(sid, 'status') == 'canceled' then -- canceled before it started: its parent reacts
+    after(sid, inl)
+    return
+  end
   set(sid, 'sent', NOW_S)
   if not d.nd then
     local due = not_before(sid)
@@ -428,13 +490,13 @@ start_node = function(sid, inl, own, ret, err)
       return
     end
   end
-  if d.k == 'task' then
-    emit(sid, payload(inl, own, ret, err))
-    return
-  end
-  if get(sid, 'rerun') then -- a composite item retry queued again: resume, not restart
+  if (d.k ~= 'task' or d.p) and get(sid, 'rerun') then -- a retried item: resume, not restart
     del(sid, 'rerun')
     rerun(sid)
+    return
+  end
+  if d.k == 'task' then
+    emit(sid, payload(inl, own, ret, err))
     return
   end
   local kw = get(sid, 'kwargs')
@@ -455,6 +517,10 @@ start_node = function(sid, inl, own, ret, err)
     else
       start_node(first, input, nil, ret, err)
     end
+  elseif d.k == 'graph' then
+    graph_start(sid)
+  elseif d.k == 'branch' then
+    start_node(d.sl, input, nil, ret, err)
   else
     queue_unqueued(sid)
     fill(sid)
@@ -522,6 +588,7 @@ settle = function(sid, ok, val, inl)
   local d = def(sid)
   set(sid, 'status', ok and 'done' or 'failed')
   set(sid, 'ended', NOW_S)
+  if sid == ROOT then stat(ok and 'w:done' or 'w:failed', 1) end
   events[#events + 1] = cjson.encode({ ok and 'done' or 'failed', sid, d.k, get(sid, 'started') or NOW_S })
   if get(sid, 'waited') then redis.call('PUBLISH', H .. ':done', sid) end
   if why == 'canceled' then return end
@@ -530,6 +597,13 @@ settle = function(sid, ok, val, inl)
     return
   end
   after(sid, inl)
+end
+
+-- Task t's returned workflow settled: t settles with its outcome (t's callbacks, then
+-- t's parent). A failure is reported on the input t ran with.
+continuation_done = function(t, ok, val)
+  if TERMINAL[get(t, 'status')] or get(t, 'outcome') then return end
+  settle(t, ok, val, get(t, 'input'))
 end
 
 -- What follows an ended node: its callbacks, then its parent's advancement.
@@ -542,21 +616,250 @@ after = function(sid, inl)
     for _, cb in ipairs(d.ok or {}) do start_node(cb, context_above(cb), nil, val, nil) end
   else
     val = get(sid, 'error') or 'null'
-    for _, cb in ipairs(d.err or {}) do start_node(cb, inl, nil, nil, val) end
+    if get(sid, 'status') ~= 'canceled' then -- a canceled node's own callbacks never fire
+      for _, cb in ipairs(d.err or {}) do start_node(cb, inl, nil, nil, val) end
+    end
   end
   if d.p then
-    if def(d.p).k == 'chain' then
+    local pk = def(d.p).k
+    if pk == 'chain' then
       chain_step_done(d.p, sid, ok, val)
+    elseif pk == 'task' then
+      continuation_done(d.p, ok, val)
+    elseif pk == 'graph' then
+      graph_node_done(d.p, sid, ok, val)
+    elseif pk == 'branch' then
+      branch_child_done(d.p, sid, ok, val)
     else
       swarm_item_done(d.p, sid, ok, val)
     end
   end
 end
 
+-- Graphs. A graph's nodes are the list H:nodes:<graph>; a node knows its in-edges (rq
+-- required, oq optional dependency sids) and its out-edges (rd dependents that require it,
+-- od dependents for which it is optional); its state field `n_deps` counts the
+-- dependencies not finished yet. A finished node touches its out-edges only: O(1) per
+-- node apart from them, never a scan of the graph. Ready nodes wait on H:queue:<graph>
+-- (priority order, as swarm items) and hold a slot in H:running:<graph> while they run.
+
+-- The outcome of finished node x as a dependency / sink value: its result, or
+-- {"mageflow_error": its error} when it failed or was skipped.
+local function outcome_value(x)
+  if get(x, 'status') == 'done' then return get(x, 'result') or 'null' end
+  return '{"mageflow_error":' .. (get(x, 'error') or 'null') .. '}'
+end
+
+-- A JSON object of the outcomes of nodes xs, keyed by their names in the graph.
+local function keyed_outcomes(xs)
+  local parts = {}
+  for _, x in ipairs(xs) do
+    parts[#parts + 1] = cjson.encode(def(x).gn) .. ':' .. outcome_value(x)
+  end
+  return '{' .. table.concat(parts, ',') .. '}'
+end
+
+local function dependencies(d)
+  local all = {}
+  for _, x in ipairs(d.rq or {}) do all[#all + 1] = x end
+  for _, x in ipairs(d.oq or {}) do all[#all + 1] = x end
+  return all
+end
+
+-- Graph g's ready node x takes its slot: the graph's messages, and as the previous result
+-- its dependencies' outcomes keyed by name (a node without dependencies: what the graph
+-- itself was started with).
+start_graph_node = function(g, x)
+  local deps = dependencies(def(x))
+  if #deps > 0 then
+    start_node(x, get(g, 'input'), nil, keyed_outcomes(deps), nil)
+  else
+    start_node(x, get(g, 'input'), nil, get(g, 'input_ret'), get(g, 'input_err'))
+  end
+end
+
+-- Node x of graph g is ready: on the queue, once.
+local function ready(g, x)
+  local st = get(x, 'status')
+  -- a node canceled before it started is queued too: it counts when it would start
+  if (st == 'pending' or st == 'canceled') and not get(x, 'queued') then
+    set(x, 'queued', '1')
+    enqueue(g, x)
+  end
+end
+
+-- One more dependency of node x finished.
+local function release(g, x)
+  if incr(x, 'n_deps', -1) <= 0 then ready(g, x) end
+end
+
+-- Node x never runs: skipped, with why (its callbacks do not fire).
+local function skip(x, why)
+  set(x, 'status', 'skipped')
+  set(x, 'error', cjson.encode({ type = 'Skipped', message = why }))
+  set(x, 'ended', NOW_S)
+  events[#events + 1] = cjson.encode({ 'skipped', x, def(x).k, NOW_S })
+  if get(x, 'waited') then redis.call('PUBLISH', H .. ':done', x) end
+end
+
+-- Node failed of graph g did not succeed: every node that requires it (transitively) is
+-- skipped; the optional dependents of a skipped node count it as finished.
+-- O(the skipped subgraph and its out-edges).
+local function skip_dependents(g, failed)
+  local stack = { failed }
+  while #stack > 0 do
+    local cur = table.remove(stack)
+    local d = def(cur)
+    for _, y in ipairs(d.rd or {}) do
+      if get(y, 'status') == 'pending' and not get(y, 'queued') then
+        skip(y, 'required dependency ' .. cjson.encode(d.gn) .. ' did not succeed')
+        incr(g, 'n_ended', 1)
+        stack[#stack + 1] = y
+      end
+    end
+    if cur ~= failed then
+      for _, y in ipairs(d.od or {}) do release(g, y) end
+    end
+  end
+end
+
+-- Graph g starts: its sources (nodes without dependencies) are ready.
+graph_start = function(g)
+  for _, x in ipairs(redis.call('LRANGE', aux('sources', g), 0, -1)) do ready(g, x) end
+  fill(g)
+  graph_maybe_complete(g)
+end
+
+-- Settle a started graph once every node ended: the sink outcomes keyed by name.
+graph_maybe_complete = function(g)
+  if get(g, 'sent') == nil or TERMINAL[get(g, 'status')] or get(g, 'outcome') then return end
+  if tonumber(get(g, 'n_ended') or '0') < redis.call('LLEN', aux('nodes', g)) then return end
+  settle(g, true, keyed_outcomes(redis.call('LRANGE', aux('sinks', g), 0, -1)), nil)
+end
+
+-- Graph g reacts to node sid ending: free its slot, skip what required it, count a
+-- failure nobody tolerates against the budget, release the dependents, refill.
+graph_node_done = function(g, sid, ok, val)
+  if redis.call('SREM', aux('running', g), sid) == 1 then incr(g, 'n_running', -1) end
+  incr(g, 'n_ended', 1)
+  if TERMINAL[get(g, 'status')] or get(g, 'outcome') then return end
+  local d, gd = def(sid), def(g)
+  if not ok then
+    skip_dependents(g, sid)
+    -- tolerated: it has dependents and every one of them declared it optional
+    local tolerated = d.od ~= nil and #d.od > 0 and (d.rd == nil or #d.rd == 0)
+    if not tolerated then
+      local nf = incr(g, 'n_failed', 1)
+      if gd.sa ~= nil and nf >= gd.sa then
+        redis.call('DEL', aux('queue', g))
+        local msg = string.format('%d node(s) failed (stop_after_n_failures=%d); last: %s: %s',
+          nf, gd.sa, tostring(d.gn), error_summary(val))
+        settle(g, false, cjson.encode({ type = 'GraphFailed', message = msg }), get(g, 'input'))
+        return
+      end
+    end
+  else
+    for _, y in ipairs(d.rd or {}) do release(g, y) end
+  end
+  for _, y in ipairs(d.od or {}) do release(g, y) end
+  fill(g)
+  graph_maybe_complete(g)
+end
+
+-- Branches. A branch runs its selector (sl); the selector's result names the case (cs:
+-- case key -> sid, df: the default) that runs next, recorded in `chosen`; the others end
+-- skipped. The branch's result is the chosen case's.
+
+-- Every child of branch definition d: the selector, the cases, the default.
+local function branch_children(d)
+  local kids = { d.sl }
+  for _, x in pairs(d.cs or {}) do kids[#kids + 1] = x end
+  if d.df then kids[#kids + 1] = d.df end
+  table.sort(kids)
+  return kids
+end
+
+-- The case key a selector result names: a JSON string's text, else the JSON text itself.
+local function case_key(val)
+  if string.sub(val, 1, 1) == '"' then
+    local decoded, s = pcall(cjson.decode, val)
+    if decoded and type(s) == 'string' then return s end
+  end
+  return val
+end
+
+branch_child_done = function(b, sid, ok, val)
+  if TERMINAL[get(b, 'status')] or get(b, 'outcome') then return end
+  local d = def(b)
+  if sid ~= d.sl then
+    if sid == get(b, 'chosen') then settle(b, ok, val, get(b, 'input')) end
+    return
+  end
+  local pick = ok and ((d.cs or {})[case_key(val)] or d.df) or nil
+  for _, x in ipairs(branch_children(d)) do
+    if x ~= d.sl and x ~= pick and get(x, 'status') == 'pending' then
+      skip(x, ok and 'another case was chosen' or 'the selector failed')
+    end
+  end
+  if not ok then
+    settle(b, false, val, get(b, 'input'))
+  elseif pick == nil then
+    local msg = 'the selector returned ' .. val .. ', which names no case, and there is no default'
+    settle(b, false, cjson.encode({ type = 'NoBranchMatched', message = msg }), get(b, 'input'))
+  else
+    set(b, 'chosen', pick)
+    start_node(pick, get(b, 'input'), nil, val, nil)
+  end
+end
+
+-- A swarm item task that holds its slot without running (held by a suspend or an
+-- interrupt) is 'paused' and counted in its swarm's n_paused, so the swarm's running
+-- count (n_running - n_paused) stays true while it is held.
+local function pause(sid)
+  local p = def(sid).p
+  if p and def(p).k == 'swarm' and not get(sid, 'paused') then
+    set(sid, 'paused', '1')
+    incr(p, 'n_paused', 1)
+  end
+end
+
+local function unpause(sid)
+  if get(sid, 'paused') then
+    del(sid, 'paused')
+    local p = def(sid).p
+    if tonumber(get(p, 'n_paused') or '0') > 0 then incr(p, 'n_paused', -1) end
+  end
+end
+
+-- A canceled workflow's swarms under sid (as far as they started) queue and run nothing:
+-- their queues and running sets go, so their counts show what is left.
+local function drop_queues(sid)
+  local d = def(sid)
+  if d.k == 'chain' then
+    if get(sid, 'sent') and not TERMINAL[get(sid, 'status')] then
+      local cur = step_at(sid, tonumber(get(sid, 'step') or '0'))
+      if cur then drop_queues(cur) end
+    end
+  elseif d.k == 'swarm' or d.k == 'graph' then
+    for _, it in ipairs(redis.call('SMEMBERS', aux('running', sid))) do drop_queues(it) end
+    redis.call('DEL', aux('queue', sid), aux('running', sid))
+    if get(sid, 'n_running') then set(sid, 'n_running', 0) end
+    if get(sid, 'n_paused') then set(sid, 'n_paused', 0) end
+  elseif d.k == 'branch' then
+    local chosen = get(sid, 'chosen')
+    if chosen then drop_queues(chosen) end
+  elseif get(sid, 'cont') then
+    drop_queues(get(sid, 'cont'))
+  end
+end
+
 -- Running tasks under sid go back to pending, held on `holder`; their run ids go to out.
 local function take_running(sid, holder, out)
   local d = def(sid)
-  if d.k == 'task' then
+  local c = d.k == 'task' and get(sid, 'cont')
+  if c then
+    if not TERMINAL[get(sid, 'status')] then take_running(c, holder, out) end
+  elseif d.k == 'task' then
     local st = get(sid, 'status')
     local self_held = HOLDING[st] and get(sid, 'held_from') == 'active'
     if st == 'active' or self_held then
@@ -564,12 +867,17 @@ local function take_running(sid, holder, out)
       if self_held then set(sid, 'held_from', 'pending') else set(sid, 'status', 'pending') end
       del(sid, 'run_id')
       redis.call('SREM', INFLIGHT, sid)
+      pause(sid)
       hold(holder, { 'pub', sid })
     end
   elseif d.k == 'chain' then
     if get(sid, 'sent') and not TERMINAL[get(sid, 'status')] then
       local cur = step_at(sid, tonumber(get(sid, 'step') or '0'))
       if cur then take_running(cur, holder, out) end
+    end
+  elseif d.k == 'branch' then
+    if get(sid, 'sent') and not TERMINAL[get(sid, 'status')] then
+      take_running(get(sid, 'chosen') or d.sl, holder, out)
     end
   else
     for _, it in ipairs(redis.call('SMEMBERS', aux('running', sid))) do
@@ -663,14 +971,16 @@ local OUTCOME_FIELDS = { 'result', 'error', 'outcome', 'ended', 'run_id', 'owed'
 local RUN_FIELDS = { 'held_from', 'sent', 'queued', 'qseq', 'started', 'ended', 'input',
   'input_ret', 'input_err', 'step', 'scanned', 'n_running', 'n_ended', 'n_failed', 'result',
   'error', 'outcome', 'run_id', 'payload', 'owed', 'resends', 'rerun', 'context', 'due',
-  'deferred' }
+  'deferred', 'cont' }
 
 -- Callback cb (and everything below it) back to never run, so it fires again. O(nodes
 -- that ran); a node that never started has nothing below it that ran.
 rearm = function(cb)
   if get(cb, 'sent') == nil and get(cb, 'queued') == nil then return end
   local d = def(cb)
+  local c = get(cb, 'cont')
   del_fields(cb, RUN_FIELDS)
+  if c then rearm(c) end
   set(cb, 'status', 'pending')
   redis.call('DEL', aux('held', cb))
   if d.k == 'chain' then
@@ -678,6 +988,15 @@ rearm = function(cb)
   elseif d.k == 'swarm' then
     for _, x in ipairs(redis.call('LRANGE', aux('items', cb), 0, -1)) do rearm(x) end
     redis.call('DEL', aux('queue', cb), aux('running', cb))
+  elseif d.k == 'graph' then
+    for _, x in ipairs(redis.call('LRANGE', aux('nodes', cb), 0, -1)) do
+      rearm(x)
+      if def(x).rq or def(x).oq then set(x, 'n_deps', #dependencies(def(x))) end
+    end
+    redis.call('DEL', aux('queue', cb), aux('running', cb))
+  elseif d.k == 'branch' then
+    del(cb, 'chosen')
+    for _, x in ipairs(branch_children(d)) do rearm(x) end
   end
   for _, x in ipairs(d.ok or {}) do rearm(x) end
   for _, x in ipairs(d.err or {}) do rearm(x) end
@@ -691,6 +1010,14 @@ local function reopen(sid)
   for _, cb in ipairs(def(sid).err or {}) do rearm(cb) end
 end
 
+-- Failed node x of a swarm or graph will be queued again: a task starts afresh from the
+-- queue (no 'sent': a stale copy of its failed run is dropped); a composite resumes from
+-- its failure point once it has a slot.
+local function reopen_queued(x)
+  reopen(x)
+  if def(x).k == 'task' and not get(x, 'cont') then del(x, 'sent') else set(x, 'rerun', '1') end
+end
+
 -- Failed swarm s queues again its failed items and the queued ones that never started
 -- (the failure budget emptied the queue); counters then count the done items only.
 -- O(items): retry is an operator's command, never a per-event op.
@@ -701,10 +1028,12 @@ local function requeue(s)
     if st == 'done' then
       ended = ended + 1
     elseif st == 'failed' then
-      reopen(it)
-      -- a task starts afresh from the queue (no 'sent': a stale copy of its failed run is
-      -- dropped); a composite resumes from its failure point once it has a slot
-      if def(it).k == 'task' then del(it, 'sent') else set(it, 'rerun', '1') end
+      reopen_queued(it)
+      enqueue(s, it)
+    elseif st == 'canceled' then -- an operator canceled it: it runs again from the start
+      rearm(it)
+      set(it, 'status', 'pending')
+      set(it, 'queued', '1')
       enqueue(s, it)
     elseif get(it, 'queued') and get(it, 'sent') == nil then
       enqueue(s, it)
@@ -715,17 +1044,122 @@ local function requeue(s)
   if get(s, 'closed') == '1' then queue_unqueued(s) end
 end
 
+-- Canceled node sid (a chain step, a branch's selector or case, a returned workflow; a
+-- swarm item or graph node is queued again by its parent's retry) back to never run,
+-- started again with what its parent gives it.
+local function restart(sid)
+  local d = def(sid)
+  rearm(sid)
+  set(sid, 'status', 'pending')
+  local pd = d.p and def(d.p)
+  if pd == nil then return end
+  if pd.k == 'chain' then
+    local cur = tonumber(get(d.p, 'step') or '0')
+    if cur == 0 then
+      start_node(sid, get(d.p, 'input'), nil, get(d.p, 'input_ret'), get(d.p, 'input_err'))
+    else
+      start_node(sid, get(d.p, 'context'), nil, get(step_at(d.p, cur - 1), 'result'), nil)
+    end
+  elseif pd.k == 'task' then
+    start_node(sid, context_above(sid), nil, nil, nil)
+  elseif pd.k == 'branch' and sid == pd.sl then
+    start_node(sid, get(d.p, 'input'), nil, get(d.p, 'input_ret'), get(d.p, 'input_err'))
+  elseif pd.k == 'branch' then
+    start_node(sid, get(d.p, 'input'), nil, get(pd.sl, 'result'), nil)
+  end -- a graph node is queued again by graph_requeue
+end
+
+-- Failed graph g runs again: failed nodes re-run from their failure points, skipped ones
+-- wait again, pending counters are recounted (dependencies not done) and the ready nodes
+-- queued. O(nodes + edges): retry is an operator's command, never a per-event op.
+local function graph_requeue(g)
+  local nodes = redis.call('LRANGE', aux('nodes', g), 0, -1)
+  redis.call('DEL', aux('queue', g))
+  local ended = 0
+  for _, x in ipairs(nodes) do
+    local st = get(x, 'status')
+    if st == 'done' then
+      ended = ended + 1
+    elseif st == 'failed' then
+      reopen_queued(x)
+      del(x, 'queued')
+    elseif st == 'skipped' then
+      set(x, 'status', 'pending')
+      del_fields(x, { 'error', 'ended', 'queued' })
+    elseif st == 'canceled' then -- an operator canceled it: it runs again from the start
+      rearm(x)
+      set(x, 'status', 'pending')
+      del(x, 'queued')
+    elseif get(x, 'queued') and get(x, 'sent') == nil then
+      del(x, 'queued') -- the budget emptied the queue it was on
+    end
+  end
+  for _, x in ipairs(nodes) do
+    if get(x, 'status') == 'pending' and (get(x, 'sent') == nil or get(x, 'rerun')) then
+      local waiting = 0
+      for _, y in ipairs(dependencies(def(x))) do
+        if get(y, 'status') ~= 'done' then waiting = waiting + 1 end
+      end
+      set(x, 'n_deps', waiting)
+      if waiting == 0 then ready(g, x) end
+    end
+  end
+  set(g, 'n_ended', ended)
+  set(g, 'n_failed', 0)
+  set(g, 'n_running', redis.call('SCARD', aux('running', g)))
+end
+
+-- Failed branch b runs again: its failed case, or (the selector failed or named no case)
+-- the selector, with the cases waiting again.
+local function branch_rerun(b)
+  local d = def(b)
+  local chosen = get(b, 'chosen')
+  if chosen then
+    rerun(chosen)
+    return
+  end
+  for _, x in ipairs(branch_children(d)) do
+    if get(x, 'status') == 'skipped' then
+      set(x, 'status', 'pending')
+      del_fields(x, { 'error', 'ended' })
+    end
+  end
+  local sst = get(d.sl, 'status')
+  if sst == 'failed' or sst == 'canceled' then
+    rerun(d.sl)
+  else
+    reopen(d.sl)
+    start_node(d.sl, get(b, 'input'), nil, get(b, 'input_ret'), get(b, 'input_err'))
+  end
+end
+
 -- Re-run node sid from its failure point (sid failed, or is a composite item marked rerun).
 rerun = function(sid)
   local d = def(sid)
+  if get(sid, 'status') == 'canceled' then
+    restart(sid)
+    return
+  end
+  local c = d.k == 'task' and get(sid, 'cont')
   reopen(sid)
-  if d.k == 'task' then
+  if c then -- its returned workflow failed: that resumes, the task does not run again
+    set(sid, 'status', 'active')
+    rerun(c)
+  elseif d.k == 'task' then
     set(sid, 'sent', NOW_S)
     emit(sid, payload_of(sid))
   elseif d.k == 'chain' then
     activate(sid)
     touched[H .. ':steps:' .. sid] = true
     rerun(step_at(sid, tonumber(get(sid, 'step') or '0')))
+  elseif d.k == 'graph' then
+    activate(sid)
+    graph_requeue(sid)
+    fill(sid)
+    graph_maybe_complete(sid)
+  elseif d.k == 'branch' then
+    activate(sid)
+    branch_rerun(sid)
   else -- a swarm (a new composite kind needs its own branch here)
     activate(sid)
     requeue(sid)
@@ -768,8 +1202,9 @@ end
 local root_was_final = TERMINAL[get(ROOT, 'status')] ~= nil
 
 local function expire_everything(ttl)
-  for _, k in ipairs({ SENT, INFLIGHT, DELAYED }) do redis.call('EXPIRE', k, ttl) end
-  local stack = { ROOT }
+  for _, k in ipairs({ SENT, INFLIGHT, DELAYED, CONTS }) do redis.call('EXPIRE', k, ttl) end
+  local stack = redis.call('SMEMBERS', CONTS)
+  stack[#stack + 1] = ROOT
   while #stack > 0 do
     local sid = table.remove(stack)
     redis.call('EXPIRE', H .. ':held:' .. sid, ttl)
@@ -788,6 +1223,13 @@ local function expire_everything(ttl)
           redis.call('EXPIRE', H .. ':' .. kind .. ':' .. sid, ttl)
         end
         kids = redis.call('LRANGE', H .. ':items:' .. sid, 0, -1)
+      elseif d.k == 'graph' then
+        for _, kind in ipairs({ 'nodes', 'sources', 'sinks', 'queue', 'running' }) do
+          redis.call('EXPIRE', H .. ':' .. kind .. ':' .. sid, ttl)
+        end
+        kids = redis.call('LRANGE', H .. ':nodes:' .. sid, 0, -1)
+      elseif d.k == 'branch' then
+        kids = branch_children(d)
       end
       for _, list in ipairs({ kids, d.ok or {}, d.err or {} }) do
         for _, x in ipairs(list) do stack[#stack + 1] = x end
@@ -813,7 +1255,7 @@ if OP == 'start' then
     local cur = get(sid, 'run_id')
     if st == 'canceled' then
       result = { 'dropped' }
-    elseif TERMINAL[st] or get(sid, 'outcome') then
+    elseif TERMINAL[st] or get(sid, 'outcome') or get(sid, 'cont') then
       if cur == rid then result = { 'redo', redo(sid) } else result = { 'dup' } end
     elseif cur and cur ~= rid and (st == 'active' or get(sid, 'held_from') == 'active') then
       result = { 'dup' }
@@ -831,6 +1273,7 @@ if OP == 'start' then
             redis.call('SREM', INFLIGHT, sid)
             if st == 'active' then set(sid, 'status', 'pending') else set(sid, 'held_from', 'pending') end
           end
+          pause(sid)
           hold(at, { 'pub', sid })
           result = { 'held' }
         else
@@ -839,10 +1282,13 @@ if OP == 'start' then
       else
         set(sid, 'status', 'active')
         set(sid, 'run_id', rid)
+        unpause(sid)
         redis.call('SADD', INFLIGHT, sid)
         touched[INFLIGHT] = true
         if not get(sid, 'started') then set(sid, 'started', NOW_S) end
         local a = incr(sid, 'attempts', 1)
+        stat('t:' .. d.t .. ':started', 1)
+        if a > 1 then stat('t:' .. d.t .. ':retried', 1) end
         if a > 1 then note(sid, 'retried', a) end
         result = { 'run', get(sid, 'kwargs') or '{}', tostring(a), get(sid, 'idents') or '{}' }
       end
@@ -854,11 +1300,35 @@ elseif OP == 'finish' then
   local d = def(sid)
   if d == nil or d.k ~= 'task' then
     result = { 'missing' }
-  elseif TERMINAL[get(sid, 'status')] or get(sid, 'outcome') then
+  elseif TERMINAL[get(sid, 'status')] or get(sid, 'outcome') or get(sid, 'cont') then
     result = { 'dup', redo(sid) }
   else
     redis.call('SREM', INFLIGHT, sid)
+    stat_finished(sid, ok)
     settle(sid, ok, val, inp)
+    set(sid, 'owed', string_list(sent_now))
+    result = transition_reply()
+  end
+elseif OP == 'continue' then
+  -- Task sid returned a workflow to run in its place: its root c, already stored under
+  -- sid (inert until now), starts; sid settles when c does. inp: the input sid ran with.
+  local sid, c, inp = ARGV[6], ARGV[7], ARGV[8]
+  local d = def(sid)
+  local cd = def(c)
+  if d == nil or d.k ~= 'task' then
+    result = { 'missing' }
+  elseif TERMINAL[get(sid, 'status')] or get(sid, 'outcome') or get(sid, 'cont') then
+    result = { 'dup', redo(sid) }
+  elseif cd == nil or cd.p ~= sid then
+    result = { 'missing' }
+  else
+    redis.call('SREM', INFLIGHT, sid)
+    set(sid, 'cont', c)
+    set(sid, 'input', inp)
+    redis.call('SADD', CONTS, c)
+    touched[CONTS] = true
+    events[#events + 1] = cjson.encode({ 'continued', sid, c })
+    start_node(c, context_above(c), nil, nil, nil)
     set(sid, 'owed', string_list(sent_now))
     result = transition_reply()
   end
@@ -884,6 +1354,7 @@ elseif OP == 'run' then
         set(sid, 'queued', '1')
         enqueue(d.p, sid)
         if get(d.p, 'sent') == nil and up(pd) == nil and get(d.p, 'status') ~= 'canceled' then
+          stat('w:started', 1)
           start_node(d.p, '', nil, nil, nil) -- a root swarm starts with its first item run
         else
           fill(d.p)
@@ -895,6 +1366,7 @@ elseif OP == 'run' then
     elseif get(sid, 'status') == 'canceled' then
       result = { 'err', 'finished', 'canceled' }
     else
+      stat('w:started', 1)
       start_node(sid, '', own, nil, nil)
       result = transition_reply()
     end
@@ -1013,6 +1485,7 @@ elseif OP == 'resume' then
       local e = cjson.decode(raw)
       local kind, x = e[1], e[2]
       if kind == 'pub' then
+        unpause(x)
         if not TERMINAL[get(x, 'status')] and not get(x, 'outcome') and not get(x, 'run_id') then
           emit(x, payload_of(x))
         end
@@ -1035,7 +1508,7 @@ elseif OP == 'resume' then
         end
       end
     end
-    if d.k == 'swarm' then
+    if d.k == 'swarm' or d.k == 'graph' then
       fill(sid)
       maybe_complete(sid)
     end
@@ -1051,14 +1524,40 @@ elseif OP == 'cancel' then
   elseif TERMINAL[st] then
     result = { 'err', 'finished', st }
   elseif up(d) then
-    result = { 'err', 'not_root' }
+    -- A node inside a workflow: it and what is under it stop; for its parent it failed
+    -- with a Canceled error (a chain stops, a swarm counts it against its budget). Its
+    -- own callbacks never fire. Not started yet: its parent reacts when it would start.
+    local rids = {}
+    take_running(sid, sid, rids)
+    drop_queues(sid)
+    unpause(sid)
+    redis.call('DEL', aux('held', sid))
+    local reached = get(sid, 'sent') ~= nil
+    if d.p and redis.call('ZREM', H .. ':queue:' .. d.p, sid) == 1 then reached = true end
+    set(sid, 'status', 'canceled')
+    set(sid, 'error', CANCELED)
+    set(sid, 'ended', NOW_S)
+    events[#events + 1] = cjson.encode({ 'canceled', sid, d.k, get(sid, 'started') or NOW_S })
+    if get(sid, 'waited') then redis.call('PUBLISH', H .. ':done', sid) end
+    if reached then
+      local why, at = blocker(up(d))
+      if why == 'hold' then
+        hold(at, { 'after', sid, '' })
+      elseif why ~= 'canceled' then
+        after(sid, get(sid, 'input'))
+      end
+    end
+    result = { 'ok', string_list(rids), encoded_pubs(), encoded_events(),
+      wake_at and string.format('%d', wake_at) or '' }
   else
     local rids = {}
     take_running(sid, sid, rids)
+    drop_queues(sid)
     redis.call('DEL', aux('held', sid))
     redis.call('DEL', SENT, INFLIGHT, DELAYED)
     set(sid, 'status', 'canceled')
     set(sid, 'ended', NOW_S)
+    stat('w:canceled', 1)
     if get(sid, 'waited') then redis.call('PUBLISH', H .. ':done', sid) end
     result = { 'ok', string_list(rids) }
   end

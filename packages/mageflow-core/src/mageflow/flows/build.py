@@ -29,7 +29,7 @@ from mageflow.flows import identifiers as idents
 from mageflow.flows.messages import to_json
 from mageflow.models.config import SwarmConfig
 from mageflow.models.options import Options
-from mageflow.models.signatures import NodeDef, check_name
+from mageflow.models.signatures import Kind, NodeDef, check_name
 
 if TYPE_CHECKING:
     from mageflow.flows.handles import Signature
@@ -102,6 +102,21 @@ def _rename(sid: str, old_root: str, new_root: str) -> str:
     if sid.startswith(old_root + "."):
         return new_root + sid[len(old_root) :]
     return sid
+
+
+_LISTS = {"swarm": (F.ITEMS,), "chain": (F.STEPS,), "graph": (F.NODES, F.SOURCES, F.SINKS)}
+"""The auxiliary lists of each composite kind that has some (moved with it)."""
+
+
+def renamed_refs(d: NodeDef, rename: Callable[[str], str]) -> None:
+    """Rename the graph and branch sids ``d`` refers to (a moved workflow)."""
+    d.requires = [rename(x) for x in d.requires]
+    d.optional = [rename(x) for x in d.optional]
+    d.required_by = [rename(x) for x in d.required_by]
+    d.optional_for = [rename(x) for x in d.optional_for]
+    d.selector = d.selector and rename(d.selector)
+    d.cases = {k: rename(x) for k, x in d.cases.items()}
+    d.default = d.default and rename(d.default)
 
 
 _PLAIN_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
@@ -273,6 +288,28 @@ class WorkflowBuilder:
         await self.task_likes([*ok, *err], owner=owner_sid)
         return [sid for sid, _ in ok], [sid for sid, _ in err]
 
+    async def composite(
+        self,
+        sid: str,
+        kind: Kind,
+        name: str | None,
+        success: Callbacks,
+        error: Callbacks,
+        config: SwarmConfig | None = None,
+    ) -> NodeDef:
+        """The definition of composite ``sid`` with its callbacks stored (and, for a swarm
+        or graph, its ``config``); the caller adds the rest and stores it."""
+        ok, err = await self.callbacks(sid, callbacks_of(success), callbacks_of(error))
+        config = config or SwarmConfig()
+        return NodeDef(
+            kind=kind,
+            name=name,
+            on_success=ok,
+            on_error=err,
+            max_concurrency=config.max_concurrency,
+            stop_after_n_failures=config.stop_after_n_failures,
+        )
+
     async def swarm_root(
         self,
         success: Callbacks,
@@ -286,18 +323,9 @@ class WorkflowBuilder:
     ) -> None:
         """The root swarm of this workflow over ``items`` (sids already stored), with its
         dispatch ``options`` and the ``context`` kwargs every node under it receives."""
-        config = config or SwarmConfig()
         if name is not None:
             check_name(name, "the swarm's task_name")
-        ok, err = await self.callbacks(ROOT, callbacks_of(success), callbacks_of(error))
-        d = NodeDef(
-            kind="swarm",
-            name=name,
-            on_success=ok,
-            on_error=err,
-            max_concurrency=config.max_concurrency,
-            stop_after_n_failures=config.stop_after_n_failures,
-        )
+        d = await self.composite(ROOT, "swarm", name, success, error, config or SwarmConfig())
         self.node(ROOT, self.with_options(d, options), kwargs=context)
         if closed:
             self.fields[F.of(ROOT, F.CLOSED)] = "1"
@@ -341,8 +369,7 @@ class WorkflowBuilder:
             if not sep:
                 _check_depth(new_sid)
                 d = NodeDef.model_validate(json.loads(value))
-                if d.kind in ("swarm", "chain"):
-                    kind = F.ITEMS if d.kind == "swarm" else F.STEPS
+                for kind in _LISTS.get(d.kind, ()):
                     old_lists.append(F.aux(kind, old))
                     members = await self.mf.store.read_list(old_wf, F.aux(kind, old))
                     self.lists[F.aux(kind, new_sid)] = [_rename(x, ROOT, sid) for x in members]
@@ -350,6 +377,7 @@ class WorkflowBuilder:
                 d.owner = owner if old == ROOT else d.owner and _rename(d.owner, ROOT, sid)
                 d.on_success = [_rename(x, ROOT, sid) for x in d.on_success]
                 d.on_error = [_rename(x, ROOT, sid) for x in d.on_error]
+                renamed_refs(d, functools.partial(_rename, old_root=ROOT, new_root=sid))
                 self.fields[new_sid] = d.dump()
             else:
                 self.fields[f"{new_sid}:{attr}"] = value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from mageflow import faults
@@ -85,7 +85,7 @@ class Signature:
         if status == "done":
             return None if result is None else json.loads(result)
         if status == "canceled":
-            raise TaskFailedError(self.key, {"type": "Canceled", "message": "workflow canceled"})
+            raise TaskFailedError(self.key, {"type": "Canceled", "message": "canceled"})
         raise TaskFailedError(self.key, json.loads(error) if error else None)
 
     async def get_status(self) -> SignatureStatus:
@@ -152,10 +152,16 @@ class Signature:
         await publish(self.mf, transition.publishes)
 
     async def cancel(self) -> None:
-        """Stop a whole workflow for good: nothing more starts, no callback fires."""
-        run_ids = await self.mf.engine.cancel(self.key)
+        """Stop this node and everything under it for good: nothing more starts under it
+        and its own callbacks never fire. On a root that ends the workflow; on a step or
+        item its parent counts it as failed with error type ``Canceled`` (a chain stops, a
+        swarm counts it against ``stop_after_n_failures``). Running tasks are canceled
+        where the backend can. Raises :class:`WorkflowFinishedError` once it finished."""
+        run_ids, transition = await self.mf.engine.cancel(self.key)
         if run_ids and self.mf.backend.capabilities.cancel_running:
             await self.mf.backend.cancel(run_ids)
+        observe.store_events(transition.events)
+        await publish(self.mf, transition.publishes)
 
 
 class ChainSignature(Signature):
@@ -248,12 +254,72 @@ class SwarmSignature(Signature):
         return closed == "1"
 
 
+class GraphSignature(Signature):
+    """Nodes run once their dependencies finished, each with their results keyed by
+    dependency name; the result is the sink nodes' results keyed by node name."""
+
+    kind = "graph"
+
+    async def nodes(self) -> dict[str, Signature]:
+        """Handles of the graph's nodes by name, in the order they were given."""
+        wf, sid = self._wf_sid
+        sids = await self.mf.store.read_list(wf, F.aux(F.NODES, sid))
+        return await _named_handles(self.mf, wf, sids, lambda d: d.graph_name)
+
+
+class BranchSignature(Signature):
+    """A selector runs; its result picks the case that runs next (the others end
+    ``skipped``); the result is that case's result."""
+
+    kind = "branch"
+
+    async def cases(self) -> dict[str | None, Signature]:
+        """Handles of the branch's cases by key (``None``: the default)."""
+        wf, sid = self._wf_sid
+        (raw,) = await self.mf.store.read(wf, [sid])
+        if raw is None:
+            raise SignatureNotFoundError(f"no signature stored under {self.key!r}")
+        d = NodeDef.model_validate(json.loads(raw))
+        named: dict[str | None, str] = {k: v for k, v in d.cases.items()}
+        if d.default is not None:
+            named[None] = d.default
+        found = await _named_handles(self.mf, wf, list(named.values()), lambda _: None)
+        return dict(zip(named, found.values(), strict=True))
+
+
+async def _named_handles(
+    mf: Runtime, wf: str, sids: list[str], name_of: Callable[[NodeDef], str | None]
+) -> dict[Any, Signature]:
+    """Handles of nodes ``sids`` of ``wf`` (one read), keyed by ``name_of`` their
+    definition (``None``: by sid)."""
+    raw = await mf.store.read(wf, sids)
+    out: dict[Any, Signature] = {}
+    for sid, text in zip(sids, raw, strict=True):
+        if text is None:
+            raise SignatureNotFoundError(f"node {wf}.{sid} is gone (expired)")
+        d = NodeDef.model_validate(json.loads(text))
+        out[name_of(d) or sid] = handle_for(mf, f"{wf}.{sid}", d.kind)
+    return out
+
+
+_HANDLES: dict[str, type[Signature]] = {
+    "chain": ChainSignature,
+    "swarm": SwarmSignature,
+    "graph": GraphSignature,
+    "branch": BranchSignature,
+}
+
+
 def handle_for(mf: Runtime, key: str, kind: str) -> Signature:
-    if kind == "chain":
-        return ChainSignature(mf, key)
-    if kind == "swarm":
-        return SwarmSignature(mf, key)
-    return Signature(mf, key)
+    return _HANDLES.get(kind, Signature)(mf, key)
 
 
-__all__ = ["ROOT", "ChainSignature", "Signature", "SwarmSignature", "handle_for"]
+__all__ = [
+    "ROOT",
+    "BranchSignature",
+    "ChainSignature",
+    "GraphSignature",
+    "Signature",
+    "SwarmSignature",
+    "handle_for",
+]

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from mageflow.engine import fields as F
 from mageflow.engine import join_key, split_key
 from mageflow.errors import SignatureNotFoundError
 from mageflow.models.signatures import NodeDef, SignatureState, timestamp_of
 from mageflow.models.status import SignatureStatus
-
-if TYPE_CHECKING:
-    from mageflow.flows.runtime import Runtime
+from mageflow.store.base import StateStore
 
 
-async def read_def(mf: Runtime, key: str) -> NodeDef:
+class Readable(Protocol):
+    """What reading state needs: only the store (the CLI's read-only commands pass a view
+    of the store alone, without building a backend)."""
+
+    @property
+    def store(self) -> StateStore: ...
+
+
+async def read_def(mf: Readable, key: str) -> NodeDef:
     wf, sid = split_key(key)
     (raw,) = await mf.store.read(wf, [sid])
     if raw is None:
@@ -29,7 +35,36 @@ def _planned(d: NodeDef) -> datetime | None:
     return timestamp_of(str(d.start_at_ms)) if d.start_at_ms is not None else None
 
 
-async def read_state(mf: Runtime, key: str) -> SignatureState:
+def _steps_done(kind: str, status: str | None, step: str | None, total: int) -> int | None:
+    """A chain's finished steps: all once done, else those before its current step."""
+    if kind != "chain":
+        return None
+    if status == "done":
+        return total
+    return int(step or 0)
+
+
+def swarm_counts(
+    total: int, queued: int, slots: int, paused: int, ended: int, failed: int, status: str | None
+) -> dict[str, int]:
+    """A swarm's items by state. Items holding a slot while held by a suspend or an
+    interrupt count as ``held``, not ``running``; what a canceled swarm never ran counts
+    as ``canceled``, not ``pending``."""
+    counts = {
+        "total": total,
+        "queued": queued,
+        "running": max(slots - paused, 0),
+        "done": ended - failed,
+        "failed": failed,
+    }
+    rest = max(total - queued - slots - ended, 0)
+    counts["canceled" if status == "canceled" else "pending"] = rest
+    if paused:
+        counts["held"] = paused
+    return counts
+
+
+async def read_state(mf: Readable, key: str) -> SignatureState:
     wf, sid = split_key(key)
     names = [
         F.STATUS,
@@ -46,13 +81,15 @@ async def read_state(mf: Runtime, key: str) -> SignatureState:
         F.CLOSED,
         F.DUE,
         F.IDENTS,
+        F.N_PAUSED,
+        F.STEP,
     ]
     raw = await mf.store.read(wf, [sid, *(F.of(sid, n) for n in names)])
     if raw[0] is None:
         raise SignatureNotFoundError(f"no signature stored under {key!r} (unknown or expired)")
     d = NodeDef.model_validate(json.loads(raw[0]))
     _, status, attempts, created, t0, t1, result, error, fin, nf, running, sent, *rest = raw
-    closed, due, idents = rest
+    closed, due, idents, paused, step = rest
     children: list[str] = []
     counts: dict[str, int] = {}
     if d.kind == "chain":
@@ -62,16 +99,19 @@ async def read_state(mf: Runtime, key: str) -> SignatureState:
         total = await mf.store.count(wf, F.aux(F.ITEMS, sid))
         queued = await mf.store.count(wf, F.aux(F.QUEUE, sid))
         failed = int(nf or 0)
-        counts = {
-            "total": total,
-            "queued": queued,
-            "running": int(running or 0),
-            "done": int(fin or 0) - failed,
-            "failed": failed,
-        }
-        counts["pending"] = max(total - counts["queued"] - counts["running"] - int(fin or 0), 0)
+        counts = swarm_counts(
+            total, queued, int(running or 0), int(paused or 0), int(fin or 0), failed, status
+        )
         if total <= 1000:
             children = [join_key(wf, s) for s in await mf.store.read_list(wf, F.aux(F.ITEMS, sid))]
+    elif d.kind == "graph":
+        nodes = await mf.store.read_list(wf, F.aux(F.NODES, sid))
+        counts = {"total": len(nodes), "running": int(running or 0), "ended": int(fin or 0)}
+        counts["failed"] = int(nf or 0)
+        children = [join_key(wf, s) for s in nodes]
+    elif d.kind == "branch":
+        kids = [d.selector, *d.cases.values(), *([d.default] if d.default else [])]
+        children = [join_key(wf, s) for s in kids if s]
     return SignatureState(
         key=key,
         kind=d.kind,
@@ -88,5 +128,6 @@ async def read_state(mf: Runtime, key: str) -> SignatureState:
         not_before=timestamp_of(due) if due else _planned(d),
         dispatched_at=timestamp_of(sent),
         identifiers={} if idents is None else json.loads(idents),
+        steps_done=_steps_done(d.kind, status, step, len(children)),
         **SignatureState.timestamps(created, t0, t1),
     )

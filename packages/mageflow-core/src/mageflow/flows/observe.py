@@ -61,6 +61,8 @@ def store_events(events: list[EngineEvent]) -> None:
     for ev in events:
         if ev.name == "advanced":
             emit("mageflow_chain_advanced", ev.key, kind="chain", related=ev.detail)
+        elif ev.name == "continued":
+            continue  # the task settles when the workflow it returned does
         elif ev.name == "item":
             status = "done" if ev.ok else "failed"
             emit("mageflow_swarm_item_done", ev.key, kind="swarm", related=ev.detail, status=status)

@@ -10,16 +10,13 @@ newest 10,000 entries per workflow).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 from mageflow.engine import ROOT, split_key
 from mageflow.engine import fields as F
 from mageflow.errors import SignatureNotFoundError
+from mageflow.flows.inspect import Readable
 from mageflow.models.events import StreamedEvent
 from mageflow.models.status import SignatureStatus
-
-if TYPE_CHECKING:
-    from mageflow.flows.runtime import Runtime
 
 SAFETY_WAIT = 5.0
 """Seconds a read blocks; when nothing came, the node's status is read once (it may have
@@ -31,7 +28,7 @@ def _ended(status: str | None) -> bool:
 
 
 async def node_events(
-    mf: Runtime, key: str, *, after: str = "0", wait: float = SAFETY_WAIT
+    mf: Readable, key: str, *, after: str = "0", wait: float = SAFETY_WAIT
 ) -> AsyncIterator[StreamedEvent]:
     """Events of node ``key`` and every node under it (steps, items, callbacks), in order,
     from stream id ``after``; ends after the node's (or its root's) terminal event.

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import secrets
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -24,11 +25,15 @@ from mageflow.errors import (
     NotInTaskError,
     PayloadNotSerializableError,
     PublishError,
+    SignatureInUseError,
     StoreUnavailableError,
     TaskNotRegisteredError,
     TaskTimeoutError,
 )
+from mageflow.flows import identifiers as idents
 from mageflow.flows import observe
+from mageflow.flows.build import WorkflowBuilder
+from mageflow.flows.handles import Signature
 from mageflow.flows.messages import (
     build_input,
     dumps,
@@ -46,7 +51,7 @@ from mageflow.models.return_value import return_value_field
 from mageflow.models.signatures import check_name
 
 if TYPE_CHECKING:
-    from mageflow.engine import Publish, StartOutcome
+    from mageflow.engine import Publish, StartOutcome, Transition
     from mageflow.flows.runtime import Runtime
 
 log = logging.getLogger("mageflow.worker")
@@ -169,11 +174,21 @@ async def run_task(mf: Runtime, task: RegisteredTask, payload: JSON, ctx: RunCon
         attempt=ctx.attempt,
         run_id=ctx.run_id,
     )
+    continuation: Continuation | None = None
     try:
         with _running(me):
             value = await task.call_with_timeout(data)
-        result, result_json = _result(task, value)
-    except (InvalidTaskInputError, PayloadNotSerializableError, NonRetryableError) as exc:
+        if isinstance(value, Signature):
+            continuation = await Continuation.stored(mf, key, value)
+            result, result_json = None, ""
+        else:
+            result, result_json = _result(task, value)
+    except (
+        InvalidTaskInputError,
+        PayloadNotSerializableError,
+        NonRetryableError,
+        SignatureInUseError,
+    ) as exc:
         await _fail(mf, task.name, key, exc, data, ctx)
         raise NonRetryableError(str(exc)) from exc
     except Exception as exc:
@@ -192,9 +207,12 @@ async def run_task(mf: Runtime, task: RegisteredTask, payload: JSON, ctx: RunCon
             raise
         await _fail(mf, task.name, key, exc, data, ctx)
         raise
-    transition = await until_recorded(
-        "finish", task.name, key, lambda: mf.engine.finish(key, True, result_json)
-    )
+    if continuation is not None:
+        transition = await continuation.start(task.name, data)
+    else:
+        transition = await until_recorded(
+            "finish", task.name, key, lambda: mf.engine.finish(key, True, result_json)
+        )
     faults.check(faults.AFTER_FINISH, task.name)
     await _publish_after_finish(mf, key, transition.publishes)
     observe.emit(
@@ -203,10 +221,50 @@ async def run_task(mf: Runtime, task: RegisteredTask, payload: JSON, ctx: RunCon
         task_name=task.name,
         attempt=ctx.attempt,
         run_id=ctx.run_id,
-        status="done",
+        status="continued" if continuation else "done",
     )
     observe.store_events(transition.events)
     return result
+
+
+@dataclass
+class Continuation:
+    """A workflow a task returned to run in its place, copied under the task's node (its
+    records are inert until the ``continue`` transition starts it)."""
+
+    mf: Runtime
+    key: str
+    root_sid: str
+    builder: WorkflowBuilder
+
+    @classmethod
+    async def stored(cls, mf: Runtime, key: str, returned: Signature) -> Continuation:
+        """Move ``returned`` (a signature, chain, swarm ... built and not run) under task
+        ``key``. Raises :class:`SignatureInUseError` when it already ran or belongs to
+        another workflow."""
+        wf, sid = split_key(key)
+        root_sid = f"{sid}.c{secrets.token_hex(4)}"  # a copy of this run never collides
+        builder = WorkflowBuilder(mf, wf)
+        await builder.task_like(root_sid, returned, parent=sid)
+        await mf.store.write(
+            wf, builder.fields, builder.lists, identified=idents.to_index(wf, builder.fields)
+        )
+        return cls(mf, key, root_sid, builder)
+
+    async def start(self, task_name: str, data: dict[str, Any]) -> Transition:
+        """The one transition: the task's node now waits for the workflow, which starts."""
+        try:
+            original = to_json(data, "input")
+        except PayloadNotSerializableError:
+            original = "{}"
+        transition = await until_recorded(
+            "finish",
+            task_name,
+            self.key,
+            lambda: self.mf.engine.continue_with(self.key, self.root_sid, original),
+        )
+        await self.builder.drop_moved()
+        return transition
 
 
 async def fail_unregistered(mf: Runtime, payload: JSON, ctx: RunContext) -> None:
@@ -290,6 +348,7 @@ async def _fail(
     data: dict[str, Any],
     ctx: RunContext,
 ) -> None:
+    log.error("%s (%s) failed for good at attempt %d: %r", key, task_name, ctx.attempt, exc)
     try:
         original = to_json(data, "input")
     except PayloadNotSerializableError:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mageflow.errors import StoreUnavailableError
+from mageflow.flows.inspect import Readable
 
 if TYPE_CHECKING:
     from mageflow.flows.runtime import Runtime
@@ -86,7 +87,7 @@ async def heartbeat(rt: Runtime, stop: asyncio.Event) -> None:
             log.debug("worker %s not unregistered", worker_id, exc_info=True)
 
 
-async def live_workers(rt: Runtime) -> list[WorkerInfo]:
+async def live_workers(rt: Readable) -> list[WorkerInfo]:
     """The workers seen within :data:`STALE_AFTER` seconds, by host and pid; drops the
     stale entries."""
     now = time.time()

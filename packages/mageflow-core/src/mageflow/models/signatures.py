@@ -11,7 +11,7 @@ from pydantic_core import PydanticSerializationError
 from mageflow.errors import InvalidNameError
 from mageflow.models.status import SignatureStatus
 
-Kind = Literal["task", "chain", "swarm"]
+Kind = Literal["task", "chain", "swarm", "graph", "branch"]
 
 
 class NodeDef(BaseModel):
@@ -36,6 +36,22 @@ class NodeDef(BaseModel):
     """Start no earlier than this (ms since the epoch)."""
     native_delay: bool = Field(default=False, alias="nd")
     """The task manager holds the delay (the engine dispatches at once, with the delay)."""
+    graph_name: str | None = Field(default=None, alias="gn")
+    """A graph node's name in its graph (its dependents' results are keyed by it)."""
+    requires: list[str] = Field(default_factory=list, alias="rq")
+    """A graph node's required dependencies (sids)."""
+    optional: list[str] = Field(default_factory=list, alias="oq")
+    """A graph node's optional dependencies (sids)."""
+    required_by: list[str] = Field(default_factory=list, alias="rd")
+    """The nodes that require this graph node (its out-edges)."""
+    optional_for: list[str] = Field(default_factory=list, alias="od")
+    """The nodes for which this graph node is an optional dependency."""
+    selector: str | None = Field(default=None, alias="sl")
+    """A branch's selector sid."""
+    cases: dict[str, str] = Field(default_factory=dict, alias="cs")
+    """A branch's case sids by the selector result that picks them."""
+    default: str | None = Field(default=None, alias="df")
+    """A branch's case when the selector's result names none."""
 
     def dump(self) -> str:
         """The stored JSON. Raises :class:`InvalidNameError` for a name that is not text."""
@@ -93,6 +109,8 @@ class SignatureState(BaseModel):
     """A delay or start time: the node starts no earlier than this."""
     identifiers: dict[str, Any] = Field(default_factory=dict)
     """The ``task_identifiers`` it was signed with (``find_by_identifiers`` finds it)."""
+    steps_done: int | None = None
+    """For chains: steps finished (``len(children)`` once the chain is done)."""
 
     @staticmethod
     def timestamps(c: str | None, t0: str | None, t1: str | None) -> dict[str, datetime | None]:

@@ -13,7 +13,15 @@ class SignatureStatus(str, Enum):
     CANCELED = "canceled"
     DONE = "done"
     FAILED = "failed"
+    SKIPPED = "skipped"
+    """A graph node whose required dependency did not succeed, or a branch case not
+    chosen: it never runs and none of its callbacks fire."""
 
     @property
     def is_terminal(self) -> bool:
-        return self in (SignatureStatus.DONE, SignatureStatus.FAILED, SignatureStatus.CANCELED)
+        return self in (
+            SignatureStatus.DONE,
+            SignatureStatus.FAILED,
+            SignatureStatus.CANCELED,
+            SignatureStatus.SKIPPED,
+        )

@@ -77,6 +77,14 @@ class StateStore(abc.ABC):
         return f"{self.prefix}:index"
 
     @property
+    def stats_key(self) -> str | None:
+        """The prefix of the per-minute statistics hashes (``<stats_key>:<minute>``) the
+        transitions write in the same call, or ``None`` for none. They are cross-workflow
+        keys in their own Cluster slot: a store whose scripts cannot touch two slots (a
+        Redis Cluster client) returns ``None``, and statistics are off."""
+        return f"{self.prefix}:stats"
+
+    @property
     def live_key(self) -> str:
         """The zset of workflows the reconciler looks at (score: when, in ms)."""
         return f"{self.prefix}:live"
@@ -159,6 +167,10 @@ class StateStore(abc.ABC):
     async def read_many(self, wfs: Sequence[str]) -> list[dict[str, str]]:
         """:meth:`read_all` of many workflows, in order, in one round trip where the store
         can (``{}`` for one that does not exist)."""
+
+    async def read_hashes(self, keys: Sequence[str]) -> list[dict[str, str]]:
+        """Whole hashes by full key (the statistics' buckets), ``{}`` for a missing one."""
+        raise NotImplementedError(f"{type(self).__name__} cannot read hashes by key")
 
     @abc.abstractmethod
     async def read_list(self, wf: str, name: str, start: int = 0, stop: int = -1) -> list[str]:

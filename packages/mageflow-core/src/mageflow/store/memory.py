@@ -109,6 +109,9 @@ class MemoryStore(StateStore):
     async def read_many(self, wfs: Sequence[str]) -> list[dict[str, str]]:
         return [self.keyspace.hgetall(self.hash_key(wf)) for wf in wfs]
 
+    async def read_hashes(self, keys: Sequence[str]) -> list[dict[str, str]]:
+        return [self.keyspace.hgetall(key) for key in keys]
+
     async def read_list(self, wf: str, name: str, start: int = 0, stop: int = -1) -> list[str]:
         return self.keyspace.lrange(f"{self.hash_key(wf)}:{name}", start, stop)
 

@@ -307,6 +307,12 @@ class RedisStore(StateStore):
                 out.extend(dict(r) for r in await self._call(pipe.execute()))
         return out
 
+    async def read_hashes(self, keys: Sequence[str]) -> list[dict[str, str]]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(key)
+            return [dict(r) for r in await self._call(pipe.execute())]
+
     async def read_list(self, wf: str, name: str, start: int = 0, stop: int = -1) -> list[str]:
         key = f"{self.hash_key(wf)}:{name}"
         return list(await self._call(self.client.lrange(key, start, stop)))

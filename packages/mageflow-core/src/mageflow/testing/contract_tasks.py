@@ -10,7 +10,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from mageflow.app import Mageflow
+from mageflow.flows.handles import Signature
 from mageflow.flows.tasks import current_task
+from mageflow.models.config import SwarmConfig
 from mageflow.models.retry import Backoff
 from mageflow.models.return_value import ReturnValue
 from mageflow.testing.probe import get_probe
@@ -172,6 +174,22 @@ def register(mf: Mageflow) -> None:
         await get_probe().record(message["ns"], "echo", _public(message))
         return message.get("id")
 
+    @mf.task("contract.route")
+    async def route(message: dict[str, Any]) -> Any:
+        """A branch selector: returns the message's ``route``."""
+        await get_probe().record(message["ns"], "route", message.get("route"))
+        return message.get("route")
+
     @mf.task("contract.bad_result")
     async def bad_result(message: dict[str, Any]) -> Any:
         return {"value": Unserialisable()}
+
+    @mf.task("contract.fanout")
+    async def fanout(message: dict[str, Any]) -> Signature:
+        """Returns, to run in its place, a capped swarm of ``n`` ``contract.slow`` items
+        computed from its input."""
+        ns = message["ns"]
+        await get_probe().record(ns, "fanout", message["n"])
+        items = [{"ns": ns, "id": i, "seconds": 0.02} for i in range(message["n"])]
+        config = SwarmConfig(max_concurrency=message["cap"])
+        return await mf.swarm_of("contract.slow", items, config=config, is_swarm_closed=True)

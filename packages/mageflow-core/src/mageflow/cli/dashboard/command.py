@@ -11,6 +11,7 @@ from rich.table import Table
 
 from mageflow.app import Mageflow
 from mageflow.cli.ops import console, run
+from mageflow.cli.views import StoreView, read_only
 from mageflow.flows import workers as registry
 
 
@@ -20,10 +21,10 @@ from mageflow.flows import workers as registry
 def workers_command(ctx: click.Context, as_json: bool) -> None:
     """List the live workers (each records a heartbeat in the store)."""
 
-    async def listing(mf: Mageflow) -> list[registry.WorkerInfo]:
-        return await registry.live_workers(mf)
+    async def listing(view: StoreView) -> list[registry.WorkerInfo]:
+        return await registry.live_workers(view)
 
-    found = run(listing, ctx)
+    found = read_only(listing, ctx)
     if as_json:
         click.echo(json.dumps([w.as_dict() for w in found], indent=2))
         return

@@ -21,8 +21,10 @@ from mageflow.testing.contract.base import ContractHarness
 from mageflow.testing.contract.chains import ChainContract
 from mageflow.testing.contract.context import ContextContract
 from mageflow.testing.contract.documents import DocumentsContract
+from mageflow.testing.contract.dynamic import DynamicContract
 from mageflow.testing.contract.events import EventsContract
 from mageflow.testing.contract.exactly_once import ExactlyOnceContract
+from mageflow.testing.contract.graphs import GraphContract
 from mageflow.testing.contract.lifecycle import LifecycleContract
 from mageflow.testing.contract.options import OptionsContract
 from mageflow.testing.contract.rerun import RerunContract
@@ -41,6 +43,8 @@ class BackendContract(
     ContextContract,
     OptionsContract,
     DocumentsContract,
+    DynamicContract,
+    GraphContract,
     EventsContract,
 ):
     """Subclass and provide the ``harness`` fixture."""
