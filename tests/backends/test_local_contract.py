@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,9 +13,35 @@ import pytest_asyncio
 from mageflow import Mageflow, faults
 from mageflow.backend.local import LocalBackend
 from mageflow.store import MemoryStore, RedisStore
+from mageflow.store.base import StateStore
 from mageflow.testing import contract_tasks
 from mageflow.testing.contract import BackendContract, ContractHarness
 from mageflow.testing.probe import MemoryProbe, set_probe
+
+LEASE = 0.3
+"""The local backend never takes a message back from a live worker: any lease holds."""
+
+
+@contextlib.asynccontextmanager
+async def local_harness(
+    backend: LocalBackend, store: StateStore, fault_dir: Path, timeout: float = 10
+) -> AsyncIterator[ContractHarness]:
+    """The contract tasks on ``backend`` (in this process) and ``store``."""
+    probe = MemoryProbe()
+    set_probe(probe)
+    faults.configure(fault_dir)
+    app = Mageflow(backend=backend, store=store)
+    contract_tasks.register(app)
+    try:
+        yield ContractHarness(
+            app, probe, fault_dir, redelivery_lease=LEASE, timeout=timeout, settle=0.2,
+            worker_slots=backend.workers * backend.concurrency,
+            routed_queues=tuple(q for q in contract_tasks.ROUTED_QUEUES if q in backend.pools),
+        )  # fmt: skip
+    finally:
+        faults.configure(None)
+        set_probe(None)
+        await app.aclose()
 
 
 @pytest_asyncio.fixture(loop_scope="session", params=["memory", "redis"])
@@ -24,19 +51,12 @@ async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         store: MemoryStore | RedisStore = RedisStore(url, prefix=f"t-{uuid.uuid4().hex[:8]}")
     else:
         store = MemoryStore()
-    probe = MemoryProbe()
-    set_probe(probe)
-    faults.configure(tmp_path)
     # three independent workers with two slots each, so concurrency caps are tested
     # across workers, not inside one
-    app = Mageflow(backend=LocalBackend(workers=3, concurrency=2), store=store)
-    contract_tasks.register(app)
-    yield ContractHarness(
-        app=app, probe=probe, fault_dir=tmp_path, timeout=10, settle=0.2, worker_slots=6
-    )
-    faults.configure(None)
-    set_probe(None)
-    await app.aclose()
+    pools = dict.fromkeys(contract_tasks.ROUTED_QUEUES, 1)  # a pool of its own each
+    backend = LocalBackend(workers=3, concurrency=2, pools=pools)
+    async with local_harness(backend, store, tmp_path) as h:
+        yield h
 
 
 class TestLocalContract(BackendContract):

@@ -134,3 +134,19 @@ async def test_progress_meter_throughput_and_eta() -> None:
     chain = state("chain", "active", children=["k.r.0", "k.r.1", "k.r.2"], steps_done=1)
     assert meter.update(chain).detail == "active step 1/3"
     assert format_seconds(3725) == "1 h 2 min"
+
+
+async def test_status_lists_failed_items_of_a_swarm_over_1000_items(
+    setup: tuple[Mageflow, Cli],
+) -> None:
+    mf, cli = setup
+    rows = [{"fail": i in (3, 7, 900), "i": i} for i in range(1001)]
+    sw = await mf.swarm_of(
+        "d.maybe", rows, config=SwarmConfig(max_concurrency=50), is_swarm_closed=True
+    )
+    await sw.aio_run({}, timeout=60)
+    code, out, err = await cli("status", sw.key, "--failed", "1")
+    assert code == 0, err
+    assert "d.maybe: RuntimeError: item 3 broke" in out
+    assert "d.maybe: RuntimeError: item 7 broke" not in out  # (the result summary has it)
+    assert "and 2 more failed" in out

@@ -13,11 +13,17 @@ import pytest_asyncio
 from mageflow import GraphNode, Mageflow, Options
 from mageflow.backend.local import LocalBackend
 from mageflow.engine import split_key
-from mageflow.errors import GraphCycleError, InvalidGraphError, UnknownDependencyError
+from mageflow.errors import (
+    GraphCycleError,
+    InvalidGraphError,
+    SignatureInUseError,
+    UnknownDependencyError,
+)
 from mageflow.models.status import SignatureStatus
 from mageflow.testing.manual import ManualBackend
 
 from .stores import manual, store_for
+from .ttl import ttl_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -35,7 +41,10 @@ def _register(mf: Mageflow, runs: list[tuple[str, Any]]) -> None:
 
 @pytest_asyncio.fixture(loop_scope="session", params=HOSTS)
 async def app(request: pytest.FixtureRequest) -> AsyncIterator[Mageflow]:
-    mf = Mageflow(backend=ManualBackend(), store=store_for(request, "graphs"))
+    mf = Mageflow(
+        backend=ManualBackend(),
+        store=store_for(request, "graphs", active_ttl=500, finished_ttl=50),
+    )
     mf.runs = []  # type: ignore[attr-defined]
     _register(mf, mf.runs)  # type: ignore[attr-defined]
     yield mf
@@ -175,3 +184,60 @@ async def test_tree_and_state_show_nodes_and_skipped(local: Mageflow) -> None:
     tree = await build_tree(local, g.key, 50)
     labels = [str(child.label) for child in tree.children]
     assert any("skipped" in label for label in labels)
+
+
+async def test_canceled_graph_starts_nothing_more(app: Mageflow) -> None:
+    g = await app.graph({"a": await _node(app, "a"), "b": (await _node(app, "b"), ["a"])})
+    await g.aio_run_no_wait({})
+    backend = manual(app)
+    (a,) = backend.take()
+    await g.cancel()
+    await backend.deliver(a)  # dropped: the workflow is canceled
+    assert backend.take() == []
+    assert app.runs == []  # type: ignore[attr-defined]
+    assert await g.get_status() is SignatureStatus.CANCELED
+
+
+async def test_interrupted_graph_runs_its_running_node_again_on_resume(app: Mageflow) -> None:
+    g = await app.graph({"a": await _node(app, "a"), "b": (await _node(app, "b"), ["a"])})
+    await g.aio_run_no_wait({})
+    backend = manual(app)
+    (a,) = backend.take()
+    started = await app.engine.start(a.key, a.run_id, "node")
+    assert started.action == "run"
+    await g.interrupt()  # no cancel capability here: the run's next delivery is held
+    assert await g.get_status() is SignatureStatus.INTERRUPTED
+    await backend.deliver(a)  # its worker restarted it: held, the user code does not run
+    assert app.runs == []  # type: ignore[attr-defined]
+    await g.resume()
+    (again,) = backend.take()
+    assert again.key == a.key
+    await backend.deliver(again)
+    (b,) = backend.take()
+    await backend.deliver(b)
+    assert await g.wait(timeout=5) == {"b": "b"}
+    assert [r[0] for r in app.runs] == ["a", "b"]  # type: ignore[attr-defined]
+
+
+async def test_every_list_of_a_graph_takes_the_finished_ttl(app: Mageflow) -> None:
+    """Canceled before its nested swarm and branch ever started: the graph's lists and
+    theirs take the finished TTL with the root."""
+    sw = await app.swarm([await _node(app, "item")], is_swarm_closed=True)
+    br = await app.branch(await _node(app, "sel"), {"x": await _node(app, "x")})
+    g = await app.graph({"a": await _node(app, "a"), "sw": (sw, ["a"]), "br": (br, ["a"])})
+    wf, _ = split_key(g.key)
+    await g.aio_run_no_wait({})
+    manual(app).take()
+    await g.cancel()
+    h = app.store.hash_key(wf)
+    assert 0 < await ttl_of(app, h) <= 50
+    for kind in ("nodes:r", "sources:r", "sinks:r", "items:r.n1"):
+        assert 0 < await ttl_of(app, f"{h}:{kind}") <= 50, kind
+
+
+async def test_a_node_cannot_be_run_on_its_own(app: Mageflow) -> None:
+    g = await app.graph({"a": await _node(app, "a")})
+    br = await app.branch(await _node(app, "sel"), {"x": await _node(app, "x")})
+    for inner in [*(await g.nodes()).values(), *(await br.cases()).values()]:
+        with pytest.raises(SignatureInUseError, match="node of a graph or branch"):
+            await inner.aio_run_no_wait({})

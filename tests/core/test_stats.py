@@ -8,6 +8,7 @@ from importlib import resources
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from mageflow import Mageflow, SwarmConfig
 from mageflow.engine import fields as F
@@ -130,3 +131,22 @@ async def test_suspended_swarm_shows_a_delivery_it_held(app: Mageflow) -> None:
     assert (await app.engine.start(sent[0].key, sent[0].run_id)).action == "held"
     counts = (await sw.get_state()).counts
     assert counts["held"] == 1 and counts["running"] == 1
+
+
+async def test_buckets_expire_an_hour_after_their_minute(app: Mageflow, redis_url: str) -> None:
+    """Bounded memory: every bucket the transitions write carries its TTL."""
+    from mageflow.store import RedisStore
+
+    if not isinstance(app.store, RedisStore):
+        pytest.skip("the TTL is read from Redis")
+    await (await app.sign("st.ok")).aio_run_no_wait({})
+    for m in manual(app).take():
+        await manual(app).deliver(m)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{app.store.stats_key}:*")]
+        assert keys
+        for key in keys:
+            assert 3600 <= await client.ttl(key) <= 3660
+    finally:
+        await client.aclose()

@@ -26,6 +26,7 @@ from mageflow.models.status import SignatureStatus
 from mageflow.store import MemoryStore, RedisStore
 from mageflow.testing.manual import ManualBackend, Sent
 from tests.core.stores import manual, store_for
+from tests.core.ttl import ttl_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -60,19 +61,6 @@ def forged(sent: Sent, *, task_name: str | None = None, key: str | None = None) 
         sent.task, task_name=task_name or sent.task.task_name, headers=headers
     )
     return Sent(uuid.uuid4().hex, task)
-
-
-async def ttl_of(app: Mageflow, key: str) -> int:
-    """Seconds left on ``key`` (-1: no TTL, -2: no such key), as Redis reports it."""
-    store = app.store
-    if isinstance(store, RedisStore):
-        return int(await store.client.ttl(key))
-    assert isinstance(store, MemoryStore)
-    ks = store.keyspace
-    if not ks.exists(key):
-        return -2
-    at = ks.expires.get(key)
-    return -1 if at is None else round(at - ks.clock())
 
 
 # -- item 10: keys are validated ---------------------------------------------------------

@@ -114,10 +114,13 @@ class WorkerPool:
     _thread: threading.Thread | None = None
 
     def _spawn(self, kind: str) -> Spawned:
-        name = f"contract-{kind}-{uuid.uuid4().hex[:8]}"  # namespace + name on the server
-        if kind == "cli":
+        base, _, queue = kind.partition(":")  # "cli:<queue>": serves only that queue
+        tag = f"{base}-{queue}" if queue else base
+        name = f"contract-{tag}-{uuid.uuid4().hex[:8]}"  # namespace + name on the server
+        if base == "cli":
             script = mageflow_script()
             args: tuple[str, ...] = ("worker", f"{APP}:mf", "--concurrency", str(self.slots))
+            args += ("--queues", queue) if queue else ()
         else:
             script, args = APP_PATH, ()
         env = {**self.env, "CONTRACT_WORKER_NAME": name, "CONTRACT_WORKER_SLOTS": str(self.slots)}
@@ -148,7 +151,7 @@ class WorkerPool:
 
     @property
     def total_slots(self) -> int:
-        return len(self.kinds) * self.slots
+        return sum(":" not in kind for kind in self.kinds) * self.slots
 
     def logs(self) -> str:
         return "\n---\n".join(f"[{w.name}]\n{w.proc.output()[-3000:]}" for w in self.workers)
@@ -198,7 +201,9 @@ async def contract_harness(
     Hatchet client is ``hatchet``, all on one Redis key prefix."""
     os.environ.pop("MAGEFLOW_FAULT_DIR", None)  # only the workers may crash
     prefix = f"mf-h-{uuid.uuid4().hex[:10]}"
-    pool = WorkerPool(server, {**worker_env(redis_url, prefix, fault_dir), **(extra_env or {})})
+    env = {**worker_env(redis_url, prefix, fault_dir), **(extra_env or {})}
+    routed = tuple(f"cli:{q}" for q in contract_tasks.ROUTED_QUEUES)  # one worker each
+    pool = WorkerPool(server, env, kinds=(*WorkerPool.kinds, *routed))
     backend = CancelLandingBackend(hatchet, landing=cancel_landing)
     app = Mageflow(backend=backend, redis_url=redis_url, key_prefix=prefix)
     contract_tasks.register(app)
@@ -209,9 +214,13 @@ async def contract_harness(
             app=app,
             probe=probe,
             fault_dir=fault_dir,
+            # the engine re-queues the runs of a worker silent this long; the SDK's
+            # heartbeats renew the claim of a live one
+            redelivery_lease=HEARTBEAT_TIMEOUT,
             timeout=timeout,
             settle=0.3,
             worker_slots=pool.total_slots,
+            routed_queues=contract_tasks.ROUTED_QUEUES,
         )
     finally:
         await asyncio.to_thread(pool.stop)

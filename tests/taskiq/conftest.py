@@ -41,6 +41,7 @@ except ImportError:  # workspace packages not installed into the venv: use the s
 from mageflow.testing import contract_tasks  # noqa: E402
 from mageflow.testing.probe import RedisProbe  # noqa: E402
 from mageflow.testing.redis_server import redis_server  # noqa: E402
+from mageflow.testing.workers import pid_alive  # noqa: E402
 from mageflow_taskiq.backend import (  # noqa: E402
     ENV_IDLE_TIMEOUT,
     ENV_QUEUE,
@@ -220,16 +221,6 @@ CONTRACT_APP = "tests.taskiq.contract_app"
 SHUTDOWN_SAFE_RECEIVER = "mageflow_taskiq.backend:ShutdownSafeReceiver"
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @dataclass
 class AppWorkers:
     """Worker processes serving ``contract_app`` with one environment: the broker (a
@@ -254,7 +245,9 @@ class AppWorkers:
     prefix: str = field(default_factory=lambda: f"mf-t-{uuid.uuid4().hex[:8]}")
     started: list[Worker] = field(default_factory=list)
     restarts: list[tuple[float, Worker]] = field(default_factory=list)
-    _specs: dict[int, tuple[str, int, int]] = field(default_factory=dict)
+    derive_queue: bool = False
+    """Give the workers and the client no queue name: the stream comes from the prefix."""
+    _specs: dict[int, tuple[str, int, int, str | None]] = field(default_factory=dict)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
@@ -275,6 +268,9 @@ class AppWorkers:
         }
         env.pop("MAGEFLOW_TASKIQ_BROKER", None)
         env.pop("MAGEFLOW_FAULT_DIR", None)
+        if self.derive_queue:
+            env.pop(ENV_QUEUE)
+            env["MAGEFLOW_CONTRACT_READY"] = self.queue  # contract_app.ENV_READY
         if self.fault_dir is not None:
             env["MAGEFLOW_FAULT_DIR"] = str(self.fault_dir)
         return env
@@ -284,17 +280,27 @@ class AppWorkers:
         return mageflow.Mageflow(
             backend="taskiq",
             broker_url=self.broker_url or self.redis_url,
-            queue_name=self.queue,
+            queue_name=None if self.derive_queue else self.queue,
             idle_timeout=self.idle_timeout,
             redis_url=self.store_url or self.redis_url,
             key_prefix=self.prefix,
         )
 
-    def start(self, kind: str = "mageflow", *, processes: int = 1, concurrency: int = 4) -> Worker:
+    def start(
+        self,
+        kind: str = "mageflow",
+        *,
+        processes: int = 1,
+        concurrency: int = 4,
+        queues: str | None = None,
+    ) -> Worker:
+        """``queues``: the ``--queues`` of a ``mageflow worker``."""
         if kind == "mageflow":
             assert processes == 1, "`mageflow worker` is one process; start several"
             cmd = [sys.executable, "-m", "mageflow", "worker", f"{CONTRACT_APP}:mf"]
             cmd += ["--concurrency", str(concurrency)]
+            if queues is not None:
+                cmd += ["--queues", queues]
         else:
             cmd = [sys.executable, "-m", "taskiq", "worker", f"{CONTRACT_APP}:broker"]
             cmd += ["--workers", str(processes), "--max-async-tasks", str(concurrency)]
@@ -303,7 +309,7 @@ class AppWorkers:
             log = self.log_dir / f"worker-{len(self.started)}-{kind}.log"
             worker = spawn(cmd, self.env, log, kind)
             self.started.append(worker)
-            self._specs[id(worker)] = (kind, processes, concurrency)
+            self._specs[id(worker)] = (kind, processes, concurrency, queues)
         return worker
 
     def supervise(self, period: float = 0.1) -> None:
@@ -323,9 +329,9 @@ class AppWorkers:
                 for w in dead:
                     if self._stopping.is_set():
                         return
-                    _, _, concurrency = self._specs[id(w)]
+                    _, _, concurrency, queues = self._specs[id(w)]
                     self.restarts.append((time.time(), w))
-                    self.start("mageflow", concurrency=concurrency)
+                    self.start("mageflow", concurrency=concurrency, queues=queues)
 
         self._thread = threading.Thread(target=loop, name="worker-supervisor", daemon=True)
         self._thread.start()

@@ -27,6 +27,8 @@ from mageflow.testing import contract_tasks
 from mageflow_taskiq.backend import ENV_QUEUE, TaskiqBackend
 
 ENV_PROBE = "MAGEFLOW_PROBE_URL"
+ENV_READY = "MAGEFLOW_CONTRACT_READY"
+"""Where a worker announces itself when it is given no queue name (else: the queue)."""
 
 mf = Mageflow(backend="taskiq")
 contract_tasks.register(mf)
@@ -53,7 +55,8 @@ def ready_key(queue: str) -> str:
 @broker.on_event(TaskiqEvents.WORKER_STARTUP)
 async def announce(_state: TaskiqState) -> None:
     """Tell the test which worker processes are serving (their pids)."""
-    await probe_client().sadd(ready_key(os.environ[ENV_QUEUE]), os.getpid())
+    ready = os.environ.get(ENV_READY) or os.environ[ENV_QUEUE]
+    await probe_client().sadd(ready_key(ready), os.getpid())
 
 
 # Running items of a namespace are a *set of item ids* (not a counter): a worker killed
@@ -104,3 +107,12 @@ async def crash_backoff(message: dict[str, Any]) -> str:
     if runs == 1:
         raise RuntimeError("the first attempt fails")
     return "recovered"
+
+
+@mf.task("crash.freeze")
+async def crash_freeze(message: dict[str, Any]) -> str:
+    """Blocks its worker's event loop for ``seconds`` (no claim or lease is renewed
+    meanwhile, as in a worker frozen by a stop-the-world pause); records every run."""
+    await probe_client().rpush(crash_key(message["ns"], "freeze"), os.getpid())
+    time.sleep(float(message["seconds"]))  # noqa: ASYNC251 (the point: a frozen loop)
+    return "thawed"

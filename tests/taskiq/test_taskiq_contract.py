@@ -54,21 +54,24 @@ async def harness(
     fault_dir = tmp_path_factory.mktemp("faults")
     pool = make_app_workers(idle_timeout=IDLE_TIMEOUT, fault_dir=fault_dir)
     pool.start(kind, processes=processes, concurrency=concurrency)
-    if kind == "mageflow":
-        pool.supervise()
+    for queue in contract_tasks.ROUTED_QUEUES:  # a worker process of its own each
+        pool.start("mageflow", concurrency=1, queues=queue)
+    pool.supervise()
     app = pool.client_app()
     contract_tasks.register(app)
     probe = RedisProbe(redis_url)
     rdb = aioredis.Redis.from_url(redis_url)
     try:
-        await pool.wait_ready(processes, rdb)
+        await pool.wait_ready(processes + len(contract_tasks.ROUTED_QUEUES), rdb)
         yield ContractHarness(
             app=app,
             probe=probe,
             fault_dir=fault_dir,
+            redelivery_lease=IDLE_TIMEOUT,
             timeout=30.0,
             settle=0.3,
             worker_slots=processes * concurrency,
+            routed_queues=contract_tasks.ROUTED_QUEUES,
         )
     finally:
         pool.stop_all()

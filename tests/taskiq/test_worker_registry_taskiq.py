@@ -31,7 +31,8 @@ async def test_a_taskiq_worker_process_is_listed(
             break
         await asyncio.sleep(0.05)
     (me,) = found
-    assert me.backend == "taskiq" and me.queues == [pool.queue]
+    assert me.backend == "taskiq" and me.queues == ["default"]  # given no --queues
+    assert me.settings["queue_name"] == pool.queue
     assert "contract.add" in me.tasks
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

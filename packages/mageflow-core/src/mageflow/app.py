@@ -8,18 +8,19 @@ import inspect
 import logging
 import typing
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
-from mageflow.backend.base import RunContext, TaskBackend, TaskDefinition
+from mageflow.backend.base import JSON, RunContext, TaskBackend, TaskDefinition
 from mageflow.engine import ROOT, Engine, split_key
 from mageflow.engine import fields as F
 from mageflow.errors import (
     ConfigurationError,
+    InvalidOptionsError,
     InvalidTaskError,
     SignatureInUseError,
     TaskAlreadyRegisteredError,
@@ -48,7 +49,7 @@ from mageflow.flows.inspect import read_def
 from mageflow.flows.stats import read_stats
 from mageflow.flows.tasks import RegisteredTask, fail_unregistered, run_task
 from mageflow.models.config import SwarmConfig
-from mageflow.models.options import Options
+from mageflow.models.options import Options, check_queue
 from mageflow.models.retry import Backoff, retry_policy
 from mageflow.models.signatures import NodeDef, check_name
 from mageflow.models.stats import Stats
@@ -61,6 +62,9 @@ from mageflow.store.redis import RedisStore
 log = logging.getLogger("mageflow")
 
 FnT = TypeVar("FnT", bound=Callable[..., Any])
+
+DeliveryTap = Callable[[JSON, RunContext], Awaitable[None]]
+"""Awaited with each delivery's payload and run context: see :meth:`Mageflow.tap_deliveries`."""
 
 _default: Mageflow | None = None
 
@@ -93,6 +97,17 @@ def input_model_of(fn: Callable[..., Any]) -> type[BaseModel] | None:
     if isinstance(hint, type) and issubclass(hint, BaseModel):
         return hint
     return None
+
+
+def with_store_url(
+    cls: type[TaskBackend], options: dict[str, Any], url: aioredis.Redis | str | None
+) -> dict[str, Any]:
+    """``options`` plus the store's Redis URL under ``cls.store_url_option``, for a
+    backend that asks for it (``None``: the store is in memory or given as a client or
+    ``store=``). An option of that name the caller gave wins."""
+    if cls.store_url_option is None:
+        return options
+    return {cls.store_url_option: url if isinstance(url, str) else None, **options}
 
 
 def default_instance() -> Mageflow:
@@ -147,6 +162,7 @@ class Mageflow:
                 backend = backend or spec.name
                 backend_options.setdefault(spec.native_option, obj)
         defaulted: StateStore | None = None
+        store_url: aioredis.Redis | str | None = None  # what the store was built from
         if store is None:
             redis_client = redis_client or settings.redis_url
             if redis_client is None or redis_client == "memory://":
@@ -156,6 +172,7 @@ class Mageflow:
                     finished_ttl=settings.finished_ttl,
                 )
             else:
+                store_url = redis_client
                 store = RedisStore(
                     redis_client,
                     prefix=key_prefix or settings.key_prefix,
@@ -163,6 +180,8 @@ class Mageflow:
                     finished_ttl=settings.finished_ttl,
                 )
         self.resend_after = settings.resend_after if resend_after is None else resend_after
+        self.lease = settings.lease
+        """Seconds a running attempt holds its task between renewals (``MAGEFLOW_LEASE``)."""
         self._store: StateStore = store
         self._defaulted_store = defaulted
         self._engine = Engine(store, resend_after=self.resend_after)
@@ -180,7 +199,8 @@ class Mageflow:
             self.backend = backend
         else:
             cls = load_backend_class(backend or settings.backend)
-            self.backend = cls.from_options(backend_options)
+            self.backend = cls.from_options(with_store_url(cls, backend_options, store_url))
+        self.backend.use_key_prefix(self._store.prefix)
         self.backend.on_worker_start(self.start_reconciler)
         self.backend.register_fallback(self._handle_unregistered)
         self.tasks: dict[str, RegisteredTask] = {}
@@ -200,6 +220,7 @@ class Mageflow:
         priority: int | None = None,
         delay: float | timedelta | None = None,
         backoff: Backoff | float | None = None,
+        queue: str | None = None,
     ) -> Callable[[FnT], FnT]:
         """Register a function (async or sync) as a task runnable by name on any worker.
 
@@ -208,12 +229,14 @@ class Mageflow:
         attempts are made on failure; error callbacks fire after the last. ``backoff`` (a
         :class:`~mageflow.Backoff`, or seconds for a constant delay) is the wait before each
         retry; without it a retry starts at once. ``priority`` (0..9) and ``delay`` (s) are
-        the defaults of its signatures (see :class:`~mageflow.Options`).
+        the defaults of its signatures (see :class:`~mageflow.Options`), and so is
+        ``queue``: only workers serving that queue run it (``mageflow worker app:mf
+        --queues gpu``).
 
         :raises InvalidRetryPolicyError: ``retries`` or ``backoff`` is invalid.
         """
         policy = retry_policy(retries, backoff)
-        defaults = Options(priority=priority, delay=delay)
+        defaults = Options(priority=priority, delay=delay, queue=queue)
 
         def decorate(fn: FnT) -> FnT:
             task_name = check_name(name or fn.__name__, "a task name")
@@ -264,6 +287,7 @@ class Mageflow:
         if backend is not None:
             self.backend = backend
             self._started = False
+            backend.use_key_prefix(self._store.prefix)
             backend.on_worker_start(self.start_reconciler)
             backend.register_fallback(self._handle_unregistered)
             for registered in self.tasks.values():
@@ -280,11 +304,24 @@ class Mageflow:
             backoff=registered.backoff,
         )
 
+    _taps: tuple[DeliveryTap, ...] = ()
+
+    def tap_deliveries(self, tap: DeliveryTap) -> None:
+        """Await ``tap(payload, ctx)`` first at every delivery the backend hands this
+        instance, exactly as the adapter reported it (duplicates and redeliveries the
+        engine skips included). The contract suite's probe counts attempts with it; an
+        exception from ``tap`` fails the delivery like one from the task."""
+        self._taps = (*self._taps, tap)
+
     async def _handle(self, task: RegisteredTask, payload: Any, ctx: RunContext) -> Any:
+        for tap in self._taps:
+            await tap(payload, ctx)
         await self.ensure_started()
         return await run_task(self, task, payload, ctx)
 
     async def _handle_unregistered(self, payload: Any, ctx: RunContext) -> None:
+        for tap in self._taps:
+            await tap(payload, ctx)
         await self.ensure_started()
         await fail_unregistered(self, payload, ctx)
 
@@ -553,9 +590,14 @@ class Mageflow:
 
     # -- transport ------------------------------------------------------------------------
     async def ensure_started(self) -> None:
+        """Start the backend once; a start that failed is tried again on the next call."""
         if not self._started:
             self._started = True
-            await self.backend.startup()
+            try:
+                await self.backend.startup()
+            except BaseException:
+                self._started = False
+                raise
 
     def start_reconciler(self) -> None:
         """Run the reconciler sweep on this event loop (once per loop; workers call it)."""
@@ -585,10 +627,19 @@ class Mageflow:
         tasks were re-sent (``mageflow reconcile`` runs this)."""
         return await reconcile.sweep_due(self)
 
-    def run_worker(self, *, concurrency: int | None = None) -> None:
-        """Serve this instance's tasks until interrupted (blocking). Raises
-        :class:`ConfigurationError` when the workers could not share the store."""
+    def run_worker(
+        self, *, concurrency: int | None = None, queues: Sequence[str] | None = None
+    ) -> None:
+        """Serve this instance's tasks until interrupted (blocking): only those routed to
+        ``queues`` when given (``"default"`` names the tasks given no queue). Raises
+        :class:`ConfigurationError` when the workers could not share the store,
+        :class:`InvalidOptionsError` for a bad queue name and
+        :class:`CapabilityNotSupportedError` when the backend cannot route."""
         self._refuse_unshared_store()
+        if queues is not None:
+            if not queues:
+                raise InvalidOptionsError("give at least one queue to serve, e.g. default")
+            self.backend.serve_queues([check_queue(q) for q in queues])
         self.backend.run_worker(concurrency=concurrency)
 
     async def aclose(self) -> None:

@@ -17,6 +17,9 @@ from pathlib import Path
 
 AFTER_FINISH = "after-finish"
 """Worker: after the completion transition was stored, before its publishes."""
+IN_TASK = "in-task"
+"""Worker: inside the user code of the named task, where the task checks it (the contract
+suite's ``contract.mortal``): the worker dies holding a started, unfinished delivery."""
 AFTER_RUN = "after-run"
 """Client (name ``client``): after the ``run`` transition, before its publishes."""
 AFTER_CLOSE = "after-close"

@@ -49,7 +49,7 @@ from hatchet_sdk import (
     TriggerWorkflowOptions,
     WorkflowRunTriggerConfig,
 )
-from hatchet_sdk.runnables.workflow import Standalone
+from hatchet_sdk.runnables.workflow import BaseWorkflow, Standalone
 from pydantic import RootModel, ValidationError
 
 from mageflow.backend.base import (
@@ -61,6 +61,7 @@ from mageflow.backend.base import (
     TaskDefinition,
 )
 from mageflow.errors import ConfigurationError, NonRetryableError, PayloadNotSerializableError
+from mageflow.models.options import DEFAULT_QUEUE
 
 T = TypeVar("T")
 
@@ -200,6 +201,7 @@ class HatchetBackend(TaskBackend):
         priorities=True,  # OutgoingTask.priority -> Hatchet priority 1..3
         delayed_start=True,  # OutgoingTask.delay -> a Hatchet scheduled run
         remote_workers=True,
+        routing=True,  # a workflow per (task, queue), registered by the queue's workers
     )
 
     def __init__(
@@ -228,6 +230,46 @@ class HatchetBackend(TaskBackend):
         self.execution_timeout = execution_timeout
         self.schedule_timeout = schedule_timeout
         self.workflows: dict[str, Standalone[Payload, dict[str, Any]]] = {}
+        self.definitions: dict[str, TaskDefinition] = {}
+        self.served: tuple[str, ...] = (DEFAULT_QUEUE,)
+        """The queues this process's worker serves (:meth:`serve_queues`)."""
+        self._declared: set[str] = set()
+
+    # -- routing ------------------------------------------------------------------------
+    @staticmethod
+    def routed_name(task_name: str, queue: str | None) -> str:
+        """The Hatchet workflow of ``task_name`` routed to ``queue``: the task's own for
+        ``default``, ``<task>@<queue>`` (registered only by workers serving that queue)
+        for the others. Hatchet keeps a run queued until a worker registers its workflow."""
+        return task_name if queue in (None, DEFAULT_QUEUE) else f"{task_name}@{queue}"
+
+    def serve_queues(self, queues: Sequence[str]) -> None:
+        super().serve_queues(queues)
+        self.served = tuple(queues)
+
+    async def _routed(self, task: OutgoingTask) -> str:
+        """The workflow name to trigger for ``task``. Hatchet refuses to run a workflow
+        nobody declared, so the first publish to a routed queue declares it (as its
+        workers will): the run then waits until a worker serving the queue appears."""
+        name = self.routed_name(task.task_name, task.queue)
+        definition = self.definitions.get(task.task_name)
+        if name != task.task_name and name not in self._declared and definition is not None:
+            proto = self._workflow(definition, name).to_proto()
+            await self._call(functools.partial(self.hatchet._client.admin.put_workflow, proto))
+            self._declared.add(name)
+        return name
+
+    def _served_workflows(self) -> list[BaseWorkflow[Any]]:
+        out: list[BaseWorkflow[Any]] = []
+        for queue in self.served:
+            if queue == DEFAULT_QUEUE:
+                out += self.workflows.values()
+            else:
+                out += [
+                    self._workflow(d, self.routed_name(name, queue))
+                    for name, d in self.definitions.items()
+                ]
+        return out
 
     # -- tasks --------------------------------------------------------------------------
     def register(self, definition: TaskDefinition) -> None:
@@ -237,12 +279,17 @@ class HatchetBackend(TaskBackend):
                 f"task names {clash[0]!r} and {definition.name!r} differ only in case; "
                 "Hatchet does not tell them apart: rename one"
             )
+        self.definitions[definition.name] = definition
+        self.workflows[definition.name] = self._workflow(definition, definition.name)
+
+    def _workflow(self, definition: TaskDefinition, name: str) -> Standalone[Payload, Any]:
+        """The Hatchet task ``name`` running ``definition``."""
         if definition.timeout is None:
             timeout = self.execution_timeout
         else:
             timeout = math.ceil(definition.timeout) + TIMEOUT_GRACE
-        self.workflows[definition.name] = self.hatchet.task(
-            name=definition.name,
+        return self.hatchet.task(
+            name=name,
             input_validator=Payload,
             retries=definition.retries,
             execution_timeout=timedelta(seconds=math.ceil(timeout)),
@@ -280,7 +327,7 @@ class HatchetBackend(TaskBackend):
         scheduled = await self._call(
             functools.partial(
                 admin.schedule_workflow,
-                task.task_name,
+                await self._routed(task),
                 [when],
                 self._input(task),
                 ScheduleTriggerWorkflowOptions(
@@ -296,7 +343,10 @@ class HatchetBackend(TaskBackend):
         admin = self.hatchet._client.admin  # the SDK's own trigger path (v0 TriggerWorkflow)
         ref = await self._call(
             functools.partial(
-                admin.run_workflow, task.task_name, self._input(task), self._options(task)
+                admin.run_workflow,
+                await self._routed(task),
+                self._input(task),
+                self._options(task),
             )
         )
         return ref.workflow_run_id
@@ -305,11 +355,14 @@ class HatchetBackend(TaskBackend):
         now = [t for t in tasks if not t.delay]
         if len(now) < 2:
             return list(await asyncio.gather(*(self.publish(t) for t in tasks)))
+        names = [await self._routed(t) for t in now]
         configs = [
             WorkflowRunTriggerConfig(
-                workflow_name=t.task_name, input=self._input(t), options=self._options(t)
+                workflow_name=name,
+                input=self._input(t),
+                options=self._options(t),
             )
-            for t in now
+            for t, name in zip(now, names, strict=True)
         ]
         admin = self.hatchet._client.admin  # one BulkTriggerWorkflow call per chunk
         refs = iter(await self._call(functools.partial(admin.run_workflows, configs)))
@@ -347,7 +400,7 @@ class HatchetBackend(TaskBackend):
         worker = self.hatchet.worker(
             self.worker_name,
             slots=slots,
-            workflows=list(self.workflows.values()),
+            workflows=self._served_workflows(),
             lifespan=lifespan,
         )
         worker.start()

@@ -55,6 +55,7 @@ from taskiq import (
 from taskiq.kicker import AsyncKicker
 from taskiq.receiver import Receiver
 from taskiq.serializers import PickleSerializer
+from taskiq_redis import RedisStreamBroker
 
 from mageflow.backend.base import (
     Capabilities,
@@ -65,7 +66,9 @@ from mageflow.backend.base import (
     TaskHandler,
 )
 from mageflow.errors import ConfigurationError, NonRetryableError
+from mageflow.models.options import DEFAULT_QUEUE as OPTIONS_DEFAULT_QUEUE
 from mageflow.store import URL_SCHEMES, redact_url
+from mageflow.store.redis import DEFAULT_PREFIX as DEFAULT_KEY_PREFIX
 from mageflow_taskiq.streams import ReclaimingStreamBroker, build_stream_broker, cancel_and_wait
 
 logger = logging.getLogger(__name__)
@@ -74,6 +77,7 @@ ENV_BROKER = "MAGEFLOW_TASKIQ_BROKER"
 ENV_URL = "MAGEFLOW_TASKIQ_URL"
 ENV_QUEUE = "MAGEFLOW_TASKIQ_QUEUE"
 ENV_IDLE_TIMEOUT = "MAGEFLOW_TASKIQ_IDLE_TIMEOUT"
+ENV_DEAD_CONSUMER_AFTER = "MAGEFLOW_TASKIQ_DEAD_CONSUMER_AFTER"
 DEFAULT_QUEUE = "mageflow"
 DEFAULT_IDLE_TIMEOUT = 60.0
 """Seconds after which the messages of a worker that stopped renewing its claims (it died,
@@ -287,6 +291,7 @@ class TaskiqBackend(TaskBackend):
         priorities=False,  # a ``priority`` label is sent; only some brokers (aio-pika) use it
         delayed_start=False,  # taskiq delays only through its separate scheduler process
         remote_workers=True,
+        routing=True,  # a stream per queue (Redis stream brokers only)
     )
 
     def __init__(self, broker: AsyncBroker, *, import_path: str | None = None) -> None:
@@ -308,6 +313,8 @@ class TaskiqBackend(TaskBackend):
         broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, self._on_worker_startup)
         self.broker = broker
         self.import_path = import_path
+        self.derive_queue = False
+        """The queue name was not given: :meth:`use_key_prefix` derives it."""
         self._started = False
         self._start_lock = asyncio.Lock()
 
@@ -329,7 +336,8 @@ class TaskiqBackend(TaskBackend):
             raise ConfigurationError(f"the taskiq backend has no broker: {_HOW_TO_CONFIGURE}")
         if url is not None:
             _check_broker_url(url)
-            queue = options.get("queue_name") or os.environ.get(ENV_QUEUE) or DEFAULT_QUEUE
+            named = options.get("queue_name") or os.environ.get(ENV_QUEUE)
+            queue = named or DEFAULT_QUEUE
             idle = options.get("idle_timeout")
             if idle is not None:
                 idle = _idle_timeout(idle, "idle_timeout=")
@@ -337,7 +345,14 @@ class TaskiqBackend(TaskBackend):
                 idle = _idle_timeout(os.environ[ENV_IDLE_TIMEOUT], ENV_IDLE_TIMEOUT)
             else:
                 idle = DEFAULT_IDLE_TIMEOUT
-            return cls._for(build_stream_broker(str(url), queue_name=queue, idle_timeout=idle))
+            stream = build_stream_broker(str(url), queue_name=queue, idle_timeout=idle)
+            if os.environ.get(ENV_DEAD_CONSUMER_AFTER):
+                stream.dead_consumer_after = _idle_timeout(
+                    os.environ[ENV_DEAD_CONSUMER_AFTER], ENV_DEAD_CONSUMER_AFTER
+                )
+            backend = cls._for(stream)
+            backend.derive_queue = not named
+            return backend
         if "queue_name" in options or "idle_timeout" in options:
             raise ConfigurationError(
                 "queue_name= and idle_timeout= apply only with broker_url=; "
@@ -375,11 +390,43 @@ class TaskiqBackend(TaskBackend):
             )
         self.broker.register_task(_task_function(definition), task_name=definition.name)
 
+    def use_key_prefix(self, prefix: str) -> None:
+        """Give each key prefix its own stream (issue 13 item 5): with the queue name
+        left unset, the stream of prefix ``p`` other than the default is ``p:tasks``, so
+        two apps on one Redis never take each other's messages."""
+        if self.derive_queue and prefix != DEFAULT_KEY_PREFIX:
+            self.broker.queue_name = f"{prefix}:tasks"  # type: ignore[attr-defined]
+
+    def stream_for(self, queue: str | None) -> str:
+        """The stream of routing queue ``queue``: the broker's own for ``default``,
+        ``<stream>.<queue>`` for the others."""
+        base = getattr(self.broker, "queue_name", None)
+        if not isinstance(self.broker, RedisStreamBroker) or not isinstance(base, str):
+            raise ConfigurationError(
+                "routing tasks to queues needs a Redis stream broker (broker_url=, or a "
+                f"taskiq_redis.RedisStreamBroker); {type(self.broker).__name__} has no queues"
+            )
+        return base if queue in (None, OPTIONS_DEFAULT_QUEUE) else f"{base}.{queue}"
+
+    def serve_queues(self, queues: Sequence[str]) -> None:
+        streams = [self.stream_for(q) for q in queues]
+        if not isinstance(self.broker, ReclaimingStreamBroker):
+            raise ConfigurationError(
+                "serving chosen queues needs the broker built from broker_url= "
+                f"({ENV_URL}); a {type(self.broker).__name__} reads only its own queue"
+            )
+        super().serve_queues(queues)
+        self.broker.served_streams = streams
+
     async def publish(self, task: OutgoingTask) -> str:
         await self.startup()
         labels: dict[str, Any] = {}
         if task.priority is not None:
             labels["priority"] = task.priority
+        if task.queue not in (None, OPTIONS_DEFAULT_QUEUE) and not isinstance(
+            self.broker, InMemoryBroker
+        ):
+            labels["queue_name"] = self.stream_for(task.queue)  # read by the stream's kick
         kicker: AsyncKicker[Any, Any] = AsyncKicker(task.task_name, self.broker, labels)
         sent = await kicker.kiq(payload=task.payload, headers=dict(task.headers))
         return sent.task_id
@@ -430,7 +477,8 @@ class TaskiqBackend(TaskBackend):
             receiver=f"{__name__}:{ShutdownSafeReceiver.__name__}",
         )
         logging.basicConfig(level=args.log_level, format=args.log_format)
-        logging.getLogger("taskiq").setLevel(args.log_level)
+        if logging.getLogger("taskiq").level == logging.NOTSET:  # else: mageflow --log-level
+            logging.getLogger("taskiq").setLevel(args.log_level)
         start_listen(args)
 
     def describe(self) -> Mapping[str, str]:

@@ -59,6 +59,27 @@ end
 """
 
 
+DEAD_CONSUMER_AFTER = 3600.0
+"""Seconds a consumer of the group may stay idle, holding nothing, before a worker
+deletes it (a worker that died or was replaced leaves its consumer behind)."""
+
+# Delete the consumers of group ARGV[1] idle longer than ARGV[2] ms that hold nothing,
+# except ARGV[3] (the caller). One script: no message can be read by a consumer between
+# the check and its deletion (DELCONSUMER would drop its pending entries).
+_PRUNE_CONSUMERS = """
+local n = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['pending'] == 0 and f['idle'] > tonumber(ARGV[2]) and f['name'] ~= ARGV[3] then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    n = n + 1
+  end
+end
+return n
+"""
+
+
 async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
     """Cancel until done: on Python < 3.12, ``asyncio.wait_for`` (used by redis-py to send
     a command) can swallow a cancellation."""
@@ -95,10 +116,16 @@ class ReclaimingStreamBroker(RedisStreamBroker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.served_streams: list[str] | None = None
+        """The streams a worker reads (``None``: ``queue_name`` and the additional ones);
+        set by the backend's ``serve_queues``. Their groups are created from the
+        stream's start, so what was published before the first worker is run."""
         self._held: set[tuple[Any, Any]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         self._client: Redis | None = None
         self._back_at = -math.inf  # when the broker's Redis last answered after failing
+        self.dead_consumer_after = DEAD_CONSUMER_AFTER
+        """Seconds after which an idle consumer holding nothing is deleted from the group."""
 
     @property
     def client(self) -> Redis:
@@ -115,6 +142,12 @@ class ReclaimingStreamBroker(RedisStreamBroker):
             approximate=self.approximate,
         )
 
+    def streams(self) -> list[str]:
+        """The streams this broker's workers read."""
+        if self.served_streams is not None:
+            return list(self.served_streams)
+        return [self.queue_name, *(s for s in self.additional_streams if s != self.queue_name)]
+
     async def startup(self) -> None:
         await super().startup()
         if self.is_worker_process and self._heartbeat is None:
@@ -130,7 +163,7 @@ class ReclaimingStreamBroker(RedisStreamBroker):
         await super().shutdown()
 
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
-        streams: dict[Any, Any] = {self.queue_name: ">", **self.additional_streams}
+        streams: dict[Any, Any] = dict.fromkeys(self.streams(), ">")
         next_scan = 0.0
         async with Redis(connection_pool=self.connection_pool) as conn:
             while True:
@@ -221,9 +254,20 @@ class ReclaimingStreamBroker(RedisStreamBroker):
         so a long outage does not hand running tasks to a second worker."""
         return time.monotonic() - self._back_at < self.idle_timeout / 2000
 
-    async def _create_groups(self, from_id: str) -> None:
-        streams = {self.queue_name, *self.additional_streams}
-        for stream in streams:
+    async def _declare_consumer_group(self) -> None:
+        """Create the groups of :meth:`streams` (taskiq-redis calls this at startup). A
+        worker started while the broker's Redis is down waits for it, with backoff,
+        instead of exiting; a client raises at once (its publish is retried)."""
+        from_id = "0" if self.served_streams is not None else self.consumer_id
+        if not self.is_worker_process:
+            await self._create_groups(from_id, quiet=True)
+            return
+        await self._riding_out(
+            "creating the consumer groups", lambda: self._create_groups(from_id, quiet=True)
+        )
+
+    async def _create_groups(self, from_id: str, *, quiet: bool = False) -> None:
+        for stream in self.streams():
             try:
                 await self.client.xgroup_create(
                     stream, self.consumer_group_name, id=from_id, mkstream=True
@@ -232,7 +276,10 @@ class ReclaimingStreamBroker(RedisStreamBroker):
                 if "BUSYGROUP" not in str(exc):
                     raise
             else:
-                logger.warning("created the consumer group of %s again (from %s)", stream, from_id)
+                if not quiet:
+                    logger.warning(
+                        "created the consumer group of %s again (from %s)", stream, from_id
+                    )
 
     async def _accepted(self, stream: Any, msg_id: Any, fields: Any) -> AckableMessage | None:
         """The entry as a message to run, or ``None`` if it cannot be one: then it is
@@ -291,12 +338,33 @@ class ReclaimingStreamBroker(RedisStreamBroker):
 
         return AckableMessage(data=data, ack=ack_and_release)
 
+    async def _prune_consumers(self, conn: Redis) -> None:
+        """Delete the group's dead consumers (see :data:`DEAD_CONSUMER_AFTER`)."""
+        script = conn.register_script(_PRUNE_CONSUMERS)
+        # never below two blocking reads and an idle timeout: a live consumer waiting in
+        # XREADGROUP is not idle that long (and would only be recreated if deleted)
+        bound = str(int(max(self.dead_consumer_after * 1000, 2 * self.block + self.idle_timeout)))
+        for stream in self.streams():
+            try:
+                n = await script(
+                    keys=[stream], args=[self.consumer_group_name, bound, self.consumer_name]
+                )
+            except RedisError as exc:  # an outage, or no group yet: next time
+                logger.debug("cannot prune the consumers of %s: %s", stream, exc)
+                continue
+            if n:
+                logger.info("deleted %d dead consumer(s) of %s", n, stream)
+
     async def _keep_claimed(self) -> None:
         async with Redis(connection_pool=self.connection_pool) as conn:
             script = conn.register_script(_KEEP_CLAIMED)
             failing = False
+            next_prune = 0.0
             while True:
                 await asyncio.sleep(self.idle_timeout / 3000)
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + min(self.dead_consumer_after / 4, 60.0)
+                    await self._prune_consumers(conn)
                 by_stream: dict[Any, list[Any]] = {}
                 for stream, msg_id in list(self._held):
                     by_stream.setdefault(stream, []).append(msg_id)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
 from mageflow.errors import CapabilityNotSupportedError, ConfigurationError
+from mageflow.models.options import DEFAULT_QUEUE
 from mageflow.models.retry import Backoff
 
 JSON = Any
@@ -78,6 +80,9 @@ class OutgoingTask:
     headers: Mapping[str, str]
     priority: int | None = None
     delay: float | None = None
+    queue: str | None = None
+    """Only workers serving this queue may run it (``None``: the default queue); see
+    :meth:`TaskBackend.serve_queues`."""
 
 
 @dataclass(frozen=True)
@@ -93,12 +98,31 @@ class Capabilities:
       start earlier. Without it, the engine holds delayed nodes itself and the
       reconciler releases them when due (the contract suite checks both).
     - ``remote_workers``: tasks run in worker processes other than the publisher's.
+    - ``routing``: :attr:`OutgoingTask.queue` reaches only workers that serve it
+      (:meth:`TaskBackend.serve_queues`). Without it, giving a worker queues is refused.
     """
 
     cancel_running: bool = False
     priorities: bool = False
     delayed_start: bool = False
     remote_workers: bool = True
+    routing: bool = False
+
+
+_SERVED: ContextVar[tuple[str, ...] | None] = ContextVar("mageflow_served", default=None)
+_served_by_process: tuple[str, ...] = (DEFAULT_QUEUE,)
+
+
+def serving_queues() -> tuple[str, ...]:
+    """The queues the worker running the calling task serves (``("default",)`` unless
+    it was given queues)."""
+    return _SERVED.get() or _served_by_process
+
+
+def serve_in_context(queues: Sequence[str]) -> None:
+    """For in-process backends whose worker pools serve different queues: what
+    :func:`serving_queues` answers in this context (and the tasks it starts)."""
+    _SERVED.set(tuple(queues))
 
 
 class TaskBackend(abc.ABC):
@@ -109,6 +133,12 @@ class TaskBackend(abc.ABC):
     capabilities: ClassVar[Capabilities] = Capabilities()
     accepted_options: ClassVar[tuple[str, ...]] = ()
     """Keyword arguments of ``Mageflow(...)`` this backend takes (``broker``, ...)."""
+    store_url_option: ClassVar[str | None] = None
+    """Opt-in: the option under which :meth:`from_options` receives the store's Redis URL
+    (the ``redis_url=`` given to ``Mageflow(...)``, a URL passed positionally, or
+    ``MAGEFLOW_REDIS_URL``; ``None`` when the store is in memory, a client object or
+    ``store=``), e.g. to default a Redis-based task manager to the store's Redis. List it
+    in :attr:`accepted_options` too; a value the user passes under that name wins."""
 
     @abc.abstractmethod
     def register(self, definition: TaskDefinition) -> None:
@@ -138,6 +168,25 @@ class TaskBackend(abc.ABC):
     @abc.abstractmethod
     def run_worker(self, *, concurrency: int | None = None) -> None:
         """Serve the registered tasks until interrupted (blocking; used by the CLI)."""
+
+    def serve_queues(self, queues: Sequence[str]) -> None:
+        """Before :meth:`run_worker`: serve only the tasks routed to ``queues``
+        (``"default"``: tasks published without a queue). Backends with
+        ``capabilities.routing`` override it to configure their transport, then call
+        ``super().serve_queues(queues)``. Raises :class:`CapabilityNotSupportedError`
+        without that capability."""
+        global _served_by_process
+        if not self.capabilities.routing:
+            raise CapabilityNotSupportedError(
+                f"backend {self.name!r} cannot route tasks to queues; run its workers "
+                "without --queues"
+            )
+        _served_by_process = tuple(queues)
+
+    def use_key_prefix(self, prefix: str) -> None:
+        """Told the application's store key prefix once it is built: a backend whose
+        queues are shared by every app on one server derives its queue names from it, so
+        apps with different prefixes never take each other's messages. Default: nothing."""
 
     def on_worker_start(self, hook: Callable[[], None]) -> None:
         """The core registers what a worker must also run (the reconciler)."""

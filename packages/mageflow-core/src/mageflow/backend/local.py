@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +24,11 @@ from mageflow.backend.base import (
     TaskBackend,
     TaskDefinition,
     TaskHandler,
+    serve_in_context,
 )
 from mageflow.errors import ConfigurationError, NonRetryableError, TaskNotRegisteredError
 from mageflow.faults import SimulatedCrash
+from mageflow.models.options import DEFAULT_QUEUE, check_queue
 
 log = logging.getLogger("mageflow.local")
 
@@ -42,25 +44,46 @@ class LocalBackend(TaskBackend):
     """In-process backend. ``workers`` worker loops, ``concurrency`` slots each.
 
     A failed attempt is retried after its task's ``backoff``; ``retry_delay`` is the
-    constant delay of tasks registered without one (default 0: at once)."""
+    constant delay of tasks registered without one (default 0: at once).
+
+    Routing: the ``workers`` loops serve the ``default`` queue (or the queues given to
+    :meth:`serve_queues`, a pool of ``workers`` loops each); ``pools`` adds a separate
+    pool per queue (``{"gpu": 1}``: one more loop, serving only tasks routed to
+    ``gpu``). A task routed to a queue without a pool stays queued."""
 
     name = "local"
     capabilities = Capabilities(
-        cancel_running=True, priorities=False, delayed_start=False, remote_workers=False
+        cancel_running=True,
+        priorities=False,
+        delayed_start=False,
+        remote_workers=False,
+        routing=True,
     )
-    accepted_options = ("workers", "concurrency", "retry_delay")
+    accepted_options = ("workers", "concurrency", "retry_delay", "pools")
 
-    def __init__(self, *, workers: int = 1, concurrency: int = 100, retry_delay: float = 0.0):
-        if workers < 1 or concurrency < 1:
+    def __init__(
+        self,
+        *,
+        workers: int = 1,
+        concurrency: int = 100,
+        retry_delay: float = 0.0,
+        pools: Mapping[str, int] | None = None,
+    ):
+        if workers < 1 or concurrency < 1 or any(n < 1 for n in (pools or {}).values()):
             raise ConfigurationError("local backend needs workers >= 1 and concurrency >= 1")
         if retry_delay < 0:
             raise ConfigurationError(f"retry_delay= must be >= 0 seconds, got {retry_delay}")
         self.workers = workers
         self.concurrency = concurrency
         self.retry_delay = retry_delay
+        self.pools = {
+            DEFAULT_QUEUE: workers,
+            **{check_queue(q): n for q, n in (pools or {}).items()},
+        }
         self.definitions: dict[str, TaskDefinition] = {}
         self._fallback: TaskHandler | None = None
         self._queue: asyncio.Queue[_Message] | None = None
+        self._queues: dict[str, asyncio.Queue[_Message]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._inflight: set[asyncio.Task[Any]] = set()
@@ -79,46 +102,67 @@ class LocalBackend(TaskBackend):
     def register_fallback(self, handler: TaskHandler) -> None:
         self._fallback = handler
 
+    def serve_queues(self, queues: Sequence[str]) -> None:
+        super().serve_queues(queues)
+        extra = {q: n for q, n in self.pools.items() if q not in queues and q != DEFAULT_QUEUE}
+        self.pools = {**{q: self.workers for q in queues}, **extra}
+
     def _ensure_workers(self) -> asyncio.Queue[_Message]:
         loop = asyncio.get_running_loop()
         if self._queue is None or self._loop is not loop:
             self._queue = asyncio.Queue()
+            self._queues = {DEFAULT_QUEUE: self._queue}
             self._loop = loop
             self._outstanding = 0
             self._idle = asyncio.Event()
             self._idle.set()
             self._loops = [
-                loop.create_task(self._worker(i), name=f"mageflow-local-worker-{i}")
-                for i in range(self.workers)
+                loop.create_task(self._worker(i, queue), name=f"mageflow-local-{queue}-{i}")
+                for queue, n in self.pools.items()
+                for i in range(n)
             ]
             self.worker_started()
         return self._queue
+
+    def _queue_of(self, message: _Message) -> asyncio.Queue[_Message]:
+        """The queue ``message`` is routed to (created on first use: it holds the
+        messages of a queue no pool serves)."""
+        self._ensure_workers()
+        name = message.task.queue or DEFAULT_QUEUE
+        return self._queues.setdefault(name, asyncio.Queue())
+
+    def _counted(self, message: _Message) -> bool:
+        """Whether ``message`` is served here (:meth:`join` waits only for those)."""
+        return (message.task.queue or DEFAULT_QUEUE) in self.pools
 
     async def publish(self, task: OutgoingTask) -> str:
         # With a fallback, an unknown name is delivered like any task and fails its node
         # on the worker; raising here would leave a step published by a worker pending.
         if task.task_name not in self.definitions and self._fallback is None:
             raise TaskNotRegisteredError(task.task_name, self.definitions)
-        queue = self._ensure_workers()
         message = _Message(task, run_id=uuid.uuid4().hex)
-        self._outstanding += 1
-        self._idle.clear()
-        queue.put_nowait(message)  # no delayed_start: the engine holds delays itself
+        if self._counted(message):
+            self._outstanding += 1
+            self._idle.clear()
+        self._queue_of(message).put_nowait(message)  # the engine holds delays itself
         return message.run_id
 
     async def redeliver(self, run_id: str, task: OutgoingTask, attempt: int = 1) -> None:
         """Deliver a message again under the same run id, as a broker does after a worker
         died holding it (for tests of duplicate deliveries)."""
-        self._outstanding += 1
-        self._idle.clear()
-        self._ensure_workers().put_nowait(_Message(task, run_id, attempt))
+        message = _Message(task, run_id, attempt)
+        if self._counted(message):
+            self._outstanding += 1
+            self._idle.clear()
+        self._queue_of(message).put_nowait(message)
 
-    async def _worker(self, index: int) -> None:
-        assert self._queue is not None
+    async def _worker(self, index: int, queue: str) -> None:
+        serve_in_context([queue])  # what serving_queues() tells the tasks it runs
+        source = self._queues.setdefault(queue, asyncio.Queue())
         slots = asyncio.Semaphore(self.concurrency)
         while True:
             await slots.acquire()
-            message = await self._queue.get()
+            message = await source.get()
             job = asyncio.create_task(self._execute(message))
             self._inflight.add(job)
             job.add_done_callback(self._inflight.discard)
@@ -142,7 +186,7 @@ class LocalBackend(TaskBackend):
             await call
         except SimulatedCrash:
             log.warning("worker died holding %s; redelivering", message.run_id)
-            self._queue.put_nowait(message)
+            self._queue_of(message).put_nowait(message)
             return
         except asyncio.CancelledError:
             if not call.cancelled():
@@ -171,10 +215,10 @@ class LocalBackend(TaskBackend):
         if definition.backoff is None:
             delay = self.retry_delay
         message.attempt += 1
+        queue = self._queue_of(message)
         if delay <= 0:
-            self._queue.put_nowait(message)
+            queue.put_nowait(message)
             return
-        queue = self._queue
 
         def due() -> None:
             self._timers.discard(timer)
@@ -235,6 +279,7 @@ class LocalBackend(TaskBackend):
         await asyncio.gather(*self._loops, *self._inflight, return_exceptions=True)
         self._loops = []
         self._queue = None
+        self._queues = {}
         self._loop = None
         self._outstanding = 0
         self._idle.set()

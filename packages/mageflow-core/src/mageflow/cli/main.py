@@ -80,11 +80,15 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).setLevel(level.upper())
 
 
-def worker_banner(app: Mageflow, concurrency: int | None) -> list[str]:
+def worker_banner(
+    app: Mageflow, concurrency: int | None, served: list[str] | None = None
+) -> list[str]:
     """What ``mageflow worker`` prints before it serves: backend and its settings, the
     store (password hidden), queues, concurrency and the task names."""
     info = dict(app.backend.describe())
     queue = info.pop("queue_name", None) or info.pop("queues", None) or "default"
+    if served:
+        queue = ",".join(served)
     settings = ", ".join(f"{k}={v}" for k, v in info.items())
     return [
         f"[bold]mageflow worker[/] backend={app.backend.name}"
@@ -151,20 +155,32 @@ def load_app(target: str) -> Mageflow:
     default=None,
     help="Serve Prometheus metrics on this port (needs mageflow-core[metrics]).",
 )
-def worker(target: str, concurrency: int | None, log_level: str, metrics_port: int | None) -> None:
+@click.option(
+    "--queues",
+    default=None,
+    help="Comma-separated queues to serve (default: 'default', the tasks given no queue).",
+)
+def worker(
+    target: str,
+    concurrency: int | None,
+    log_level: str,
+    metrics_port: int | None,
+    queues: str | None,
+) -> None:
     """Serve the tasks of the Mageflow instance TARGET (``module:attr``)."""
     configure_logging(log_level)
     app = load_app(target)
-    for line in worker_banner(app, concurrency):
-        console.print(line, highlight=False)
-    try:
+    served = None if queues is None else [q.strip() for q in queues.split(",") if q.strip()]
+    try:  # the banner too: a Ctrl-C right after it must not exit 1 through click
+        for line in worker_banner(app, concurrency, served):
+            console.print(line, highlight=False)
         asyncio.run(_check_store(app))
         if metrics_port is not None:
             from mageflow.plugins.metrics import serve_metrics
 
             serve_metrics(app, metrics_port)
             console.print(f"  metrics  http://0.0.0.0:{metrics_port}/metrics", highlight=False)
-        app.run_worker(concurrency=concurrency)
+        app.run_worker(concurrency=concurrency, queues=served)
     except KeyboardInterrupt:
         pass
     except MageflowError:

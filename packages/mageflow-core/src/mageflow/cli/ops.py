@@ -130,7 +130,8 @@ def waiting_note(state: SignatureState) -> str | None:
     if state.dispatched_at is None:
         return None
     age = (datetime.now(timezone.utc) - state.dispatched_at).total_seconds()
-    return f"for a worker that serves task {state.name!r} (dispatched {age:.0f} s ago)"
+    served = f"queue {state.queue!r} and " if state.queue else ""
+    return f"for a worker that serves {served}task {state.name!r} (dispatched {age:.0f} s ago)"
 
 
 async def find_waiting(mf: Readable, state: SignatureState) -> list[tuple[str, str]]:

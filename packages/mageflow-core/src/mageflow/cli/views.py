@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
+from mageflow.engine import fields as F
+from mageflow.engine import join_key, split_key
 from mageflow.errors import ConfigurationError, MageflowError
 from mageflow.flows.inspect import read_state
 from mageflow.models.signatures import SignatureState
@@ -93,12 +95,20 @@ class FailedItems:
 
 async def failed_items(view: StoreView, state: SignatureState, first: int) -> FailedItems:
     """Failed tasks at any depth below ``state``, in item/step order: the first ``first``
-    with their errors, and a count of the rest (from the swarms' counters where the
-    scan of :data:`FAILED_SCAN` nodes does not reach them)."""
+    with their errors, and a count of the rest (a swarm's from its counter; otherwise
+    those found in a scan of at most :data:`FAILED_SCAN` nodes)."""
     out = FailedItems()
     found, budget = 0, FAILED_SCAN
-    todo = list(reversed(state.children))
+    children = state.children
+    if state.kind == "swarm" and not children:  # over 1,000 items: read state does not list
+        wf, sid = split_key(state.key)
+        listed = await view.store.read_list(wf, F.aux(F.ITEMS, sid), 0, FAILED_SCAN - 1)
+        children = [join_key(wf, item) for item in listed]
+    todo = list(reversed(children))
+    counted = state.counts.get("failed", 0)
     while todo and budget > 0:
+        if len(out.shown) >= first and state.kind == "swarm":
+            break  # the swarm's own counter says how many more
         budget -= 1
         node = await read_state(view, todo.pop())
         if node.kind == "task" and node.status.value == "failed" and node.error is not None:
@@ -106,7 +116,6 @@ async def failed_items(view: StoreView, state: SignatureState, first: int) -> Fa
             if len(out.shown) < first:
                 out.shown.append((node.key, node.name, node.error))
         todo.extend(reversed(node.children))
-    counted = state.counts.get("failed", 0)
     out.more = max(found, counted) - len(out.shown)
     return out
 
@@ -123,9 +132,9 @@ class ProgressView:
 @dataclass
 class ProgressMeter:
     """Turns successive states of one workflow into progress frames: steps done/total for
-    a chain, items finished/total with throughput and ETA for a swarm. Feed it whenever a
-    new state is known (a poll, or an event of ``wf.events()``); ``window`` seconds of
-    samples make the throughput."""
+    a chain, items (nodes) finished/total with throughput and ETA for a swarm (graph).
+    Feed it whenever a new state is known (a poll, or an event of ``wf.events()``);
+    ``window`` seconds of samples make the throughput."""
 
     window: float = 10.0
     clock: Callable[[], float] = time.monotonic
@@ -137,10 +146,13 @@ class ProgressMeter:
             total = len(state.children)
             done = state.steps_done or 0
             return ProgressView(total, done, f"{status} step {done}/{total}")
-        if state.kind != "swarm":
+        if state.kind not in ("swarm", "graph"):
             return ProgressView(1, int(state.status.is_terminal), status)
         total = state.counts.get("total", 0)
-        done = state.counts.get("done", 0) + state.counts.get("failed", 0)
+        if state.kind == "graph":
+            done = state.counts.get("ended", 0)
+        else:
+            done = state.counts.get("done", 0) + state.counts.get("failed", 0)
         counts = ", ".join(f"{k} {v}" for k, v in state.counts.items() if k != "total" and v)
         detail = f"{status} {done}/{total}" + (f" ({counts})" if counts else "")
         rate = self._rate(done)

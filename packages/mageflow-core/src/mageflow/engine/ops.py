@@ -50,6 +50,8 @@ def _raise_for(key: str, reply: Sequence[str]) -> None:
         raise SignatureInUseError(f"{key} is a callback; it runs when its task finishes")
     if code == "chain_step":
         raise SignatureInUseError(f"{key} is a chain step; run the chain instead")
+    if code == "inner_node":
+        raise SignatureInUseError(f"{key} is a node of a graph or branch; run that instead")
     if code == "not_root":
         raise SignatureInUseError(f"{key} is part of a larger workflow; cancel the workflow")
     if code == "exists":
@@ -88,16 +90,25 @@ class Engine:
         return reply
 
     # -- a worker's events ------------------------------------------------------------------
-    async def start(self, key: str, run_id: str, task_name: str | None = None) -> StartOutcome:
+    async def start(
+        self, key: str, run_id: str, task_name: str | None = None, lease: float | None = None
+    ) -> StartOutcome:
         """A delivery of ``key`` under ``run_id``, for task ``task_name``, arrived: may its
         user code run? A delivery naming another task than the node's is a ``mismatch``
-        and changes nothing (workers always pass the name; ``None`` skips the check)."""
+        and changes nothing (workers always pass the name; ``None`` skips the check).
+        With ``lease`` (s, needs ``task_name``) the attempt that runs holds the task that
+        long (:meth:`renew` extends it); a copy of the same run arriving meanwhile is
+        ``leased`` (``lease_until_ms``) and must not run user code."""
         wf, sid = split_key(key)
-        named = () if task_name is None else (task_name,)
+        named: tuple[str, ...] = () if task_name is None else (task_name,)
+        if lease is not None and task_name is not None:
+            named = (task_name, str(max(int(lease * 1000), 1)))
         reply = await self._call(wf, "start", sid, run_id, *named)
         action = reply[0]
         if action == "mismatch":
             return StartOutcome("mismatch", node_task=reply[1])
+        if action == "leased":
+            return StartOutcome("leased", lease_until_ms=int(reply[1]))
         if action == "run":
             return StartOutcome(
                 "run",
@@ -110,6 +121,14 @@ class Engine:
         if action not in ("dup", "held", "dropped", "missing"):
             raise EngineError(f"unexpected engine reply for {key}: {reply!r}")
         return StartOutcome(action)  # type: ignore[arg-type]
+
+    async def renew(self, key: str, run_id: str, lease: float) -> bool:
+        """Extend the lease of run ``run_id`` on task ``key`` to ``lease`` s from now
+        (``0`` releases it: the next attempt of the run may start at once). ``False``: the
+        task is no longer this run's (settled, canceled, or taken over)."""
+        wf, sid = split_key(key)
+        reply = await self._call(wf, "lease", sid, run_id, str(max(int(lease * 1000), 0)))
+        return reply[0] == "ok"
 
     async def finish(
         self, key: str, ok: bool, value: str, original_input: str = "{}"

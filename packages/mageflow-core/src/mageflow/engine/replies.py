@@ -19,6 +19,8 @@ class Publish:
     payload: Any
     priority: int | None = None
     not_before_ms: int | None = None
+    queue: str | None = None
+    """The queue the task is routed to (``None``: the default queue)."""
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,10 @@ class Transition:
 class StartOutcome:
     """What a delivery should do: ``run`` the user code, ``redo`` (re-issue ``owed``
     publishes of an already finished run), or nothing (``dup``, ``held``, ``dropped``,
-    ``missing``, ``mismatch``: the delivery names another task than the node's)."""
+    ``missing``, ``mismatch``: the delivery names another task than the node's;
+    ``leased``: a copy of a run whose running attempt holds the task)."""
 
-    action: Literal["run", "redo", "dup", "held", "dropped", "missing", "mismatch"]
+    action: Literal["run", "redo", "dup", "held", "dropped", "missing", "mismatch", "leased"]
     kwargs: dict[str, Any] = field(default_factory=dict)
     attempt: int = 0
     identifiers: dict[str, Any] = field(default_factory=dict)
@@ -61,6 +64,8 @@ class StartOutcome:
     owed: list[Publish] = field(default_factory=list)
     node_task: str = ""
     """The task name the node was signed for (``mismatch`` only)."""
+    lease_until_ms: int = 0
+    """``leased`` only: until when (ms) the running attempt of the same run holds it."""
 
 
 @dataclass(frozen=True)

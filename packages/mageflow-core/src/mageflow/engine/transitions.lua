@@ -48,6 +48,7 @@
 --      to the task manager)
 --   dl start this many ms after becoming due   at  start no earlier than this ms timestamp
 --   nd '1': the task manager holds dl/at (the engine dispatches at once, with the time)
+--   q  the queue (worker capability) the task is routed to; sent to the task manager
 --   (a chain's steps are the list H:steps:<chain>, so an event reads one step, not all)
 --   graph node: gn its name in the graph; rq / oq required / optional dependency sids;
 --      rd / od its out-edges: the nodes that require it / for which it is optional
@@ -80,6 +81,8 @@
 --   outcome    done|failed recorded while the node itself is held            settle
 --   waited     '1' when a client waits: settling PUBLISHes on H:done         client
 --   run_id / attempts   the run executing a task, attempts made             start
+--   lease      ms until which the running attempt of run_id holds the task: a copy of
+--              the same run waits ('leased') instead of running user code   start, lease
 --   payload    a task's payload when it cannot be rebuilt from its swarm     emit
 --   owed       JSON array of sids a task's finish dispatched (re-sent on redelivery)  finish
 --   resends    how often the reconciler re-sent the task       resend
@@ -228,11 +231,12 @@ local STATS = KEYS[2]
 local STATS_TTL = 3660
 local STATS_BOUNDS = { 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000 }
 
+local stats_bucket = nil -- this minute's bucket, once written (its TTL is set at the end)
+
 local function stat(field, by)
   if not STATS then return end
-  local k = STATS .. ':' .. string.format('%d', math.floor(NOW / 60000))
-  redis.call('HINCRBY', k, field, by)
-  redis.call('EXPIRE', k, STATS_TTL)
+  stats_bucket = stats_bucket or (STATS .. ':' .. string.format('%d', math.floor(NOW / 60000)))
+  redis.call('HINCRBY', stats_bucket, field, by)
 end
 
 -- Task sid's final outcome: counted with its duration since its first attempt.
@@ -247,6 +251,26 @@ local function stat_finished(sid, ok)
     if ms <= bound then b = i break end
   end
   stat(t .. 'h' .. b, 1)
+end
+
+-- A swarm item that holds its slot without running (a task held by a suspend or an
+-- interrupt, or an item that ended under a held swarm and waits to be counted) is
+-- 'paused' and counted in its swarm's n_paused, so the swarm's running count
+-- (n_running - n_paused) stays true while it is held.
+local function pause(sid)
+  local p = def(sid).p
+  if p and def(p).k == 'swarm' and not get(sid, 'paused') then
+    set(sid, 'paused', '1')
+    incr(p, 'n_paused', 1)
+  end
+end
+
+local function unpause(sid)
+  if get(sid, 'paused') then
+    del(sid, 'paused')
+    local p = def(sid).p
+    if tonumber(get(p, 'n_paused') or '0') > 0 then incr(p, 'n_paused', -1) end
+  end
 end
 
 local function up(d)
@@ -316,9 +340,10 @@ local function spec(sid, pl)
   local d = def(sid)
   local s = '[' .. cjson.encode(d.t) .. ',' .. cjson.encode(sid) .. ',' .. pl
   local due = d.nd and not_before(sid)
-  if d.pr or due then
+  if d.pr or due or d.q then
     s = s .. ',' .. (d.pr and tostring(d.pr) or 'null') .. ',' .. (due and string.format('%d', due) or 'null')
   end
+  if d.q then s = s .. ',' .. cjson.encode(d.q) end
   return s .. ']'
 end
 
@@ -593,6 +618,7 @@ settle = function(sid, ok, val, inl)
   if get(sid, 'waited') then redis.call('PUBLISH', H .. ':done', sid) end
   if why == 'canceled' then return end
   if why == 'hold' then
+    pause(sid)
     hold(at, { 'after', sid, inl or '' })
     return
   end
@@ -809,25 +835,6 @@ branch_child_done = function(b, sid, ok, val)
   else
     set(b, 'chosen', pick)
     start_node(pick, get(b, 'input'), nil, val, nil)
-  end
-end
-
--- A swarm item task that holds its slot without running (held by a suspend or an
--- interrupt) is 'paused' and counted in its swarm's n_paused, so the swarm's running
--- count (n_running - n_paused) stays true while it is held.
-local function pause(sid)
-  local p = def(sid).p
-  if p and def(p).k == 'swarm' and not get(sid, 'paused') then
-    set(sid, 'paused', '1')
-    incr(p, 'n_paused', 1)
-  end
-end
-
-local function unpause(sid)
-  if get(sid, 'paused') then
-    del(sid, 'paused')
-    local p = def(sid).p
-    if tonumber(get(p, 'n_paused') or '0') > 0 then incr(p, 'n_paused', -1) end
   end
 end
 
@@ -1257,6 +1264,10 @@ if OP == 'start' then
       result = { 'dropped' }
     elseif TERMINAL[st] or get(sid, 'outcome') or get(sid, 'cont') then
       if cur == rid then result = { 'redo', redo(sid) } else result = { 'dup' } end
+    elseif cur == rid and (st == 'active' or get(sid, 'held_from') == 'active')
+        and tonumber(get(sid, 'lease') or '0') > NOW then
+      -- a copy of a run whose attempt still holds its lease: it must not run user code
+      result = { 'leased', get(sid, 'lease') }
     elseif cur and cur ~= rid and (st == 'active' or get(sid, 'held_from') == 'active') then
       result = { 'dup' }
     elseif get(sid, 'sent') == nil then
@@ -1290,6 +1301,7 @@ if OP == 'start' then
         stat('t:' .. d.t .. ':started', 1)
         if a > 1 then stat('t:' .. d.t .. ':retried', 1) end
         if a > 1 then note(sid, 'retried', a) end
+        if ARGV[9] then set(sid, 'lease', NOW + tonumber(ARGV[9])) end
         result = { 'run', get(sid, 'kwargs') or '{}', tostring(a), get(sid, 'idents') or '{}' }
       end
     end
@@ -1305,6 +1317,7 @@ elseif OP == 'finish' then
   else
     redis.call('SREM', INFLIGHT, sid)
     stat_finished(sid, ok)
+    del(sid, 'lease')
     settle(sid, ok, val, inp)
     set(sid, 'owed', string_list(sent_now))
     result = transition_reply()
@@ -1323,6 +1336,7 @@ elseif OP == 'continue' then
     result = { 'missing' }
   else
     redis.call('SREM', INFLIGHT, sid)
+    del(sid, 'lease')
     set(sid, 'cont', c)
     set(sid, 'input', inp)
     redis.call('SADD', CONTS, c)
@@ -1362,7 +1376,7 @@ elseif OP == 'run' then
         result = transition_reply()
       end
     elseif pd then
-      result = { 'err', 'chain_step' }
+      result = { 'err', pd.k == 'chain' and 'chain_step' or 'inner_node' }
     elseif get(sid, 'status') == 'canceled' then
       result = { 'err', 'finished', 'canceled' }
     else
@@ -1504,6 +1518,7 @@ elseif OP == 'resume' then
         if why == 'hold' then
           hold(at, e)
         elseif why ~= 'canceled' then
+          unpause(x)
           after(x, e[3])
         end
       end
@@ -1575,6 +1590,19 @@ elseif OP == 'reconcile' then
   if held_until and (nxt == nil or held_until < nxt) then nxt = held_until end
   result = { 'ok', encoded_pubs(), nxt and string.format('%d', nxt) or '', get(ROOT, 'status') or 'pending',
     tostring(redis.call('SCARD', INFLIGHT)) }
+elseif OP == 'lease' then
+  -- Run ARGV[7] of task ARGV[6] still runs: its lease lasts ARGV[8] ms from now ('0':
+  -- released, so that the next attempt of the same run starts at once). 'lost': the task
+  -- is not (or no longer) this run's, or it settled.
+  local sid, rid, ms = ARGV[6], ARGV[7], tonumber(ARGV[8])
+  local d = def(sid)
+  if d == nil or d.k ~= 'task' or get(sid, 'run_id') ~= rid or TERMINAL[get(sid, 'status')]
+      or get(sid, 'outcome') then
+    result = { 'lost' }
+  else
+    if ms > 0 then set(sid, 'lease', NOW + ms) else del(sid, 'lease') end
+    result = { 'ok' }
+  end
 elseif OP == 'payload' then
   -- Read only: the payload task sid is (or would be) dispatched with.
   local d = def(ARGV[6])
@@ -1616,4 +1644,5 @@ redis.call('EXPIRE', H, ttl)
 for k, _ in pairs(touched) do
   redis.call('EXPIRE', k, ttl)
 end
+if stats_bucket then redis.call('EXPIRE', stats_bucket, STATS_TTL) end
 return result

@@ -76,6 +76,7 @@ def with_options(d: NodeDef, options: Options | None, *, native_delay: bool) -> 
     d.start_at_ms = None if options.start_at is None else round(options.start_at.timestamp() * 1000)
     timed = d.delay_ms is not None or d.start_at_ms is not None
     d.native_delay = timed and native_delay and d.kind == "task"
+    d.queue = options.queue if d.kind == "task" else None
     return d
 
 

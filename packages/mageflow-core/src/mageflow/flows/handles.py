@@ -21,7 +21,7 @@ from mageflow.flows import identifiers as idents
 from mageflow.flows import observe
 from mageflow.flows.build import TaskLike, WorkflowBuilder, new_item_id
 from mageflow.flows.messages import message_json
-from mageflow.flows.publish import publish
+from mageflow.flows.publish import publish, start_backend
 from mageflow.models.events import StreamedEvent
 from mageflow.models.signatures import NodeDef, SignatureState
 from mageflow.models.status import SignatureStatus
@@ -68,7 +68,7 @@ class Signature:
 
     async def _run(self, message: Any, watch: bool) -> None:
         raw = message_json(message)
-        await self.mf.ensure_started()  # before the transition: what it records is sent
+        await start_backend(self.mf)  # before the transition: what it records is sent
         transition = await self.mf.engine.run(self.key, raw, watch=watch)
         observe.store_events(transition.events)
         faults.check(faults.AFTER_RUN, faults.CLIENT)

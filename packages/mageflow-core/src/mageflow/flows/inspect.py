@@ -125,6 +125,7 @@ async def read_state(mf: Readable, key: str) -> SignatureState:
         counts=counts,
         closed=(closed == "1") if d.kind == "swarm" else None,
         priority=d.priority,
+        queue=d.queue,
         not_before=timestamp_of(due) if due else _planned(d),
         dispatched_at=timestamp_of(sent),
         identifiers={} if idents is None else json.loads(idents),

@@ -35,12 +35,13 @@ def outgoing(p: Publish) -> OutgoingTask:
     delay = None
     if p.not_before_ms is not None:
         delay = max(p.not_before_ms / 1000 - time.time(), 0.0) or None
-    return OutgoingTask(p.task_name, p.payload, {HEADER_KEY: p.key}, p.priority, delay)
+    return OutgoingTask(p.task_name, p.payload, {HEADER_KEY: p.key}, p.priority, delay, p.queue)
 
 
 async def _send(rt: Runtime, publishes: Sequence[Publish], tasks: list[OutgoingTask]) -> None:
     for p in publishes:
         faults.fail(faults.PUBLISH, p.task_name)
+    await rt.ensure_started()  # retried with the publish: the broker may be down at first
     await rt.backend.publish_many(tasks)
 
 
@@ -50,7 +51,6 @@ async def publish(rt: Runtime, publishes: Sequence[Publish]) -> None:
     them later and nothing is lost."""
     if not publishes:
         return
-    await rt.ensure_started()
     tasks = [outgoing(p) for p in publishes]
     try:
         # the common case costs one call; the retry machinery only starts on a failure
@@ -73,4 +73,30 @@ async def publish(rt: Runtime, publishes: Sequence[Publish]) -> None:
             f"could not publish {len(tasks)} task(s) ({tasks[0].task_name} ...) after "
             f"{ATTEMPTS} attempts: {exc!r}. They are recorded; the reconciler sends them "
             "once the task manager is reachable (any worker, or `mageflow reconcile`)."
+        ) from exc
+
+
+async def start_backend(rt: Runtime) -> None:
+    """Start the backend before a client's first transition, retrying a transient error
+    (the broker not reachable yet) like a publish. Raises :class:`PublishError` when it
+    keeps failing; nothing was recorded yet, so the call can simply be made again."""
+    try:
+        await rt.ensure_started()
+        return
+    except Exception as exc:
+        if not _transient(exc):
+            raise
+        log.warning("starting the backend failed (%r); retrying", exc)
+    try:
+        async for attempt in stamina.retry_context(
+            on=_transient, attempts=ATTEMPTS, wait_initial=0.05, wait_max=1.0, timeout=None
+        ):
+            with attempt:
+                await rt.ensure_started()
+    except MageflowError:
+        raise
+    except Exception as exc:
+        raise PublishError(
+            f"could not reach the task manager after {ATTEMPTS} attempts: {exc!r}; "
+            "nothing was run, try again once it is reachable"
         ) from exc

@@ -27,6 +27,11 @@ class Runtime(Protocol):
     def backend(self) -> TaskBackend: ...
 
     @property
+    def lease(self) -> float:
+        """Seconds a running attempt holds its task between renewals."""
+        ...
+
+    @property
     def tasks(self) -> Mapping[str, RegisteredTask]: ...
 
     def task_name_of(self, value: Any) -> str:

@@ -31,7 +31,7 @@ from mageflow.errors import (
     TaskTimeoutError,
 )
 from mageflow.flows import identifiers as idents
-from mageflow.flows import observe
+from mageflow.flows import lease, observe
 from mageflow.flows.build import WorkflowBuilder
 from mageflow.flows.handles import Signature
 from mageflow.flows.messages import (
@@ -159,7 +159,19 @@ async def run_task(mf: Runtime, task: RegisteredTask, payload: JSON, ctx: RunCon
     started = await _start(mf, task.name, key, payload, ctx, task.return_field)
     if started is None:
         return None
-    data, outcome = started
+    async with lease.renewed(mf, key, ctx.run_id):
+        return await _run_started(mf, task, key, ctx, *started)
+
+
+async def _run_started(
+    mf: Runtime,
+    task: RegisteredTask,
+    key: str,
+    ctx: RunContext,
+    data: dict[str, Any],
+    outcome: StartOutcome,
+) -> JSON:
+    """The user code of a delivery the start transition let run, then its finish."""
     me = TaskContext(
         key=key,
         task_name=task.name,
@@ -204,6 +216,7 @@ async def run_task(mf: Runtime, task: RegisteredTask, payload: JSON, ctx: RunCon
                 run_id=ctx.run_id,
                 error=error_dict(exc),
             )
+            await lease.release(mf, key, ctx.run_id)
             raise
         await _fail(mf, task.name, key, exc, data, ctx)
         raise
@@ -317,8 +330,20 @@ async def _start(
     assert isinstance(payload, dict)
     mf.start_reconciler()
     outcome = await until_recorded(
-        "start", task_name, key, lambda: mf.engine.start(key, ctx.run_id, task_name)
+        "start", task_name, key, lambda: mf.engine.start(key, ctx.run_id, task_name, mf.lease)
     )
+    if outcome.action == "leased":
+        log.info("%s (%s): run %s is running elsewhere; waiting", key, task_name, ctx.run_id)
+    while outcome.action == "leased":
+        # Hold the delivery: if the running attempt's worker died, its lease lapses and
+        # this copy takes over; if that attempt finishes, this copy is a duplicate.
+        await asyncio.sleep(lease.wait_for_lease(outcome.lease_until_ms, mf.lease))
+        outcome = await until_recorded(
+            "start",
+            task_name,
+            key,
+            lambda: mf.engine.start(key, ctx.run_id, task_name, mf.lease),
+        )
     if outcome.action == "mismatch":
         log.warning(
             "a delivery of %s as task %r dropped: that signature is of task %r (a forged or "

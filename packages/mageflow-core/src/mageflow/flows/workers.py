@@ -17,6 +17,7 @@ from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mageflow.backend.base import serving_queues
 from mageflow.errors import StoreUnavailableError
 from mageflow.flows.inspect import Readable
 
@@ -44,6 +45,8 @@ class WorkerInfo:
     tasks: list[str]
     started: float
     last_seen: float = field(default_factory=time.time)
+    settings: dict[str, str] = field(default_factory=dict)
+    """The backend's own summary (``describe()``: its broker, stream, pools ...)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,18 +54,18 @@ class WorkerInfo:
 
 def describe_worker(rt: Runtime, worker_id: str, started: float) -> WorkerInfo:
     backend = rt.backend
-    settings = dict(backend.describe())
-    queues = [q for q in settings.get("queues", settings.get("queue_name", "")).split(",") if q]
+    settings = {str(k): str(v) for k, v in backend.describe().items()}
     concurrency = getattr(backend, "concurrency", None)
     return WorkerInfo(
         id=worker_id,
         backend=backend.name,
         host=socket.gethostname(),
         pid=os.getpid(),
-        queues=queues or ["default"],
+        queues=list(serving_queues()),
         concurrency=concurrency if isinstance(concurrency, int) else None,
         tasks=sorted(rt.tasks),
         started=started,
+        settings=settings,
     )
 
 

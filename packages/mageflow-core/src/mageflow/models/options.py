@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -10,6 +11,19 @@ from mageflow.errors import InvalidOptionsError
 
 PRIORITY_MIN = 0
 PRIORITY_MAX = 9
+DEFAULT_QUEUE = "default"
+"""The queue of tasks routed nowhere in particular (every worker serves it by default)."""
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def check_queue(name: object) -> str:
+    """``name`` if it can name a queue (1-64 letters, digits, ``_ . -``); raises
+    :class:`InvalidOptionsError` otherwise."""
+    if not isinstance(name, str) or not _QUEUE_NAME.fullmatch(name):
+        raise InvalidOptionsError(
+            f"a queue name is 1 to 64 letters, digits, '_', '.' or '-', got {name!r}"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -24,11 +38,14 @@ class Options:
     - ``delay`` (seconds or a ``timedelta``): the node starts this long after it becomes
       due (a chain step: after the previous step finished).
     - ``start_at`` (an aware ``datetime``): the node starts no earlier than this.
+    - ``queue`` (a name): only workers serving this queue run the task
+      (``mageflow worker app:mf --queues gpu``); without one it goes to ``default``.
     """
 
     priority: int | None = None
     delay: float | timedelta | None = None
     start_at: datetime | None = None
+    queue: str | None = None
 
     def __post_init__(self) -> None:
         p = self.priority
@@ -39,6 +56,8 @@ class Options:
                 f"priority must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX} "
                 f"(higher starts first), got {p!r}"
             )
+        if self.queue is not None:
+            check_queue(self.queue)
         if self.delay is not None and self.start_at is not None:
             raise InvalidOptionsError("give delay= or start_at=, not both")
         seconds = self.delay_seconds
@@ -74,4 +93,5 @@ class Options:
             priority=self.priority if self.priority is not None else defaults.priority,
             delay=self.delay if timing else defaults.delay,
             start_at=self.start_at if timing else defaults.start_at,
+            queue=self.queue if self.queue is not None else defaults.queue,
         )

@@ -35,6 +35,8 @@ class NodeDef(BaseModel):
     start_at_ms: int | None = Field(default=None, alias="at")
     """Start no earlier than this (ms since the epoch)."""
     native_delay: bool = Field(default=False, alias="nd")
+    queue: str | None = Field(default=None, alias="q")
+    """The queue the task is routed to (``None``: the default queue)."""
     """The task manager holds the delay (the engine dispatches at once, with the delay)."""
     graph_name: str | None = Field(default=None, alias="gn")
     """A graph node's name in its graph (its dependents' results are keyed by it)."""
@@ -105,6 +107,8 @@ class SignatureState(BaseModel):
     closed: bool | None = None
     """For swarms: ``False`` while it takes more items (it completes only once closed)."""
     priority: int | None = None
+    queue: str | None = None
+    """The queue it is routed to: only workers serving it run it (``None``: default)."""
     not_before: datetime | None = None
     """A delay or start time: the node starts no earlier than this."""
     identifiers: dict[str, Any] = Field(default_factory=dict)

@@ -19,7 +19,9 @@ class MageflowSettings(BaseSettings):
     store; ``redis://``, ``rediss://``, ``unix://`` or ``memory://``),
     ``MAGEFLOW_KEY_PREFIX``, ``MAGEFLOW_ACTIVE_TTL`` / ``MAGEFLOW_FINISHED_TTL`` (whole
     seconds, at least 1), ``MAGEFLOW_RESEND_AFTER`` (seconds, more than 0, a dispatched
-    task may stay unstarted before the reconciler re-sends it).
+    task may stay unstarted before the reconciler re-sends it), ``MAGEFLOW_LEASE``
+    (seconds, more than 0, a running attempt holds its task between two renewals: a copy
+    of the same run waits that long after the attempt's worker died before taking over).
 
     Raises :class:`ConfigurationError` naming the variable for a value out of range or
     of the wrong type."""
@@ -32,6 +34,7 @@ class MageflowSettings(BaseSettings):
     active_ttl: int = Field(default=7 * 24 * 3600, ge=1)
     finished_ttl: int = Field(default=24 * 3600, ge=1)
     resend_after: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    lease: float = Field(default=10.0, gt=0, allow_inf_nan=False)
 
     def __init__(self, **values: Any) -> None:
         try:

@@ -20,6 +20,8 @@ from mageflow.testing.contract.bad_input import BadInputContract
 from mageflow.testing.contract.base import ContractHarness
 from mageflow.testing.contract.chains import ChainContract
 from mageflow.testing.contract.context import ContextContract
+from mageflow.testing.contract.counts import CountsContract
+from mageflow.testing.contract.delivery import DeliveryContract
 from mageflow.testing.contract.documents import DocumentsContract
 from mageflow.testing.contract.dynamic import DynamicContract
 from mageflow.testing.contract.events import EventsContract
@@ -28,6 +30,7 @@ from mageflow.testing.contract.graphs import GraphContract
 from mageflow.testing.contract.lifecycle import LifecycleContract
 from mageflow.testing.contract.options import OptionsContract
 from mageflow.testing.contract.rerun import RerunContract
+from mageflow.testing.contract.routing import RoutingContract
 from mageflow.testing.contract.signatures import SignatureContract
 from mageflow.testing.contract.swarms import SwarmContract
 
@@ -45,6 +48,9 @@ class BackendContract(
     DocumentsContract,
     DynamicContract,
     GraphContract,
+    RoutingContract,
+    CountsContract,
+    DeliveryContract,
     EventsContract,
 ):
     """Subclass and provide the ``harness`` fixture."""

@@ -27,12 +27,21 @@ class ContractHarness:
     """The task manager redelivers a message whose worker died before acknowledging it.
     Informational: the crash-window test passes either way (through the redelivery, or
     through the reconciler)."""
+    redelivery_lease: float | None = None
+    """Seconds after which the task manager hands a message its worker still holds to
+    another worker unless the worker renews its claim (taskiq's stream ``idle_timeout``, a
+    Hatchet worker's heartbeat timeout, a visibility timeout). The suite runs a task for
+    longer and checks it ran once. ``None`` (the task manager never takes back a message
+    from a live worker) skips that test."""
     timeout: float = 30.0
     """Upper bound for one workflow to finish."""
     settle: float = 0.5
     """How long to wait before asserting that something did *not* happen."""
     worker_slots: int = 3
     """Tasks the workers can run at once in total (the concurrency test needs >= 3)."""
+    routed_queues: tuple[str, ...] = ()
+    """Queues served each by a worker of its own besides ``default`` (the routing test
+    needs :data:`mageflow.testing.contract_tasks.ROUTED_QUEUES`)."""
 
 
 def _ns() -> str:

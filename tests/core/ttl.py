@@ -1,0 +1,19 @@
+"""Reading a key's TTL on either host of the engine script."""
+
+from __future__ import annotations
+
+from mageflow import Mageflow
+from mageflow.store import MemoryStore, RedisStore
+
+
+async def ttl_of(app: Mageflow, key: str) -> int:
+    """Seconds left on ``key`` (-1: no TTL, -2: no such key), as Redis reports it."""
+    store = app.store
+    if isinstance(store, RedisStore):
+        return int(await store.client.ttl(key))
+    assert isinstance(store, MemoryStore)
+    ks = store.keyspace
+    if not ks.exists(key):
+        return -2
+    at = ks.expires.get(key)
+    return -1 if at is None else round(at - ks.clock())
