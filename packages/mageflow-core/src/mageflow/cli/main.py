@@ -201,6 +201,11 @@ def worker(
 for _command in COMMANDS:
     cli.add_command(_command)
 
+from mageflow.cli.dashboard.command import COMMANDS as DASHBOARD_COMMANDS  # noqa: E402
+
+for _command in DASHBOARD_COMMANDS:
+    cli.add_command(_command)
+
 
 def main() -> None:
     try:

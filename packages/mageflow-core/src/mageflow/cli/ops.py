@@ -275,7 +275,12 @@ def tree(ctx: click.Context, key: str, max_items: int) -> None:
 
 @click.command()
 @click.argument("key")
-@click.option("--interval", default=0.25, show_default=True, help="Refresh period (s).")
+@click.option(
+    "--interval",
+    default=0.25,
+    show_default=True,
+    help="At most one refresh per period (s); refreshes are pushed by the engine's events.",
+)
 @click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
 @click.pass_context
 def watch(ctx: click.Context, key: str, interval: float, timeout: float | None) -> None:
@@ -294,6 +299,7 @@ def watch(ctx: click.Context, key: str, interval: float, timeout: float | None) 
         ) as progress:
             bar = progress.add_task(key, total=None, detail="")
             meter = ProgressMeter()
+            changed = await _pushed_changes(mf, key)
             while True:
                 state = await read_state(mf, key)
                 frame = meter.update(state)
@@ -304,11 +310,39 @@ def watch(ctx: click.Context, key: str, interval: float, timeout: float | None) 
                     return state.status.value
                 if deadline is not None and loop.time() > deadline:
                     raise click.ClickException(f"{key} still {state.status.value} after timeout")
-                await asyncio.sleep(interval)
+                await _next_change(changed, interval)
 
     final = read_only(follow, ctx)
     console.print(f"{key} finished: {styled(final)}")
     sys.exit(0 if final == "done" else 1)
+
+
+async def _pushed_changes(mf: StoreView, key: str) -> asyncio.Event:
+    """An event set whenever the engine streams a change under ``key`` (``wf.events()``)."""
+    from mageflow.flows.stream import node_events
+
+    changed = asyncio.Event()
+    changes = node_events(mf, key)
+
+    async def pump() -> None:
+        async for _ in changes:
+            changed.set()
+        changed.set()
+
+    task = asyncio.get_running_loop().create_task(pump())
+    changed.pump = task  # type: ignore[attr-defined]  # kept alive with the event
+    return changed
+
+
+async def _next_change(changed: asyncio.Event, interval: float) -> None:
+    """Wait for the next pushed change (a slow re-read every 5 s regardless), then
+    ``interval`` more so a burst of changes is shown once."""
+    try:
+        await asyncio.wait_for(changed.wait(), 5.0)
+    except asyncio.TimeoutError:
+        return
+    changed.clear()
+    await asyncio.sleep(interval)
 
 
 @click.command(name="ls")

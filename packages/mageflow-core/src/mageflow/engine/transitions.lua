@@ -32,6 +32,9 @@
 --   H:delayed              zset: nodes whose start the engine holds until a time; score = that
 --                          time (ms); the reconciler's pass releases them when due
 --   H:done                 pub/sub channel: a watched node settled (message = sid)
+--   H:events               stream: one entry per call that changed a status (field e: JSON
+--                          array of [sid, event, kind, task, ms, attempt, status]), capped at
+--                          EVENTS_MAX entries; wf.events() reads it
 --   H:conts                set: the roots of workflows tasks returned to run in their place
 --                          (reached by the root's final expiry like the rest)
 --   KEYS[2] (optional)     statistics: "<prefix>:stats"; each minute m has the hash
@@ -140,9 +143,48 @@ local function get(sid, f)
   return v
 end
 
+-- Streamed events (H:events, read by wf.events()): one compact entry per state change,
+-- JSON [sid, event, kind, task name, ms, attempt, status]; a call's changes go in one
+-- stream entry (a JSON array of them), appended at the end of the call.
+local EVENTS = H .. ':events'
+local EVENTS_MAX = 10000 -- entries (transitions) kept per workflow (XADD MAXLEN ~)
+local stream = {}
+local STATUS_EVENT = { done = 'done', failed = 'failed', canceled = 'canceled',
+  suspended = 'suspended', interrupted = 'interrupted', skipped = 'skipped' }
+local def
+local names_json = {} -- task name -> its JSON text (names are plain text as a rule)
+local function name_json(t)
+  local j = names_json[t]
+  if j == nil then
+    if string.find(t, '[%c"\\]') then j = cjson.encode(t) else j = '"' .. t .. '"' end
+    names_json[t] = j
+  end
+  return j
+end
+local function note(sid, event, attempt, status)
+  local d = def(sid)
+  -- sids, event names, kinds and statuses are plain identifiers: concatenated as JSON
+  stream[#stream + 1] = '["' .. sid .. '","' .. event .. '","' .. (d and d.k or 'task') .. '",'
+    .. name_json(d and d.t or '') .. ',' .. NOW_S .. ',' .. (attempt or 0) .. ',"'
+    .. (status or 'active') .. '"]'
+end
+
+-- The event of sid's status going from old to v (nil: no change worth streaming).
+local function status_event(old, v)
+  if old == v then return nil end
+  local held = old == 'suspended' or old == 'interrupted'
+  if v == 'active' then return held and 'resumed' or 'started' end
+  if v == 'pending' then return held and 'resumed' or 'requeued' end
+  return STATUS_EVENT[v] or v
+end
+
 local function set(sid, f, v)
   local k = sid .. ':' .. f
   if type(v) == 'number' then v = string.format('%d', v) end
+  if f == 'status' then
+    local ev = status_event(get(sid, f), v)
+    if ev then note(sid, ev, 0, v) end
+  end
   redis.call('HSET', H, k, v)
   fields[k] = v
 end
@@ -160,7 +202,7 @@ local function incr(sid, f, by)
 end
 
 -- The definition of sid, or nil when there is none (definitions never change).
-local function def(sid)
+def = function(sid)
   local d = defs[sid]
   if d == nil then
     local raw = redis.call('HGET', H, sid)
@@ -1258,6 +1300,7 @@ if OP == 'start' then
         local a = incr(sid, 'attempts', 1)
         stat('t:' .. d.t .. ':started', 1)
         if a > 1 then stat('t:' .. d.t .. ':retried', 1) end
+        if a > 1 then note(sid, 'retried', a) end
         if ARGV[9] then set(sid, 'lease', NOW + tonumber(ARGV[9])) end
         result = { 'run', get(sid, 'kwargs') or '{}', tostring(a), get(sid, 'idents') or '{}' }
       end
@@ -1585,6 +1628,11 @@ elseif OP == 'retry' then
   end
 else
   return redis.error_reply('mageflow: unknown operation ' .. tostring(OP))
+end
+
+if #stream > 0 then
+  redis.call('XADD', EVENTS, 'MAXLEN', '~', EVENTS_MAX, '*', 'e', '[' .. table.concat(stream, ',') .. ']')
+  touched[EVENTS] = true
 end
 
 local ttl = TTL_ACTIVE

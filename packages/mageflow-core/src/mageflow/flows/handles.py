@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from mageflow import faults
@@ -22,6 +22,7 @@ from mageflow.flows import observe
 from mageflow.flows.build import TaskLike, WorkflowBuilder, new_item_id
 from mageflow.flows.messages import message_json
 from mageflow.flows.publish import publish, start_backend
+from mageflow.models.events import StreamedEvent
 from mageflow.models.signatures import NodeDef, SignatureState
 from mageflow.models.status import SignatureStatus
 
@@ -99,6 +100,15 @@ class Signature:
         from mageflow.flows.inspect import read_state
 
         return await read_state(self.mf, self.key)
+
+    def events(self, *, after: str = "0") -> AsyncIterator[StreamedEvent]:
+        """Every state change of this node and everything under it, in order, as the
+        engine's transitions make them (pushed, not polled): ``async for event in
+        wf.events()``. Replays from the start (or stream id ``after``) so nothing is
+        missed; ends after this node's terminal event (or its workflow's)."""
+        from mageflow.flows.stream import node_events
+
+        return node_events(self.mf, self.key, after=after)
 
     async def suspend(self) -> None:
         """Stop what has not started; running tasks finish, what follows them waits."""

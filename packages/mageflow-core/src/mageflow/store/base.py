@@ -40,6 +40,9 @@ _SET_IF_PRESENT = Script(
     "return 1\n"
 )
 
+EVENTS_BATCH = 500
+"""At most this many stream entries come back from one :meth:`StateStore.read_events`."""
+
 Reply = list[str] | str | int | None
 """What a script returns: strings, integers, nil, or flat arrays of strings."""
 
@@ -203,6 +206,36 @@ class StateStore(abc.ABC):
         workflow's ``channel`` and again whenever ``message`` is published there (pushed,
         never polled; a slow safety re-check covers a message lost on reconnect).
         Raises :class:`TimeoutError` after ``timeout`` seconds."""
+
+    def events_key(self, wf: str) -> str:
+        """The stream of workflow ``wf``'s state changes, written by the engine."""
+        return f"{self.hash_key(wf)}:events"
+
+    @abc.abstractmethod
+    async def read_events(self, wf: str, after: str, timeout: float) -> list[tuple[str, str]]:
+        """Entries ``(id, event JSON)`` of workflow ``wf``'s event stream after id
+        ``after`` (``"0"``: from the start), at most :data:`EVENTS_BATCH`; when there is
+        none yet, wait up to ``timeout`` seconds for one (woken by the engine's append,
+        never polled) and return ``[]`` if none came."""
+
+    @property
+    def workers_key(self) -> str:
+        """The hash of live workers: worker id -> JSON of what it serves and when it was
+        last seen (``mageflow workers``, the dashboard); expires with the last heartbeat."""
+        return f"{self.prefix}:workers"
+
+    @abc.abstractmethod
+    async def put_worker(self, worker_id: str, info: str, ttl: int) -> None:
+        """Record (or refresh) a worker's heartbeat ``info``; the hash expires ``ttl``
+        seconds after the last heartbeat of any worker."""
+
+    @abc.abstractmethod
+    async def drop_workers(self, worker_ids: Sequence[str]) -> None:
+        """Forget workers (stopped, or not seen for too long)."""
+
+    @abc.abstractmethod
+    async def read_workers(self) -> dict[str, str]:
+        """Every recorded worker id -> its heartbeat JSON (stale ones included)."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

@@ -53,6 +53,19 @@ class ZSet(dict[str, float]):
         return [(m, s) for s, m in ordered[start : stop + 1]]
 
 
+class Stream(list[tuple[str, str]]):
+    """A stream: ``(id, value)`` entries in id order (one field per entry, which is all
+    the engine writes); ids are ``<ms>-<seq>`` as Redis makes them."""
+
+    last: tuple[int, int] = (0, 0)
+
+
+def stream_id(text: str) -> tuple[int, int]:
+    """``"<ms>-<seq>"`` (or ``"<ms>"``) as a comparable pair."""
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def score_text(score: float) -> str:
     """A score as Redis prints it."""
     return str(int(score)) if score == int(score) else format(score, ".17g")
@@ -134,7 +147,13 @@ class Keyspace:
 
     def type_of(self, key: str) -> str:
         value = self._live(key)
-        kinds: dict[type, str] = {dict: "hash", deque: "list", set: "set", ZSet: "zset"}
+        kinds: dict[type, str] = {
+            dict: "hash",
+            deque: "list",
+            set: "set",
+            ZSet: "zset",
+            Stream: "stream",
+        }
         return kinds.get(type(value), "none")
 
     # -- hashes ---------------------------------------------------------------------------
@@ -264,6 +283,36 @@ class Keyspace:
 
     def zset(self, key: str) -> ZSet:
         return self._typed(key, ZSet, False) or ZSet()
+
+    # -- streams ----------------------------------------------------------------------------
+    def xadd(self, key: str, value: str, maxlen: int | None = None) -> str:
+        """Append ``value`` under a new id (``*``); keep the newest ``maxlen`` entries.
+        Wakes the key's subscribers (a blocked reader) with the new id."""
+        stream = self._typed(key, Stream, True)
+        ms = int((self.frozen if self.frozen is not None else self.clock()) * 1000)
+        last_ms, last_seq = stream.last
+        stream.last = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
+        entry_id = f"{stream.last[0]}-{stream.last[1]}"
+        stream.append((entry_id, value))
+        if maxlen is not None and len(stream) > maxlen:
+            del stream[: len(stream) - maxlen]
+        self.publish(key, entry_id)
+        return entry_id
+
+    def xread(self, key: str, after: str, count: int) -> list[tuple[str, str]]:
+        """Up to ``count`` entries with an id greater than ``after``."""
+        stream = self._typed(key, Stream, False)
+        if not stream:
+            return []
+        floor = stream_id(after)
+        lo, hi = 0, len(stream)
+        while lo < hi:  # entries are in id order: bisect for the first one past `after`
+            mid = (lo + hi) // 2
+            if stream_id(stream[mid][0]) <= floor:
+                lo = mid + 1
+            else:
+                hi = mid
+        return list(stream[lo : lo + count])
 
     # -- pub/sub ----------------------------------------------------------------------------
     def publish(self, channel: str, message: str) -> int:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from mageflow.errors import EngineError
-from mageflow.store.base import Reply, Script, StateStore, check_ttls
+from mageflow.store.base import EVENTS_BATCH, Reply, Script, StateStore, check_ttls
 from mageflow.store.keyspace import Keyspace
 from mageflow.store.lua_host import LuaHost, ScriptFailed
 
@@ -168,6 +168,36 @@ class MemoryStore(StateStore):
             raise TimeoutError from exc
         finally:
             self.keyspace.unsubscribe(name, on_message)
+
+    async def read_events(self, wf: str, after: str, timeout: float) -> list[tuple[str, str]]:
+        key = self.events_key(wf)
+        got = self.keyspace.xread(key, after, EVENTS_BATCH)
+        if got or timeout <= 0:
+            return got
+        woken = asyncio.Event()
+
+        def on_append(_entry_id: str) -> None:
+            woken.set()
+
+        self.keyspace.subscribe(key, on_append)
+        try:
+            await asyncio.wait_for(woken.wait(), timeout)
+        except asyncio.TimeoutError:
+            return []
+        finally:
+            self.keyspace.unsubscribe(key, on_append)
+        return self.keyspace.xread(key, after, EVENTS_BATCH)
+
+    async def put_worker(self, worker_id: str, info: str, ttl: int) -> None:
+        self.keyspace.hset(self.workers_key, [(worker_id, info)])
+        self.keyspace.expire(self.workers_key, ttl)
+
+    async def drop_workers(self, worker_ids: Sequence[str]) -> None:
+        if worker_ids:
+            self.keyspace.hdel(self.workers_key, *worker_ids)
+
+    async def read_workers(self) -> dict[str, str]:
+        return self.keyspace.hgetall(self.workers_key)
 
     async def ping(self) -> None:
         return None

@@ -15,7 +15,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mageflow.errors import ConfigurationError, EngineError, StoreUnavailableError
-from mageflow.store.base import CHUNK, Reply, Script, StateStore, check_ttls
+from mageflow.store.base import CHUNK, EVENTS_BATCH, Reply, Script, StateStore, check_ttls
 
 DEFAULT_PREFIX = "mageflow"
 DEFAULT_ACTIVE_TTL = 7 * 24 * 3600
@@ -371,6 +371,29 @@ class RedisStore(StateStore):
                     left -= loop.time() - started
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def read_events(self, wf: str, after: str, timeout: float) -> list[tuple[str, str]]:
+        block = int(timeout * 1000) if timeout > 0 else None  # BLOCK 0 would wait forever
+        reply = await self._call(
+            self.client.xread({self.events_key(wf): after}, count=EVENTS_BATCH, block=block)
+        )
+        if not reply:
+            return []
+        return [(entry_id, values.get("e", "")) for entry_id, values in reply[0][1]]
+
+    async def put_worker(self, worker_id: str, info: str, ttl: int) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(self.workers_key, worker_id, info)
+            pipe.expire(self.workers_key, ttl)
+            await self._call(pipe.execute())
+
+    async def drop_workers(self, worker_ids: Sequence[str]) -> None:
+        if worker_ids:
+            await self._call(self.client.hdel(self.workers_key, *worker_ids))
+
+    async def read_workers(self) -> dict[str, str]:
+        reply: dict[str, str] = await self._call(self.client.hgetall(self.workers_key))
+        return reply
 
     async def ping(self) -> None:
         await self._call(self.client.ping())

@@ -24,6 +24,7 @@ from mageflow.testing.contract.counts import CountsContract
 from mageflow.testing.contract.delivery import DeliveryContract
 from mageflow.testing.contract.documents import DocumentsContract
 from mageflow.testing.contract.dynamic import DynamicContract
+from mageflow.testing.contract.events import EventsContract
 from mageflow.testing.contract.exactly_once import ExactlyOnceContract
 from mageflow.testing.contract.graphs import GraphContract
 from mageflow.testing.contract.lifecycle import LifecycleContract
@@ -50,6 +51,7 @@ class BackendContract(
     RoutingContract,
     CountsContract,
     DeliveryContract,
+    EventsContract,
 ):
     """Subclass and provide the ``harness`` fixture."""
 
