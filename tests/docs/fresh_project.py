@@ -82,7 +82,9 @@ def page_example(page: Path) -> Example:
 def pip_install_args(script: str) -> list[str]:
     """The requirements of every ``pip install`` line in ``script`` (options dropped)."""
     out: list[str] = []
-    for line in script.splitlines():
+    for line in script.replace("\\\n", " ").splitlines():
+        if "pip install" not in line:
+            continue
         words = shlex.split(line, comments=True)
         if words[:1] == ["python"] and words[1:3] == ["-m", "pip"]:
             words = words[2:]
@@ -127,7 +129,10 @@ class FreshVenv:
         uv = shutil.which("uv")
         if uv:
             _run([uv, "venv", "-q", "--python", sys.executable, str(path)])
-            _run([uv, "pip", "install", "-q", "--python", str(venv.python), *local, *wanted])
+            # --no-sources: this workspace's uv sources would install the members'
+            # dependencies on each other editable, which no user gets
+            pip = [uv, "pip", "install", "-q", "--no-sources", "--python", str(venv.python)]
+            _run([*pip, *local, *wanted])
         else:
             _run([sys.executable, "-m", "venv", str(path)])
             _run([str(venv.python), "-m", "pip", "install", "-q", *local, *wanted])
