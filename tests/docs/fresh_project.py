@@ -138,11 +138,10 @@ class FreshVenv:
             _run([str(venv.python), "-m", "pip", "install", "-q", *local, *wanted])
         return venv
 
-    def run_pytest(self, project: Path, *args: str, timeout: float = 300) -> Result:
-        """pytest in ``project`` with this venv's Python and a clean environment: no
-        ``PYTHONPATH``, no ``MAGEFLOW_*``/``HATCHET_CLIENT_*``, ``PATH`` led by the venv
-        (and by a ``redis-server``, when the running suite has one, as a user's machine
-        would)."""
+    def env(self) -> dict[str, str]:
+        """A clean environment: no ``PYTHONPATH``, no ``MAGEFLOW_*``/``HATCHET_CLIENT_*``,
+        ``PATH`` led by the venv (and by a ``redis-server``, when the running suite has
+        one, as a user's machine would)."""
         env = {
             k: v
             for k, v in os.environ.items()
@@ -153,10 +152,14 @@ class FreshVenv:
         if redis_bin:
             path.append(redis_bin)
         env["PATH"] = os.pathsep.join([*path, env.get("PATH", "")])
+        return env
+
+    def run_pytest(self, project: Path, *args: str, timeout: float = 300) -> Result:
+        """pytest in ``project`` with this venv's Python and :meth:`env`."""
         out = subprocess.run(
             [str(self.python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
             cwd=project,
-            env=env,
+            env=self.env(),
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -78,6 +78,7 @@ def imported_distributions_missing(example: Example, venv: FreshVenv) -> list[st
     modules -= local | set(sys.stdlib_module_names)
     out = subprocess.run(
         [str(venv.python), "-c", CLOSURE, json.dumps([example.installs, sorted(modules)])],
+        env=venv.env(),
         capture_output=True,
         text=True,
         check=True,

@@ -1,6 +1,6 @@
 """An in-process, Hatchet-compatible engine for tests: :class:`HatchetTestEngine`.
 
-The real hatchet-sdk (pinned ``>=1.43,<1.44``) client *and* worker run against it end to
+The real hatchet-sdk (pinned ``>=1.42,<1.44``) client *and* worker run against it end to
 end, over gRPC and HTTP on 127.0.0.1 (ephemeral ports), with no Docker and no Hatchet
 server::
 
