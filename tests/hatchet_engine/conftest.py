@@ -13,12 +13,14 @@ from typing import Any
 import pytest
 
 try:
-    import mageflow_hatchet.testing  # noqa: F401
+    import mageflow_hatchet_testengine  # noqa: F401
 except ImportError:  # workspace packages not installed into the venv: use the source tree
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "packages/mageflow-hatchet/src"))
+    sys.path.insert(
+        0, str(Path(__file__).resolve().parents[2] / "packages/mageflow-hatchet-testengine/src")
+    )
 
-from mageflow_hatchet.testing import HatchetTestEngine, WorkerProcess
-from mageflow_hatchet.testing.pytest_plugin import hatchet_client, hatchet_engine
+from mageflow_hatchet_testengine import HatchetTestEngine, WorkerProcess
+from mageflow_hatchet_testengine.pytest_plugin import hatchet_client, hatchet_engine
 
 __all__ = ["hatchet_client", "hatchet_engine"]
 

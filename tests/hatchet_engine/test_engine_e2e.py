@@ -13,7 +13,7 @@ import pytest
 from hatchet_sdk import Hatchet
 from hatchet_sdk.exceptions import FailedTaskRunExceptionGroup
 
-from mageflow_hatchet.testing import HatchetTestEngine, WorkerProcess
+from mageflow_hatchet_testengine import HatchetTestEngine, WorkerProcess
 
 pytestmark = pytest.mark.slow
 

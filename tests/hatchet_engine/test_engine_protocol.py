@@ -39,8 +39,8 @@ from hatchet_sdk.contracts.workflows_pb2 import ScheduleWorkflowRequest
 from hatchet_sdk.contracts.workflows_pb2_grpc import WorkflowServiceStub
 from hatchet_sdk.token import extract_claims_from_jwt
 
-from mageflow_hatchet.testing import HatchetTestEngine
-from mageflow_hatchet.testing.durations import parse_duration
+from mageflow_hatchet_testengine import HatchetTestEngine
+from mageflow_hatchet_testengine.durations import parse_duration
 
 
 class Wire:

@@ -1,73 +1,26 @@
-"""An in-process, Hatchet-compatible engine for tests: :class:`HatchetTestEngine`.
+"""The in-process Hatchet test engine under its documented import path.
 
-The real hatchet-sdk (pinned ``>=1.43,<1.44``) client *and* worker run against it end to
-end, over gRPC and HTTP on 127.0.0.1 (ephemeral ports), with no Docker and no Hatchet
-server::
-
-    from mageflow_hatchet.testing import HatchetTestEngine, WorkerProcess
-
-    with HatchetTestEngine() as engine:
-        with WorkerProcess(engine, "my_worker.py") as worker:   # a subprocess
-            worker.wait_registered("my-worker")
-            result = await my_task.aio_run(...)          # my_task built on engine.hatchet()
-        assert engine.runs("my-task")[0].task.attempts[0].outcome == "COMPLETED"
-
-For pytest, add ``pytest_plugins = ["mageflow_hatchet.testing.pytest_plugin"]`` to the
-root ``conftest.py`` (fixtures ``hatchet_engine`` and ``hatchet_client``).
-
-Pitfalls:
-
-- A Hatchet worker must run as a subprocess (signal handlers, its own event loop, a
-  spawn-mode listener child): its script needs ``if __name__ == "__main__":`` and must be
-  importable by path. :class:`WorkerProcess` runs it in its own process group, from an
-  empty working directory, with :meth:`HatchetTestEngine.client_env`, and kills the group
-  on teardown.
-- The SDK reads ``.env``, ``.env.hatchet``, ``.env.dev`` and ``.env.local`` from the cwd:
-  in-process clients should use :meth:`HatchetTestEngine.hatchet` /
-  :meth:`~HatchetTestEngine.client_config`; subprocesses a clean cwd or explicit env.
-- A Hatchet client binds its result listener to the first event loop that awaits a
-  result: use one client per event loop (per test).
-
-What the engine implements (anything else answers gRPC ``UNIMPLEMENTED`` / HTTP 501):
-standalone tasks and DAG workflows; retries (same task run id, ``retry_count + 1``),
-``NonRetryableException``, ``retry_after_ms`` and backoff; execution and schedule
-timeouts; worker slots; priorities then FIFO; cancel (``CANCEL_STEP_RUN`` to the worker);
-worker pause; reassignment when a worker's heartbeats stop or it unsubscribes; results
-over ``SubscribeToWorkflowRuns`` and ``GetRunDetails``; scheduled runs; logs. Workflows
-using concurrency, rate limits, conditions, durable or batch tasks, on-failure tasks,
-event or cron triggers, sticky or worker labels are refused at registration.
+The engine is its own distribution, ``mageflow-hatchet-testengine`` (import
+``mageflow_hatchet_testengine``), because it speaks one hatchet-sdk release's wire
+protocol and pins the SDK that tightly; ``mageflow-hatchet`` itself accepts a wide SDK
+range. Install it with ``pip install 'mageflow-hatchet[testing]'``; this module then
+re-exports its public API, and ``mageflow_hatchet.testing.pytest_plugin`` its fixtures.
 """
 
 from __future__ import annotations
 
-from mageflow_hatchet.testing.engine import HatchetTestEngine
-from mageflow_hatchet.testing.errors import (
-    EngineError,
-    InvalidRequestError,
-    NotFoundError,
-    UnsupportedError,
-)
-from mageflow_hatchet.testing.snapshots import (
-    AttemptInfo,
-    LogLine,
-    RunInfo,
-    TaskEventInfo,
-    TaskRunInfo,
-    WorkerInfo,
-)
-from mageflow_hatchet.testing.worker_process import WorkerProcess
+try:
+    import mageflow_hatchet_testengine as _engine
+except ModuleNotFoundError as exc:  # pragma: no cover - depends on what is installed
+    if exc.name != "mageflow_hatchet_testengine":
+        raise
+    raise ModuleNotFoundError(
+        "the Hatchet test engine is not installed: "
+        "pip install 'mageflow-hatchet[testing]' (it pins hatchet-sdk to the release whose "
+        "wire protocol it speaks)",
+        name=exc.name,
+    ) from exc
 
-__all__ = [
-    "AttemptInfo",
-    "EngineError",
-    "HatchetTestEngine",
-    "InvalidRequestError",
-    "LogLine",
-    "NotFoundError",
-    "RunInfo",
-    "TaskEventInfo",
-    "TaskRunInfo",
-    "UnsupportedError",
-    "WorkerInfo",
-    "WorkerProcess",
-]
+from mageflow_hatchet_testengine import *  # noqa: F403
+
+__all__ = list(_engine.__all__)

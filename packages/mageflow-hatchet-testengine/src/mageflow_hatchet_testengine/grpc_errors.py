@@ -7,7 +7,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from mageflow_hatchet.testing.errors import EngineError
+from mageflow_hatchet_testengine.errors import EngineError
 
 T = TypeVar("T")
 

@@ -1,8 +1,8 @@
 """The engine's in-memory records: workflow definitions, workers, runs, task runs.
 
-These are mutable and owned by :class:`~mageflow_hatchet.testing.scheduler.Scheduler`,
+These are mutable and owned by :class:`~mageflow_hatchet_testengine.scheduler.Scheduler`,
 which guards them with one lock. Tests read them through the frozen snapshots of
-:mod:`mageflow_hatchet.testing.snapshots`, never directly.
+:mod:`mageflow_hatchet_testengine.snapshots`, never directly.
 """
 
 from __future__ import annotations

@@ -21,11 +21,17 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
-from mageflow_hatchet.testing.auth import bearer_matches
-from mageflow_hatchet.testing.errors import EngineError, InvalidRequestError, UnsupportedError
-from mageflow_hatchet.testing.scheduler import Scheduler
-from mageflow_hatchet.testing.snapshots import run_status
-from mageflow_hatchet.testing.state import TaskRun, TaskState, WorkerRecord, WorkflowRun, now_wall
+from mageflow_hatchet_testengine.auth import bearer_matches
+from mageflow_hatchet_testengine.errors import EngineError, InvalidRequestError, UnsupportedError
+from mageflow_hatchet_testengine.scheduler import Scheduler
+from mageflow_hatchet_testengine.snapshots import run_status
+from mageflow_hatchet_testengine.state import (
+    TaskRun,
+    TaskState,
+    WorkerRecord,
+    WorkflowRun,
+    now_wall,
+)
 
 JSONBody = dict[str, Any]
 _Route = Callable[["_Handler", re.Match[str], JSONBody], tuple[int, Any]]

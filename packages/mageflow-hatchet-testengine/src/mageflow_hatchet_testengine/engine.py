@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from mageflow_hatchet.testing.admin import AdminService, WorkflowService
-from mageflow_hatchet.testing.auth import TokenInterceptor
-from mageflow_hatchet.testing.contracts import (
+from mageflow_hatchet_testengine.admin import AdminService, WorkflowService
+from mageflow_hatchet_testengine.auth import TokenInterceptor
+from mageflow_hatchet_testengine.contracts import (
     V1DispatcherServicer,
     add_AdminServiceServicer_to_server,
     add_DispatcherServicer_to_server,
@@ -26,12 +26,12 @@ from mageflow_hatchet.testing.contracts import (
     add_V1DispatcherServicer_to_server,
     add_WorkflowServiceServicer_to_server,
 )
-from mageflow_hatchet.testing.dispatcher import DispatcherService
-from mageflow_hatchet.testing.events import EventsService
-from mageflow_hatchet.testing.rest import RestServer
-from mageflow_hatchet.testing.scheduler import Scheduler
-from mageflow_hatchet.testing.snapshots import LogLine, RunInfo, WorkerInfo
-from mageflow_hatchet.testing.token import make_token
+from mageflow_hatchet_testengine.dispatcher import DispatcherService
+from mageflow_hatchet_testengine.events import EventsService
+from mageflow_hatchet_testengine.rest import RestServer
+from mageflow_hatchet_testengine.scheduler import Scheduler
+from mageflow_hatchet_testengine.snapshots import LogLine, RunInfo, WorkerInfo
+from mageflow_hatchet_testengine.token import make_token
 
 if TYPE_CHECKING:
     from hatchet_sdk import ClientConfig, Hatchet

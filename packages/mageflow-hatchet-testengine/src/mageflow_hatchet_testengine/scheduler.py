@@ -50,10 +50,10 @@ from hatchet_sdk.contracts.dispatcher_pb2 import (
 )
 from hatchet_sdk.contracts.v1.workflows_pb2 import CreateWorkflowVersionRequest
 
-from mageflow_hatchet.testing import snapshots
-from mageflow_hatchet.testing.durations import parse_duration
-from mageflow_hatchet.testing.errors import InvalidRequestError, NotFoundError
-from mageflow_hatchet.testing.state import (
+from mageflow_hatchet_testengine import snapshots
+from mageflow_hatchet_testengine.durations import parse_duration
+from mageflow_hatchet_testengine.errors import InvalidRequestError, NotFoundError
+from mageflow_hatchet_testengine.state import (
     ActionStream,
     Attempt,
     LogRecord,
@@ -65,7 +65,7 @@ from mageflow_hatchet.testing.state import (
     WorkflowRun,
     now_wall,
 )
-from mageflow_hatchet.testing.workflows import workflow_from_request
+from mageflow_hatchet_testengine.workflows import workflow_from_request
 
 CANCELLED_ERROR = "CANCELLED: the task run was cancelled"
 """Error carried by cancelled task runs in run results (the SDK raises it from aio_result)."""

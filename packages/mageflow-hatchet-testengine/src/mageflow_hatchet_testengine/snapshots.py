@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from mageflow_hatchet.testing.state import (
+from mageflow_hatchet_testengine.state import (
     Attempt,
     LogRecord,
     TaskEvent,

@@ -14,9 +14,9 @@ import uuid
 
 from hatchet_sdk.contracts.v1.workflows_pb2 import CreateTaskOpts, CreateWorkflowVersionRequest
 
-from mageflow_hatchet.testing.durations import parse_duration
-from mageflow_hatchet.testing.errors import InvalidRequestError, UnsupportedError
-from mageflow_hatchet.testing.state import TaskDef, WorkflowDef
+from mageflow_hatchet_testengine.durations import parse_duration
+from mageflow_hatchet_testengine.errors import InvalidRequestError, UnsupportedError
+from mageflow_hatchet_testengine.state import TaskDef, WorkflowDef
 
 DEFAULT_EXECUTION_TIMEOUT = 60.0
 DEFAULT_SCHEDULE_TIMEOUT = 300.0

@@ -27,8 +27,8 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mageflow_hatchet.testing.engine import HatchetTestEngine
-    from mageflow_hatchet.testing.snapshots import WorkerInfo
+    from mageflow_hatchet_testengine.engine import HatchetTestEngine
+    from mageflow_hatchet_testengine.snapshots import WorkerInfo
 
 
 class WorkerProcess:

@@ -16,9 +16,9 @@ from hatchet_sdk.contracts.events_pb2 import (
     PutStreamEventResponse,
 )
 
-from mageflow_hatchet.testing.contracts import EventsServiceServicer
-from mageflow_hatchet.testing.grpc_errors import answer
-from mageflow_hatchet.testing.scheduler import Scheduler
+from mageflow_hatchet_testengine.contracts import EventsServiceServicer
+from mageflow_hatchet_testengine.grpc_errors import answer
+from mageflow_hatchet_testengine.scheduler import Scheduler
 
 
 class EventsService(EventsServiceServicer):  # type: ignore[misc]

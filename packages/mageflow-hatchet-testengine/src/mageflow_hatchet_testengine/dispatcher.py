@@ -39,10 +39,10 @@ from hatchet_sdk.contracts.dispatcher_pb2 import (
     WorkflowRunEvent,
 )
 
-from mageflow_hatchet.testing.contracts import DispatcherServicer
-from mageflow_hatchet.testing.errors import EngineError, InvalidRequestError
-from mageflow_hatchet.testing.grpc_errors import abort, answer
-from mageflow_hatchet.testing.scheduler import RunSubscriber, Scheduler
+from mageflow_hatchet_testengine.contracts import DispatcherServicer
+from mageflow_hatchet_testengine.errors import EngineError, InvalidRequestError
+from mageflow_hatchet_testengine.grpc_errors import abort, answer
+from mageflow_hatchet_testengine.scheduler import RunSubscriber, Scheduler
 
 DEFAULT_WORKER_SLOTS = 100
 """Slots of a worker that registers without a slot count (Hatchet's default)."""
