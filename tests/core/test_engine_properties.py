@@ -230,6 +230,9 @@ class World:
             CancellingManualBackend(self._backend_cancel) if can_cancel else ManualBackend()
         )
         self.mf = Mageflow(backend=self.backend, store=store, resend_after=0.0)
+        # a run is redelivered only once its worker is gone (never two copies at once), so
+        # the lease it held lapses at once here instead of after MAGEFLOW_LEASE
+        self.mf.lease = 0.05
         # the reconciler runs when the test says so (sweep), never in the background
         self.mf.start_reconciler = lambda: None  # type: ignore[method-assign]
 
