@@ -13,7 +13,6 @@ import redis.asyncio as aioredis
 from mageflow import SwarmConfig
 from mageflow.testing import contract_tasks
 from mageflow.testing.probe import RedisProbe
-from mageflow.testing.redis_server import restartable_redis
 from mageflow_taskiq.backend import TaskiqBackend
 
 if TYPE_CHECKING:
@@ -94,27 +93,3 @@ async def test_dead_consumers_are_removed_from_the_group(
     finally:
         pool.stop_all()
         await rdb.aclose()
-
-
-async def test_worker_started_while_redis_is_down_waits_for_it(
-    redis_url: str, make_app_workers: MakeAppWorkers
-) -> None:
-    with restartable_redis() as server:
-        server.stop()
-        pool = make_app_workers(store_url=server.url, broker_url=server.url)
-        worker = pool.start("mageflow", concurrency=2)
-        rdb = aioredis.Redis.from_url(redis_url)
-        try:
-            await asyncio.sleep(3)  # it tries to connect, fails, backs off
-            assert worker.proc.poll() is None, pool.logs()
-            server.start()
-            await pool.wait_ready(1, rdb)
-            app = pool.client_app()
-            contract_tasks.register(app)
-            sig = await app.sign("contract.echo", ns="down", v=2)
-            assert await sig.aio_run({}, timeout=30) == {"v": 2}
-            assert worker.proc.poll() is None
-            await app.aclose()
-        finally:
-            pool.stop_all()
-            await rdb.aclose()

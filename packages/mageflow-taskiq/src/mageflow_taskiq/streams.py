@@ -256,15 +256,11 @@ class ReclaimingStreamBroker(RedisStreamBroker):
 
     async def _declare_consumer_group(self) -> None:
         """Create the groups of :meth:`streams` (taskiq-redis calls this at startup). A
-        worker started while the broker's Redis is down waits for it, with backoff,
-        instead of exiting; a client raises at once (its publish is retried)."""
+        broker Redis that is down at start raises at once: ``mageflow worker`` turns it into
+        one line and exit 2, so a misconfigured URL is seen, and a supervisor restarts the
+        worker (outages once it serves are ridden out); a client's publish is retried."""
         from_id = "0" if self.served_streams is not None else self.consumer_id
-        if not self.is_worker_process:
-            await self._create_groups(from_id, quiet=True)
-            return
-        await self._riding_out(
-            "creating the consumer groups", lambda: self._create_groups(from_id, quiet=True)
-        )
+        await self._create_groups(from_id, quiet=True)
 
     async def _create_groups(self, from_id: str, *, quiet: bool = False) -> None:
         for stream in self.streams():
