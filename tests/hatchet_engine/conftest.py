@@ -67,7 +67,7 @@ def start_worker(hatchet_engine: HatchetTestEngine) -> Iterator[StartWorker]:
         )
         started.append(proc)
         proc.start()
-        proc.wait_registered(name, timeout=30)
+        proc.wait_registered(name, timeout=90)
         return proc, name
 
     yield start
@@ -86,7 +86,7 @@ def main_worker(hatchet_engine: HatchetTestEngine) -> Iterator[str]:
     )
     try:
         proc.start()
-        proc.wait_registered(name, timeout=30)
+        proc.wait_registered(name, timeout=90)
         yield name
     finally:
         proc.terminate(timeout=5)

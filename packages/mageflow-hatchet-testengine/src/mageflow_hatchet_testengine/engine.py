@@ -260,7 +260,7 @@ class HatchetTestEngine:
         """:meth:`wait_until` without blocking the running event loop."""
         await asyncio.to_thread(self.wait_until, predicate, timeout)
 
-    def wait_for_worker(self, name: str, timeout: float = 30.0) -> WorkerInfo:
+    def wait_for_worker(self, name: str, timeout: float = 90.0) -> WorkerInfo:
         """Block until a worker called ``name`` is registered with an open action stream."""
 
         def ready() -> bool:
@@ -269,7 +269,7 @@ class HatchetTestEngine:
         self.wait_until(ready, timeout)
         return self.worker(name)
 
-    async def wait_for_worker_async(self, name: str, timeout: float = 30.0) -> WorkerInfo:
+    async def wait_for_worker_async(self, name: str, timeout: float = 90.0) -> WorkerInfo:
         """:meth:`wait_for_worker` without blocking the running event loop."""
         return await asyncio.to_thread(self.wait_for_worker, name, timeout)
 

@@ -99,7 +99,7 @@ class WorkerProcess:
             return ""
         return self._log_path.read_text(errors="replace")
 
-    def wait_registered(self, worker_name: str, timeout: float = 30.0) -> WorkerInfo:
+    def wait_registered(self, worker_name: str, timeout: float = 90.0) -> WorkerInfo:
         """Block until the engine sees ``worker_name`` registered with an open action stream.
 
         :raises RuntimeError: the process exited first (its output is in the message).
