@@ -855,8 +855,9 @@ local function drop_queues(sid)
   elseif d.k == 'branch' then
     local chosen = get(sid, 'chosen')
     if chosen then drop_queues(chosen) end
-  elseif get(sid, 'cont') then
-    drop_queues(get(sid, 'cont'))
+  else
+    local c = get(sid, 'cont')
+    if c then drop_queues(c) end
   end
 end
 

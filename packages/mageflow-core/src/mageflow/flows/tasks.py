@@ -266,10 +266,7 @@ class Continuation:
 
     async def start(self, task_name: str, data: dict[str, Any]) -> Transition:
         """The one transition: the task's node now waits for the workflow, which starts."""
-        try:
-            original = to_json(data, "input")
-        except PayloadNotSerializableError:
-            original = "{}"
+        original = _input_json(data)
         transition = await until_recorded(
             "finish",
             task_name,
@@ -365,6 +362,15 @@ async def _start(
     return build_input(payload, outcome.kwargs, ret), outcome
 
 
+def _input_json(data: dict[str, Any]) -> str:
+    """The input a task ran with, as the JSON its error callbacks receive (``{}`` when it
+    cannot be encoded)."""
+    try:
+        return to_json(data, "input")
+    except PayloadNotSerializableError:
+        return "{}"
+
+
 async def _fail(
     mf: Runtime,
     task_name: str,
@@ -374,10 +380,7 @@ async def _fail(
     ctx: RunContext,
 ) -> None:
     log.error("%s (%s) failed for good at attempt %d: %r", key, task_name, ctx.attempt, exc)
-    try:
-        original = to_json(data, "input")
-    except PayloadNotSerializableError:
-        original = "{}"
+    original = _input_json(data)
     error = error_json(exc)
     transition = await until_recorded(
         "finish", task_name, key, lambda: mf.engine.finish(key, False, error, original)
