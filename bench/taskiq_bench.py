@@ -493,7 +493,8 @@ def print_py_spy(path: Path, top: int = 40) -> None:
 async def run(args: Any, urls: dict[str, str], worker: WorkerProc) -> Results:
     import taskiq_bench_app as app  # configured from the environment set in main()
 
-    sig = aioredis.Redis.from_url(urls["signal"])
+    # BLPOP waits longer than redis-py 8's default 5 s socket timeout
+    sig = aioredis.Redis.from_url(urls["signal"], socket_timeout=None)
     broker_r, store_r = (aioredis.Redis.from_url(urls[k]) for k in ("broker", "store"))
     ready = await sig.blpop(["bench:ready"], timeout=60)
     if ready is None:

@@ -78,6 +78,10 @@ def _resp(args: Sequence[str]) -> bytes:
     return b"".join(parts)
 
 
+MAX_BLOCK = 2.0
+"""Longest server-side wait (s) of a blocking read, well below redis-py's socket timeout."""
+
+
 class RedisStore(StateStore):
     """State in Redis under ``prefix``. Keys of one workflow share the hash tag ``{wf}``,
     so one script call touches one Cluster slot. JSON only, never pickle."""
@@ -373,7 +377,9 @@ class RedisStore(StateStore):
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def read_events(self, wf: str, after: str, timeout: float) -> list[tuple[str, str]]:
-        block = int(timeout * 1000) if timeout > 0 else None  # BLOCK 0 would wait forever
+        # BLOCK 0 would wait forever; and a block as long as the socket timeout (5 s by
+        # default since redis-py 8) would end in a read timeout: the caller asks again
+        block = int(min(timeout, MAX_BLOCK) * 1000) if timeout > 0 else None
         reply = await self._call(
             self.client.xread({self.events_key(wf): after}, count=EVENTS_BATCH, block=block)
         )
