@@ -79,7 +79,7 @@ async def test_p95_is_read_from_the_histogram() -> None:
 
 async def test_histogram_bounds_match_the_script() -> None:
     text = resources.files("mageflow.engine").joinpath("transitions.lua").read_text()
-    found = re.search(r"local STATS_BOUNDS = \{([^}]*)\}", text)
+    found = re.search(r"M.STATS_BOUNDS = \{([^}]*)\}", text)
     assert found is not None
     assert tuple(int(x) for x in found.group(1).split(",")) == F.STATS_BOUNDS_MS
 

@@ -8,6 +8,10 @@ serving ``tests/taskiq/contract_app.py``, in two arrangements:
 - ``taskiq-2proc``: ``taskiq worker contract_app:broker --workers 2 --max-async-tasks 3``,
   a manager forking two worker processes (and restarting any that dies).
 
+The first keeps the store in the broker's database, so the engine appends dispatched
+messages to the stream itself (stream delivery); the second keeps it in database 1, so
+workers and clients publish them.
+
 The crash-window test runs on both: the worker exits with 137 right after storing a
 step's completion, before publishing the next step; the stream broker redelivers the
 unacknowledged message once it is idle for ``IDLE_TIMEOUT`` and the repeated completion
@@ -37,9 +41,11 @@ IDLE_TIMEOUT = 2.0
 """Seconds before a dead worker's message is handed to another worker (default 60)."""
 
 ARRANGEMENTS = {
-    # name: (kind, processes, async tasks per process)
-    "mageflow-1proc": ("mageflow", 1, 4),
-    "taskiq-2proc": ("taskiq", 2, 3),
+    # name: (kind, processes, async tasks per process, the store's database)
+    # db 0: the broker's own, so the engine appends dispatched messages to the stream
+    # itself (stream delivery); db 1: another database, so workers publish them
+    "mageflow-1proc": ("mageflow", 1, 4, 0),
+    "taskiq-2proc": ("taskiq", 2, 3, 1),
 }
 
 
@@ -50,9 +56,10 @@ async def harness(
     make_app_workers: MakeAppWorkers,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[ContractHarness]:
-    kind, processes, concurrency = ARRANGEMENTS[request.param]
+    kind, processes, concurrency, db = ARRANGEMENTS[request.param]
     fault_dir = tmp_path_factory.mktemp("faults")
-    pool = make_app_workers(idle_timeout=IDLE_TIMEOUT, fault_dir=fault_dir)
+    store_url = redis_url.rsplit("/", 1)[0] + f"/{db}"
+    pool = make_app_workers(idle_timeout=IDLE_TIMEOUT, fault_dir=fault_dir, store_url=store_url)
     pool.start(kind, processes=processes, concurrency=concurrency)
     for queue in contract_tasks.ROUTED_QUEUES:  # a worker process of its own each
         pool.start("mageflow", concurrency=1, queues=queue)
@@ -63,6 +70,7 @@ async def harness(
     rdb = aioredis.Redis.from_url(redis_url)
     try:
         await pool.wait_ready(processes + len(contract_tasks.ROUTED_QUEUES), rdb)
+        assert bool(app.engine.delivery) == (db == 0), "stream delivery on exactly for db 0"
         yield ContractHarness(
             app=app,
             probe=probe,

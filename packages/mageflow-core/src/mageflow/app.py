@@ -36,6 +36,7 @@ from mageflow.flows.build import (
     new_workflow_id,
     unique_item_ids,
 )
+from mageflow.flows.delivery import engine_delivery
 from mageflow.flows.graph import NodeSpec, build_branch, build_graph, graph_nodes
 from mageflow.flows.handles import (
     BranchSignature,
@@ -205,6 +206,7 @@ class Mageflow:
             cls = load_backend_class(backend or settings.backend)
             self.backend = cls.from_options(with_store_url(cls, backend_options, store_url))
         self.backend.use_key_prefix(self._store.prefix)
+        self._engine.delivery = engine_delivery(self.backend, self._store)
         self.backend.on_worker_start(self.start_reconciler)
         self.backend.register_fallback(self._handle_unregistered)
         self.tasks: dict[str, RegisteredTask] = {}
@@ -296,6 +298,7 @@ class Mageflow:
             backend.register_fallback(self._handle_unregistered)
             for registered in self.tasks.values():
                 backend.register(self._definition(registered))
+        self._engine.delivery = engine_delivery(self.backend, self._store)
         return previous
 
     def _definition(self, registered: RegisteredTask) -> TaskDefinition:

@@ -61,6 +61,7 @@ from mageflow.backend.base import (
     Capabilities,
     OutgoingTask,
     RunContext,
+    StreamDelivery,
     TaskBackend,
     TaskDefinition,
     TaskHandler,
@@ -69,6 +70,7 @@ from mageflow.errors import ConfigurationError, NonRetryableError
 from mageflow.models.options import DEFAULT_QUEUE as OPTIONS_DEFAULT_QUEUE
 from mageflow.store import URL_SCHEMES, redact_url
 from mageflow.store.redis import DEFAULT_PREFIX as DEFAULT_KEY_PREFIX
+from mageflow_taskiq.delivery import stream_delivery
 from mageflow_taskiq.streams import ReclaimingStreamBroker, build_stream_broker, cancel_and_wait
 
 logger = logging.getLogger(__name__)
@@ -407,6 +409,15 @@ class TaskiqBackend(TaskBackend):
                 f"taskiq_redis.RedisStreamBroker); {type(self.broker).__name__} has no queues"
             )
         return base if queue in (None, OPTIONS_DEFAULT_QUEUE) else f"{base}.{queue}"
+
+    def stream_delivery(self) -> StreamDelivery | None:
+        """A Redis stream broker with a JSON serializer: the engine appends dispatched
+        tasks' messages to their streams itself when the store is on the same server and
+        database (no priority label: Redis streams have no priorities)."""
+        base = getattr(self.broker, "queue_name", None)
+        if not isinstance(base, str):
+            return None
+        return stream_delivery(self.broker, base, f"{base}.")
 
     def serve_queues(self, queues: Sequence[str]) -> None:
         streams = [self.stream_for(q) for q in queues]

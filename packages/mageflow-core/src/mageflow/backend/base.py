@@ -109,6 +109,32 @@ class Capabilities:
     routing: bool = False
 
 
+@dataclass(frozen=True)
+class StreamDelivery:
+    """An optional capability: the backend's messages are entries of Redis streams, and
+    the engine may append them itself, inside the transition that dispatches a task (one
+    atomic step: no publish round trip, and a caller that dies right after the transition
+    loses nothing). The core uses it only when the store's Redis is the same server and
+    database (:attr:`server`, as :func:`mageflow.store.redis.server_identity` names it);
+    otherwise it publishes as usual.
+
+    A message is a template: literal texts at even indices, hole names at odd ones, each
+    hole being ``id`` (the run id as a JSON string), ``task`` (the task name as JSON),
+    ``payload`` (the payload JSON object), ``key`` (the MageFlow key as a JSON string;
+    the receiving worker must pass it as the :data:`HEADER_KEY` header) or ``stream``
+    (the stream's name as a JSON string). Tasks of the default queue go to
+    :attr:`default_stream` with :attr:`default_template`, a routed queue ``q`` to
+    ``routed_prefix + q`` with :attr:`routed_template`."""
+
+    server: str
+    default_stream: str
+    routed_prefix: str
+    default_template: tuple[str, ...]
+    routed_template: tuple[str, ...]
+    entry_field: str = "data"
+    maxlen: int | None = None
+
+
 _SERVED: ContextVar[tuple[str, ...] | None] = ContextVar("mageflow_served", default=None)
 _served_by_process: tuple[str, ...] = (DEFAULT_QUEUE,)
 
@@ -187,6 +213,11 @@ class TaskBackend(abc.ABC):
         """Told the application's store key prefix once it is built: a backend whose
         queues are shared by every app on one server derives its queue names from it, so
         apps with different prefixes never take each other's messages. Default: nothing."""
+
+    def stream_delivery(self) -> StreamDelivery | None:
+        """The backend's messages as Redis stream entries the engine can append itself
+        (see :class:`StreamDelivery`); ``None`` (the default): the core publishes."""
+        return None
 
     def on_worker_start(self, hook: Callable[[], None]) -> None:
         """The core registers what a worker must also run (the reconciler)."""

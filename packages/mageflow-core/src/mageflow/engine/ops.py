@@ -63,9 +63,18 @@ class Engine:
     """Runs transitions on ``store``. ``resend_after`` (s): how long a dispatched task may
     stay unstarted before the reconciler re-sends it (doubling per re-send)."""
 
-    def __init__(self, store: StateStore, *, resend_after: float = DEFAULT_RESEND_AFTER) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        resend_after: float = DEFAULT_RESEND_AFTER,
+        delivery: str = "",
+    ) -> None:
         self.store = store
         self.resend_after = resend_after
+        self.delivery = delivery
+        """The stream delivery the script appends dispatched tasks' messages with (JSON,
+        see ``STREAM DELIVERY`` in the script; ``""``: the client publishes them)."""
         self.on_wake: Callable[[int], None] | None = None
         """Told the time a transition delayed a node to (the process's sweep loop)."""
 
@@ -76,6 +85,7 @@ class Engine:
             str(self.store.active_ttl),
             str(self.store.finished_ttl),
             str(int(self.resend_after * 1000)),
+            self.delivery,
             *args,
         ]
 

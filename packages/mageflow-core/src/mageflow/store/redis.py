@@ -60,6 +60,12 @@ def check_store_url(url: str) -> str:
     return url
 
 
+def server_identity(connection_kwargs: Mapping[str, Any]) -> str:
+    """The server and database a redis-py client's connection settings point at, as a
+    URL without credentials (equal texts: the same server and database)."""
+    return _described(connection_kwargs)
+
+
 def _described(kw: Mapping[str, Any]) -> str:
     """A URL for the connection settings of a client the caller passed (no password)."""
     if kw.get("path"):
@@ -120,6 +126,11 @@ class RedisStore(StateStore):
         self.prefix = prefix
         self.active_ttl = active_ttl
         self.finished_ttl = finished_ttl
+
+    @property
+    def server(self) -> str:
+        """The server and database holding the state (:func:`server_identity`)."""
+        return _described(self._pool_args)
 
     @property
     def client(self) -> aioredis.Redis:

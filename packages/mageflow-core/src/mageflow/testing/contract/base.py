@@ -43,6 +43,13 @@ class ContractHarness:
     """Queues served each by a worker of its own besides ``default`` (the routing test
     needs :data:`mageflow.testing.contract_tasks.ROUTED_QUEUES`)."""
 
+    @property
+    def stream_delivery(self) -> bool:
+        """The engine appends dispatched tasks' messages itself (the backend's
+        :meth:`~mageflow.backend.base.TaskBackend.stream_delivery` on the store's Redis):
+        workers publish nothing a transition dispatched."""
+        return bool(self.app.engine.delivery)
+
 
 def _ns() -> str:
     return uuid.uuid4().hex[:12]
