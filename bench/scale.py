@@ -106,8 +106,13 @@ class Sampler:
 
     client: aioredis.Redis
     period: float
+    queue_key: str
+    """The swarm's queue (zset): its size and memory are read once, at the first sample
+    that finds it"""
     peak: int = 0
     samples: int = 0
+    queue: tuple[int, int] = (0, 0)
+    """(entries, bytes) of the queue when first seen"""
     task: asyncio.Task[None] | None = None
 
     async def _loop(self) -> None:
@@ -115,6 +120,10 @@ class Sampler:
             with contextlib.suppress(ResponseError):
                 self.peak = max(self.peak, await used_memory(self.client))
                 self.samples += 1
+                if not self.queue[0] and await self.client.exists(self.queue_key):
+                    entries = int(await self.client.zcard(self.queue_key))
+                    used = await self.client.memory_usage(self.queue_key, samples=0)
+                    self.queue = (entries, int(used or 0))
             await asyncio.sleep(self.period)
 
     def __enter__(self) -> Sampler:
@@ -142,6 +151,7 @@ class Run:
     key_memory: dict[str, int]
     results_bytes: int
     slow: list[tuple[float, str]]
+    queue: tuple[int, int]
     base: int = 0
     """used_memory of the empty server before the run"""
     broker_mem: int = 0
@@ -251,7 +261,8 @@ async def run_swarm(cfg: Config, n: int, cap: int, sample: float, detail: bool) 
     rcpu0 = await tb.redis_cpu(client)
     bcpu0 = 0.0 if cfg.broker is None else await tb.redis_cpu(cfg.broker)
     pcpu0 = cpu_of(cfg.cpu_pids)
-    with Sampler(client, sample) as sampler:
+    queue_key = cfg.mf.store.hash_key(sw.key.split(".", 1)[0]) + ":queue:r"
+    with Sampler(client, sample, queue_key) as sampler:
         started = time.perf_counter()
         result = await sw.aio_run({}, timeout=None)
         wall = time.perf_counter() - started
@@ -279,6 +290,7 @@ async def run_swarm(cfg: Config, n: int, cap: int, sample: float, detail: bool) 
         key_memory=await key_memory(client),
         results_bytes=await results_bytes(client, h, n),
         slow=await slowlog(client),
+        queue=sampler.queue,
         base=base,
     )
     if cfg.broker is not None:
@@ -340,6 +352,13 @@ def memory(small: Run, big: Run, after: tuple[float, int, int] | None, ttl: int)
         f"  keys when finished: {small.keys_done} / {big.keys_done}; "
         f"memory samples while running: {small.samples} / {big.samples}"
     )
+    for r in (small, big):
+        entries, used = r.queue
+        if entries:
+            print(
+                f"  n={r.n}: the swarm's queue when first sampled: {entries:,} items, "
+                f"{used / entries:.1f} bytes per queued item"
+            )
     if big.broker_mem:
         print(
             f"  broker server (not the store), bytes per item after the run: "
