@@ -52,8 +52,9 @@ import redis.asyncio as aioredis
 import taskiq_bench as tb  # puts the packages on sys.path when run from a checkout
 from redis.exceptions import ResponseError
 
-from mageflow import Mageflow, SwarmConfig
+from mageflow import Mageflow, Signature, SwarmConfig
 from mageflow.backend.local import LocalBackend
+from mageflow.errors import StoreUnavailableError
 from mageflow.store import RedisStore
 from mageflow.testing.redis_server import redis_server
 
@@ -152,6 +153,8 @@ class Run:
     results_bytes: int
     slow: list[tuple[float, str]]
     queue: tuple[int, int]
+    stalls: int
+    """how often the client's wait met a busy Redis (a script past the busy threshold)"""
     base: int = 0
     """used_memory of the empty server before the run"""
     broker_mem: int = 0
@@ -245,6 +248,20 @@ async def slowlog(client: aioredis.Redis) -> list[tuple[float, str]]:
 
 
 # -- one run ---------------------------------------------------------------------------------
+async def wait_through_busy(sw: Signature) -> tuple[Any, int]:
+    """``sw.wait()``, asked again when Redis is busy running a script past its busy
+    threshold (BUSY replies, or a read timeout): (the result, how often that happened)."""
+    stalls = 0
+    while True:
+        try:
+            return await sw.wait(None), stalls
+        except (ResponseError, StoreUnavailableError) as exc:
+            if isinstance(exc, ResponseError) and not str(exc).startswith("BUSY"):
+                raise
+            stalls += 1
+            await asyncio.sleep(0.5)
+
+
 async def run_swarm(cfg: Config, n: int, cap: int, sample: float, detail: bool) -> Run:
     client = cfg.store
     await client.flushdb()
@@ -264,7 +281,8 @@ async def run_swarm(cfg: Config, n: int, cap: int, sample: float, detail: bool) 
     queue_key = cfg.mf.store.hash_key(sw.key.split(".", 1)[0]) + ":queue:r"
     with Sampler(client, sample, queue_key) as sampler:
         started = time.perf_counter()
-        result = await sw.aio_run({}, timeout=None)
+        await sw.aio_run_no_wait({})
+        result, stalls = await wait_through_busy(sw)
         wall = time.perf_counter() - started
     pcpu1 = cpu_of(cfg.cpu_pids)
     rcpu1 = await tb.redis_cpu(client)
@@ -291,6 +309,7 @@ async def run_swarm(cfg: Config, n: int, cap: int, sample: float, detail: bool) 
         results_bytes=await results_bytes(client, h, n),
         slow=await slowlog(client),
         queue=sampler.queue,
+        stalls=stalls,
         base=base,
     )
     if cfg.broker is not None:
@@ -398,6 +417,10 @@ def breakdown(small: Run, big: Run) -> None:
             f"  {k:<16}{c0 / small.n:8.2f} {u0 / small.n:8.2f} us"
             f"{calls / big.n:10.2f} {usec / big.n:8.2f} us"
         )
+    print(
+        f"the client's wait met a busy Redis (BUSY / read timeout): {small.stalls} / "
+        f"{big.stalls} time(s)"
+    )
     print(f"slowest single calls of the n={big.n} run (> {SLOW_US // 1000} ms):")
     for ms, cmd in big.slow[:6] or [(0.0, "none")]:
         print(f"  {ms:10.1f} ms  {cmd}")
