@@ -444,10 +444,18 @@ async def measure(cfg: Config, args: argparse.Namespace) -> None:
 
 
 # -- configurations --------------------------------------------------------------------------
+def with_timeout(url: str, seconds: float) -> str:
+    """The store's URL with a read timeout of ``seconds`` (0: redis-py's default, 5 s in
+    redis-py 8): a run call or the final call of a large swarm is one script that runs
+    for longer than 5 s here (see SLOWLOG); with the default the client gives up on it."""
+    return f"{url}?socket_timeout={seconds:g}" if seconds else url
+
+
 async def local(args: argparse.Namespace) -> None:
     with redis_server() as server:
         print(f"(a) local backend + RedisStore, redis {server.version} ({server.strategy})")
-        store = RedisStore(server.url, prefix=PREFIX, finished_ttl=args.finished_ttl)
+        url = with_timeout(server.url, args.socket_timeout)
+        store = RedisStore(url, prefix=PREFIX, finished_ttl=args.finished_ttl)
         mf = Mageflow(backend=LocalBackend(concurrency=args.concurrency), store=store)
 
         @mf.task(TASK)
@@ -500,7 +508,7 @@ def taskiq(args: argparse.Namespace) -> None:
                 "MAGEFLOW_BACKEND": "taskiq",
                 "MAGEFLOW_TASKIQ_URL": urls["broker"],
                 "MAGEFLOW_TASKIQ_QUEUE": f"scale-{tag}",
-                "MAGEFLOW_REDIS_URL": urls["store"],
+                "MAGEFLOW_REDIS_URL": with_timeout(urls["store"], args.socket_timeout),
                 "MAGEFLOW_KEY_PREFIX": PREFIX,
                 "MAGEFLOW_FINISHED_TTL": str(args.finished_ttl),
                 "BENCH_SIGNAL_URL": urls["signal"],
@@ -539,11 +547,18 @@ def main() -> None:
         help="the swarm's max_concurrency (below --small, so both runs refill slots)",
     )
     parser.add_argument("--finished-ttl", type=int, default=20, help="seconds")
+    parser.add_argument(
+        "--socket-timeout",
+        type=float,
+        default=120,
+        help="the store clients' read timeout, s (0: redis-py's default, 5 s)",
+    )
     parser.add_argument("--sample", type=float, default=0.5, help="memory sample period (s)")
     args = parser.parse_args()
     print(
         f"swarm_of({TASK!r}, [{{}}] * n, max_concurrency={args.cap}, closed), run with "
-        f"aio_run; finished TTL {args.finished_ttl} s; {os.cpu_count()} CPUs (shared)"
+        f"aio_run; finished TTL {args.finished_ttl} s; store read timeout "
+        f"{args.socket_timeout or 'default'} s; {os.cpu_count()} CPUs (shared)"
     )
     for name in args.configs.split(","):
         if name == "local":
