@@ -203,3 +203,4 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/core_roundtrips.py")
     session.run("python", "bench/build_cost.py")
     session.run("python", "bench/taskiq_bench.py")
+    session.run("python", "bench/scale.py", "--items", "200000")  # 1M: run it by hand

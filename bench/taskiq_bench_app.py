@@ -116,3 +116,8 @@ async def report(message: dict[str, Any]) -> None:
     }
     _step_times.clear()
     await signal().rpush(message["reply"], json.dumps(body))
+
+
+@mf.task("bench.none")
+async def none(message: dict[str, Any]) -> None:
+    """A no-op returning None (bench/scale.py)."""
