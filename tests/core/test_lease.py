@@ -10,10 +10,13 @@ import pytest
 import pytest_asyncio
 
 from mageflow import Mageflow
+from mageflow.models.retry import Backoff
 from mageflow.models.status import SignatureStatus
 from tests.core.stores import manual
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+BACKOFF = 1.0
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -30,6 +33,13 @@ async def app(manual_app: Mageflow) -> Mageflow:
         manual_app.began.set()  # type: ignore[attr-defined]
         await manual_app.release.wait()  # type: ignore[attr-defined]
         if msg.get("fail_first") and len(ran) == 1:
+            raise RuntimeError("first attempt fails")
+        return msg["tag"]
+
+    @manual_app.task("lease.backoff", retries=1, backoff=Backoff.constant(BACKOFF))
+    async def backoff(msg: dict[str, Any]) -> Any:
+        ran.append(msg["tag"])
+        if len(ran) == 1:
             raise RuntimeError("first attempt fails")
         return msg["tag"]
 
@@ -79,3 +89,22 @@ async def test_retry_of_the_same_run_starts_at_once(app: Mageflow) -> None:
         await manual(app).deliver(sent, final=False)
     assert await asyncio.wait_for(manual(app).deliver(sent, attempt=2), 5) == "c"
     assert app.ran == ["c", "c"]  # type: ignore[attr-defined]
+
+
+async def test_a_failed_delivery_redelivered_waits_for_the_backoff(app: Mageflow) -> None:
+    """A failed attempt keeps its lease for the shortest backoff: the failed delivery
+    itself, redelivered because its worker died before acknowledging it (the retry was
+    published, or not), does not run the retry's user code before the backoff is due."""
+    app.lease = 30.0
+    sig = await app.sign("lease.backoff", tag="d")
+    await sig.aio_run_no_wait({})
+    (sent,) = manual(app).take()
+    with pytest.raises(RuntimeError):
+        await manual(app).deliver(sent, final=False)
+    copy = asyncio.create_task(manual(app).deliver(sent, final=False))
+    await asyncio.sleep(BACKOFF / 2)
+    assert app.ran == ["d"]  # type: ignore[attr-defined]
+    assert not copy.done()
+    assert await asyncio.wait_for(copy, 5 * BACKOFF) == "d"  # ran once the backoff was due
+    assert app.ran == ["d", "d"]  # type: ignore[attr-defined]
+    assert await sig.get_status() is SignatureStatus.DONE

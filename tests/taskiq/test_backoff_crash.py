@@ -5,6 +5,12 @@ stream at once; the worker that receives it holds it unacknowledged while it sle
 that worker with ``kill -9``: the stream broker hands the message to a new worker once it
 is idle for ``IDLE_TIMEOUT``, and that worker waits for the same due time (not a fresh
 backoff, not at once) before running the retry, which then succeeds.
+
+The worker that failed the first attempt may be the one that receives the retry, and log its
+wait before it acknowledged the failed message (taskiq acknowledges after the retry
+middleware published the retry): killed then, both messages are redelivered, and the failed
+one, which carries no due time, meets the lease the failed attempt kept for the backoff
+(``flows/lease.py``), so it cannot run the retry early either.
 """
 
 from __future__ import annotations

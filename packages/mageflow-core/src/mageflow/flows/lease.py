@@ -14,6 +14,7 @@ from mageflow.errors import MageflowError
 
 if TYPE_CHECKING:
     from mageflow.flows.runtime import Runtime
+    from mageflow.models.retry import Backoff
 
 log = logging.getLogger("mageflow.worker")
 
@@ -50,10 +51,19 @@ async def renewed(mf: Runtime, key: str, run_id: str) -> AsyncIterator[None]:
             await asyncio.wait({renewer}, timeout=0.1)
 
 
-async def release(mf: Runtime, key: str, run_id: str) -> None:
-    """Give up the lease of a failed attempt that will be retried, so that the retry (the
-    same run) starts at once. If this fails, the retry waits for the lease to lapse."""
+def retry_hold(backoff: Backoff | None, attempt: int) -> float:
+    """Seconds a failed attempt ``attempt`` that will be retried keeps its lease: the
+    shortest backoff before retry ``attempt`` (jitter cannot make the retry due sooner)."""
+    return 0.0 if backoff is None else backoff.bounds(attempt)[0]
+
+
+async def release(mf: Runtime, key: str, run_id: str, hold: float = 0.0) -> None:
+    """Give up the lease of a failed attempt that will be retried, all but ``hold``
+    seconds (:func:`retry_hold`): the retry (the same run) starts when its backoff is due,
+    and so does a copy of the failed delivery itself, which a worker that died before
+    acknowledging it leaves to be redelivered at once, without the retry's due time. If
+    this fails, the retry waits for the lease to lapse."""
     try:
-        await mf.engine.renew(key, run_id, 0)
+        await mf.engine.renew(key, run_id, hold)
     except (MageflowError, OSError) as exc:
         log.warning("%s: cannot release the lease of run %s: %s", key, run_id, exc)

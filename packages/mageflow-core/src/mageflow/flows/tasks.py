@@ -216,7 +216,7 @@ async def _run_started(
                 run_id=ctx.run_id,
                 error=error_dict(exc),
             )
-            await lease.release(mf, key, ctx.run_id)
+            await lease.release(mf, key, ctx.run_id, lease.retry_hold(task.backoff, ctx.attempt))
             raise
         await _fail(mf, task.name, key, exc, data, ctx)
         raise
