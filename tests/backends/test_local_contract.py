@@ -18,6 +18,8 @@ from mageflow.testing import contract_tasks
 from mageflow.testing.contract import BackendContract, ContractHarness
 from mageflow.testing.probe import MemoryProbe, set_probe
 
+URL_FIXTURES = {"redis": "redis_url", "cluster": "redis_cluster_url"}
+
 LEASE = 0.3
 """The local backend never takes a message back from a live worker: any lease holds."""
 
@@ -46,10 +48,18 @@ async def local_harness(
         await app.aclose()
 
 
-@pytest_asyncio.fixture(loop_scope="session", params=["memory", "redis"])
+@pytest_asyncio.fixture(
+    loop_scope="session",
+    params=["memory", "redis", pytest.param("cluster", marks=pytest.mark.cluster)],
+)
 async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ContractHarness]:
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_url")
+    """The suite on the in-process store, on one Redis, and on a three-master Redis
+    Cluster. On the cluster it also proves the engine's scripts keep to their workflow's
+    slot: Redis Cluster refuses a script's access to a key another node serves ("non
+    local key") and a command over two slots (CROSSSLOT), and the suite's workflows land
+    on all three masters (``tests/core/test_redis_cluster.py`` checks that they do)."""
+    if request.param in URL_FIXTURES:
+        url = request.getfixturevalue(URL_FIXTURES[request.param])
         store: MemoryStore | RedisStore = RedisStore(url, prefix=f"t-{uuid.uuid4().hex[:8]}")
     else:
         store = MemoryStore()

@@ -150,7 +150,10 @@ class Mageflow:
         redis_client: aioredis.Redis | str | None = redis_url
         for obj in native:
             if isinstance(obj, aioredis.Redis) or (
-                isinstance(obj, str) and obj.startswith(("redis://", "rediss://", "unix://"))
+                isinstance(obj, str)
+                and obj.startswith(
+                    ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+                )
             ):
                 redis_client = obj
             else:
