@@ -72,7 +72,7 @@ async def test_the_fixture_builds_a_cluster_of_three_masters_covering_every_slot
             assert info["cluster_known_nodes"] == "3"
             mine = next(n for n in node.cluster("nodes").values() if "myself" in n["flags"])
             assert "master" in mine["flags"]
-            covered += sum(int(b) - int(a) + 1 for a, b in mine["slots"])
+            covered += sum(b - a + 1 for a, b in my_slots(node))
     assert covered == SLOTS
 
 
@@ -178,6 +178,46 @@ async def test_a_large_build_goes_to_the_node_of_its_slot(app: Mageflow) -> None
     assert len(items) == n
     kwargs = await app.store.read(wf, [F.of(s, F.KWARGS) for s in items[-3:]])
     assert [json.loads(k or "{}")["x"] for k in kwargs] == [n - 3, n - 2, n - 1]
+
+
+def move_slot(cluster: RedisCluster, key: str) -> str:
+    """Reshard: move the (empty) slot of ``key`` to another master, as ``redis-cli
+    --cluster reshard`` does; the URL of the master that serves it now."""
+    nodes = [redis.Redis.from_url(url, decode_responses=True) for url in cluster.nodes]
+    try:
+        slot = nodes[0].cluster("keyslot", key)
+        ids = [n.cluster("myid") for n in nodes]
+        owner = next(i for i, n in enumerate(nodes) if any(a <= slot <= b for a, b in my_slots(n)))
+        target = (owner + 1) % len(nodes)
+        nodes[target].cluster("setslot", slot, "IMPORTING", ids[owner])
+        nodes[owner].cluster("setslot", slot, "MIGRATING", ids[target])
+        for i in [target, owner, *(i for i in range(len(nodes)) if i not in (owner, target))]:
+            nodes[i].cluster("setslot", slot, "NODE", ids[target])
+        return cluster.nodes[target]
+    finally:
+        for n in nodes:
+            n.close()
+
+
+def my_slots(node: redis.Redis) -> list[tuple[int, int]]:
+    mine = next(n for n in node.cluster("nodes").values() if "myself" in n["flags"])
+    return [(int(a), int(b)) for a, b in mine["slots"]]
+
+
+@on_session_loop
+async def test_a_packed_write_follows_a_slot_moved_to_another_node(
+    store: RedisStore, redis_cluster_srv: RedisCluster
+) -> None:
+    """After the store's client read the layout, the slot of a new workflow moves to
+    another master: its build, sent packed to the old master, is refused there (MOVED,
+    nothing written), and the store reads the layout again and sends it to the new one."""
+    await store.ping()  # the client knows the layout now
+    wf = uuid.uuid4().hex
+    now_at = move_slot(redis_cluster_srv, store.hash_key(wf))
+    await store.write(wf, {"r": "{}", "r:status": "pending"}, {"items:r": ["a", "b"]})
+    assert await store.read(wf, ["r:status"]) == ["pending"]
+    with redis.Redis.from_url(now_at, decode_responses=True) as node:
+        assert node.hget(store.hash_key(wf), "r:status") == "pending"
 
 
 @pytest.mark.parametrize(

@@ -74,6 +74,9 @@ class Link(abc.ABC):
         """A pub/sub object that will receive what is published on ``channel``."""
         return client.pubsub()  # type: ignore[no-any-return]
 
+    async def refresh(self, client: Any) -> None:
+        """Read the servers' layout again (a cluster's slot moved)."""
+
 
 class ServerLink(Link):
     """One Redis server, from a URL or from the pool of a client the caller passed."""
@@ -170,6 +173,9 @@ class ClusterLink(Link):
             raise
         finally:
             node.release(conn)
+
+    async def refresh(self, client: Any) -> None:
+        await client.nodes_manager.initialize()
 
     async def pubsub(self, client: Any, channel: str) -> PubSub:
         # a PUBLISH reaches every node of a cluster: subscribe on the node of the channel

@@ -9,7 +9,15 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ClusterError, NoScriptError, RedisClusterException, ResponseError
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -64,6 +72,8 @@ _UNREACHABLE = (
     OSError,
     ClusterError,
     RedisClusterException,
+    AskError,  # and MovedError: a cluster's slot is moving to another node
+    TryAgainError,
 )
 """The server (or a cluster's node, or the cluster as a whole) cannot answer now."""
 
@@ -240,7 +250,15 @@ class RedisStore(StateStore):
         (``MULTI`` ... ``EXEC`` among them make a transaction), packed here: redis-py
         packs each argument in several Python steps, and a bulk build has hundreds of
         thousands of them. Returns the replies; raises the first error reply once all
-        were read."""
+        were read. On a cluster whose slot moved to another node, every command was
+        refused (``MOVED``): the layout is read again and the commands sent once more."""
+        try:
+            return await self._send_once(commands, key)
+        except MovedError:
+            await self._link.refresh(self.client)
+            return await self._send_once(commands, key)
+
+    async def _send_once(self, commands: Sequence[Sequence[str]], key: str) -> list[Any]:
         replies: list[Any] = []
         first_error: ResponseError | None = None
         async with self._link.connection(self.client, key) as conn:
