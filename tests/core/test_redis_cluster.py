@@ -22,9 +22,9 @@ from mageflow.engine import fields as F
 from mageflow.engine import split_key
 from mageflow.errors import ConfigurationError, StoreUnavailableError
 from mageflow.store import RedisStore
-from mageflow.store.base import CHUNK
+from mageflow.store.base import CHUNK, Script
 from mageflow.testing.manual import ManualBackend
-from mageflow.testing.redis_cluster import SLOTS, RedisCluster, redis_cluster
+from mageflow.testing.redis_cluster import SLOTS, RedisCluster, redis_cluster, watch_script_keys
 
 pytestmark = pytest.mark.cluster
 on_session_loop = pytest.mark.asyncio(loop_scope="session")
@@ -178,6 +178,32 @@ async def test_a_large_build_goes_to_the_node_of_its_slot(app: Mageflow) -> None
     assert len(items) == n
     kwargs = await app.store.read(wf, [F.of(s, F.KWARGS) for s in items[-3:]])
     assert [json.loads(k or "{}")["x"] for k in kwargs] == [n - 3, n - 2, n - 1]
+
+
+@on_session_loop
+async def test_the_watch_reports_a_script_that_strays_to_another_slot_of_its_node(
+    store: RedisStore, redis_cluster_srv: RedisCluster
+) -> None:
+    """Redis 6 lets a script touch an undeclared key of another slot as long as the same
+    node serves it; ``watch_script_keys`` (used by the contract suite on the cluster)
+    reports it, and stays quiet for a script that keeps to its slot."""
+    await store.ping()
+    client: Any = store.client
+    home = f"{store.prefix}:{{a}}"
+    node = client.get_node_from_key(home).name
+    stray = next(
+        k
+        for k in (f"{store.prefix}:other{i}" for i in range(10_000))
+        if client.get_node_from_key(k).name == node and client.keyslot(k) != client.keyslot(home)
+    )
+    strays_to = Script("redis.call('SET', KEYS[1], 1); return redis.call('GET', ARGV[1])")
+    keeps_to = Script("redis.call('SET', KEYS[1], 1); return redis.call('GET', KEYS[1] .. ':x')")
+    with watch_script_keys(redis_cluster_srv) as strays:
+        await store.run_script(keeps_to, [home], [])
+    assert strays == []
+    with watch_script_keys(redis_cluster_srv) as strays:
+        assert await store.run_script(strays_to, [home], [stray]) is None  # Redis allowed it
+    assert strays == [f"GET {stray} (script slot {client.keyslot(home)})"]
 
 
 def move_slot(cluster: RedisCluster, key: str) -> str:

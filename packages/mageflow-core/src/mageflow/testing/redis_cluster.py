@@ -17,18 +17,23 @@ instead of starting one.
 from __future__ import annotations
 
 import atexit
+import codecs
 import os
 import random
+import re
 import shutil
 import socket
 import tempfile
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from redis.crc import key_slot
 
 from mageflow.testing.redis_server import (
     _BIND_ATTEMPTS,
@@ -39,7 +44,7 @@ from mageflow.testing.redis_server import (
     _wheel_binary,
 )
 
-__all__ = ["ENV_CLUSTER_URL", "SLOTS", "RedisCluster", "redis_cluster"]
+__all__ = ["ENV_CLUSTER_URL", "SLOTS", "RedisCluster", "redis_cluster", "watch_script_keys"]
 
 ENV_CLUSTER_URL = "MAGEFLOW_TEST_REDIS_CLUSTER_URL"
 SLOTS = 16384
@@ -188,3 +193,77 @@ def redis_cluster(masters: int = 3, *, startup_timeout: float = 20.0) -> Iterato
             nodes=tuple(f"redis://127.0.0.1:{node.port}/0" for node in nodes),
             version=nodes[0].version,
         )
+
+
+_ARG = re.compile(rb'"((?:[^"\\]|\\.)*)"')
+_ALL_KEYS = {b"DEL", b"UNLINK", b"EXISTS", b"TOUCH"}
+"""Commands whose every argument is a key; any other command a script runs names its key
+(or channel) first."""
+
+
+def _args(line: bytes) -> tuple[bool, list[bytes]]:
+    """A MONITOR line: whether a script ran the command, and its arguments."""
+    head, _, rest = line.partition(b"] ")
+    return head.endswith(b" lua"), [codecs.escape_decode(a)[0] for a in _ARG.findall(rest)]
+
+
+def _strays(lines: list[bytes]) -> list[str]:
+    """The commands scripts ran on a name outside the slot of the script's first key."""
+    slot: int | None = None
+    found: list[str] = []
+    for line in lines:
+        by_script, args = _args(line)
+        if not args:
+            continue
+        if not by_script:
+            command = args[0].upper()
+            numkeys = int(args[2]) if command in (b"EVAL", b"EVALSHA") else 0
+            slot = key_slot(args[3]) if numkeys else None
+            continue
+        names = args[1:] if args[0].upper() in _ALL_KEYS else args[1:2]
+        for name in names:
+            if slot is None or key_slot(name) != slot:
+                found.append(f"{b' '.join(args[:2]).decode(errors='replace')} (script slot {slot})")
+    return found
+
+
+class _Monitor(threading.Thread):
+    """``MONITOR`` on one node until it sees ``ECHO <end>``: every line, in order."""
+
+    def __init__(self, url: str, end: bytes) -> None:
+        super().__init__(daemon=True)
+        host, _, port = url.removeprefix("redis://").partition("/")[0].rpartition(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+        self.sock.sendall(b"MONITOR\r\n")
+        self.reader = self.sock.makefile("rb")
+        if self.reader.readline().strip() != b"+OK":
+            raise RuntimeError(f"MONITOR refused on {url}")
+        self.end, self.lines = end, list[bytes]()
+
+    def run(self) -> None:
+        with self.sock, self.reader:
+            for line in iter(self.reader.readline, b""):
+                if b'"ECHO" "' + self.end + b'"' in line:
+                    return
+                self.lines.append(line.rstrip(b"\r\n"))
+
+
+@contextmanager
+def watch_script_keys(cluster: RedisCluster) -> Iterator[list[str]]:
+    """``MONITOR`` every master for the block; at its end the yielded list holds every
+    command a script ran on a key (or channel) outside the slot of the script's first
+    key. Stricter than Redis 6 itself, which refuses only keys another node serves."""
+    end = uuid.uuid4().hex.encode()
+    monitors = [_Monitor(url, end) for url in cluster.nodes]
+    for m in monitors:
+        m.start()
+    strays: list[str] = []
+    try:
+        yield strays
+    finally:
+        for url in cluster.nodes:
+            with redis.Redis.from_url(url) as node:
+                node.echo(end)
+        for m in monitors:
+            m.join(30)
+            strays.extend(_strays(m.lines))
