@@ -25,6 +25,7 @@ from mageflow.store import RedisStore
 from mageflow.store.base import CHUNK, Script
 from mageflow.testing.manual import ManualBackend
 from mageflow.testing.redis_cluster import SLOTS, RedisCluster, redis_cluster, watch_script_keys
+from tests.core.test_cli_ops import Cli
 
 pytestmark = pytest.mark.cluster
 on_session_loop = pytest.mark.asyncio(loop_scope="session")
@@ -131,6 +132,22 @@ async def test_every_key_of_a_workflow_carries_its_hash_tag(
     others = sorted(k for k in keys if k not in tagged)
     globals_ = {store.index_key, store.live_key, store.workers_key}
     assert all(k in globals_ or k.startswith(f"{store.prefix}:ident:") for k in others), others
+
+
+@on_session_loop
+async def test_the_cli_reads_workflows_across_the_masters(
+    app: Mageflow, store: RedisStore, redis_cluster_url: str
+) -> None:
+    """``mageflow ls`` reads workflows of every master; ``mageflow stats`` says, in one
+    line and exit code 2, that a cluster keeps no statistics."""
+    handles = [await app.chain(["add"], name=f"on-cluster-{i}") for i in range(6)]
+    await asyncio.gather(*(h.aio_run({"x": 1}) for h in handles))
+    cli = Cli(redis_cluster_url, store.prefix)
+    code, out, err = await cli("ls", "--json")
+    assert code == 0, err
+    assert {row["key"] for row in json.loads(out)} >= {h.key for h in handles}
+    code, out, err = await cli("stats")
+    assert code == 2 and "Redis Cluster" in out + err and "Traceback" not in out + err
 
 
 @on_session_loop
@@ -264,6 +281,8 @@ def test_a_cluster_client_object_is_refused_with_the_url_to_use() -> None:
     client = aioredis.RedisCluster(host="127.0.0.1", port=7000)
     with pytest.raises(ConfigurationError, match=r"redis\+cluster://"):
         RedisStore(client)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"redis\+cluster://"):
+        Mageflow(client)
 
 
 def test_the_cluster_url_selects_the_cluster_store(redis_cluster_url: str) -> None:

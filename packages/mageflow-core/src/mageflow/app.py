@@ -56,6 +56,7 @@ from mageflow.models.stats import Stats
 from mageflow.plugins.manager import backend_for_native, load_backend_class
 from mageflow.plugins.settings import MageflowSettings
 from mageflow.store.base import StateStore
+from mageflow.store.connect import CLUSTER_CLIENT_REFUSED
 from mageflow.store.memory import MemoryStore
 from mageflow.store.redis import RedisStore
 
@@ -156,6 +157,8 @@ class Mageflow:
                 )
             ):
                 redis_client = obj
+            elif isinstance(obj, aioredis.RedisCluster):
+                raise ConfigurationError(CLUSTER_CLIENT_REFUSED)
             else:
                 spec = backend_for_native(obj)
                 if spec is None:

@@ -25,6 +25,11 @@ CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 """URL schemes of a Redis Cluster store: any node as ``host:port``, the client finds the
 others (``rediss+cluster`` speaks TLS)."""
 
+CLUSTER_CLIENT_REFUSED = (
+    "pass a Redis Cluster as a URL, redis+cluster://host:port (MAGEFLOW_REDIS_URL or "
+    "redis_url=), not as a client: the store opens one client per event loop from it"
+)
+
 _URL = re.compile(
     r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?(?P<auth>[^/?#]*)(?P<path>[^?#]*)"
     r"(?:\?(?P<query>[^#]*))?(?P<frag>#.*)?",

@@ -24,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from mageflow.errors import ConfigurationError, EngineError, StoreUnavailableError
 from mageflow.store.base import CHUNK, EVENTS_BATCH, Reply, Script, StateStore, check_ttls
 from mageflow.store.connect import (
+    CLUSTER_CLIENT_REFUSED,
     CLUSTER_SCHEMES,
     Client,
     ClusterLink,
@@ -96,9 +97,7 @@ class RedisStore(StateStore):
     ) -> None:
         check_ttls(active_ttl, finished_ttl)
         if isinstance(client, aioredis.RedisCluster):
-            raise ConfigurationError(
-                "pass a Redis Cluster as a URL, redis+cluster://host:port, not as a client"
-            )
+            raise ConfigurationError(CLUSTER_CLIENT_REFUSED)
         if isinstance(client, str):
             check_store_url(client)
         if isinstance(client, str) and client.lower().startswith(CLUSTER_SCHEMES):
