@@ -285,9 +285,14 @@ def test_a_cluster_client_object_is_refused_with_the_url_to_use() -> None:
         Mageflow(client)
 
 
-def test_the_cluster_url_selects_the_cluster_store(redis_cluster_url: str) -> None:
+def test_the_cluster_url_selects_the_cluster_store(
+    redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     mf = Mageflow(backend=ManualBackend(), redis_url=redis_cluster_url)
     assert isinstance(mf.store, RedisStore) and mf.store.cluster
+    monkeypatch.setenv("MAGEFLOW_REDIS_URL", redis_cluster_url)
+    from_env = Mageflow(backend=ManualBackend())
+    assert isinstance(from_env.store, RedisStore) and from_env.store.cluster
     password = redis_cluster_url.replace("redis+cluster://", "redis+cluster://u:secret@")
     assert "secret" not in RedisStore(password)._unavailable(OSError("x")).args[0]
 

@@ -84,7 +84,12 @@ MAX_BLOCK = 2.0
 
 class RedisStore(StateStore):
     """State in Redis under ``prefix``. Keys of one workflow share the hash tag ``{wf}``,
-    so one script call touches one Cluster slot. JSON only, never pickle."""
+    so one script call touches one Cluster slot. JSON only, never pickle.
+
+    ``client``: a ``redis://``, ``rediss://`` or ``unix://`` URL or a
+    ``redis.asyncio.Redis`` (its connection settings are used), or a ``redis+cluster://``
+    / ``rediss+cluster://`` URL naming any node of a Redis Cluster (statistics are then
+    off: see ``docs/redis-cluster.md``). Raises :class:`ConfigurationError` for a bad URL."""
 
     def __init__(
         self,
