@@ -5,6 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from mageflow.testing.redis_cluster import RedisCluster, redis_cluster
 from mageflow.testing.redis_server import RedisServer, redis_server
 
 # Every app and worker the tests start (workers inherit the environment) re-sends a
@@ -23,3 +24,16 @@ def redis_srv() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def redis_url(redis_srv: RedisServer) -> str:
     return redis_srv.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_srv() -> Iterator[RedisCluster]:
+    """A real three-master Redis Cluster for the whole session (one per xdist worker,
+    started on the first test that asks for it: about 2 s)."""
+    with redis_cluster(3) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(redis_cluster_srv: RedisCluster) -> str:
+    return redis_cluster_srv.url

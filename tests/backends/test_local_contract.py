@@ -17,6 +17,9 @@ from mageflow.store.base import StateStore
 from mageflow.testing import contract_tasks
 from mageflow.testing.contract import BackendContract, ContractHarness
 from mageflow.testing.probe import MemoryProbe, set_probe
+from mageflow.testing.redis_cluster import watch_script_keys
+
+URL_FIXTURES = {"redis": "redis_url", "cluster": "redis_cluster_url"}
 
 LEASE = 0.3
 """The local backend never takes a message back from a live worker: any lease holds."""
@@ -46,10 +49,19 @@ async def local_harness(
         await app.aclose()
 
 
-@pytest_asyncio.fixture(loop_scope="session", params=["memory", "redis"])
+@pytest_asyncio.fixture(
+    loop_scope="session",
+    params=["memory", "redis", pytest.param("cluster", marks=pytest.mark.cluster)],
+)
 async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ContractHarness]:
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_url")
+    """The suite on the in-process store, on one Redis, and on a three-master Redis
+    Cluster. On the cluster each test also proves the engine's scripts never touch a key
+    outside their workflow's slot: Redis Cluster itself refuses a script's access to a key
+    another node serves ("non local key") and a command over two slots (CROSSSLOT), and
+    ``watch_script_keys`` (MONITOR on every master) fails the test on any command a
+    script ran on a name of another slot, even one the same node serves."""
+    if request.param in URL_FIXTURES:
+        url = request.getfixturevalue(URL_FIXTURES[request.param])
         store: MemoryStore | RedisStore = RedisStore(url, prefix=f"t-{uuid.uuid4().hex[:8]}")
     else:
         store = MemoryStore()
@@ -57,8 +69,15 @@ async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     # across workers, not inside one
     pools = dict.fromkeys(contract_tasks.ROUTED_QUEUES, 1)  # a pool of its own each
     backend = LocalBackend(workers=3, concurrency=2, pools=pools)
-    async with local_harness(backend, store, tmp_path) as h:
-        yield h
+    with contextlib.ExitStack() as stack:
+        strays: list[str] = []
+        if request.param == "cluster":
+            strays = stack.enter_context(
+                watch_script_keys(request.getfixturevalue("redis_cluster_srv"))
+            )
+        async with local_harness(backend, store, tmp_path) as h:
+            yield h
+    assert not strays, f"scripts touched keys outside their workflow's slot: {strays[:5]}"
 
 
 class TestLocalContract(BackendContract):

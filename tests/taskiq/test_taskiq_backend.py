@@ -127,6 +127,19 @@ def test_broker_url_of_another_scheme_is_refused(monkeypatch: pytest.MonkeyPatch
     assert "PW" not in str(info.value)
 
 
+@pytest.mark.parametrize("url", ["redis+cluster://u:PW@h:7000", "rediss+cluster://h:7000"])
+def test_broker_on_a_redis_cluster_is_refused_with_the_layout_to_use(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """The stream broker needs a single Redis; the state may stay on the cluster."""
+    with pytest.raises(ConfigurationError, match="is a Redis Cluster") as info:
+        TaskiqBackend.from_options({"broker_url": url})
+    assert "single Redis" in str(info.value) and "PW" not in str(info.value)
+    monkeypatch.setenv(ENV_URL, url)
+    with pytest.raises(ConfigurationError, match=ENV_URL):
+        TaskiqBackend.from_options({})
+
+
 def test_broker_from_import_string(app_module: str, monkeypatch: pytest.MonkeyPatch) -> None:
     backend = TaskiqBackend.from_options({"broker": f"{app_module}:broker"})
     assert backend.broker is sys.modules[app_module].broker

@@ -57,6 +57,7 @@ from mageflow.models.stats import Stats
 from mageflow.plugins.manager import backend_for_native, load_backend_class
 from mageflow.plugins.settings import MageflowSettings
 from mageflow.store.base import StateStore
+from mageflow.store.connect import CLUSTER_CLIENT_REFUSED
 from mageflow.store.memory import MemoryStore
 from mageflow.store.redis import RedisStore
 
@@ -151,9 +152,14 @@ class Mageflow:
         redis_client: aioredis.Redis | str | None = redis_url
         for obj in native:
             if isinstance(obj, aioredis.Redis) or (
-                isinstance(obj, str) and obj.startswith(("redis://", "rediss://", "unix://"))
+                isinstance(obj, str)
+                and obj.startswith(
+                    ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+                )
             ):
                 redis_client = obj
+            elif isinstance(obj, aioredis.RedisCluster):
+                raise ConfigurationError(CLUSTER_CLIENT_REFUSED)
             else:
                 spec = backend_for_native(obj)
                 if spec is None:

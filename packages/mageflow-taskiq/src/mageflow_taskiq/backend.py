@@ -68,7 +68,7 @@ from mageflow.backend.base import (
 )
 from mageflow.errors import ConfigurationError, NonRetryableError
 from mageflow.models.options import DEFAULT_QUEUE as OPTIONS_DEFAULT_QUEUE
-from mageflow.store import URL_SCHEMES, redact_url
+from mageflow.store import CLUSTER_SCHEMES, URL_SCHEMES, redact_url
 from mageflow.store.redis import DEFAULT_PREFIX as DEFAULT_KEY_PREFIX
 from mageflow_taskiq.delivery import stream_delivery
 from mageflow_taskiq.streams import ReclaimingStreamBroker, build_stream_broker, cancel_and_wait
@@ -135,6 +135,14 @@ def _idle_timeout(value: object, source: str) -> float:
 
 def _check_broker_url(url: object) -> None:
     scheme = str(url).partition("://")[0].lower() if "://" in str(url) else ""
+    if isinstance(url, str) and scheme in CLUSTER_SCHEMES:
+        raise ConfigurationError(
+            f"the taskiq broker ({ENV_URL} or broker_url=) {redact_url(url)!r} is a Redis "
+            "Cluster: the broker's streams need a single Redis (its consumer group reads "
+            "several queues in one command and reclaims a dead worker's messages); keep the "
+            "state on the cluster (MAGEFLOW_REDIS_URL=redis+cluster://...) and point the "
+            "broker at a single Redis"
+        )
     if not isinstance(url, str) or scheme not in URL_SCHEMES:
         shown = redact_url(url) if isinstance(url, str) else repr(url)
         raise ConfigurationError(

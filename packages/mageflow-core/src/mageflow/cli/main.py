@@ -120,7 +120,8 @@ def unreachable(exc: BaseException) -> str | None:
 
 def redact_text(text: str) -> str:
     """``text`` with the password of any URL in it hidden."""
-    return re.sub(r"\b(rediss?|amqps?|https?)://[^\s'\"]+", lambda m: redact_url(m[0]), text)
+    url = r"\b(rediss?(?:\+cluster)?|amqps?|https?)://[^\s'\"]+"
+    return re.sub(url, lambda m: redact_url(m[0]), text)
 
 
 def load_app(target: str) -> Mageflow:

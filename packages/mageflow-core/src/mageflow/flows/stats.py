@@ -11,6 +11,7 @@ from mageflow.engine import fields as F
 from mageflow.errors import ConfigurationError
 from mageflow.models.stats import Stats, TaskStats
 from mageflow.store.base import StateStore
+from mageflow.store.connect import redact_url
 
 COUNTERS = ("started", "retried", "done", "failed")
 
@@ -44,8 +45,10 @@ async def read_stats(store: StateStore, window_s: float = 900) -> Stats:
     base = store.stats_key
     if base is None:
         raise ConfigurationError(
-            f"{type(store).__name__} keeps no statistics (its scripts cannot touch the "
-            "statistics' own slot); use a single Redis or the in-process store"
+            f"statistics are off for the store at {redact_url(store.url)}: on a Redis Cluster a "
+            "transition touches its workflow's slot only, and the statistics would be "
+            "another one; keep the state on a single Redis (or use the in-process store) "
+            "for mf.stats() and `mageflow stats`, or use the Prometheus metrics plugin"
         )
     minutes = -(-int(window_s) // 60)
     now_min = int(time.time() // 60)

@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mageflow.errors import ConfigurationError, EngineError, StoreUnavailableError
 from mageflow.store.base import CHUNK, EVENTS_BATCH, Reply, Script, StateStore, check_ttls
+from mageflow.store.connect import (
+    CLUSTER_CLIENT_REFUSED,
+    CLUSTER_SCHEMES,
+    Client,
+    ClusterLink,
+    Link,
+    ServerLink,
+    _described,
+    redact_url,
+)
 
 DEFAULT_PREFIX = "mageflow"
 DEFAULT_ACTIVE_TTL = 7 * 24 * 3600
@@ -24,38 +41,21 @@ PACK_OVER = 1_000
 """Script calls with this many arguments or more are packed by :func:`_resp`."""
 
 
-_URL = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?(?P<auth>[^/?#]*)(?P<path>[^?#]*)"
-    r"(?:\?(?P<query>[^#]*))?(?P<frag>#.*)?",
-    re.S,
-)
-_QUERY_PASSWORD = re.compile(r"(?i)(^|&)(password=)[^&]*")
 URL_SCHEMES = ("redis", "rediss", "unix")
-"""The URL schemes of a Redis store (``memory://`` selects the in-memory store)."""
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password (in the user part or the query string, the only place a
-    ``unix://`` URL has one) replaced by ``***``; everything else is kept as written (an
-    IPv6 host keeps its brackets)."""
-    m = _URL.fullmatch(url)
-    if m is None:
-        return "<a URL that cannot be parsed>"
-    userinfo, at, hostport = m["auth"].rpartition("@")
-    auth = f"{userinfo.partition(':')[0]}:***@{hostport}" if at and ":" in userinfo else m["auth"]
-    query = "" if m["query"] is None else "?" + _QUERY_PASSWORD.sub(r"\1\2***", m["query"])
-    return f"{m['scheme'] or ''}{auth}{m['path']}{query}{m['frag'] or ''}"
+"""The URL schemes of a single Redis server (``memory://`` selects the in-memory store,
+``redis+cluster://`` a Redis Cluster: :data:`~mageflow.store.connect.CLUSTER_SCHEMES`)."""
 
 
 def check_store_url(url: str) -> str:
-    """``url`` when it names a Redis server (``redis://``, ``rediss://``, ``unix://``) or
-    the in-memory store (``memory://``). Raises :class:`ConfigurationError` otherwise."""
+    """``url`` when it names a Redis server (``redis://``, ``rediss://``, ``unix://``), a
+    Redis Cluster (``redis+cluster://``, ``rediss+cluster://``) or the in-memory store
+    (``memory://``). Raises :class:`ConfigurationError` otherwise."""
     scheme = url.partition("://")[0].lower() if "://" in url else ""
-    if scheme not in (*URL_SCHEMES, "memory"):
+    if scheme not in (*URL_SCHEMES, *CLUSTER_SCHEMES, "memory"):
         raise ConfigurationError(
             f"{redact_url(url)!r} is not a Redis URL; use redis://host:6379/0, "
-            "rediss://host:6380/0 or unix:///path/to/redis.sock (memory:// for the "
-            "in-memory store)"
+            "rediss://host:6380/0, unix:///path/to/redis.sock, redis+cluster://host:7000 "
+            "(a Redis Cluster) or memory:// (the in-memory store)"
         )
     return url
 
@@ -66,16 +66,6 @@ def server_identity(connection_kwargs: Mapping[str, Any]) -> str:
     return _described(connection_kwargs)
 
 
-def _described(kw: Mapping[str, Any]) -> str:
-    """A URL for the connection settings of a client the caller passed (no password)."""
-    if kw.get("path"):
-        return f"unix://{kw['path']}?db={kw.get('db', 0)}"
-    host = str(kw.get("host", "?"))
-    if ":" in host:
-        host = f"[{host}]"
-    return f"redis://{host}:{kw.get('port', '?')}/{kw.get('db', 0)}"
-
-
 def _resp(args: Sequence[str]) -> bytes:
     """One command in the Redis protocol (RESP2)."""
     encoded = [a.encode() for a in args]
@@ -84,13 +74,29 @@ def _resp(args: Sequence[str]) -> bytes:
     return b"".join(parts)
 
 
+_UNREACHABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterError,
+    RedisClusterException,
+    AskError,  # and MovedError: a cluster's slot is moving to another node
+    TryAgainError,
+)
+"""The server (or a cluster's node, or the cluster as a whole) cannot answer now."""
+
 MAX_BLOCK = 2.0
 """Longest server-side wait (s) of a blocking read, well below redis-py's socket timeout."""
 
 
 class RedisStore(StateStore):
     """State in Redis under ``prefix``. Keys of one workflow share the hash tag ``{wf}``,
-    so one script call touches one Cluster slot. JSON only, never pickle."""
+    so one script call touches one Cluster slot. JSON only, never pickle.
+
+    ``client``: a ``redis://``, ``rediss://`` or ``unix://`` URL or a
+    ``redis.asyncio.Redis`` (its connection settings are used), or a ``redis+cluster://``
+    / ``rediss+cluster://`` URL naming any node of a Redis Cluster (statistics are then
+    off: see ``docs/redis-cluster.md``). Raises :class:`ConfigurationError` for a bad URL."""
 
     def __init__(
         self,
@@ -102,25 +108,17 @@ class RedisStore(StateStore):
         max_connections: int = 64,
     ) -> None:
         check_ttls(active_ttl, finished_ttl)
+        if isinstance(client, aioredis.RedisCluster):
+            raise ConfigurationError(CLUSTER_CLIENT_REFUSED)
         if isinstance(client, str):
-            self.url = check_store_url(client)
-            try:
-                parsed = aioredis.BlockingConnectionPool.from_url(client)
-            except ValueError as exc:
-                raise ConfigurationError(
-                    f"cannot use the Redis URL {redact_url(client)!r}: {exc}"
-                ) from None
-            self._pool_args: dict[str, Any] = dict(parsed.connection_kwargs)
-            self._connection_class: Any = parsed.connection_class
+            check_store_url(client)
+        if isinstance(client, str) and client.lower().startswith(CLUSTER_SCHEMES):
+            self._link: Link = ClusterLink(client)
         else:
-            kw = client.connection_pool.connection_kwargs
-            self.url = _described(kw)
-            self._pool_args = dict(kw)
-            self._connection_class = client.connection_pool.connection_class
-        # JSON strings in, JSON strings out, whatever the caller's client was set to
-        self._pool_args["decode_responses"] = True
+            self._link = ServerLink(client)
+        self.url = self._link.url
         self._max_connections = max_connections
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Client] = (
             weakref.WeakKeyDictionary()
         )
         self.prefix = prefix
@@ -129,25 +127,28 @@ class RedisStore(StateStore):
 
     @property
     def server(self) -> str:
-        """The server and database holding the state (:func:`server_identity`)."""
-        return _described(self._pool_args)
+        """The server and database holding the state (:func:`server_identity`; a
+        cluster's names no single server)."""
+        return self._link.server
 
     @property
-    def client(self) -> aioredis.Redis:
+    def cluster(self) -> bool:
+        """The store is on a Redis Cluster (a ``redis+cluster://`` URL)."""
+        return self._link.cluster
+
+    @property
+    def stats_key(self) -> str | None:
+        # on a cluster the statistics' hashes would be a second slot in every script call
+        return None if self.cluster else super().stats_key
+
+    @property
+    def client(self) -> Client:
         """The client of the running event loop. redis-py connections belong to the loop
         that opened them, so each loop (e.g. one per test) gets its own pool."""
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            # a blocking pool queues callers when all connections are busy instead of
-            # failing a transition under a burst of concurrent completions
-            pool = aioredis.BlockingConnectionPool(
-                connection_class=self._connection_class,
-                max_connections=self._max_connections,
-                timeout=30,
-                **self._pool_args,
-            )
-            client = self._clients[loop] = aioredis.Redis(connection_pool=pool)
+            client = self._clients[loop] = self._link.new_client(self._max_connections)
         return client
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
@@ -159,14 +160,14 @@ class RedisStore(StateStore):
     async def _call(self, coro: Any) -> Any:
         try:
             return await coro
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except _UNREACHABLE as exc:
             raise self._unavailable(exc) from exc
 
     async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Any:
         if len(args) < PACK_OVER:
             return await self.client.evalsha(script.sha, len(keys), *keys, *args)
         command = ["EVALSHA", script.sha, str(len(keys)), *keys, *args]
-        return (await self._send_packed([command]))[0]
+        return (await self._send_packed([command], keys[0]))[0]
 
     async def run_script(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
         try:
@@ -175,7 +176,7 @@ class RedisStore(StateStore):
             except NoScriptError:
                 await self.client.script_load(script.source)
                 reply = await self._evalsha(script, keys, args)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except _UNREACHABLE as exc:
             raise self._unavailable(exc) from exc
         except ResponseError as exc:
             raise EngineError(f"the engine script failed on {keys[0]}: {exc}") from exc
@@ -209,7 +210,7 @@ class RedisStore(StateStore):
         if not big:  # one command per key: one MULTI/EXEC
             commands = [["MULTI"], *commands, ["EXEC"]]
         # else in order, in one round trip, not one transaction (see StateStore.write)
-        await self._call(self._send_packed(commands))
+        await self._call(self._send_packed(commands, h))
         if index:  # another hash slot: a separate call
             now, key = time.time(), self.index_key
             async with self.client.pipeline(transaction=False) as pipe:
@@ -261,27 +262,29 @@ class RedisStore(StateStore):
                 pipe.hget(self.hash_key(wf), field_name)
             return list(await self._call(pipe.execute()))
 
-    async def _send_packed(self, commands: Sequence[Sequence[str]]) -> list[Any]:
-        """Run ``commands`` in order in one round trip (``MULTI`` ... ``EXEC`` among them
-        make a transaction), packed here: redis-py packs each argument in several Python
-        steps, and a bulk build has hundreds of thousands of them. Returns the replies;
-        raises the first error reply once all were read."""
-        pool = self.client.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    async def _send_packed(self, commands: Sequence[Sequence[str]], key: str) -> list[Any]:
+        """Run ``commands`` (on ``key`` and keys of its slot) in order in one round trip
+        (``MULTI`` ... ``EXEC`` among them make a transaction), packed here: redis-py
+        packs each argument in several Python steps, and a bulk build has hundreds of
+        thousands of them. Returns the replies; raises the first error reply once all
+        were read. On a cluster whose slot moved to another node, every command was
+        refused (``MOVED``): the layout is read again and the commands sent once more."""
+        try:
+            return await self._send_once(commands, key)
+        except MovedError:
+            await self._link.refresh(self.client)
+            return await self._send_once(commands, key)
+
+    async def _send_once(self, commands: Sequence[Sequence[str]], key: str) -> list[Any]:
         replies: list[Any] = []
         first_error: ResponseError | None = None
-        try:
+        async with self._link.connection(self.client, key) as conn:
             await conn.send_packed_command([_resp(command) for command in commands])
             for _ in commands:
                 try:
                     replies.append(await conn.read_response())
                 except ResponseError as exc:
                     first_error = first_error or exc
-        except BaseException:
-            await conn.disconnect()  # replies may be left unread on it
-            raise
-        finally:
-            await pool.release(conn)
         if first_error is None:  # a MULTI/EXEC reply holds its commands' errors
             nested = (r for r in replies if isinstance(r, list))
             first_error = next((e for r in nested for e in r if isinstance(e, ResponseError)), None)
@@ -365,9 +368,10 @@ class RedisStore(StateStore):
     ) -> None:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        pubsub = self.client.pubsub()
+        name = f"{self.hash_key(wf)}:{channel}"
+        pubsub = await self._call(self._link.pubsub(self.client, name))
         try:
-            await self._call(pubsub.subscribe(f"{self.hash_key(wf)}:{channel}"))
+            await self._call(pubsub.subscribe(name))
             while not await settled():
                 # woken by the script's PUBLISH; re-checked at most every 5 s as a safety
                 # net should a message be lost on a reconnect
@@ -385,7 +389,7 @@ class RedisStore(StateStore):
                         break
                     left -= loop.time() - started
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
 
     async def read_events(self, wf: str, after: str, timeout: float) -> list[tuple[str, str]]:
         # BLOCK 0 would wait forever; and a block as long as the socket timeout (5 s by

@@ -45,7 +45,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from mageflow.store.redis import redact_url
+from mageflow.store.connect import redact_url
 
 __all__ = [
     "ENV_STRATEGY",
@@ -375,27 +375,36 @@ def _terminate(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def _spawn(
+    binary: str, port: int, workdir: Path, extra_args: Sequence[str], timeout: float
+) -> tuple[subprocess.Popen[bytes], str | None]:
+    """Start ``binary`` on 127.0.0.1:``port`` in ``workdir`` without persistence, logging
+    to ``workdir/redis.log``; wait until it answers: the process and its version (``None``
+    if it did not come up, e.g. the port was taken)."""
+    argv = [
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+        "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "",
+        *extra_args,
+    ]  # fmt: skip
+    with (workdir / "redis.log").open("wb") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            cwd=workdir, start_new_session=True,
+        )  # fmt: skip
+    try:
+        return proc, _wait_ready(proc, port, time.monotonic() + timeout)
+    except BaseException:
+        _terminate(proc)
+        raise
+
+
 def _start_local(binary: str, strategy: str, extra_args: list[str], timeout: float) -> _Handle:
     workdir = Path(tempfile.mkdtemp(prefix=f"mageflow-redis-{os.getpid()}-"))
     log_path = workdir / "redis.log"
     try:
         for _ in range(_BIND_ATTEMPTS):
             port = _free_port()
-            argv = [
-                binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
-                "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "",
-                *extra_args,
-            ]  # fmt: skip
-            with log_path.open("wb") as log:
-                proc = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                    cwd=workdir, start_new_session=True,
-                )  # fmt: skip
-            try:
-                version = _wait_ready(proc, port, time.monotonic() + timeout)
-            except BaseException:
-                _terminate(proc)
-                raise
+            proc, version = _spawn(binary, port, workdir, extra_args, timeout)
             if version is not None:
                 url = f"redis://127.0.0.1:{port}/0"
 
