@@ -238,12 +238,14 @@ class _Monitor(threading.Thread):
         self.reader = self.sock.makefile("rb")
         if self.reader.readline().strip() != b"+OK":
             raise RuntimeError(f"MONITOR refused on {url}")
-        self.end, self.lines = end, list[bytes]()
+        self.sock.settimeout(None)  # a test may leave the node idle for long
+        self.url, self.end, self.lines, self.complete = url, end, list[bytes](), False
 
     def run(self) -> None:
         with self.sock, self.reader:
             for line in iter(self.reader.readline, b""):
                 if b'"ECHO" "' + self.end + b'"' in line:
+                    self.complete = True
                     return
                 self.lines.append(line.rstrip(b"\r\n"))
 
@@ -252,7 +254,9 @@ class _Monitor(threading.Thread):
 def watch_script_keys(cluster: RedisCluster) -> Iterator[list[str]]:
     """``MONITOR`` every master for the block; at its end the yielded list holds every
     command a script ran on a key (or channel) outside the slot of the script's first
-    key. Stricter than Redis 6 itself, which refuses only keys another node serves."""
+    key. Stricter than Redis 6 itself, which refuses only keys another node serves.
+    Watches nothing on a cluster given by ``MAGEFLOW_TEST_REDIS_CLUSTER_URL`` (its
+    nodes are unknown)."""
     end = uuid.uuid4().hex.encode()
     monitors = [_Monitor(url, end) for url in cluster.nodes]
     for m in monitors:
@@ -267,3 +271,5 @@ def watch_script_keys(cluster: RedisCluster) -> Iterator[list[str]]:
         for m in monitors:
             m.join(30)
             strays.extend(_strays(m.lines))
+            if not m.complete:
+                strays.append(f"MONITOR on {m.url} ended early: commands may be missing")
