@@ -114,5 +114,6 @@ async def crash_freeze(message: dict[str, Any]) -> str:
     """Blocks its worker's event loop for ``seconds`` (no claim or lease is renewed
     meanwhile, as in a worker frozen by a stop-the-world pause); records every run."""
     await probe_client().rpush(crash_key(message["ns"], "freeze"), os.getpid())
+    await asyncio.sleep(float(message.get("warm", 0)))  # runs a while before it freezes
     time.sleep(float(message["seconds"]))  # noqa: ASYNC251 (the point: a frozen loop)
     return "thawed"

@@ -164,7 +164,11 @@ async def test_kill_9_mid_swarm_completes_once_and_reruns_only_unfinished(
         attempts = await app.store.read(wf, [f"{sid}:attempts" for sid in sids])
         assert set(attempts) <= {"1", "2"}
         restarted = {i for i, a in enumerate(attempts) if a == "2"}
-        assert in_flight <= restarted
+        if not app.engine.delivery:
+            # (with stream delivery a first delivery records its start once it has run
+            # FIRST_START_AFTER, or with its finish: a victim's item killed before that
+            # was never counted, and its redelivery is its first recorded attempt)
+            assert in_flight <= restarted
         assert restarted.isdisjoint(finished_at_kill)
         for i in restarted - in_flight:
             assert len(runs[i]) == 1 and runs[i][0][0] in ready_pids - {victim.proc.pid}

@@ -22,6 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
 IDLE_TIMEOUT = 1.0  # the smallest allowed: a frozen worker's message is reclaimed soon
 FREEZE = 3.0  # longer than the idle timeout, shorter than the lease (default 10 s)
+WARM = 0.5  # well past FIRST_START_AFTER
 
 
 def crash_key(ns: str, *parts: str) -> str:
@@ -55,7 +56,9 @@ async def test_reclaimed_copy_of_a_frozen_run_does_not_run_user_code(
         async def freeze(message: dict[str, object]) -> str:  # registered for the client
             raise AssertionError("runs on the workers only")
 
-        sig = await app.sign("crash.freeze", ns=ns, seconds=FREEZE)
+        # it runs WARM s before freezing: a first delivery records its start (and lease)
+        # once it has run FIRST_START_AFTER s; frozen before that, nothing holds the task
+        sig = await app.sign("crash.freeze", ns=ns, seconds=FREEZE, warm=WARM)
         assert await sig.aio_run({}, timeout=60) == "thawed"
         # the other worker reclaimed the frozen worker's message and met the lease
         await logged(pool, "is running elsewhere")

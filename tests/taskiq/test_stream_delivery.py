@@ -14,6 +14,7 @@ step 2 to the reclaim, like any message a worker holds when it dies.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 
 from mageflow import faults
+from mageflow.models.status import SignatureStatus
 from mageflow.testing import contract_tasks
 from mageflow.testing.probe import RedisProbe
 
@@ -70,3 +72,46 @@ async def test_a_worker_dying_after_the_transition_loses_nothing(
         await app.aclose()
         await rdb.aclose()
         await probe.close()
+
+
+@pytest_asyncio.fixture
+async def short_lease(make_app_workers: MakeAppWorkers) -> AsyncIterator[AppWorkers]:
+    workers = make_app_workers(extra_env={"MAGEFLOW_LEASE": "0.6"})
+    workers.start("mageflow", concurrency=2)
+    yield workers
+    workers.stop_all()
+
+
+async def test_a_first_delivery_still_running_records_its_start(
+    short_lease: AppWorkers, redis_url: str
+) -> None:
+    """A first delivery runs before its start is recorded; one still running after a
+    third of its lease (0.2 s here) records it, so it shows as running and the reconciler
+    never re-sends it; its finish then settles it once."""
+    app = short_lease.client_app()
+    contract_tasks.register(app)
+    rdb = aioredis.Redis.from_url(redis_url)
+    probe = RedisProbe(redis_url)
+    try:
+        await short_lease.wait_ready(1, rdb)
+        ns = uuid.uuid4().hex[:12]
+        sig = await app.sign("contract.block", ns=ns, id="b")
+        await sig.aio_run_no_wait({})
+        await probe.wait_until(lambda: _started(probe, ns), 10.0, "the user code to start")
+        deadline = asyncio.get_running_loop().time() + 10
+        while (state := await sig.get_state()).status is not SignatureStatus.ACTIVE:
+            assert asyncio.get_running_loop().time() < deadline, state
+            await asyncio.sleep(0.05)
+        assert state.attempts == 1
+        await probe.set_flag(ns, "release")
+        assert await sig.wait(timeout=10) == "released"
+        assert len(await probe.events(ns, "block-start")) == 1
+        assert (await sig.get_state()).attempts == 1
+    finally:
+        await app.aclose()
+        await rdb.aclose()
+        await probe.close()
+
+
+async def _started(probe: RedisProbe, ns: str) -> bool:
+    return bool(await probe.events(ns, "block-start"))

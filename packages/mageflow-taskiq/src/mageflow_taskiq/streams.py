@@ -59,6 +59,9 @@ end
 """
 
 
+FRESH_MAX = 100_000
+"""At most this many first-read task ids are remembered until their task runs."""
+
 DEAD_CONSUMER_AFTER = 3600.0
 """Seconds a consumer of the group may stay idle, holding nothing, before a worker
 deletes it (a worker that died or was replaced leaves its consumer behind)."""
@@ -126,6 +129,15 @@ class ReclaimingStreamBroker(RedisStreamBroker):
         self._back_at = -math.inf  # when the broker's Redis last answered after failing
         self.dead_consumer_after = DEAD_CONSUMER_AFTER
         """Seconds after which an idle consumer holding nothing is deleted from the group."""
+        self._fresh: set[str] = set()
+
+    def take_fresh(self, task_id: str) -> bool:
+        """Whether the message of ``task_id`` being run was read from the stream for the
+        first time (``XREADGROUP >``), not claimed from a dead worker; asked once."""
+        if task_id in self._fresh:
+            self._fresh.discard(task_id)
+            return True
+        return False
 
     @property
     def client(self) -> Redis:
@@ -180,7 +192,7 @@ class ReclaimingStreamBroker(RedisStreamBroker):
                 )
                 for stream, entries in fetched or ():
                     for msg_id, fields in entries:
-                        message = await self._accepted(stream, msg_id, fields)
+                        message = await self._accepted(stream, msg_id, fields, fresh=True)
                         if message is not None:
                             yield message
                 if time.monotonic() < next_scan or self._just_back():
@@ -277,7 +289,9 @@ class ReclaimingStreamBroker(RedisStreamBroker):
                         "created the consumer group of %s again (from %s)", stream, from_id
                     )
 
-    async def _accepted(self, stream: Any, msg_id: Any, fields: Any) -> AckableMessage | None:
+    async def _accepted(
+        self, stream: Any, msg_id: Any, fields: Any, *, fresh: bool = False
+    ) -> AckableMessage | None:
         """The entry as a message to run, or ``None`` if it cannot be one: then it is
         dead-lettered to ``<stream>:dead`` and acknowledged, so that it neither stays
         pending nor crashes the next worker that reclaims it."""
@@ -287,10 +301,17 @@ class ReclaimingStreamBroker(RedisStreamBroker):
             reason = f"the entry has no 'data' field (fields: {sorted(fields)!r})"
         else:
             try:
-                self.formatter.loads(message=data).parse_labels()
+                parsed = self.formatter.loads(message=data)
+                parsed.parse_labels()
             except Exception as exc:  # whatever the formatter raises on bad bytes
                 reason = f"cannot parse the message: {exc!r}"
             else:
+                if fresh:
+                    if len(self._fresh) >= FRESH_MAX:  # ids of messages never run
+                        self._fresh.clear()
+                    self._fresh.add(parsed.task_id)
+                else:
+                    self._fresh.discard(parsed.task_id)
                 return self._message(stream, msg_id, data)
         dead = dead_stream(stream)
         logger.error("dead-lettering %s entry %s to %s: %s", stream, _text(msg_id), dead, reason)

@@ -37,6 +37,12 @@ class RunContext:
     """1 for the first attempt, 2 for the first retry, ..."""
     is_final_attempt: bool
     headers: Mapping[str, str] = field(default_factory=dict)
+    first_delivery: bool = False
+    """The task manager delivers this message for the first time (not a redelivery, a
+    reclaim from a dead worker, or a retry). Set it only where the task manager can tell
+    for sure: with a message the engine appended itself (:class:`StreamDelivery`) the core
+    then runs the user code at once and records the start with the finish, one store
+    round trip instead of two."""
 
 
 TaskHandler = Callable[[JSON, RunContext], Awaitable[JSON]]

@@ -141,16 +141,28 @@ class Engine:
         return reply[0] == "ok"
 
     async def finish(
-        self, key: str, ok: bool, value: str, original_input: str = "{}"
+        self,
+        key: str,
+        ok: bool,
+        value: str,
+        original_input: str = "{}",
+        *,
+        first_run: str | None = None,
     ) -> Transition:
         """Record success (``value`` = result JSON) or final failure (``value`` = error JSON
-        ``{"type","message"}``, ``original_input`` = the message the task received)."""
+        ``{"type","message"}``, ``original_input`` = the message the task received).
+        ``first_run``: the run id of a first delivery whose user code ran without a
+        :meth:`start`; its start is taken in the same call, and a delivery the start
+        would have refused (a copy, a canceled workflow) is a ``duplicate``."""
         wf, sid = split_key(key)
-        reply = await self._call(wf, "finish", sid, "1" if ok else "0", value, original_input)
+        args = [sid, "1" if ok else "0", value, original_input]
+        if first_run is not None:
+            args.append(first_run)
+        reply = await self._call(wf, "finish", *args)
         if reply[0] == "missing":
-            return Transition()
+            return Transition(duplicate=True)
         if reply[0] == "dup":
-            return Transition(decode_publishes(wf, reply[1]))
+            return Transition(decode_publishes(wf, reply[1]), duplicate=True)
         return await self._woken(wf, decode_transition(wf, reply))
 
     async def continue_with(self, key: str, root_sid: str, original_input: str) -> Transition:

@@ -47,6 +47,9 @@ class Transition:
     wake_ms: int | None = None
     """The earliest time a node this transition delayed may start: the reconciler must
     look at the workflow then."""
+    duplicate: bool = False
+    """Nothing was recorded: the task had settled already (or is unknown), or the first
+    delivery it reports was not the node's run (a copy, a canceled workflow)."""
 
 
 @dataclass(frozen=True)

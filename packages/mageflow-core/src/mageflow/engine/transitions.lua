@@ -349,14 +349,25 @@ end
 -- template of the default / a routed queue: literal texts at odd positions, holes at
 -- even ones: id (the run id), task (name), payload, key (the MageFlow key), stream}.
 -- A run id is "<key>.<n>", n counting the workflow's deliveries (field r:nd).
+-- FIRST DELIVERIES: a first dispatch's payload also carries "fold": {t: when it was
+-- dispatched (ms), task, kw, ids: what its start would reply}. A worker that receives it
+-- for the first time, soon after t (well before the reconciler could re-send it), runs
+-- the user code at once and passes its run id to finish, which takes the start in the
+-- same call (start_task with ran); a task still running after a third of its lease takes
+-- its start on its own (the start op). A re-sent message carries no "fold".
 M.delivery = nil
 M.WF = string.match(M.H, '{([^{}]*)}$')
 
 -- Append task sid's message with payload pl to its stream; false when the message is
 -- for the client to publish (no delivery, or the task manager holds a start time).
-function M.deliver(sid, pl)
+function M.deliver(sid, pl, resent)
   if M.DELIVERY == nil or M.DELIVERY == '' then return false end
   local d = M.def(sid)
+  if not resent then -- a first dispatch: what its start would reply, and when it was sent
+    pl = string.sub(pl, 1, -2) .. ',"fold":{"t":' .. M.NOW_S .. ',"task":' .. M.name_json(d.t)
+      .. ',"kw":' .. (M.get(sid, 'kwargs') or '{}')
+      .. ',"ids":' .. (M.get(sid, 'idents') or '{}') .. '}}'
+  end
   if d.nd and M.not_before(sid) then return false end
   M.delivery = M.delivery or cjson.decode(M.DELIVERY)
   local cfg = M.delivery
@@ -383,8 +394,8 @@ function M.deliver(sid, pl)
 end
 
 -- Task sid's message goes out: appended to its stream, or for the client to publish.
-function M.send(sid, pl)
-  if not M.deliver(sid, pl) then M.pubs[#M.pubs + 1] = M.spec(sid, pl) end
+function M.send(sid, pl, resent)
+  if not M.deliver(sid, pl, resent) then M.pubs[#M.pubs + 1] = M.spec(sid, pl) end
 end
 
 function M.spec(sid, pl)
@@ -964,7 +975,7 @@ function M.resend(sid)
     local n = M.incr(sid, 'resends', 1)
     redis.call('ZADD', M.SENT, M.NOW + M.RESEND_AFTER * math.pow(2, math.min(n, 6)), sid)
     M.touched[M.SENT] = true
-    M.send(sid, M.payload_of(sid))
+    M.send(sid, M.payload_of(sid), true)
   end
 end
 
@@ -1299,71 +1310,81 @@ end
 
 
 
+-- A delivery of task sid under run rid, as task `name`, arrived: run it, or say why not
+-- (the start op's reply). lease_ms: how long the attempt that runs holds the task. ran:
+-- the user code already ran (a first delivery run before its start, see the finish op):
+-- a hold then lets it be taken and settled under the hold instead of holding a publish,
+-- and a task this run already took is 'taken'.
+function M.start_task(sid, rid, name, lease_ms, ran)
+  local d = M.def(sid)
+  if d == nil or d.k ~= 'task' then return { 'missing' } end
+  if name ~= nil and d.t ~= name then return { 'mismatch', d.t } end
+  local st = M.get(sid, 'status')
+  local cur = M.get(sid, 'run_id')
+  local running = st == 'active' or M.get(sid, 'held_from') == 'active'
+  if st == 'canceled' then return { 'dropped' } end
+  if M.TERMINAL[st] or M.get(sid, 'outcome') or M.get(sid, 'cont') then
+    if cur == rid then return { 'redo', M.redo(sid) } end
+    return { 'dup' }
+  end
+  if ran and cur == rid and running then return { 'taken' } end
+  if cur == rid and running and tonumber(M.get(sid, 'lease') or '0') > M.NOW then
+    -- a copy of a run whose attempt still holds its lease: it must not run user code
+    return { 'leased', M.get(sid, 'lease') }
+  end
+  if cur and cur ~= rid and running then return { 'dup' } end
+  if M.get(sid, 'sent') == nil then return { 'dropped' } end
+  local was_sent = redis.call('ZREM', M.SENT, sid) == 1
+  local why, at = M.blocker(sid)
+  if why == 'canceled' then return { 'dropped' } end
+  if why == 'hold' and not ran then
+    if not (was_sent or cur == rid) then return { 'dup' } end
+    if cur then
+      M.del(sid, 'run_id')
+      redis.call('SREM', M.INFLIGHT, sid)
+      if st == 'active' then M.set(sid, 'status', 'pending') else M.set(sid, 'held_from', 'pending') end
+    end
+    M.pause(sid)
+    M.hold(at, { 'pub', sid })
+    return { 'held' }
+  end
+  if M.HOLDING[st] then M.set(sid, 'held_from', 'active') else M.set(sid, 'status', 'active') end
+  M.set(sid, 'run_id', rid)
+  M.unpause(sid)
+  redis.call('SADD', M.INFLIGHT, sid)
+  M.touched[M.INFLIGHT] = true
+  if not M.get(sid, 'started') then M.set(sid, 'started', M.NOW_S) end
+  local a = M.incr(sid, 'attempts', 1)
+  M.stat('t:' .. d.t .. ':started', 1)
+  if a > 1 then M.stat('t:' .. d.t .. ':retried', 1) end
+  if a > 1 then M.note(sid, 'retried', a) end
+  if lease_ms then M.set(sid, 'lease', M.NOW + lease_ms) end
+  return { 'run', M.get(sid, 'kwargs') or '{}', tostring(a), M.get(sid, 'idents') or '{}' }
+end
+
 if M.OP == 'start' then
   -- A delivery of task sid under run rid, as task ARGV[9]: run it, or say why not. A
   -- delivery under another task name than sid's is not this node's: 'mismatch' (its
   -- definition's task name), nothing changes.
-  local sid, rid = ARGV[7], ARGV[8]
-  local d = M.def(sid)
-  if d == nil or d.k ~= 'task' then
-    M.result = { 'missing' }
-  elseif ARGV[9] ~= nil and d.t ~= ARGV[9] then
-    M.result = { 'mismatch', d.t }
-  else
-    local st = M.get(sid, 'status')
-    local cur = M.get(sid, 'run_id')
-    if st == 'canceled' then
-      M.result = { 'dropped' }
-    elseif M.TERMINAL[st] or M.get(sid, 'outcome') or M.get(sid, 'cont') then
-      if cur == rid then M.result = { 'redo', M.redo(sid) } else M.result = { 'dup' } end
-    elseif cur == rid and (st == 'active' or M.get(sid, 'held_from') == 'active')
-        and tonumber(M.get(sid, 'lease') or '0') > M.NOW then
-      -- a copy of a run whose attempt still holds its lease: it must not run user code
-      M.result = { 'leased', M.get(sid, 'lease') }
-    elseif cur and cur ~= rid and (st == 'active' or M.get(sid, 'held_from') == 'active') then
-      M.result = { 'dup' }
-    elseif M.get(sid, 'sent') == nil then
-      M.result = { 'dropped' }
-    else
-      local was_sent = redis.call('ZREM', M.SENT, sid) == 1
-      local why, at = M.blocker(sid)
-      if why == 'canceled' then
-        M.result = { 'dropped' }
-      elseif why == 'hold' then
-        if was_sent or cur == rid then
-          if cur then
-            M.del(sid, 'run_id')
-            redis.call('SREM', M.INFLIGHT, sid)
-            if st == 'active' then M.set(sid, 'status', 'pending') else M.set(sid, 'held_from', 'pending') end
-          end
-          M.pause(sid)
-          M.hold(at, { 'pub', sid })
-          M.result = { 'held' }
-        else
-          M.result = { 'dup' }
-        end
-      else
-        M.set(sid, 'status', 'active')
-        M.set(sid, 'run_id', rid)
-        M.unpause(sid)
-        redis.call('SADD', M.INFLIGHT, sid)
-        M.touched[M.INFLIGHT] = true
-        if not M.get(sid, 'started') then M.set(sid, 'started', M.NOW_S) end
-        local a = M.incr(sid, 'attempts', 1)
-        M.stat('t:' .. d.t .. ':started', 1)
-        if a > 1 then M.stat('t:' .. d.t .. ':retried', 1) end
-        if a > 1 then M.note(sid, 'retried', a) end
-        if ARGV[10] then M.set(sid, 'lease', M.NOW + tonumber(ARGV[10])) end
-        M.result = { 'run', M.get(sid, 'kwargs') or '{}', tostring(a), M.get(sid, 'idents') or '{}' }
-      end
-    end
-  end
+  M.result = M.start_task(ARGV[7], ARGV[8], ARGV[9], ARGV[10] and tonumber(ARGV[10]), false)
 elseif M.OP == 'finish' then
   -- Task sid ended: ok ('1') with result val, or for good with error val on input inp.
+  -- ARGV[11]: the run id of a first delivery whose user code ran without a start
+  -- transition (the worker trusted its message: see FIRST DELIVERIES); the start is
+  -- taken here, in the same call, and a delivery the start would have refused (a copy,
+  -- a canceled workflow) changes nothing.
   local sid, ok, val, inp = ARGV[7], ARGV[8] == '1', ARGV[9], ARGV[10]
   local d = M.def(sid)
+  local taken = { 'run' }
+  if ARGV[11] and d and d.k == 'task' then
+    taken = M.start_task(sid, ARGV[11], nil, nil, true)
+  end
   if d == nil or d.k ~= 'task' then
     M.result = { 'missing' }
+  elseif taken[1] == 'redo' then
+    M.result = { 'dup', taken[2] }
+  elseif taken[1] ~= 'run' and taken[1] ~= 'taken' then
+    M.result = { 'dup', '[]' }
   elseif M.TERMINAL[M.get(sid, 'status')] or M.get(sid, 'outcome') or M.get(sid, 'cont') then
     M.result = { 'dup', M.redo(sid) }
   else

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("mageflow.worker")
 
 MIN_WAIT = 0.05
+FIRST_START_AFTER = 0.05
+"""Seconds a first delivery runs before its start is recorded (see :func:`renewed`): a
+task that ends sooner costs one store round trip, and a longer one shows as running
+(and holds its lease) from then on."""
 
 
 def wait_for_lease(lease_until_ms: int, lease: float) -> float:
@@ -27,8 +31,43 @@ def wait_for_lease(lease_until_ms: int, lease: float) -> float:
     return min(max(lease_until_ms / 1000 - time.time(), MIN_WAIT), lease)
 
 
-async def _renew_forever(mf: Runtime, key: str, run_id: str, lease: float) -> None:
+async def _take_start(
+    mf: Runtime, key: str, run_id: str, task_name: str, lease: float
+) -> bool | None:
+    """The start of a first delivery that runs without one (see :func:`renewed`):
+    ``True`` once recorded, ``False`` to try again (a store outage), ``None`` when refused
+    (the user code runs on; its finish then changes nothing)."""
+    try:
+        outcome = await mf.engine.start(key, run_id, task_name, lease)
+    except (MageflowError, OSError) as exc:  # a store outage: try again next period
+        log.warning("%s: cannot record the start of run %s yet: %s", key, run_id, exc)
+        return False
+    if outcome.action != "run":
+        log.warning(
+            "%s: run %s started without a start transition and is not the task's run (%s); "
+            "what it returns will be discarded",
+            key,
+            run_id,
+            outcome.action,
+        )
+        return None
+    return True
+
+
+async def _renew_forever(
+    mf: Runtime, key: str, run_id: str, lease: float, unstarted: str | None = None
+) -> None:
     while True:
+        if unstarted is not None:
+            # a first delivery's start is taken well before the reconciler could re-send
+            # its message (its age at the worker is below half of resend_after)
+            await asyncio.sleep(min(FIRST_START_AFTER, lease / 3, mf.engine.resend_after / 4))
+            taken = await _take_start(mf, key, run_id, unstarted, lease)
+            if taken is None:
+                return  # not this run's task: nothing to renew
+            if taken:
+                unstarted = None
+            continue
         await asyncio.sleep(lease / 3)
         try:
             if not await mf.engine.renew(key, run_id, lease):
@@ -39,10 +78,16 @@ async def _renew_forever(mf: Runtime, key: str, run_id: str, lease: float) -> No
 
 
 @contextlib.asynccontextmanager
-async def renewed(mf: Runtime, key: str, run_id: str) -> AsyncIterator[None]:
+async def renewed(
+    mf: Runtime, key: str, run_id: str, unstarted: str | None = None
+) -> AsyncIterator[None]:
     """Renew the lease the start transition gave run ``run_id`` every third of
-    ``mf.lease`` while the body runs (the attempt's user code and its finish)."""
-    renewer = asyncio.create_task(_renew_forever(mf, key, run_id, mf.lease))
+    ``mf.lease`` while the body runs (the attempt's user code and its finish).
+    ``unstarted`` (the task name): a first delivery that runs without a start transition
+    takes its start (and lease) once it has run :data:`FIRST_START_AFTER` seconds (at
+    most a third of ``mf.lease`` and a quarter of ``resend_after``), so it shows as
+    running, and the reconciler never re-sends a task that is running."""
+    renewer = asyncio.create_task(_renew_forever(mf, key, run_id, mf.lease, unstarted))
     try:
         yield
     finally:

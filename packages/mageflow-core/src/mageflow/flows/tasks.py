@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from mageflow import faults
 from mageflow.backend.base import HEADER_KEY, JSON, RunContext
-from mageflow.engine import split_key
+from mageflow.engine import StartOutcome, split_key
 from mageflow.errors import (
     InvalidKeyError,
     InvalidNameError,
@@ -51,7 +52,7 @@ from mageflow.models.return_value import return_value_field
 from mageflow.models.signatures import check_name
 
 if TYPE_CHECKING:
-    from mageflow.engine import Publish, StartOutcome, Transition
+    from mageflow.engine import Publish, Transition
     from mageflow.flows.runtime import Runtime
 
 log = logging.getLogger("mageflow.worker")
@@ -156,11 +157,48 @@ async def run_task(mf: Runtime, task: RegisteredTask, payload: JSON, ctx: RunCon
         # Invoked outside MageFlow (e.g. kicked by hand): plain call, no orchestration.
         plain = payload if isinstance(payload, dict) else {}
         return _result(task, await task.call(plain))[0]
+    first = _first_delivery(mf, task.name, key, payload, ctx, task.return_field)
+    if first is not None:
+        async with lease.renewed(mf, key, ctx.run_id, unstarted=task.name):
+            return await _run_started(mf, task, key, ctx, *first, first_run=ctx.run_id)
     started = await _start(mf, task.name, key, payload, ctx, task.return_field)
     if started is None:
         return None
     async with lease.renewed(mf, key, ctx.run_id):
         return await _run_started(mf, task, key, ctx, *started)
+
+
+FOLD = "fold"
+"""The payload field of a message the engine appended itself on a first dispatch: what
+its start transition would reply, and when it was dispatched (see ``FIRST DELIVERIES``
+in the engine script)."""
+
+
+def _first_delivery(
+    mf: Runtime, task_name: str, key: str, payload: JSON, ctx: RunContext, ret: str
+) -> tuple[dict[str, Any], StartOutcome] | None:
+    """The input and start outcome of a delivery that may run before its start is
+    recorded (then the finish records both in one call), or ``None`` for the usual start
+    transition. Only a first delivery (the adapter says so) of a first dispatch, as the
+    task it was dispatched to, received well within the time after which the reconciler
+    could have sent a second copy (half of ``resend_after``)."""
+    fold = payload.pop(FOLD, None) if isinstance(payload, dict) else None
+    if not isinstance(fold, dict) or not ctx.first_delivery or ctx.attempt != 1:
+        return None
+    kwargs, identifiers, sent_ms = fold.get("kw"), fold.get("ids"), fold.get("t")
+    if (
+        fold.get("task") != task_name
+        or not isinstance(kwargs, dict)
+        or not isinstance(identifiers, dict)
+        or not isinstance(sent_ms, int)
+        or _malformed(task_name, key, payload) is not None
+        or time.time() * 1000 - sent_ms >= mf.engine.resend_after * 500
+    ):
+        return None
+    assert isinstance(payload, dict)
+    mf.start_reconciler()
+    outcome = StartOutcome("run", kwargs=kwargs, attempt=1, identifiers=identifiers)
+    return build_input(payload, kwargs, ret), outcome
 
 
 async def _run_started(
@@ -170,8 +208,11 @@ async def _run_started(
     ctx: RunContext,
     data: dict[str, Any],
     outcome: StartOutcome,
+    *,
+    first_run: str | None = None,
 ) -> JSON:
-    """The user code of a delivery the start transition let run, then its finish."""
+    """The user code of a delivery the start transition let run, then its finish
+    (``first_run``: a first delivery run before its start, which the finish takes)."""
     me = TaskContext(
         key=key,
         task_name=task.name,
@@ -201,10 +242,12 @@ async def _run_started(
         NonRetryableError,
         SignatureInUseError,
     ) as exc:
-        await _fail(mf, task.name, key, exc, data, ctx)
+        await _fail(mf, task.name, key, exc, data, ctx, first_run)
         raise NonRetryableError(str(exc)) from exc
     except Exception as exc:
         if not ctx.is_final_attempt:
+            if first_run is not None and not await _take_start(mf, task.name, key, ctx):
+                raise NonRetryableError(f"{key}: not this run's task; no retry") from exc
             log.warning(
                 "%s (%s) attempt %d failed: %r; will retry", key, task.name, ctx.attempt, exc
             )
@@ -218,14 +261,21 @@ async def _run_started(
             )
             await lease.release(mf, key, ctx.run_id, lease.retry_hold(task.backoff, ctx.attempt))
             raise
-        await _fail(mf, task.name, key, exc, data, ctx)
+        await _fail(mf, task.name, key, exc, data, ctx, first_run)
         raise
     if continuation is not None:
+        if first_run is not None and not await _take_start(mf, task.name, key, ctx):
+            return None
         transition = await continuation.start(task.name, data)
     else:
         transition = await until_recorded(
-            "finish", task.name, key, lambda: mf.engine.finish(key, True, result_json)
+            "finish",
+            task.name,
+            key,
+            lambda: mf.engine.finish(key, True, result_json, first_run=first_run),
         )
+        if first_run is not None and transition.duplicate:
+            _log_discarded(key, task.name, first_run)
     faults.check(faults.AFTER_FINISH, task.name)
     await _publish_after_finish(mf, key, transition.publishes)
     observe.emit(
@@ -371,6 +421,28 @@ def _input_json(data: dict[str, Any]) -> str:
         return "{}"
 
 
+async def _take_start(mf: Runtime, task_name: str, key: str, ctx: RunContext) -> bool:
+    """Record the start of a first delivery that ran without one, before what needs it
+    (a retry's attempt count, a continuation). ``False``: not this run's task."""
+    outcome = await until_recorded(
+        "start", task_name, key, lambda: mf.engine.start(key, ctx.run_id, task_name, mf.lease)
+    )
+    if outcome.action in ("run", "leased"):  # leased: this run took it already
+        return True
+    _log_discarded(key, task_name, ctx.run_id)
+    return False
+
+
+def _log_discarded(key: str, task_name: str, run_id: str) -> None:
+    log.warning(
+        "%s (%s): run %s ran before its start was recorded, and the task was no longer "
+        "its to run (a copy ran, or the workflow was canceled); its outcome is discarded",
+        key,
+        task_name,
+        run_id,
+    )
+
+
 async def _fail(
     mf: Runtime,
     task_name: str,
@@ -378,12 +450,16 @@ async def _fail(
     exc: BaseException,
     data: dict[str, Any],
     ctx: RunContext,
+    first_run: str | None = None,
 ) -> None:
     log.error("%s (%s) failed for good at attempt %d: %r", key, task_name, ctx.attempt, exc)
     original = _input_json(data)
     error = error_json(exc)
     transition = await until_recorded(
-        "finish", task_name, key, lambda: mf.engine.finish(key, False, error, original)
+        "finish",
+        task_name,
+        key,
+        lambda: mf.engine.finish(key, False, error, original, first_run=first_run),
     )
     faults.check(faults.AFTER_FINISH, task_name)
     await _publish_after_finish(mf, key, transition.publishes)

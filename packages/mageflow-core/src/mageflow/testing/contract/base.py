@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from mageflow.app import Mageflow
+from mageflow.flows.handles import Signature
+from mageflow.models.status import SignatureStatus
 from mageflow.testing.probe import Probe
 
 
@@ -82,3 +84,14 @@ class ContractBase:
             return len(await h.probe.events(ns, "block-start")) >= n
 
         await h.probe.wait_until(started, h.timeout, "the blocking task to start")
+
+
+async def until_active(harness: ContractHarness, sig: Signature) -> None:
+    """Wait until running ``sig`` shows as active: at once, or, for a first delivery run
+    before its start was recorded (stream delivery), once it has run
+    ``mageflow.flows.lease.FIRST_START_AFTER`` seconds."""
+
+    async def active() -> bool:
+        return await sig.get_status() is SignatureStatus.ACTIVE
+
+    await harness.probe.wait_until(active, harness.timeout, f"{sig.key} to show as active")

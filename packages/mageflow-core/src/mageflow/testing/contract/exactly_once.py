@@ -129,14 +129,17 @@ class ExactlyOnceContract(ContractBase):
     ) -> None:
         """The store is unreachable when the worker records step 1's start (or finish),
         three times in a row: the worker retries until it answers, never acknowledging
-        an unrecorded delivery; the chain finishes once, step 1's code ran once."""
+        an unrecorded delivery; the chain finishes once, step 1's code ran once. With
+        stream delivery a first delivery received soon after its dispatch records its
+        start with its finish: then no start transition meets the outage."""
         if harness.fault_dir is None:
             pytest.skip(f"the {harness.app.backend.name!r} harness has no fault directory")
         ns = _ns()
         wf = await _add_then_double(harness, ns)
         armed = faults.arm(harness.fault_dir, faults.STORE, f"{op}:contract.add", 3)
         assert await wf.aio_run({"ns": ns, "x": 3}, timeout=harness.timeout) == 8
-        assert not armed.exists(), "the fault never fired"
+        if op == "finish" or not harness.stream_delivery:
+            assert not armed.exists(), "the fault never fired"
         assert len(await self.events(harness, ns, "add", 1)) == 1
         assert len(await self.events(harness, ns, "double", 1)) == 1
         assert len(await self.events(harness, ns, "done", 1)) == 1

@@ -12,7 +12,7 @@ from mageflow.errors import (
 )
 from mageflow.models.config import SwarmConfig
 from mageflow.models.status import SignatureStatus
-from mageflow.testing.contract.base import ContractBase, ContractHarness, _ns
+from mageflow.testing.contract.base import ContractBase, ContractHarness, _ns, until_active
 
 
 class LifecycleContract(ContractBase):
@@ -193,7 +193,7 @@ class LifecycleContract(ContractBase):
         assert await sig.get_status() is SignatureStatus.PENDING
         await sig.aio_run_no_wait({"ns": ns})
         await self._started(harness, ns)
-        assert await sig.get_status() is SignatureStatus.ACTIVE
+        await until_active(harness, sig)
         await harness.probe.set_flag(ns, "release")
         assert await sig.wait(timeout=harness.timeout) == "released"
         assert await sig.get_status() is SignatureStatus.DONE

@@ -11,7 +11,7 @@ from mageflow.errors import TaskFailedError, WorkflowBusyError, WorkflowNotFaile
 from mageflow.flows.handles import Signature
 from mageflow.models.config import SwarmConfig
 from mageflow.models.status import SignatureStatus
-from mageflow.testing.contract.base import ContractBase, ContractHarness, _ns
+from mageflow.testing.contract.base import ContractBase, ContractHarness, _ns, until_active
 
 
 class RerunContract(ContractBase):
@@ -141,6 +141,7 @@ class RerunContract(ContractBase):
         running = await app.sign("contract.block", id="running")
         await running.aio_run_no_wait({"ns": ns})
         await self._started(harness, ns)
+        await until_active(harness, running)
         with pytest.raises(WorkflowNotFailedError, match="active"):
             await running.retry()
         await harness.probe.set_flag(ns, "release")
