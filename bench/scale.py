@@ -178,7 +178,8 @@ def cpu_of(pids: list[int]) -> float:
 def kind_of(key: str) -> str:
     """A key's kind: the workflow hash, ``<aux>:<sid>`` or ``<aux>``, or a global key."""
     if "{" not in key:
-        return key.replace(PREFIX, "<prefix>", 1)
+        head, sep, _minute = key.partition(":stats:")
+        return (head + sep + "<minute>" if sep else key).replace(PREFIX, "<prefix>", 1)
     tail = key.split("}", 1)[1]
     return "H" + tail
 
@@ -243,6 +244,10 @@ async def slowlog(client: aioredis.Redis) -> list[tuple[float, str]]:
     for e in entries:
         cmd = e.get("command", b"")
         text = cmd.decode(errors="replace") if isinstance(cmd, bytes) else str(cmd)
+        words = text.split()
+        if words[0].upper() == "EVALSHA" and len(words) > 3 and words[2].isdigit():
+            op = 3 + int(words[2])  # EVALSHA sha numkeys keys... op args...
+            text = f"EVALSHA (engine op {' '.join(words[op : op + 1])!r})"
         out.append((e["duration"] / 1000, text[:60]))
     return sorted(out, reverse=True)
 
@@ -320,9 +325,9 @@ async def run_swarm(cfg: Config, n: int, cap: int, sample: float, detail: bool) 
     return run
 
 
-async def expiry(cfg: Config, base: int, ttl: int) -> tuple[float, int, int]:
+async def expiry(cfg: Config, base: int, ttl: int) -> tuple[float, int, list[str]]:
     """Wait until the finished workflow's keys expired (at most ttl + 60 s): (seconds
-    waited, memory above ``base``, keys left)."""
+    waited, memory above ``base``, the kinds of the keys left)."""
     started = time.perf_counter()
     deadline = started + ttl + 60
     while time.perf_counter() < deadline:
@@ -331,7 +336,8 @@ async def expiry(cfg: Config, base: int, ttl: int) -> tuple[float, int, int]:
         await asyncio.sleep(1)
     await asyncio.sleep(1)  # the rest of its keys, expiring in the same cycle
     waited = time.perf_counter() - started
-    return waited, await settled_memory(cfg.store) - base, int(await cfg.store.dbsize())
+    left = sorted({kind_of(k.decode()) async for k in cfg.store.scan_iter(count=1000)})
+    return waited, await settled_memory(cfg.store) - base, left
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -356,7 +362,7 @@ def per_item(small: list[Run], big: Run) -> None:
     print(f"  items/s{'':<17}{med(lambda r: r.n / r.wall_s):14,.0f}{big.n / big.wall_s:14,.0f}")
 
 
-def memory(small: Run, big: Run, after: tuple[float, int, int] | None, ttl: int) -> None:
+def memory(small: Run, big: Run, after: tuple[float, int, list[str]] | None, ttl: int) -> None:
     print("store memory above the empty server, bytes per item (target <= 200 + results)")
     print(f"  {'':<30}{f'n={small.n}':>14}{f'n={big.n}':>14}")
     for label, f in (
@@ -388,7 +394,7 @@ def memory(small: Run, big: Run, after: tuple[float, int, int] | None, ttl: int)
         print(
             f"  after the finished TTL ({ttl} s; waited {waited:.0f} s from the end): "
             f"{mem:,} bytes above the empty server in total ({mem / big.n:.2f} per item), "
-            f"{keys} key(s) left"
+            f"keys left: {', '.join(keys) or 'none'}"
         )
 
 
