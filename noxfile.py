@@ -44,8 +44,7 @@ FULL_ONLY = {
     "tests/taskiq/test_client_killed.py": "as test_crash_recovery.py, for the client",
     "tests/taskiq/test_backoff_crash.py": "as test_crash_recovery.py, in a backoff wait",
     "tests/taskiq/test_lease.py": "a frozen worker's lease: as test_crash_recovery.py",
-    "tests/taskiq/test_isolation.py": "stream and key isolation of two apps (no Python "
-    "dependence)",
+    "tests/taskiq/test_isolation.py": "stream and key isolation of two apps (no Python dependence)",
 }
 """Files of the contract Pythons' directories that run on FULL_SUITE_PYTHON only, and why."""
 CONTRACT_SUITE = [
