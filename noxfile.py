@@ -240,3 +240,4 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/core_roundtrips.py")
     session.run("python", "bench/build_cost.py")
     session.run("python", "bench/taskiq_bench.py")
+    session.run("python", "bench/outage_table.py")
