@@ -11,22 +11,66 @@ import nox
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 """Every CPython minor that ``requires-python`` claims and that has a release: keep in step."""
 FULL_SUITE_PYTHON = "3.11"
-"""Runs the whole suite; the other Pythons run :data:`CONTRACT_SUITE` (all of it on every
-Python takes CI past 20 minutes on 2 cores). 3.11 because it still has the pre-3.12
-``asyncio.wait_for`` that both adapters work around."""
+"""Runs the whole suite; the other Pythons run :data:`CONTRACT_SUITE`. 3.11 because it
+still has the pre-3.12 ``asyncio.wait_for`` that both adapters work around.
+
+What runs where, and why (CI's budget is about 20 minutes on 2 cores; the sessions run one
+after the other, so every test run on four Pythons costs four times):
+
+- every Python: the core (engine, store, lupa host, API, local backend, basic CLI), the
+  contract suite on ``local`` (both stores) and on taskiq, and taskiq's transport and
+  worker-CLI tests (asyncio cancellation, signals, redis-py: what differs between Pythons);
+- FULL_SUITE_PYTHON only: :data:`FULL_ONLY` below, hatchet, the dashboard, the docs
+  examples, packaging, and the outage scenarios: they drive the same code through
+  subprocesses and real servers and exercise nothing a Python release changes that the
+  contract suite does not exercise too;
+- the engine's property tests run the same Lua script on every Python (the host is what
+  is exercised): thousands of examples on FULL_SUITE_PYTHON, :data:`FEW_EXAMPLES` on the
+  others;
+- ``adapter_range(low)``: the two adapters' contract suites on the lowest releases the
+  packages allow, on :data:`LOW_END_PYTHON`, so the hatchet contract suite runs on two
+  Pythons too.
+"""
+FULL_ONLY = {
+    "tests/backends/test_contract_mutations.py": "tests the contract suite itself, by "
+    "running it on broken variants of the local backend (pytest subprocesses)",
+    "tests/core/test_cli_ops.py": "CLI commands on live workflows: dozens of `mageflow` "
+    "subprocesses each; test_cli.py covers the CLI on every Python",
+    "tests/core/test_cli_depth.py": "as test_cli_ops.py",
+    "tests/taskiq/test_cli_on_taskiq.py": "as test_cli_ops.py, through the broker",
+    "tests/taskiq/test_outage.py": "Redis restarts in a swarm: minutes of worker processes",
+    "tests/taskiq/test_crash_recovery.py": "kill -9 of worker processes: the engine and the "
+    "broker decide what follows; the contract suite's crash-window test runs everywhere",
+    "tests/taskiq/test_client_killed.py": "as test_crash_recovery.py, for the client",
+    "tests/taskiq/test_backoff_crash.py": "as test_crash_recovery.py, in a backoff wait",
+    "tests/taskiq/test_lease.py": "a frozen worker's lease: as test_crash_recovery.py",
+    "tests/taskiq/test_isolation.py": "stream and key isolation of two apps (no Python dependence)",
+}
+"""Files of the contract Pythons' directories that run on FULL_SUITE_PYTHON only, and why."""
 CONTRACT_SUITE = [
     "tests/core",
     "tests/backends",
     "tests/taskiq",
-    "--ignore=tests/taskiq/test_outage.py",
+    *(f"--ignore={path}" for path in FULL_ONLY),
 ]
-"""The core, the contract suite on ``local`` (both stores) and on taskiq. The Redis-restart
-outage scenarios (minutes of worker processes, nothing Python-version specific) run on
-FULL_SUITE_PYTHON only."""
+"""What the Pythons other than FULL_SUITE_PYTHON run."""
+FEW_EXAMPLES = {
+    "MAGEFLOW_PROPERTY_EXAMPLES": "90",  # the engine's property test (1500 on 3.11)
+    "MAGEFLOW_PROPERTY_REDIS_EXAMPLES": "20",  # ... on Redis (100)
+    "MAGEFLOW_RERUN_PROPERTY_EXAMPLES": "40",  # the retry property test (300)
+    "MAGEFLOW_RERUN_PROPERTY_REDIS_EXAMPLES": "10",  # ... on Redis (40)
+    "MAGEFLOW_FUZZ_EXAMPLES": "50",  # untrusted-input fuzzing (200)
+    "MAGEFLOW_FUZZ_REDIS_EXAMPLES": "10",  # ... on Redis (30)
+}
+"""Hypothesis examples on the Pythons other than FULL_SUITE_PYTHON (the graph property
+test reads MAGEFLOW_PROPERTY_EXAMPLES too: 90 there, 100 on 3.11)."""
+LOW_END_PYTHON = "3.10"
+"""Where ``adapter_range`` runs: the oldest Python with the oldest releases, the pairing
+most likely to break, and the hatchet contract suite's second Python."""
 IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
 
 nox.options.default_venv_backend = "uv|virtualenv"
-# adapter_range(high) is the same run as tests-3.11's on the newest releases: CI runs low only
+# adapter_range(high) installs the newest releases, as the tests sessions do: CI runs low only
 nox.options.sessions = ["lint", "typecheck", "tests", "adapter_range(low)", "docs"]
 # A Python missing from the machine fails CI instead of skipping its tests; locally nox
 # reports the session as skipped and may download one (uv) where the network allows.
@@ -100,14 +144,7 @@ def tests(session: nox.Session) -> None:
     full = session.python == FULL_SUITE_PYTHON
     paths = [] if full else CONTRACT_SUITE
     args = session.posargs or ["-n", "3", "--dist", "loadgroup", *paths]
-    # the engine's property test: thousands of cases on the full-suite Python, fewer on
-    # the others (the script is the same on every Python; the host is what is exercised)
-    env = (
-        {}
-        if full
-        else {"MAGEFLOW_PROPERTY_EXAMPLES": "300", "MAGEFLOW_RERUN_PROPERTY_EXAMPLES": "100"}
-    )
-    session.run("pytest", *args, env=env)
+    session.run("pytest", *args, env={} if full else FEW_EXAMPLES)
 
 
 ADAPTER_CONTRACTS = [
@@ -135,7 +172,7 @@ def _lowest(dist: str, package: str) -> str:
     return f"{dist}=={found.group(1)}"
 
 
-@nox.session(python=FULL_SUITE_PYTHON)
+@nox.session(python=LOW_END_PYTHON)
 @nox.parametrize("end", ["low", "high"], ids=["low", "high"])
 def adapter_range(session: nox.Session, end: str) -> None:
     """The adapters' contract suites on the lowest or the newest releases allowed.
@@ -204,3 +241,4 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/build_cost.py")
     session.run("python", "bench/taskiq_bench.py")
     session.run("python", "bench/scale.py", "--items", "200000")  # 1M: run it by hand
+    session.run("python", "bench/outage_table.py")

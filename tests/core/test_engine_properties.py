@@ -31,7 +31,8 @@ DESIGN.md §4 against what the user code observed and what the store reports:
 Brokers here redeliver a run only when its worker is gone, so a run id is never in two
 workers at once (the engine cannot tell that from a worker that died).
 
-``MAGEFLOW_PROPERTY_EXAMPLES`` sets the number of in-process examples (default 1500);
+``MAGEFLOW_PROPERTY_EXAMPLES`` sets the number of in-process examples (default 1500, run as
+:data:`SHARDS` tests);
 ``MAGEFLOW_PROPERTY_REDIS_EXAMPLES`` the number on a real Redis (default 100).
 """
 
@@ -952,10 +953,17 @@ _SETTINGS: dict[str, Any] = dict(
 )
 
 
+SHARDS = 3
+"""The in-process examples run as this many tests of a third each (random examples, drawn
+independently), so that pytest-xdist spreads the longest test of the suite over its
+processes instead of leaving one of them with all of it."""
+
+
 @pytest.mark.timeout(900)
-@settings(max_examples=IN_PROCESS_EXAMPLES, **_SETTINGS)
+@pytest.mark.parametrize("shard", range(SHARDS))
+@settings(max_examples=max(IN_PROCESS_EXAMPLES // SHARDS, 1), **_SETTINGS)
 @given(data=st.data())
-def test_engine_properties_in_process(fault_dir: Path, data: st.DataObject) -> None:
+def test_engine_properties_in_process(fault_dir: Path, shard: int, data: st.DataObject) -> None:
     asyncio.run(_play(data, MemoryStore(), fault_dir))
 
 

@@ -177,10 +177,15 @@ async def _play(data: st.DataObject, store: StateStore, fault_dir: Path) -> None
         await world.mf.aclose()
 
 
+SHARDS = 2
+"""The in-process examples run as this many tests (see test_engine_properties.SHARDS)."""
+
+
 @pytest.mark.timeout(900)
-@settings(max_examples=IN_PROCESS_EXAMPLES, **_SETTINGS)
+@pytest.mark.parametrize("shard", range(SHARDS))
+@settings(max_examples=max(IN_PROCESS_EXAMPLES // SHARDS, 1), **_SETTINGS)
 @given(data=st.data())
-def test_retry_properties_in_process(fault_dir: Path, data: st.DataObject) -> None:
+def test_retry_properties_in_process(fault_dir: Path, shard: int, data: st.DataObject) -> None:
     asyncio.run(_play(data, MemoryStore(), fault_dir))
 
 

@@ -38,7 +38,9 @@ ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.hatchet.contract_app"
 APP_PATH = Path(__file__).resolve().parent / "contract_app.py"
 STOP_GRACE = 5.0
-READY_TIMEOUT = 60.0
+READY_TIMEOUT = 90.0
+"""As the test engine's own default: a loaded 2-core machine took over 60 s to start the
+SDK in a worker (adapter_range on 3.10, load average 10); only a failure waits that long."""
 HEARTBEAT_TIMEOUT = 6.0
 """Seconds without a heartbeat after which the test engine re-queues a worker's runs. The
 SDK sends one every 4 s, so anything shorter would also take runs from healthy workers."""

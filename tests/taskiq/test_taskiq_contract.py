@@ -35,7 +35,7 @@ from mageflow.testing.probe import RedisProbe
 if TYPE_CHECKING:
     from conftest import MakeAppWorkers
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("taskiq-contract")]
+pytestmark = pytest.mark.slow
 
 IDLE_TIMEOUT = 2.0
 """Seconds before a dead worker's message is handed to another worker (default 60)."""
@@ -49,7 +49,15 @@ ARRANGEMENTS = {
 }
 
 
-@pytest_asyncio.fixture(loop_scope="session", scope="module", params=list(ARRANGEMENTS))
+@pytest_asyncio.fixture(
+    loop_scope="session",
+    scope="module",
+    # an xdist group per arrangement: with --dist loadgroup the two run on two xdist
+    # processes at once (each starts its workers once) instead of one after the other
+    params=[
+        pytest.param(a, marks=pytest.mark.xdist_group(f"taskiq-contract-{a}")) for a in ARRANGEMENTS
+    ],
+)
 async def harness(
     request: pytest.FixtureRequest,
     redis_url: str,
