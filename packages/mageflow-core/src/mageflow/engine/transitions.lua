@@ -393,9 +393,26 @@ function M.deliver(sid, pl, resent)
   return type(added) ~= 'table' or added.err == nil
 end
 
+-- What task sid's finish dispatched for the client to publish, kept so that a
+-- redelivery of the finished run re-issues it (redo). Nothing when every message went
+-- out with the transition itself (stream delivery): none can be lost after it.
+function M.record_owed(sid)
+  local owed = {}
+  for _, x in ipairs(M.sent_now) do
+    if not M.delivered[x] then owed[#owed + 1] = x end
+  end
+  if #owed > 0 then M.set(sid, 'owed', M.string_list(owed)) end
+end
+
 -- Task sid's message goes out: appended to its stream, or for the client to publish.
+M.delivered = {} -- sids whose message this call appended itself
+
 function M.send(sid, pl, resent)
-  if not M.deliver(sid, pl, resent) then M.pubs[#M.pubs + 1] = M.spec(sid, pl) end
+  if M.deliver(sid, pl, resent) then
+    M.delivered[sid] = true
+  else
+    M.pubs[#M.pubs + 1] = M.spec(sid, pl)
+  end
 end
 
 function M.spec(sid, pl)
@@ -1392,7 +1409,7 @@ elseif M.OP == 'finish' then
     M.stat_finished(sid, ok)
     M.del(sid, 'lease')
     M.settle(sid, ok, val, inp)
-    M.set(sid, 'owed', M.string_list(M.sent_now))
+    M.record_owed(sid)
     M.result = M.transition_reply()
   end
 elseif M.OP == 'continue' then
@@ -1416,7 +1433,7 @@ elseif M.OP == 'continue' then
     M.touched[M.CONTS] = true
     M.events[#M.events + 1] = cjson.encode({ 'continued', sid, c })
     M.start_node(c, M.context_above(c), nil, nil, nil)
-    M.set(sid, 'owed', M.string_list(M.sent_now))
+    M.record_owed(sid)
     M.result = M.transition_reply()
   end
 elseif M.OP == 'run' then
