@@ -42,6 +42,8 @@ async def _take_start(
     except (MageflowError, OSError) as exc:  # a store outage: try again next period
         log.warning("%s: cannot record the start of run %s yet: %s", key, run_id, exc)
         return False
+    if outcome.action == "redo":  # its own finish got there first: nothing to hold
+        return None
     if outcome.action != "run":
         log.warning(
             "%s: run %s started without a start transition and is not the task's run (%s); "
