@@ -41,6 +41,9 @@ def _require() -> None:
         )
 
 
+FINISHED_KEPT = 10_000
+
+
 class PrometheusObserver:
     """Observer hooks feeding Prometheus metrics in :attr:`registry` (its own, unless one
     is given). ``store`` is read for the swarm gauges (``None``: no swarm gauges)."""
@@ -79,6 +82,9 @@ class PrometheusObserver:
         self._began: dict[tuple[str, str | None], float] = {}
         self._refreshing: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
+        self._finished: dict[str, None] = {}
+        """Swarms seen finishing (the newest FINISHED_KEPT): a refresh that read the swarm
+        before it finished must not bring its gauges back."""
 
     # -- tasks ----------------------------------------------------------------------------
     @hookimpl
@@ -126,6 +132,9 @@ class PrometheusObserver:
     @hookimpl
     def mageflow_workflow_finished(self, event: WorkflowEvent) -> None:
         if event.kind == "swarm":
+            self._finished[event.key] = None
+            if len(self._finished) > FINISHED_KEPT:
+                del self._finished[next(iter(self._finished))]
             self._forget(event.key)
 
     def _forget(self, key: str) -> None:
@@ -146,6 +155,8 @@ class PrometheusObserver:
                     self._forget(key)
                     return
                 queued = await self.store.count(wf, F.aux(F.QUEUE, sid))
+                if key in self._finished:  # it finished while this refresh read it
+                    return
                 self.swarm_running.labels(key).set(max(int(slots or 0) - int(paused or 0), 0))
                 self.swarm_queued.labels(key).set(queued)
                 if key not in self._again:
