@@ -215,7 +215,9 @@ class WorkflowBuilder:
         dumped = self._task_def(self.mf.task_name_of(task), parent, None)
         _check_depth(f"{parent}.i")
         encoded = [kwargs_json(kw, f"item {i} (its kwargs)") for i, kw in enumerate(items)]
-        shared = {"": dumped, F.of("", F.STATUS): "pending", F.of("", F.CREATED): self.now}
+        # no per-item `created`: the items were built with their swarm, whose own
+        # `created` they report (read_state), one field less per item
+        shared = {"": dumped, F.of("", F.STATUS): "pending"}
         return TaskItems(unique_item_ids(parent, len(encoded)), encoded, shared)
 
     def store_items(self, items: TaskItems) -> None:

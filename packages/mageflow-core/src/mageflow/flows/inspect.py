@@ -89,6 +89,8 @@ async def read_state(mf: Readable, key: str) -> SignatureState:
         raise SignatureNotFoundError(f"no signature stored under {key!r} (unknown or expired)")
     d = NodeDef.model_validate(json.loads(raw[0]))
     _, status, attempts, created, t0, t1, result, error, fin, nf, running, sent, *rest = raw
+    if created is None and d.parent is not None:  # a bulk-built swarm item: its swarm's
+        (created,) = await mf.store.read(wf, [F.of(d.parent, F.CREATED)])
     closed, due, idents, paused, step = rest
     children: list[str] = []
     counts: dict[str, int] = {}
