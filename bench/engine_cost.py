@@ -1,0 +1,142 @@
+"""Engine benchmark: Redis's own cost of one orchestrated swarm item on the fused path
+(not a test; prints figures).
+
+No task manager and no worker: the engine appends each dispatched item's message to a
+Redis stream itself (stream delivery, with a minimal message template), and this script
+plays the worker, reading each message and finishing it as a first delivery (``finish``
+with ``first_run``: one engine call per item). So the figures are the engine script's
+alone, free of worker and broker noise:
+
+- Redis CPU per item (``used_cpu_user + used_cpu_sys`` delta of the server);
+- script time per item (``INFO commandstats`` usec of ``evalsha``, which includes the
+  commands the script runs);
+- commands the script runs per item, by command.
+
+    python bench/engine_cost.py [--items 5000] [--cap 100] [--repeat 3]
+
+Compare two trees by running it in each, back to back (the machine is shared: read the
+per-round figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from mageflow import Mageflow, SwarmConfig
+from mageflow.backend.local import LocalBackend
+from mageflow.store import RedisStore
+from mageflow.testing.redis_server import redis_server
+
+STREAM = "bench-engine"
+TEMPLATE = ['{"id":', "id", ',"task":', "task", ',"payload":', "payload", ',"key":', "key", "}"]
+DELIVERY = json.dumps(
+    {"f": "data", "m": None, "s": STREAM, "r": STREAM + ".", "d": TEMPLATE, "q": TEMPLATE}
+)
+
+
+async def cpu_and_stats(client: aioredis.Redis) -> tuple[float, dict[str, tuple[int, int]]]:
+    cpu = await client.info("cpu")
+    stats = await client.info("commandstats")
+    calls = {
+        k.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for k, v in stats.items()
+    }
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), calls
+
+
+async def one_round(app: Mageflow, client: aioredis.Redis, items: int, cap: int) -> dict[str, Any]:
+    swarm = await app.swarm_of(
+        "noop",
+        [{"i": i} for i in range(items)],
+        config=SwarmConfig(max_concurrency=cap),
+        is_swarm_closed=True,
+    )
+    await client.delete(STREAM)
+    cpu0, stats0 = await cpu_and_stats(client)
+    started = time.perf_counter()
+    await app.engine.run(swarm.key, None)
+    _, after_run = await cpu_and_stats(client)
+    before_last = after_run
+    done = 0
+    last_id = "0"
+    while done < items:
+        reply = await client.xread({STREAM: last_id}, count=500, block=1000)
+        if not reply:
+            raise RuntimeError(f"stalled after {done} of {items} items")
+        for entry_id, fields in reply[0][1]:
+            last_id = entry_id
+            msg = json.loads(fields[b"data"])
+            if done == items - 1:
+                _, before_last = await cpu_and_stats(client)
+            await app.engine.finish(msg["key"], True, "1", first_run=msg["id"])
+            done += 1
+    elapsed = time.perf_counter() - started
+    cpu1, stats1 = await cpu_and_stats(client)
+    used = {
+        k: (v[0] - stats0.get(k, (0, 0))[0], v[1] - stats0.get(k, (0, 0))[1])
+        for k, v in stats1.items()
+    }
+    return {
+        "cpu_us": (cpu1 - cpu0) * 1e6 / items,
+        "script_us": used["evalsha"][1] / items,
+        "wall_us": elapsed * 1e6 / items,
+        "calls": {k: c / items for k, (c, _) in used.items() if c},
+        "usec": {k: u / items for k, (_, u) in used.items() if u},
+        "run_us": after_run["evalsha"][1] - stats0.get("evalsha", (0, 0))[1],
+        "finish_us": (before_last["evalsha"][1] - after_run["evalsha"][1]) / (items - 1),
+        "last_us": stats1["evalsha"][1] - before_last["evalsha"][1],
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=5000)
+    parser.add_argument("--cap", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--aof", action="store_true", help="appendonly yes, fsync every second (production)"
+    )
+    opts = parser.parse_args()
+    extra = ["--appendonly", "yes", "--appendfsync", "everysec"] if opts.aof else []
+    with redis_server(extra_args=extra) as server:
+        store = RedisStore(server.url)
+        app = Mageflow(backend=LocalBackend(workers=1), store=store)
+
+        @app.task("noop")
+        async def noop(msg: dict[str, Any]) -> int:
+            return 1
+
+        app.engine.delivery = DELIVERY
+        client = aioredis.Redis.from_url(server.url)
+        rounds = [await one_round(app, client, opts.items, opts.cap) for _ in range(opts.repeat)]
+        for i, r in enumerate(rounds, 1):
+            print(
+                f"round {i}: Redis CPU {r['cpu_us']:.1f} us/item, script {r['script_us']:.1f} "
+                f"us/item, wall {r['wall_us']:.1f} us/item"
+            )
+        med = {k: statistics.median(r[k] for r in rounds) for k in ("cpu_us", "script_us")}
+        print(
+            f"median of {opts.repeat}: Redis CPU {med['cpu_us']:.1f} us/item, "
+            f"script {med['script_us']:.1f} us/item ({opts.items} items, cap {opts.cap})"
+        )
+        calls = sorted(rounds[-1]["calls"].items(), key=lambda kv: -kv[1])
+        print("commands per item: " + ", ".join(f"{k} {v:.2f}" for k, v in calls))
+        for i, r in enumerate(rounds, 1):
+            print(
+                f"round {i}: the run call {r['run_us']} us, a finish {r['finish_us']:.1f} us, "
+                f"the last finish (the swarm completes) {r['last_us']} us"
+            )
+        usec = sorted(rounds[-1]["usec"].items(), key=lambda kv: -kv[1])
+        print("usec per item, by command: " + ", ".join(f"{k} {v:.1f}" for k, v in usec))
+        await client.aclose()
+        await store.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
