@@ -19,7 +19,7 @@ from mageflow.testing.contract import BackendContract, ContractHarness
 from mageflow.testing.probe import MemoryProbe, set_probe
 from mageflow.testing.redis_cluster import watch_script_keys
 
-URL_FIXTURES = {"redis": "redis_url", "cluster": "redis_cluster_url"}
+URL_FIXTURES = {"redis": "redis_url", "redis7": "redis7_url", "cluster": "redis_cluster_url"}
 
 LEASE = 0.3
 """The local backend never takes a message back from a live worker: any lease holds."""
@@ -51,10 +51,11 @@ async def local_harness(
 
 @pytest_asyncio.fixture(
     loop_scope="session",
-    params=["memory", "redis", pytest.param("cluster", marks=pytest.mark.cluster)],
+    params=["memory", "redis", "redis7", pytest.param("cluster", marks=pytest.mark.cluster)],
 )
 async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ContractHarness]:
-    """The suite on the in-process store, on one Redis, and on a three-master Redis
+    """The suite on the in-process store, on one Redis, on one Redis 7+ (the engine as a
+    Redis function: ``FCALL``; the session's Redis may be older), and on a three-master Redis
     Cluster. On the cluster each test also proves the engine's scripts never touch a key
     outside their workflow's slot: Redis Cluster itself refuses a script's access to a key
     another node serves ("non local key") and a command over two slots (CROSSSLOT), and

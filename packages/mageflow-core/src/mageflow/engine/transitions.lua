@@ -100,42 +100,16 @@
 -- resolves each captured local by walking the list of open upvalues, so ~100 captured
 -- chunk locals made every call pay ~60 us before doing anything).
 local M = {}
-M.H = KEYS[1]
-M.OP = ARGV[1]
-M.NOW_S = ARGV[2]
-M.NOW = tonumber(ARGV[2])
-M.TTL_ACTIVE = tonumber(ARGV[3])
-M.TTL_DONE = tonumber(ARGV[4])
-M.RESEND_AFTER = tonumber(ARGV[5])
-M.DELIVERY = ARGV[6]
 
--- claim: lease up to ARGV[8] workflows due in the live index KEYS[1] for ARGV[7] ms.
-if M.OP == 'claim' then
-  local due = redis.call('ZRANGEBYSCORE', M.H, '-inf', M.NOW, 'LIMIT', 0, tonumber(ARGV[8]))
-  for _, wf in ipairs(due) do redis.call('ZADD', M.H, M.NOW + tonumber(ARGV[7]), wf) end
-  return due
-end
 
 M.ROOT = 'r'
-M.SENT = M.H .. ':sent'
-M.INFLIGHT = M.H .. ':inflight'
 M.TERMINAL = { done = true, failed = true, canceled = true, skipped = true }
 M.HOLDING = { suspended = true, interrupted = true }
 
-M.DELAYED = M.H .. ':delayed'
-M.CONTS = M.H .. ':conts'
 M.CANCELED = '{"type":"Canceled","message":"canceled by an operator"}'
-M.pubs = {}     -- specs to publish: [task, sid, payload(, priority, not-before ms)]
-M.wake_at = nil -- earliest time this call made a node wait for (the live index must know)
-M.sent_now = {} -- sids this call dispatched
-M.events = {}   -- observer events
-M.touched = {}  -- auxiliary keys written, whose TTL is refreshed at the end
-M.defs = {}     -- decoded definitions, at most one decode per sid per call
-M.filling = {}  -- swarms whose fill loop is running (re-entry returns at once)
 
 -- Fields read in this call, so each is fetched from Redis at most once; every write to a
 -- state field goes through set/del/incr, which keep it current (false = absent).
-M.fields = {}
 
 function M.get(sid, f)
   local k = sid .. ':' .. f
@@ -151,9 +125,7 @@ end
 -- Streamed events (H:events, read by wf.events()): one compact entry per state change,
 -- JSON [sid, event, kind, task name, ms, attempt, status]; a call's changes go in one
 -- stream entry (a JSON array of them), appended at the end of the call.
-M.EVENTS = M.H .. ':events'
 M.EVENTS_MAX = 10000 -- entries (transitions) kept per workflow (XADD MAXLEN ~)
-M.stream = {}
 M.STATUS_EVENT = { done = 'done', failed = 'failed', canceled = 'canceled',
   suspended = 'suspended', interrupted = 'interrupted', skipped = 'skipped' }
 
@@ -232,11 +204,9 @@ end
 -- bounded by the minutes kept x the task names. The buckets are cross-workflow keys in
 -- another Cluster slot than H: the client passes KEYS[2] only where one script may touch
 -- both (a single Redis, the in-process store).
-M.STATS = KEYS[2]
 M.STATS_TTL = 3660
 M.STATS_BOUNDS = { 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000 }
 
-M.stats_bucket = nil -- this minute's bucket, once written (its TTL is set at the end)
 
 function M.stat(field, by)
   if not M.STATS then return end
@@ -355,8 +325,6 @@ end
 -- the user code at once and passes its run id to finish, which takes the start in the
 -- same call (start_task with ran); a task still running after a third of its lease takes
 -- its start on its own (the start op). A re-sent message carries no "fold".
-M.delivery = nil
-M.WF = string.match(M.H, '{([^{}]*)}$')
 
 -- Append task sid's message with payload pl to its stream; false when the message is
 -- for the client to publish (no delivery, or the task manager holds a start time).
@@ -405,7 +373,6 @@ function M.record_owed(sid)
 end
 
 -- Task sid's message goes out: appended to its stream, or for the client to publish.
-M.delivered = {} -- sids whose message this call appended itself
 
 function M.send(sid, pl, resent)
   if M.deliver(sid, pl, resent) then
@@ -1286,7 +1253,6 @@ end
 -- The root's finishing call gives every key of the workflow the finished TTL, not only
 -- those it touched: a nested swarm's lists, the steps of a chain never started, held lists.
 -- O(nodes), once per workflow (the swarm's own completion already reads every item).
-M.root_was_final = M.TERMINAL[M.get(M.ROOT, 'status')] ~= nil
 
 function M.expire_everything(ttl)
   for _, k in ipairs({ M.SENT, M.INFLIGHT, M.DELAYED, M.CONTS }) do redis.call('EXPIRE', k, ttl) end
@@ -1379,360 +1345,406 @@ function M.start_task(sid, rid, name, lease_ms, ran)
   return { 'run', M.get(sid, 'kwargs') or '{}', tostring(a), M.get(sid, 'idents') or '{}' }
 end
 
-if M.OP == 'start' then
-  -- A delivery of task sid under run rid, as task ARGV[9]: run it, or say why not. A
-  -- delivery under another task name than sid's is not this node's: 'mismatch' (its
-  -- definition's task name), nothing changes.
-  M.result = M.start_task(ARGV[7], ARGV[8], ARGV[9], ARGV[10] and tonumber(ARGV[10]), false)
-elseif M.OP == 'finish' then
-  -- Task sid ended: ok ('1') with result val, or for good with error val on input inp.
-  -- ARGV[11]: the run id of a first delivery whose user code ran without a start
-  -- transition (the worker trusted its message: see FIRST DELIVERIES); the start is
-  -- taken here, in the same call, and a delivery the start would have refused (a copy,
-  -- a canceled workflow) changes nothing.
-  local sid, ok, val, inp = ARGV[7], ARGV[8] == '1', ARGV[9], ARGV[10]
-  local d = M.def(sid)
-  local taken = { 'run' }
-  if ARGV[11] and d and d.k == 'task' then
-    taken = M.start_task(sid, ARGV[11], nil, nil, true)
+-- The state of one call, set afresh by every call (the definitions above are shared).
+function M.begin(KEYS, ARGV)
+  M.H = KEYS[1]
+  M.OP = ARGV[1]
+  M.NOW_S = ARGV[2]
+  M.NOW = tonumber(ARGV[2])
+  M.TTL_ACTIVE = tonumber(ARGV[3])
+  M.TTL_DONE = tonumber(ARGV[4])
+  M.RESEND_AFTER = tonumber(ARGV[5])
+  M.DELIVERY = ARGV[6]
+  M.SENT = M.H .. ':sent'
+  M.INFLIGHT = M.H .. ':inflight'
+  M.DELAYED = M.H .. ':delayed'
+  M.CONTS = M.H .. ':conts'
+  M.pubs = {}     -- specs to publish: [task, sid, payload(, priority, not-before ms)]
+  M.wake_at = nil -- earliest time this call made a node wait for (the live index must know)
+  M.sent_now = {} -- sids this call dispatched
+  M.events = {}   -- observer events
+  M.touched = {}  -- auxiliary keys written, whose TTL is refreshed at the end
+  M.defs = {}     -- decoded definitions, at most one decode per sid per call
+  M.filling = {}  -- swarms whose fill loop is running (re-entry returns at once)
+  M.fields = {}
+  M.EVENTS = M.H .. ':events'
+  M.stream = {}
+  M.STATS = KEYS[2]
+  M.stats_bucket = nil -- this minute's bucket, once written (its TTL is set at the end)
+  M.delivery = nil
+  M.WF = string.match(M.H, '{([^{}]*)}$')
+  M.delivered = {} -- sids whose message this call appended itself
+  M.result = nil
+  M.final_ttl = nil
+end
+
+-- One call: op ARGV[1] on the workflow hash KEYS[1] (see CALL at the top).
+function M.main(KEYS, ARGV)
+  M.begin(KEYS, ARGV)
+  -- claim: lease up to ARGV[8] workflows due in the live index KEYS[1] for ARGV[7] ms.
+  if M.OP == 'claim' then
+    local due = redis.call('ZRANGEBYSCORE', M.H, '-inf', M.NOW, 'LIMIT', 0, tonumber(ARGV[8]))
+    for _, wf in ipairs(due) do redis.call('ZADD', M.H, M.NOW + tonumber(ARGV[7]), wf) end
+    return due
   end
-  if d == nil or d.k ~= 'task' then
-    M.result = { 'missing' }
-  elseif taken[1] == 'redo' then
-    M.result = { 'dup', taken[2] }
-  elseif taken[1] ~= 'run' and taken[1] ~= 'taken' then
-    M.result = { 'dup', '[]' }
-  elseif M.TERMINAL[M.get(sid, 'status')] or M.get(sid, 'outcome') or M.get(sid, 'cont') then
-    M.result = { 'dup', M.redo(sid) }
-  else
-    redis.call('SREM', M.INFLIGHT, sid)
-    M.stat_finished(sid, ok)
-    M.del(sid, 'lease')
-    M.settle(sid, ok, val, inp)
-    M.record_owed(sid)
-    M.result = M.transition_reply()
-  end
-elseif M.OP == 'continue' then
-  -- Task sid returned a workflow to run in its place: its root c, already stored under
-  -- sid (inert until now), starts; sid settles when c does. inp: the input sid ran with.
-  local sid, c, inp = ARGV[7], ARGV[8], ARGV[9]
-  local d = M.def(sid)
-  local cd = M.def(c)
-  if d == nil or d.k ~= 'task' then
-    M.result = { 'missing' }
-  elseif M.TERMINAL[M.get(sid, 'status')] or M.get(sid, 'outcome') or M.get(sid, 'cont') then
-    M.result = { 'dup', M.redo(sid) }
-  elseif cd == nil or cd.p ~= sid then
-    M.result = { 'missing' }
-  else
-    redis.call('SREM', M.INFLIGHT, sid)
-    M.del(sid, 'lease')
-    M.set(sid, 'cont', c)
-    M.set(sid, 'input', inp)
-    redis.call('SADD', M.CONTS, c)
-    M.touched[M.CONTS] = true
-    M.events[#M.events + 1] = cjson.encode({ 'continued', sid, c })
-    M.start_node(c, M.context_above(c), nil, nil, nil)
-    M.record_owed(sid)
-    M.result = M.transition_reply()
-  end
-elseif M.OP == 'run' then
-  -- A client runs sid with its own message; watch: the client waits for it.
-  local sid, own, watch = ARGV[7], ARGV[8], ARGV[9] == '1'
-  local d = M.def(sid)
-  if d == nil then
-    M.result = { 'err', 'missing' }
-  elseif M.get(sid, 'sent') or M.get(sid, 'queued') then
-    M.result = { 'err', 'already_run' }
-  elseif d.of then
-    M.result = { 'err', 'callback' }
-  else
-    if own == '' then own = nil end
-    if watch then M.set(sid, 'waited', '1') end
-    local pd = d.p and M.def(d.p)
-    if pd and pd.k == 'swarm' then
-      if M.TERMINAL[M.get(d.p, 'status')] then
-        M.result = { 'err', 'swarm_finished' }
-      else
-        if own then M.set(sid, 'own', own) end
-        M.set(sid, 'queued', '1')
-        M.enqueue(d.p, sid)
-        if M.get(d.p, 'sent') == nil and M.up(pd) == nil and M.get(d.p, 'status') ~= 'canceled' then
-          M.stat('w:started', 1)
-          M.start_node(d.p, '', nil, nil, nil) -- a root swarm starts with its first item run
-        else
-          M.fill(d.p)
-        end
-        M.result = M.transition_reply()
-      end
-    elseif pd then
-      M.result = { 'err', pd.k == 'chain' and 'chain_step' or 'inner_node' }
-    elseif M.get(sid, 'status') == 'canceled' then
-      M.result = { 'err', 'finished', 'canceled' }
+  M.root_was_final = M.TERMINAL[M.get(M.ROOT, 'status')] ~= nil
+  if M.OP == 'start' then
+    -- A delivery of task sid under run rid, as task ARGV[9]: run it, or say why not. A
+    -- delivery under another task name than sid's is not this node's: 'mismatch' (its
+    -- definition's task name), nothing changes.
+    M.result = M.start_task(ARGV[7], ARGV[8], ARGV[9], ARGV[10] and tonumber(ARGV[10]), false)
+  elseif M.OP == 'finish' then
+    -- Task sid ended: ok ('1') with result val, or for good with error val on input inp.
+    -- ARGV[11]: the run id of a first delivery whose user code ran without a start
+    -- transition (the worker trusted its message: see FIRST DELIVERIES); the start is
+    -- taken here, in the same call, and a delivery the start would have refused (a copy,
+    -- a canceled workflow) changes nothing.
+    local sid, ok, val, inp = ARGV[7], ARGV[8] == '1', ARGV[9], ARGV[10]
+    local d = M.def(sid)
+    local taken = { 'run' }
+    if ARGV[11] and d and d.k == 'task' then
+      taken = M.start_task(sid, ARGV[11], nil, nil, true)
+    end
+    if d == nil or d.k ~= 'task' then
+      M.result = { 'missing' }
+    elseif taken[1] == 'redo' then
+      M.result = { 'dup', taken[2] }
+    elseif taken[1] ~= 'run' and taken[1] ~= 'taken' then
+      M.result = { 'dup', '[]' }
+    elseif M.TERMINAL[M.get(sid, 'status')] or M.get(sid, 'outcome') or M.get(sid, 'cont') then
+      M.result = { 'dup', M.redo(sid) }
     else
-      M.stat('w:started', 1)
-      M.start_node(sid, '', own, nil, nil)
+      redis.call('SREM', M.INFLIGHT, sid)
+      M.stat_finished(sid, ok)
+      M.del(sid, 'lease')
+      M.settle(sid, ok, val, inp)
+      M.record_owed(sid)
       M.result = M.transition_reply()
     end
-  end
-elseif M.OP == 'add' then
-  -- Add m items to open swarm s, in order: ARGV[8] = m, the m item sids; then k and k
-  -- (suffix, value) pairs every item gets ("<sid><suffix>" = value: its definition,
-  -- status ...); then n and n (field, value) records; then (auxiliary list name, JSON
-  -- array of sids) pairs: a moved chain's steps, a moved swarm's items. All written
-  -- here, or nothing is (an id already stored, or twice in the batch, refuses it all).
-  local s, m = ARGV[7], tonumber(ARGV[8])
-  local k_at = 9 + m
-  local n_at = k_at + 1 + 2 * tonumber(ARGV[k_at])
-  local d = M.def(s)
-  local refused
-  if d == nil or d.k ~= 'swarm' then
-    refused = 'missing'
-  elseif M.get(s, 'closed') == '1' then
-    refused = 'closed'
-  elseif M.TERMINAL[M.get(s, 'status')] then
-    refused = 'swarm_finished'
-  else
-    local seen = {}
-    for i = 9, k_at - 1, 1000 do
-      local j_end = math.min(i + 999, k_at - 1)
-      local stored = redis.call('HMGET', M.H, unpack(ARGV, i, j_end))
-      for j = i, j_end do
-        local it = ARGV[j]
-        if seen[it] or stored[j - i + 1] then refused = 'exists' end
-        seen[it] = true
-      end
-      if refused then break end
+  elseif M.OP == 'continue' then
+    -- Task sid returned a workflow to run in its place: its root c, already stored under
+    -- sid (inert until now), starts; sid settles when c does. inp: the input sid ran with.
+    local sid, c, inp = ARGV[7], ARGV[8], ARGV[9]
+    local d = M.def(sid)
+    local cd = M.def(c)
+    if d == nil or d.k ~= 'task' then
+      M.result = { 'missing' }
+    elseif M.TERMINAL[M.get(sid, 'status')] or M.get(sid, 'outcome') or M.get(sid, 'cont') then
+      M.result = { 'dup', M.redo(sid) }
+    elseif cd == nil or cd.p ~= sid then
+      M.result = { 'missing' }
+    else
+      redis.call('SREM', M.INFLIGHT, sid)
+      M.del(sid, 'lease')
+      M.set(sid, 'cont', c)
+      M.set(sid, 'input', inp)
+      redis.call('SADD', M.CONTS, c)
+      M.touched[M.CONTS] = true
+      M.events[#M.events + 1] = cjson.encode({ 'continued', sid, c })
+      M.start_node(c, M.context_above(c), nil, nil, nil)
+      M.record_owed(sid)
+      M.result = M.transition_reply()
     end
-  end
-  if refused then
-    M.result = { 'err', refused }
-  else
-    local BATCH = 1000 -- arguments per command: unpack has a stack limit
-    local args = {}
-    for i = 9, k_at - 1 do
-      for j = k_at + 1, n_at - 1, 2 do
-        args[#args + 1] = ARGV[i] .. ARGV[j]
-        args[#args + 1] = ARGV[j + 1]
-      end
-      if #args >= BATCH then
-        redis.call('HSET', M.H, unpack(args))
-        args = {}
-      end
-    end
-    if #args > 0 then redis.call('HSET', M.H, unpack(args)) end
-    local last = n_at + 2 * tonumber(ARGV[n_at])
-    for i = n_at + 1, last, BATCH do
-      redis.call('HSET', M.H, unpack(ARGV, i, math.min(i + BATCH - 1, last)))
-    end
-    for i = last + 1, #ARGV, 2 do
-      local members = cjson.decode(ARGV[i + 1])
-      local key = M.H .. ':' .. ARGV[i]
-      for j = 1, #members, BATCH do
-        redis.call('RPUSH', key, unpack(members, j, math.min(j + BATCH - 1, #members)))
-        M.touched[key] = true
-      end
-    end
-    for i = 9, k_at - 1, BATCH do
-      redis.call('RPUSH', M.aux('items', s), unpack(ARGV, i, math.min(i + BATCH - 1, k_at - 1)))
-    end
-    M.result = { 'ok' }
-  end
-elseif M.OP == 'close' then
-  -- Swarm s takes no more items; it completes once every item ended.
-  local s = ARGV[7]
-  local d = M.def(s)
-  if d == nil or d.k ~= 'swarm' then
-    M.result = { 'err', 'missing' }
-  else
-    M.set(s, 'closed', '1')
-    if M.get(s, 'sent') and not M.TERMINAL[M.get(s, 'status')] then
-      M.queue_unqueued(s)
-      M.fill(s)
-      M.maybe_complete(s)
-    end
-    M.result = M.transition_reply()
-  end
-elseif M.OP == 'suspend' then
-  -- Hold sid (mode suspended|interrupted); interrupt + cancel: running tasks go back.
-  local sid, mode, cancel = ARGV[7], ARGV[8], ARGV[9] == '1'
-  local st = M.get(sid, 'status')
-  if M.def(sid) == nil then
-    M.result = { 'err', 'missing' }
-  elseif M.TERMINAL[st] then
-    M.result = { 'err', 'finished', st }
-  else
-    if not M.HOLDING[st] then M.set(sid, 'held_from', st or 'pending') end
-    if st ~= 'interrupted' then M.set(sid, 'status', mode) end
-    local rids = {}
-    if mode == 'interrupted' and cancel then M.take_running(sid, sid, rids) end
-    M.result = { 'ok', M.string_list(rids) }
-  end
-elseif M.OP == 'resume' then
-  -- Release exactly what sid held, once. Not held: re-send what never started.
-  local sid = ARGV[7]
-  local st = M.get(sid, 'status')
-  local d = M.def(sid)
-  if d == nil then
-    M.result = { 'err', 'missing' }
-  elseif M.TERMINAL[st] then
-    M.result = { 'err', 'finished', st }
-  elseif not M.HOLDING[st] then
-    for _, x in ipairs(redis.call('ZRANGE', M.SENT, 0, 999)) do M.resend(x) end
-    M.result = M.transition_reply()
-  else
-    M.set(sid, 'status', M.get(sid, 'held_from') or 'pending')
-    M.del(sid, 'held_from')
-    local held = redis.call('LRANGE', M.aux('held', sid), 0, -1)
-    redis.call('DEL', M.aux('held', sid))
-    for _, raw in ipairs(held) do
-      local e = cjson.decode(raw)
-      local kind, x = e[1], e[2]
-      if kind == 'pub' then
-        M.unpause(x)
-        if not M.TERMINAL[M.get(x, 'status')] and not M.get(x, 'outcome') and not M.get(x, 'run_id') then
-          M.emit(x, M.payload_of(x))
+  elseif M.OP == 'run' then
+    -- A client runs sid with its own message; watch: the client waits for it.
+    local sid, own, watch = ARGV[7], ARGV[8], ARGV[9] == '1'
+    local d = M.def(sid)
+    if d == nil then
+      M.result = { 'err', 'missing' }
+    elseif M.get(sid, 'sent') or M.get(sid, 'queued') then
+      M.result = { 'err', 'already_run' }
+    elseif d.of then
+      M.result = { 'err', 'callback' }
+    else
+      if own == '' then own = nil end
+      if watch then M.set(sid, 'waited', '1') end
+      local pd = d.p and M.def(d.p)
+      if pd and pd.k == 'swarm' then
+        if M.TERMINAL[M.get(d.p, 'status')] then
+          M.result = { 'err', 'swarm_finished' }
+        else
+          if own then M.set(sid, 'own', own) end
+          M.set(sid, 'queued', '1')
+          M.enqueue(d.p, sid)
+          if M.get(d.p, 'sent') == nil and M.up(pd) == nil and M.get(d.p, 'status') ~= 'canceled' then
+            M.stat('w:started', 1)
+            M.start_node(d.p, '', nil, nil, nil) -- a root swarm starts with its first item run
+          else
+            M.fill(d.p)
+          end
+          M.result = M.transition_reply()
         end
-      elseif kind == 'fill' then
-        M.fill(x)
-        M.maybe_complete(x)
-      elseif kind == 'settle' then
-        local o = M.get(x, 'outcome')
-        if o then
-          M.del(x, 'outcome')
-          local ok = o == 'done'
-          M.settle(x, ok, ok and M.get(x, 'result') or M.get(x, 'error'), e[3])
+      elseif pd then
+        M.result = { 'err', pd.k == 'chain' and 'chain_step' or 'inner_node' }
+      elseif M.get(sid, 'status') == 'canceled' then
+        M.result = { 'err', 'finished', 'canceled' }
+      else
+        M.stat('w:started', 1)
+        M.start_node(sid, '', own, nil, nil)
+        M.result = M.transition_reply()
+      end
+    end
+  elseif M.OP == 'add' then
+    -- Add m items to open swarm s, in order: ARGV[8] = m, the m item sids; then k and k
+    -- (suffix, value) pairs every item gets ("<sid><suffix>" = value: its definition,
+    -- status ...); then n and n (field, value) records; then (auxiliary list name, JSON
+    -- array of sids) pairs: a moved chain's steps, a moved swarm's items. All written
+    -- here, or nothing is (an id already stored, or twice in the batch, refuses it all).
+    local s, m = ARGV[7], tonumber(ARGV[8])
+    local k_at = 9 + m
+    local n_at = k_at + 1 + 2 * tonumber(ARGV[k_at])
+    local d = M.def(s)
+    local refused
+    if d == nil or d.k ~= 'swarm' then
+      refused = 'missing'
+    elseif M.get(s, 'closed') == '1' then
+      refused = 'closed'
+    elseif M.TERMINAL[M.get(s, 'status')] then
+      refused = 'swarm_finished'
+    else
+      local seen = {}
+      for i = 9, k_at - 1, 1000 do
+        local j_end = math.min(i + 999, k_at - 1)
+        local stored = redis.call('HMGET', M.H, unpack(ARGV, i, j_end))
+        for j = i, j_end do
+          local it = ARGV[j]
+          if seen[it] or stored[j - i + 1] then refused = 'exists' end
+          seen[it] = true
         end
-      elseif kind == 'after' then
-        local why, at = M.blocker(M.def(x).p or M.def(x).of)
-        if why == 'hold' then
-          M.hold(at, e)
-        elseif why ~= 'canceled' then
+        if refused then break end
+      end
+    end
+    if refused then
+      M.result = { 'err', refused }
+    else
+      local BATCH = 1000 -- arguments per command: unpack has a stack limit
+      local args = {}
+      for i = 9, k_at - 1 do
+        for j = k_at + 1, n_at - 1, 2 do
+          args[#args + 1] = ARGV[i] .. ARGV[j]
+          args[#args + 1] = ARGV[j + 1]
+        end
+        if #args >= BATCH then
+          redis.call('HSET', M.H, unpack(args))
+          args = {}
+        end
+      end
+      if #args > 0 then redis.call('HSET', M.H, unpack(args)) end
+      local last = n_at + 2 * tonumber(ARGV[n_at])
+      for i = n_at + 1, last, BATCH do
+        redis.call('HSET', M.H, unpack(ARGV, i, math.min(i + BATCH - 1, last)))
+      end
+      for i = last + 1, #ARGV, 2 do
+        local members = cjson.decode(ARGV[i + 1])
+        local key = M.H .. ':' .. ARGV[i]
+        for j = 1, #members, BATCH do
+          redis.call('RPUSH', key, unpack(members, j, math.min(j + BATCH - 1, #members)))
+          M.touched[key] = true
+        end
+      end
+      for i = 9, k_at - 1, BATCH do
+        redis.call('RPUSH', M.aux('items', s), unpack(ARGV, i, math.min(i + BATCH - 1, k_at - 1)))
+      end
+      M.result = { 'ok' }
+    end
+  elseif M.OP == 'close' then
+    -- Swarm s takes no more items; it completes once every item ended.
+    local s = ARGV[7]
+    local d = M.def(s)
+    if d == nil or d.k ~= 'swarm' then
+      M.result = { 'err', 'missing' }
+    else
+      M.set(s, 'closed', '1')
+      if M.get(s, 'sent') and not M.TERMINAL[M.get(s, 'status')] then
+        M.queue_unqueued(s)
+        M.fill(s)
+        M.maybe_complete(s)
+      end
+      M.result = M.transition_reply()
+    end
+  elseif M.OP == 'suspend' then
+    -- Hold sid (mode suspended|interrupted); interrupt + cancel: running tasks go back.
+    local sid, mode, cancel = ARGV[7], ARGV[8], ARGV[9] == '1'
+    local st = M.get(sid, 'status')
+    if M.def(sid) == nil then
+      M.result = { 'err', 'missing' }
+    elseif M.TERMINAL[st] then
+      M.result = { 'err', 'finished', st }
+    else
+      if not M.HOLDING[st] then M.set(sid, 'held_from', st or 'pending') end
+      if st ~= 'interrupted' then M.set(sid, 'status', mode) end
+      local rids = {}
+      if mode == 'interrupted' and cancel then M.take_running(sid, sid, rids) end
+      M.result = { 'ok', M.string_list(rids) }
+    end
+  elseif M.OP == 'resume' then
+    -- Release exactly what sid held, once. Not held: re-send what never started.
+    local sid = ARGV[7]
+    local st = M.get(sid, 'status')
+    local d = M.def(sid)
+    if d == nil then
+      M.result = { 'err', 'missing' }
+    elseif M.TERMINAL[st] then
+      M.result = { 'err', 'finished', st }
+    elseif not M.HOLDING[st] then
+      for _, x in ipairs(redis.call('ZRANGE', M.SENT, 0, 999)) do M.resend(x) end
+      M.result = M.transition_reply()
+    else
+      M.set(sid, 'status', M.get(sid, 'held_from') or 'pending')
+      M.del(sid, 'held_from')
+      local held = redis.call('LRANGE', M.aux('held', sid), 0, -1)
+      redis.call('DEL', M.aux('held', sid))
+      for _, raw in ipairs(held) do
+        local e = cjson.decode(raw)
+        local kind, x = e[1], e[2]
+        if kind == 'pub' then
           M.unpause(x)
-          M.after(x, e[3])
+          if not M.TERMINAL[M.get(x, 'status')] and not M.get(x, 'outcome') and not M.get(x, 'run_id') then
+            M.emit(x, M.payload_of(x))
+          end
+        elseif kind == 'fill' then
+          M.fill(x)
+          M.maybe_complete(x)
+        elseif kind == 'settle' then
+          local o = M.get(x, 'outcome')
+          if o then
+            M.del(x, 'outcome')
+            local ok = o == 'done'
+            M.settle(x, ok, ok and M.get(x, 'result') or M.get(x, 'error'), e[3])
+          end
+        elseif kind == 'after' then
+          local why, at = M.blocker(M.def(x).p or M.def(x).of)
+          if why == 'hold' then
+            M.hold(at, e)
+          elseif why ~= 'canceled' then
+            M.unpause(x)
+            M.after(x, e[3])
+          end
         end
       end
-    end
-    if d.k == 'swarm' or d.k == 'graph' then
-      M.fill(sid)
-      M.maybe_complete(sid)
-    end
-    M.result = M.transition_reply()
-  end
-elseif M.OP == 'cancel' then
-  -- Stop root sid for good: nothing more starts, no callback fires.
-  local sid = ARGV[7]
-  local st = M.get(sid, 'status')
-  local d = M.def(sid)
-  if d == nil then
-    M.result = { 'err', 'missing' }
-  elseif M.TERMINAL[st] then
-    M.result = { 'err', 'finished', st }
-  elseif M.up(d) then
-    -- A node inside a workflow: it and what is under it stop; for its parent it failed
-    -- with a Canceled error (a chain stops, a swarm counts it against its budget). Its
-    -- own callbacks never fire. Not started yet: its parent reacts when it would start.
-    local rids = {}
-    M.take_running(sid, sid, rids)
-    M.drop_queues(sid)
-    M.unpause(sid)
-    redis.call('DEL', M.aux('held', sid))
-    local reached = M.get(sid, 'sent') ~= nil
-    if d.p and redis.call('ZREM', M.H .. ':queue:' .. d.p, sid) == 1 then reached = true end
-    M.set(sid, 'status', 'canceled')
-    M.set(sid, 'error', M.CANCELED)
-    M.set(sid, 'ended', M.NOW_S)
-    M.events[#M.events + 1] = cjson.encode({ 'canceled', sid, d.k, M.get(sid, 'started') or M.NOW_S })
-    if M.get(sid, 'waited') then redis.call('PUBLISH', M.H .. ':done', sid) end
-    if reached then
-      local why, at = M.blocker(M.up(d))
-      if why == 'hold' then
-        M.hold(at, { 'after', sid, '' })
-      elseif why ~= 'canceled' then
-        M.after(sid, M.get(sid, 'input'))
+      if d.k == 'swarm' or d.k == 'graph' then
+        M.fill(sid)
+        M.maybe_complete(sid)
       end
+      M.result = M.transition_reply()
     end
-    M.result = { 'ok', M.string_list(rids), M.encoded_pubs(), M.encoded_events(),
-      M.wake_at and string.format('%d', M.wake_at) or '' }
+  elseif M.OP == 'cancel' then
+    -- Stop root sid for good: nothing more starts, no callback fires.
+    local sid = ARGV[7]
+    local st = M.get(sid, 'status')
+    local d = M.def(sid)
+    if d == nil then
+      M.result = { 'err', 'missing' }
+    elseif M.TERMINAL[st] then
+      M.result = { 'err', 'finished', st }
+    elseif M.up(d) then
+      -- A node inside a workflow: it and what is under it stop; for its parent it failed
+      -- with a Canceled error (a chain stops, a swarm counts it against its budget). Its
+      -- own callbacks never fire. Not started yet: its parent reacts when it would start.
+      local rids = {}
+      M.take_running(sid, sid, rids)
+      M.drop_queues(sid)
+      M.unpause(sid)
+      redis.call('DEL', M.aux('held', sid))
+      local reached = M.get(sid, 'sent') ~= nil
+      if d.p and redis.call('ZREM', M.H .. ':queue:' .. d.p, sid) == 1 then reached = true end
+      M.set(sid, 'status', 'canceled')
+      M.set(sid, 'error', M.CANCELED)
+      M.set(sid, 'ended', M.NOW_S)
+      M.events[#M.events + 1] = cjson.encode({ 'canceled', sid, d.k, M.get(sid, 'started') or M.NOW_S })
+      if M.get(sid, 'waited') then redis.call('PUBLISH', M.H .. ':done', sid) end
+      if reached then
+        local why, at = M.blocker(M.up(d))
+        if why == 'hold' then
+          M.hold(at, { 'after', sid, '' })
+        elseif why ~= 'canceled' then
+          M.after(sid, M.get(sid, 'input'))
+        end
+      end
+      M.result = { 'ok', M.string_list(rids), M.encoded_pubs(), M.encoded_events(),
+        M.wake_at and string.format('%d', M.wake_at) or '' }
+    else
+      local rids = {}
+      M.take_running(sid, sid, rids)
+      M.drop_queues(sid)
+      redis.call('DEL', M.aux('held', sid))
+      redis.call('DEL', M.SENT, M.INFLIGHT, M.DELAYED)
+      M.set(sid, 'status', 'canceled')
+      M.set(sid, 'ended', M.NOW_S)
+      M.stat('w:canceled', 1)
+      if M.get(sid, 'waited') then redis.call('PUBLISH', M.H .. ':done', sid) end
+      M.result = { 'ok', M.string_list(rids) }
+    end
+  elseif M.OP == 'reconcile' then
+    -- Re-send up to ARGV[7] dispatches that are due and never started.
+    if redis.call('EXISTS', M.H) == 0 then
+      return { 'gone' }
+    end
+    for _, x in ipairs(redis.call('ZRANGEBYSCORE', M.SENT, '-inf', M.NOW, 'LIMIT', 0, tonumber(ARGV[7]))) do
+      M.resend(x)
+    end
+    M.release_due(tonumber(ARGV[7]))
+    local nxt = tonumber(redis.call('ZRANGE', M.SENT, 0, 0, 'WITHSCORES')[2] or '')
+    local held_until = tonumber(redis.call('ZRANGE', M.DELAYED, 0, 0, 'WITHSCORES')[2] or '')
+    if held_until and (nxt == nil or held_until < nxt) then nxt = held_until end
+    M.result = { 'ok', M.encoded_pubs(), nxt and string.format('%d', nxt) or '', M.get(M.ROOT, 'status') or 'pending',
+      tostring(redis.call('SCARD', M.INFLIGHT)) }
+  elseif M.OP == 'lease' then
+    -- Run ARGV[8] of task ARGV[7] still runs: its lease lasts ARGV[9] ms from now ('0':
+    -- released, so that the next attempt of the same run starts at once). 'lost': the task
+    -- is not (or no longer) this run's, or it settled.
+    local sid, rid, ms = ARGV[7], ARGV[8], tonumber(ARGV[9])
+    local d = M.def(sid)
+    if d == nil or d.k ~= 'task' or M.get(sid, 'run_id') ~= rid or M.TERMINAL[M.get(sid, 'status')]
+        or M.get(sid, 'outcome') then
+      M.result = { 'lost' }
+    else
+      if ms > 0 then M.set(sid, 'lease', M.NOW + ms) else M.del(sid, 'lease') end
+      M.result = { 'ok' }
+    end
+  elseif M.OP == 'payload' then
+    -- Read only: the payload task sid is (or would be) dispatched with.
+    local d = M.def(ARGV[7])
+    if d == nil or d.k ~= 'task' then return { 'missing' } end
+    return { 'ok', M.payload_of(ARGV[7]) }
+  elseif M.OP == 'retry' then
+    -- Re-run failed root sid from its failure points. Refused unless failed, and while an
+    -- error callback of a failed node is dispatched or running (re-arming it would lose it).
+    local sid = ARGV[7]
+    local d = M.def(sid)
+    local st = M.get(sid, 'status')
+    if d == nil then
+      M.result = { 'err', 'missing' }
+    elseif M.up(d) then
+      M.result = { 'err', 'not_root' }
+    elseif st ~= 'failed' then
+      M.result = { 'err', 'not_failed', st or 'pending' }
+    elseif M.callbacks_busy() then
+      M.result = { 'err', 'busy' }
+    else
+      M.rerun(sid)
+      M.result = { 'ok', M.encoded_pubs(), M.encoded_events() }
+    end
   else
-    local rids = {}
-    M.take_running(sid, sid, rids)
-    M.drop_queues(sid)
-    redis.call('DEL', M.aux('held', sid))
-    redis.call('DEL', M.SENT, M.INFLIGHT, M.DELAYED)
-    M.set(sid, 'status', 'canceled')
-    M.set(sid, 'ended', M.NOW_S)
-    M.stat('w:canceled', 1)
-    if M.get(sid, 'waited') then redis.call('PUBLISH', M.H .. ':done', sid) end
-    M.result = { 'ok', M.string_list(rids) }
+    return redis.error_reply('mageflow: unknown operation ' .. tostring(M.OP))
   end
-elseif M.OP == 'reconcile' then
-  -- Re-send up to ARGV[7] dispatches that are due and never started.
-  if redis.call('EXISTS', M.H) == 0 then
-    return { 'gone' }
+
+  if #M.stream > 0 then
+    redis.call('XADD', M.EVENTS, 'MAXLEN', '~', M.EVENTS_MAX, '*', 'e', '[' .. table.concat(M.stream, ',') .. ']')
+    M.touched[M.EVENTS] = true
   end
-  for _, x in ipairs(redis.call('ZRANGEBYSCORE', M.SENT, '-inf', M.NOW, 'LIMIT', 0, tonumber(ARGV[7]))) do
-    M.resend(x)
+
+  M.final_ttl = M.TTL_ACTIVE
+  if M.TERMINAL[M.get(M.ROOT, 'status')] then
+    M.final_ttl = M.TTL_DONE
+    if not M.root_was_final then M.expire_everything(M.final_ttl) end
   end
-  M.release_due(tonumber(ARGV[7]))
-  local nxt = tonumber(redis.call('ZRANGE', M.SENT, 0, 0, 'WITHSCORES')[2] or '')
-  local held_until = tonumber(redis.call('ZRANGE', M.DELAYED, 0, 0, 'WITHSCORES')[2] or '')
-  if held_until and (nxt == nil or held_until < nxt) then nxt = held_until end
-  M.result = { 'ok', M.encoded_pubs(), nxt and string.format('%d', nxt) or '', M.get(M.ROOT, 'status') or 'pending',
-    tostring(redis.call('SCARD', M.INFLIGHT)) }
-elseif M.OP == 'lease' then
-  -- Run ARGV[8] of task ARGV[7] still runs: its lease lasts ARGV[9] ms from now ('0':
-  -- released, so that the next attempt of the same run starts at once). 'lost': the task
-  -- is not (or no longer) this run's, or it settled.
-  local sid, rid, ms = ARGV[7], ARGV[8], tonumber(ARGV[9])
-  local d = M.def(sid)
-  if d == nil or d.k ~= 'task' or M.get(sid, 'run_id') ~= rid or M.TERMINAL[M.get(sid, 'status')]
-      or M.get(sid, 'outcome') then
-    M.result = { 'lost' }
-  else
-    if ms > 0 then M.set(sid, 'lease', M.NOW + ms) else M.del(sid, 'lease') end
-    M.result = { 'ok' }
+  redis.call('EXPIRE', M.H, M.final_ttl)
+  for k, _ in pairs(M.touched) do
+    redis.call('EXPIRE', k, M.final_ttl)
   end
-elseif M.OP == 'payload' then
-  -- Read only: the payload task sid is (or would be) dispatched with.
-  local d = M.def(ARGV[7])
-  if d == nil or d.k ~= 'task' then return { 'missing' } end
-  return { 'ok', M.payload_of(ARGV[7]) }
-elseif M.OP == 'retry' then
-  -- Re-run failed root sid from its failure points. Refused unless failed, and while an
-  -- error callback of a failed node is dispatched or running (re-arming it would lose it).
-  local sid = ARGV[7]
-  local d = M.def(sid)
-  local st = M.get(sid, 'status')
-  if d == nil then
-    M.result = { 'err', 'missing' }
-  elseif M.up(d) then
-    M.result = { 'err', 'not_root' }
-  elseif st ~= 'failed' then
-    M.result = { 'err', 'not_failed', st or 'pending' }
-  elseif M.callbacks_busy() then
-    M.result = { 'err', 'busy' }
-  else
-    M.rerun(sid)
-    M.result = { 'ok', M.encoded_pubs(), M.encoded_events() }
-  end
-else
-  return redis.error_reply('mageflow: unknown operation ' .. tostring(M.OP))
+  if M.stats_bucket then redis.call('EXPIRE', M.stats_bucket, M.STATS_TTL) end
+  return M.result
 end
 
-if #M.stream > 0 then
-  redis.call('XADD', M.EVENTS, 'MAXLEN', '~', M.EVENTS_MAX, '*', 'e', '[' .. table.concat(M.stream, ',') .. ']')
-  M.touched[M.EVENTS] = true
-end
-
-M.final_ttl = M.TTL_ACTIVE
-if M.TERMINAL[M.get(M.ROOT, 'status')] then
-  M.final_ttl = M.TTL_DONE
-  if not M.root_was_final then M.expire_everything(M.final_ttl) end
-end
-redis.call('EXPIRE', M.H, M.final_ttl)
-for k, _ in pairs(M.touched) do
-  redis.call('EXPIRE', k, M.final_ttl)
-end
-if M.stats_bucket then redis.call('EXPIRE', M.stats_bucket, M.STATS_TTL) end
-return M.result
+return M.main(KEYS, ARGV)

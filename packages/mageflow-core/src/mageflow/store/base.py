@@ -17,16 +17,42 @@ from dataclasses import dataclass, field
 
 from mageflow.errors import ConfigurationError
 
+ENTRY_CALL = "return M.main(KEYS, ARGV)"
+"""The last line of a script that can also be loaded once as a Redis function library:
+everything before it only defines ``M.main``, which runs one call."""
+
 
 @dataclass(frozen=True)
 class Script:
-    """A Lua script and its SHA1 (what ``EVALSHA`` names it by)."""
+    """A Lua script and its SHA1 (what ``EVALSHA`` names it by). A script whose last line
+    is :data:`ENTRY_CALL` also has a :attr:`library` form for Redis 7 functions."""
 
     source: str
     sha: str = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+    @property
+    def function(self) -> str | None:
+        """The Redis function name of the library form (one per script version, so
+        processes running different versions can share a server), or ``None``."""
+        if self.source.rstrip().endswith(ENTRY_CALL):
+            return f"mageflow_{self.sha[:16]}"
+        return None
+
+    @property
+    def library(self) -> str:
+        """The script as a Redis function library (``FUNCTION LOAD``): its definitions run
+        once, at load, instead of on every call."""
+        name = self.function
+        if name is None:
+            raise ValueError("this script has no entry function")
+        body = self.source.rstrip()[: -len(ENTRY_CALL)]
+        return (
+            f"#!lua name={name}\n{body}redis.register_function('{name}', "
+            "function(KEYS, ARGV) return M.main(KEYS, ARGV) end)\n"
+        )
 
 
 CHUNK = 10_000

@@ -16,6 +16,7 @@ from typing import Any
 
 from lupa import lua51  # type: ignore[import-untyped]
 
+from mageflow.store.base import ENTRY_CALL
 from mageflow.store.keyspace import Keyspace, score_text
 
 _Command = Callable[..., Any]
@@ -72,11 +73,26 @@ class LuaHost:
             "'\\nend', '@transitions') "
             "if not f then error(err) end return f() end"
         )
+        # a script ending in ENTRY_CALL is loaded once, as Redis loads a function library:
+        # its definitions run here, and each call runs only its M.main
+        self._library_loader = self.lua.eval(
+            "function(body, redis, cjson) "
+            "local f, err = loadstring('return function(redis, cjson) ' .. body .. "
+            "'\\nreturn function(KEYS, ARGV, redis, cjson) return M.main(KEYS, ARGV) end end', "
+            "'@transitions') "
+            "if not f then error(err) end return f()(redis, cjson) end"
+        )
 
     def run(self, sha: str, source: str, keys: Sequence[str], args: Sequence[str]) -> Any:
         fn = self._compiled.get(sha)
         if fn is None:
-            fn = self._compiled[sha] = self._loader(source, self._redis, self._cjson)
+            text = source.rstrip()
+            if text.endswith(ENTRY_CALL):
+                body = text[: -len(ENTRY_CALL)]
+                fn = self._library_loader(body, self._redis, self._cjson)
+            else:
+                fn = self._loader(source, self._redis, self._cjson)
+            self._compiled[sha] = fn
         self.keyspace.sweep()
         self.keyspace.frozen = self.keyspace.clock()
         try:

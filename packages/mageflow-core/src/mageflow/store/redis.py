@@ -13,6 +13,7 @@ from redis.exceptions import (
     AskError,
     ClusterError,
     MovedError,
+    NoPermissionError,
     NoScriptError,
     RedisClusterException,
     ResponseError,
@@ -44,6 +45,25 @@ PACK_OVER = 1_000
 URL_SCHEMES = ("redis", "rediss", "unix")
 """The URL schemes of a single Redis server (``memory://`` selects the in-memory store,
 ``redis+cluster://`` a Redis Cluster: :data:`~mageflow.store.connect.CLUSTER_SCHEMES`)."""
+
+
+_NO_FUNCTIONS = object()
+"""The server runs no Redis functions: the script goes by EVALSHA."""
+
+
+def _busy(exc: ResponseError) -> bool:
+    """Redis is running a long script (BUSY): it ran nothing of this call, which may be
+    sent again once the script ended, like a call to a server that was down."""
+    return str(exc).startswith("BUSY")
+
+
+def _function_missing(exc: ResponseError) -> bool:
+    return "function not found" in str(exc).lower()
+
+
+def _functions_unsupported(exc: ResponseError) -> bool:
+    """Redis < 7 (no FCALL / FUNCTION), or an ACL that refuses them to this user."""
+    return isinstance(exc, NoPermissionError) or "unknown command" in str(exc).lower()
 
 
 def check_store_url(url: str) -> str:
@@ -124,12 +144,21 @@ class RedisStore(StateStore):
         self.prefix = prefix
         self.active_ttl = active_ttl
         self.finished_ttl = finished_ttl
+        self._functions: bool | None = False if self._link.cluster else None
+        """Scripts run as Redis functions (``FCALL``; Redis 7+): ``None`` until the first
+        call finds out. A cluster would need every library on every primary: EVALSHA."""
 
     @property
     def server(self) -> str:
         """The server and database holding the state (:func:`server_identity`; a
         cluster's names no single server)."""
         return self._link.server
+
+    @property
+    def runs_functions(self) -> bool | None:
+        """Whether the engine runs as a Redis function (``FCALL``, Redis 7+: its library
+        is loaded once) rather than by ``EVALSHA``; ``None`` until the first call."""
+        return self._functions
 
     @property
     def cluster(self) -> bool:
@@ -152,6 +181,12 @@ class RedisStore(StateStore):
         return client
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
+        if isinstance(exc, ResponseError) and _busy(exc):
+            return StoreUnavailableError(
+                f"Redis at {redact_url(self.url)} is busy running a script ({exc}); nothing "
+                "of this call ran, and workers send it again once the script ended. A long "
+                "script elsewhere on this server (SCRIPT KILL ends it) or lua-time-limit."
+            )
         return StoreUnavailableError(
             f"cannot reach Redis at {redact_url(self.url)}: {exc}. Check MAGEFLOW_REDIS_URL "
             "and that the server is running."
@@ -162,6 +197,10 @@ class RedisStore(StateStore):
             return await coro
         except _UNREACHABLE as exc:
             raise self._unavailable(exc) from exc
+        except ResponseError as exc:
+            if _busy(exc):
+                raise self._unavailable(exc) from exc
+            raise
 
     async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Any:
         if len(args) < PACK_OVER:
@@ -169,16 +208,53 @@ class RedisStore(StateStore):
         command = ["EVALSHA", script.sha, str(len(keys)), *keys, *args]
         return (await self._send_packed([command], keys[0]))[0]
 
+    async def _fcall(self, name: str, keys: Sequence[str], args: Sequence[str]) -> Any:
+        command = ["FCALL", name, str(len(keys)), *keys, *args]
+        if len(args) < PACK_OVER:
+            return await self.client.execute_command(*command)
+        return (await self._send_packed([command], keys[0]))[0]
+
+    async def _run_function(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Any:
+        """Run ``script`` as a Redis function, loading its library when the server does not
+        have it yet (a first call, a restarted server without persistence, FUNCTION FLUSH).
+        Returns ``_NO_FUNCTIONS`` (and remembers it) when the server has no functions
+        (Redis < 7) or refuses them to this user."""
+        name = script.function
+        assert name is not None
+        try:
+            return await self._fcall(name, keys, args)
+        except ResponseError as exc:
+            if not _function_missing(exc):
+                if _functions_unsupported(exc):
+                    self._functions = False
+                    return _NO_FUNCTIONS
+                raise
+        try:
+            await self.client.execute_command("FUNCTION", "LOAD", "REPLACE", script.library)
+        except ResponseError as exc:
+            if _functions_unsupported(exc):
+                self._functions = False
+                return _NO_FUNCTIONS
+            raise
+        self._functions = True
+        return await self._fcall(name, keys, args)
+
     async def run_script(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
         try:
-            try:
-                reply = await self._evalsha(script, keys, args)
-            except NoScriptError:
-                await self.client.script_load(script.source)
-                reply = await self._evalsha(script, keys, args)
+            reply: Any = _NO_FUNCTIONS
+            if self._functions is not False and script.function is not None:
+                reply = await self._run_function(script, keys, args)
+            if reply is _NO_FUNCTIONS:
+                try:
+                    reply = await self._evalsha(script, keys, args)
+                except NoScriptError:
+                    await self.client.script_load(script.source)
+                    reply = await self._evalsha(script, keys, args)
         except _UNREACHABLE as exc:
             raise self._unavailable(exc) from exc
         except ResponseError as exc:
+            if _busy(exc):
+                raise self._unavailable(exc) from exc
             raise EngineError(f"the engine script failed on {keys[0]}: {exc}") from exc
         if isinstance(reply, list):
             return [str(x) for x in reply]
