@@ -62,7 +62,8 @@ class InvalidRetryPolicyError(MageflowError, ValueError):
 
 
 class StoreUnavailableError(MageflowError):
-    """Redis could not be reached. The URL is shown without its password."""
+    """Redis could not be reached, or was busy running a long script (``BUSY``): nothing
+    of the call ran. The URL is shown without its password."""
 
 
 class EngineError(MageflowError):
