@@ -165,7 +165,9 @@ class RedisStore(StateStore):
 
     async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Any:
         if len(args) < PACK_OVER:
-            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+            return await self._link.execute(
+                self.client, "EVALSHA", script.sha, len(keys), *keys, *args
+            )
         command = ["EVALSHA", script.sha, str(len(keys)), *keys, *args]
         return (await self._send_packed([command], keys[0]))[0]
 
