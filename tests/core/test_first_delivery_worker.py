@@ -6,6 +6,7 @@ its start recorded with its finish (one store round trip)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ import redis.asyncio as aioredis
 
 from mageflow import Mageflow
 from mageflow.backend.base import HEADER_KEY, OutgoingTask, StreamDelivery
+from mageflow.flows import lease
 from mageflow.models.status import SignatureStatus
 from mageflow.store import RedisStore
 from mageflow.store.redis import server_identity
@@ -141,3 +143,48 @@ async def test_a_stale_or_foreign_first_delivery_asks_first(app: Mageflow, redis
     app.ran.clear()  # type: ignore[attr-defined]
     await deliver(app, sent, first=True)
     assert app.ran == []  # type: ignore[attr-defined]  # it asked: canceled, dropped
+
+
+async def _evalsha_calls(redis_url: str) -> int:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_a_short_first_delivery_costs_one_call_a_long_one_shows_as_running(
+    app: Mageflow, redis_url: str
+) -> None:
+    """The renewer waits FIRST_START_AFTER before doing anything: a task that ends sooner
+    is recorded by its finish alone; one that runs longer takes its start meanwhile (it
+    shows as active, holding its lease) and then finishes as usual."""
+    release = asyncio.Event()
+
+    @app.task("fd.slow")
+    async def slow(msg: dict[str, Any]) -> str:
+        await release.wait()
+        return "slow"
+
+    sig = await app.sign("fd.step")
+    await sig.aio_run_no_wait({"x": 1})
+    (sent,) = await appended(app, redis_url)
+    before = await _evalsha_calls(redis_url)
+    assert await deliver(app, sent, first=True) == 2
+    assert await _evalsha_calls(redis_url) - before == 1  # the finish, with the start
+    assert (await sig.get_state()).status is SignatureStatus.DONE
+
+    sig = await app.sign("fd.slow")
+    await sig.aio_run_no_wait({})
+    (sent,) = await appended(app, redis_url)
+    running = asyncio.create_task(deliver(app, sent, first=True))
+    for _ in range(200):  # its start is taken FIRST_START_AFTER s after the delivery
+        await asyncio.sleep(lease.FIRST_START_AFTER)
+        if (await sig.get_state()).status is SignatureStatus.ACTIVE:
+            break
+    assert (await sig.get_state()).status is SignatureStatus.ACTIVE
+    assert not running.done()
+    release.set()
+    assert await running == "slow"
+    assert (await sig.get_state()).status is SignatureStatus.DONE

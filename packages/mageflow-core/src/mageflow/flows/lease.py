@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from mageflow.errors import MageflowError
@@ -56,46 +55,81 @@ async def _take_start(
     return True
 
 
+def _first_period(mf: Runtime, lease: float, unstarted: str | None) -> float:
+    """Seconds before the first action of a delivery's renewer: a first delivery's start
+    is taken well before the reconciler could re-send its message (its age at the worker
+    is below half of ``resend_after``); a started one renews every third of its lease."""
+    if unstarted is None:
+        return lease / 3
+    return min(FIRST_START_AFTER, lease / 3, mf.engine.resend_after / 4)
+
+
 async def _renew_forever(
     mf: Runtime, key: str, run_id: str, lease: float, unstarted: str | None = None
 ) -> None:
+    """The renewer of one delivery, from the end of its first period (:func:`renewed`)."""
     while True:
         if unstarted is not None:
-            # a first delivery's start is taken well before the reconciler could re-send
-            # its message (its age at the worker is below half of resend_after)
-            await asyncio.sleep(min(FIRST_START_AFTER, lease / 3, mf.engine.resend_after / 4))
             taken = await _take_start(mf, key, run_id, unstarted, lease)
             if taken is None:
                 return  # not this run's task: nothing to renew
             if taken:
                 unstarted = None
+            await asyncio.sleep(_first_period(mf, lease, unstarted))
             continue
-        await asyncio.sleep(lease / 3)
         try:
             if not await mf.engine.renew(key, run_id, lease):
                 log.warning("%s: run %s no longer holds the task; lease not renewed", key, run_id)
                 return
         except (MageflowError, OSError) as exc:  # a store outage: try again next period
             log.warning("%s: cannot renew the lease of run %s: %s", key, run_id, exc)
+        await asyncio.sleep(lease / 3)
 
 
-@contextlib.asynccontextmanager
-async def renewed(
+class _Renewal:
+    """What renews one delivery's lease (:func:`renewed`): a timer until its first period
+    has passed (most tasks end sooner, and then cost no task, no sleep and no store
+    call), then a task."""
+
+    __slots__ = ("args", "task", "timer")
+
+    def __init__(
+        self, mf: Runtime, key: str, run_id: str, lease: float, unstarted: str | None
+    ) -> None:
+        self.args = (mf, key, run_id, lease, unstarted)
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def _fire(self) -> None:
+        self.timer = None
+        self.task = asyncio.get_running_loop().create_task(_renew_forever(*self.args))
+
+    async def __aenter__(self) -> None:
+        mf, _, _, lease, unstarted = self.args
+        self.timer = asyncio.get_running_loop().call_later(
+            _first_period(mf, lease, unstarted), self._fire
+        )
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        task = self.task
+        while task is not None and not task.done():  # cancel until done (ShutdownSafeReceiver)
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+
+
+def renewed(
     mf: Runtime, key: str, run_id: str, unstarted: str | None = None
-) -> AsyncIterator[None]:
+) -> contextlib.AbstractAsyncContextManager[None]:
     """Renew the lease the start transition gave run ``run_id`` every third of
     ``mf.lease`` while the body runs (the attempt's user code and its finish).
     ``unstarted`` (the task name): a first delivery that runs without a start transition
     takes its start (and lease) once it has run :data:`FIRST_START_AFTER` seconds (at
     most a third of ``mf.lease`` and a quarter of ``resend_after``), so it shows as
     running, and the reconciler never re-sends a task that is running."""
-    renewer = asyncio.create_task(_renew_forever(mf, key, run_id, mf.lease, unstarted))
-    try:
-        yield
-    finally:
-        while not renewer.done():  # cancel until done (see ShutdownSafeReceiver)
-            renewer.cancel()
-            await asyncio.wait({renewer}, timeout=0.1)
+    return _Renewal(mf, key, run_id, mf.lease, unstarted)
 
 
 def retry_hold(backoff: Backoff | None, attempt: int) -> float:

@@ -17,6 +17,7 @@ from redis.asyncio.connection import SSLConnection, parse_url
 from redis.exceptions import RedisClusterException
 
 from mageflow.errors import ConfigurationError
+from mageflow.store.pool import LeanBlockingConnectionPool
 
 Client = aioredis.Redis | aioredis.RedisCluster
 """The redis-py client a link builds."""
@@ -77,12 +78,21 @@ class Link(abc.ABC):
     def connection(self, client: Any, key: str) -> contextlib.AbstractAsyncContextManager[Any]:
         """A raw connection of ``client`` to the server that holds ``key``."""
 
+    async def execute(self, client: Any, *args: Any) -> Any:
+        """One command (a script call) on ``client``, its reply or its error reply raised."""
+        return await client.execute_command(*args)
+
     async def pubsub(self, client: Any, channel: str) -> PubSub:
         """A pub/sub object that will receive what is published on ``channel``."""
         return client.pubsub()  # type: ignore[no-any-return]
 
     async def refresh(self, client: Any) -> None:
         """Read the servers' layout again (a cluster's slot moved)."""
+
+
+async def _round_trip(conn: Any, args: tuple[Any, ...]) -> Any:
+    await conn.send_packed_command(conn.pack_command(*args))
+    return await conn.read_response()
 
 
 class ServerLink(Link):
@@ -111,13 +121,26 @@ class ServerLink(Link):
     def new_client(self, max_connections: int) -> Client:
         # a blocking pool queues callers when all connections are busy instead of
         # failing a transition under a burst of concurrent completions
-        pool = aioredis.BlockingConnectionPool(
+        pool = LeanBlockingConnectionPool(
             connection_class=self._connection_class,
             max_connections=max_connections,
             timeout=30,
             **self._pool_args,
         )
         return aioredis.Redis(connection_pool=pool)
+
+    async def execute(self, client: Any, *args: Any) -> Any:
+        """The command on a pooled connection, retried as redis-py retries it (a dropped
+        connection is opened again), without the client's per-command bookkeeping
+        (observability events, response callbacks: a script call needs none)."""
+        pool = client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            return await conn.retry.call_with_retry(
+                lambda: _round_trip(conn, args), lambda _error: conn.disconnect()
+            )
+        finally:
+            await pool.release(conn)
 
     @contextlib.asynccontextmanager
     async def connection(self, client: Any, key: str) -> AsyncIterator[Any]:

@@ -204,14 +204,16 @@ class RedisStore(StateStore):
 
     async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Any:
         if len(args) < PACK_OVER:
-            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+            return await self._link.execute(
+                self.client, "EVALSHA", script.sha, len(keys), *keys, *args
+            )
         command = ["EVALSHA", script.sha, str(len(keys)), *keys, *args]
         return (await self._send_packed([command], keys[0]))[0]
 
     async def _fcall(self, name: str, keys: Sequence[str], args: Sequence[str]) -> Any:
-        command = ["FCALL", name, str(len(keys)), *keys, *args]
         if len(args) < PACK_OVER:
-            return await self.client.execute_command(*command)
+            return await self._link.execute(self.client, "FCALL", name, len(keys), *keys, *args)
+        command = ["FCALL", name, str(len(keys)), *keys, *args]
         return (await self._send_packed([command], keys[0]))[0]
 
     async def _run_function(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Any:
