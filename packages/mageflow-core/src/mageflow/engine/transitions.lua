@@ -548,8 +548,19 @@ end
 -- dequeue marks `queued`), and an item added to a swarm that queued its items already
 -- carries `late` (past qend until the close), so M.queued knows an item's state without
 -- its index.
-M.CURSOR_BATCH = 100 -- items read past the cursor per LRANGE
+M.CURSOR_BATCH = 100 -- items read past the cursor per LRANGE, at most (2 at first, doubling)
 M.window = {}        -- swarm -> { index of its first item, items } read in this call
+M.CURSOR_FIELDS = { 'lazy', 'scanned', 'qend', 'qmid', 'qsa', 'qsb' }
+
+-- Read state fields fs of node sid in one HMGET (each then read from this call's copy).
+function M.prefetch(sid, fs)
+  local ks = {}
+  for i, f in ipairs(fs) do ks[i] = sid .. ':' .. f end
+  local vs = redis.call('HMGET', M.H, unpack(ks))
+  for i, k in ipairs(ks) do
+    if M.fields[k] == nil then M.fields[k] = vs[i] end
+  end
+end
 
 -- Swarm s's next item past the cursor that waits (the cursor moves over those queued or
 -- started on their own), or nil: its index (0-based) and sid.
@@ -560,10 +571,12 @@ function M.cursor_item(s)
   while c < stop do
     local w = M.window[s]
     if w == nil or c < w[1] or c >= w[1] + #w[2] then
-      w = { c, redis.call('LRANGE', M.aux('items', s), c, math.min(c + M.CURSOR_BATCH, stop) - 1) }
+      local size = w and math.min(2 * #w[2], M.CURSOR_BATCH) or 2
+      w = { c, redis.call('LRANGE', M.aux('items', s), c, math.min(c + size, stop) - 1) }
       M.window[s] = w
     end
     local x = w[2][c - w[1] + 1]
+    if M.fields[x .. ':sent'] == nil then M.prefetch(x, { 'queued', 'sent', 'status' }) end
     if not (M.get(x, 'queued') or M.get(x, 'sent')) then
       it = x
       break
@@ -583,6 +596,7 @@ end
 -- first has no priority.
 function M.dequeue(s)
   local q = M.aux('queue', s)
+  if M.fields[s .. ':lazy'] == nil then M.prefetch(s, M.CURSOR_FIELDS) end
   if M.get(s, 'lazy') ~= '1' then return redis.call('ZPOPMIN', q)[1] end
   local c, it = M.cursor_item(s)
   if it then
