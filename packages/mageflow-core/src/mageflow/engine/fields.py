@@ -20,10 +20,15 @@ N_ENDED = "n_ended"
 N_FAILED = "n_failed"
 N_PAUSED = "n_paused"
 STEP = "step"
+SCANNED = "scanned"
+LAZY = "lazy"
+QEND = "qend"
+AHEAD = "ahead"
 
 STEPS = "steps"
 ITEMS = "items"
 QUEUE = "queue"
+PRIO = "prio"
 DUE = "due"
 DONE_CHANNEL = "done"
 
@@ -39,6 +44,17 @@ HOLDING = frozenset({"suspended", "interrupted"})
 def of(sid: str, name: str) -> str:
     """The hash field of record ``name`` of node ``sid``."""
     return f"{sid}:{name}"
+
+
+def lazily_queued(
+    lazy: str | None, qend: str | None, scanned: str | None, ahead: str | None
+) -> int:
+    """A swarm's items queued past its cursor, not on its queue's zset (``lazy`` ``"1"``:
+    its items from the cursor ``scanned`` to ``qend`` count as queued, but for the
+    ``ahead`` ones queued or started on their own)."""
+    if lazy != "1":
+        return 0
+    return max(int(qend or 0) - int(scanned or 0) - int(ahead or 0), 0)
 
 
 def aux(kind: str, sid: str) -> str:

@@ -267,7 +267,7 @@ class Engine:
                     f"{key} is part of a larger workflow; retry its root {wf}.r instead"
                 )
             _raise_for(key, reply)
-        return decode_transition(wf, reply)
+        return await self._collected(wf, decode_transition(wf, reply))
 
     async def cancel(self, key: str) -> tuple[list[str], Transition]:
         """Cancel ``key``: a root for good, or a node inside a workflow (which its parent
@@ -301,8 +301,10 @@ class Engine:
         reply = await self._call(wf, "reconcile", str(limit))
         if reply[0] == "gone":
             return Reconciled([], None, None)
+        collected = Transition(collecting=len(reply) > 5 and reply[5] == "1")
+        collected = await self._collected(wf, collected)
         return Reconciled(
-            decode_publishes(wf, reply[1]),
+            decode_publishes(wf, reply[1]) + collected.publishes,
             float(reply[2]) if reply[2] else None,
             reply[3],
             int(reply[4]),
@@ -314,9 +316,28 @@ class Engine:
         due = int(time.time() * 1000 + self.resend_after * 1000)
         await self.store.set_live({wf: due}, earlier_only=True)
 
+    async def _collected(self, wf: str, transition: Transition) -> Transition:
+        """``transition`` with the ``collect`` transitions that finish assembling the big
+        swarm results it left part-assembled (one bounded call each; a caller dying
+        meanwhile leaves them to the reconciler)."""
+        if not transition.collecting:
+            return transition
+        publishes, events = list(transition.publishes), list(transition.events)
+        wake = transition.wake_ms
+        more = True
+        while more:
+            step = decode_transition(wf, await self._call(wf, "collect"))
+            publishes += step.publishes
+            events += step.events
+            if step.wake_ms is not None:
+                wake = step.wake_ms if wake is None else min(wake, step.wake_ms)
+            more = step.collecting
+        return Transition(publishes, events, wake, transition.duplicate)
+
     async def _woken(self, wf: str, transition: Transition) -> Transition:
         """A transition that made a node wait for its time: the reconciler looks at ``wf``
         no later than that time."""
+        transition = await self._collected(wf, transition)
         if transition.wake_ms is not None:
             await self.store.set_live({wf: transition.wake_ms}, earlier_only=True)
             if self.on_wake is not None:

@@ -50,6 +50,8 @@ class Transition:
     duplicate: bool = False
     """Nothing was recorded: the task had settled already (or is unknown), or the first
     delivery it reports was not the node's run (a copy, a canceled workflow)."""
+    collecting: bool = False
+    """A swarm's result is assembled in parts: ``collect`` transitions go on with it."""
 
 
 @dataclass(frozen=True)
@@ -114,4 +116,5 @@ def decode_events(wf: str, raw: str) -> list[EngineEvent]:
 def decode_transition(wf: str, reply: list[str]) -> Transition:
     events = decode_events(wf, reply[2]) if len(reply) > 2 else []
     wake = int(reply[3]) if len(reply) > 3 and reply[3] else None
-    return Transition(decode_publishes(wf, reply[1]), events, wake)
+    collecting = len(reply) > 4 and reply[4] == "1"
+    return Transition(decode_publishes(wf, reply[1]), events, wake, collecting=collecting)

@@ -12,7 +12,15 @@
 --   H:steps:<chain>        list of the chain's step sids, in order
 --   H:items:<swarm>        list of the swarm's item sids, in item order
 --   H:queue:<swarm>        zset of items waiting for a free slot; score orders them:
---                          higher priority first, first queued first within a priority
+--                          higher priority first, first queued first within a priority.
+--                          The items a swarm queues at its start and close wait past its
+--                          cursor instead, written nothing per item (see LAZY QUEUE)
+--   H:prio:<swarm>         list (client, in item order): the items with a priority > 0,
+--                          put on the zset when the swarm queues its items
+--   H:result:<swarm>       list: the parts of a big swarm's result assembled so far, one
+--                          per COLLECT_CHUNK items (see maybe_complete)
+--   H:collect              zset: swarms whose result is being assembled across calls;
+--                          score = when (ms); the 'collect' op and the reconciler go on
 --   H:running:<swarm>      set of items holding a slot
 --   H:nodes:<graph>        list of the graph's node sids, in the order given
 --   H:sources:<graph> / H:sinks:<graph>  lists of its nodes without dependencies / that
@@ -69,12 +77,27 @@
 --   own        a swarm item's own run message JSON             run
 --   sent       ms the engine started/dispatched the node       start_node
 --   queued     '1' once on its swarm's queue                   run, queue_unqueued
+--              (a swarm item past its swarm's cursor is queued without it: M.queued)
 --   qseq       swarm: items queued so far (FIFO order within a priority)  enqueue
 --   started / ended   ms of the first attempt / of settling    start, settle
 --   input      a composite's inherited messages: JSON objects joined by ','   start_node
 --   input_ret / input_err  result / error a composite was started with        start_node
 --   step       chain: 0-based index of the running step        start_node, chain_step_done
---   scanned    swarm: items already considered for queueing    queue_unqueued
+--   scanned    swarm: its cursor, the items of H:items before it were taken (started,
+--              or skipped as queued or started on their own)    dequeue, requeue
+--   lazy       swarm: '1' the items from the cursor up to qend are queued (it started);
+--              '0' they were, and the queue was dropped (canceled, failure budget)
+--                                                              queue_unqueued, drop_lazy
+--   ahead      swarm: items past the cursor already queued or started on their own (run,
+--              priority, canceled while queued): the cursor skips them  run, dequeue
+--   qend       swarm: the end of its lazily queued range of H:items     queue_unqueued
+--   qmid / qsa / qsb  swarm: the range's parts queued at its start (up to qmid) and at
+--              its close, and the `qseq` each was queued at        queue_unqueued
+--   late       '1': a swarm item added after its swarm queued its items: not queued
+--              until the swarm is closed (or run)                 add
+--   beyond     swarm: items run on their own at or past qend (join `ahead` at the close)
+--   pscan      swarm: entries of H:prio already put on the zset      queue_unqueued
+--   collected  swarm: items whose result is assembled so far (a big swarm's completion)
 --   closed     swarm: '1' when it takes no more items          client, close
 --   n_running / n_ended / n_failed  swarm item counters        fill, swarm_item_done
 --   result / error   the node's result JSON / {"type","message"} JSON        settle
@@ -481,23 +504,152 @@ function M.enqueue(s, it)
   redis.call('ZADD', M.aux('queue', s), score, it)
 end
 
--- The next queued item of swarm s, or nil.
-function M.dequeue(s)
-  local popped = redis.call('ZPOPMIN', M.aux('queue', s))
-  return popped[1]
+-- LAZY QUEUE. A swarm queues the items it has when it starts, and those added later
+-- when it is closed (queue_unqueued), writing nothing per item: the items of H:items from
+-- its cursor (`scanned`) up to `qend` count as queued (`lazy` = '1'), in item order, each
+-- part as queued when it was (qsa / qsb, see dequeue). The zset holds the rest: the items
+-- with a priority (H:prio, put there by queue_unqueued), those run on their own, those
+-- retry queued again. The cursor skips an item that carries
+-- `queued` or `sent` (run or started on its own; `ahead` counts them): O(1) per item,
+-- amortized. Every item before the cursor carries one of them or ended canceled (which
+-- dequeue marks `queued`), and an item added to a swarm that queued its items already
+-- carries `late` (past qend until the close), so M.queued knows an item's state without
+-- its index.
+M.CURSOR_BATCH = 100 -- items read past the cursor per LRANGE, at most (2 at first, doubling)
+M.CURSOR_FIELDS = { 'lazy', 'scanned', 'qend', 'qmid', 'qsa', 'qsb' }
+
+-- Read state fields fs of node sid in one HMGET (each then read from this call's copy).
+function M.prefetch(sid, fs)
+  local ks = {}
+  for i, f in ipairs(fs) do ks[i] = sid .. ':' .. f end
+  local vs = redis.call('HMGET', M.H, unpack(ks))
+  for i, k in ipairs(ks) do
+    if M.fields[k] == nil then M.fields[k] = vs[i] end
+  end
 end
 
--- Put the swarm's items that were never queued on its queue, in item order.
+-- Swarm s's next item past the cursor that waits (the cursor moves over those queued or
+-- started on their own), or nil: its index (0-based) and sid.
+function M.cursor_item(s)
+  local c = tonumber(M.get(s, 'scanned') or '0')
+  local stop = tonumber(M.get(s, 'qend') or '0')
+  local skipped, it = 0, nil
+  while c < stop do
+    local w = M.window[s]
+    if w == nil or c < w[1] or c >= w[1] + #w[2] then
+      local size = w and math.min(2 * #w[2], M.CURSOR_BATCH) or 2
+      w = { c, redis.call('LRANGE', M.aux('items', s), c, math.min(c + size, stop) - 1) }
+      M.window[s] = w
+    end
+    local x = w[2][c - w[1] + 1]
+    if M.fields[x .. ':sent'] == nil then M.prefetch(x, { 'queued', 'sent', 'status' }) end
+    if not (M.get(x, 'queued') or M.get(x, 'sent')) then
+      it = x
+      break
+    end
+    c = c + 1
+    skipped = skipped + 1
+  end
+  if skipped > 0 then
+    M.set(s, 'scanned', c)
+    M.incr(s, 'ahead', -skipped)
+  end
+  return c, it
+end
+
+-- The next queued item of swarm s, or nil: the zset's first, or the cursor's next item
+-- when that was queued earlier (its range's `qseq`, see queue_unqueued) and the zset's
+-- first has no priority.
+function M.dequeue(s)
+  local q = M.aux('queue', s)
+  if M.fields[s .. ':lazy'] == nil then M.prefetch(s, M.CURSOR_FIELDS) end
+  if M.get(s, 'lazy') ~= '1' then return redis.call('ZPOPMIN', q)[1] end
+  local c, it = M.cursor_item(s)
+  if it then
+    local top = redis.call('ZRANGE', q, 0, 0, 'WITHSCORES')
+    local seq = c < tonumber(M.get(s, 'qmid') or '0') and M.get(s, 'qsa') or M.get(s, 'qsb')
+    if top[1] == nil or tonumber(top[2]) > M.PRIORITY_MAX * M.SEQ_SPAN + tonumber(seq or '0') then
+      M.set(s, 'scanned', c + 1)
+      if M.get(it, 'status') == 'canceled' then M.set(it, 'queued', '1') end
+      return it
+    end
+  end
+  return redis.call('ZPOPMIN', q)[1]
+end
+
+-- Swarm s queues its items not queued yet (it starts, or it is closed): the new range
+-- up to qend by `lazy`, all of it as queued now (one `qseq`: FIFO against the zset); the
+-- ones with a priority go on the zset now. O(items with a priority).
 function M.queue_unqueued(s)
-  local items = redis.call('LRANGE', M.aux('items', s), tonumber(M.get(s, 'scanned') or '0'), -1)
-  for _, it in ipairs(items) do
-    if not M.get(it, 'queued') then
+  if M.get(s, 'lazy') == '0' then return end -- its queue was dropped
+  M.set(s, 'lazy', '1')
+  local n = redis.call('LLEN', M.aux('items', s))
+  local old = tonumber(M.get(s, 'qend') or '0')
+  if n > old then
+    local seq = M.incr(s, 'qseq', 1)
+    if tonumber(M.get(s, 'scanned') or '0') >= old then -- nothing waits before it
+      M.set(s, 'qmid', n)
+      M.set(s, 'qsa', seq)
+    elseif tonumber(M.get(s, 'qmid') or '0') == old then -- it follows the range that waits
+      M.set(s, 'qsb', seq)
+    end
+    M.set(s, 'qend', n)
+  end
+  local beyond = tonumber(M.get(s, 'beyond') or '0')
+  if beyond > 0 then -- items run on their own past the old qend are in range now
+    M.incr(s, 'ahead', beyond)
+    M.del(s, 'beyond')
+  end
+  local prio = M.aux('prio', s)
+  local from = tonumber(M.get(s, 'pscan') or '0')
+  local ranked = redis.call('LRANGE', prio, from, -1)
+  if #ranked == 0 then return end
+  M.set(s, 'pscan', from + #ranked)
+  for _, it in ipairs(ranked) do
+    if not M.get(it, 'queued') and not M.get(it, 'sent') then
       M.set(it, 'queued', '1')
+      M.incr(s, 'ahead', 1)
       M.enqueue(s, it)
     end
   end
-  M.set(s, 'scanned', redis.call('LLEN', M.aux('items', s)))
 end
+
+-- Is node sid queued (or was, before its swarm's queue was dropped)?
+function M.queued(sid)
+  if M.get(sid, 'queued') then return true end
+  if M.get(sid, 'sent') then return false end
+  local p = M.def(sid).p
+  if p == nil or M.def(p).k ~= 'swarm' or M.get(p, 'lazy') == nil then return false end
+  return M.get(p, 'closed') == '1' or not M.get(sid, 'late')
+end
+
+-- Swarm s's queue was dropped: the items past its cursor no longer wait.
+function M.drop_lazy(s)
+  if M.get(s, 'lazy') == '1' then M.set(s, 'lazy', '0') end
+end
+
+-- Item sid of swarm s is run on its own: queued (counted where the cursor will skip it).
+function M.queue_item(s, sid)
+  M.set(sid, 'queued', '1')
+  if M.get(s, 'lazy') and M.get(sid, 'late') then M.incr(s, 'beyond', 1) else M.incr(s, 'ahead', 1) end
+  M.enqueue(s, sid)
+end
+
+-- Item sid of swarm s leaves the queue (canceled): true when it was on it.
+function M.unqueue(s, sid)
+  if redis.call('ZREM', M.H .. ':queue:' .. s, sid) == 1 then return true end
+  if M.get(s, 'lazy') ~= '1' or not M.queued(sid) or M.get(sid, 'queued') then return false end
+  M.set(sid, 'queued', '1') -- past the cursor: the cursor skips it
+  M.incr(s, 'ahead', 1)
+  return true
+end
+
+-- COMPLETION. A closed, started swarm settles once every item ended, with the results in
+-- item order. A swarm of more than COLLECT_CHUNK items assembles them across calls, at
+-- most COLLECT_CHUNK per call: the parts go to H:result:<swarm>, `collected` counts the
+-- items done, H:collect lists the swarm, and the reply says so (transition_reply); the
+-- caller continues with 'collect' calls, the reconciler if the caller died.
+M.COLLECT_CHUNK = 1000
 
 -- Settle a closed, started swarm once every item ended: results in item order.
 function M.maybe_complete(s)
@@ -506,7 +658,11 @@ function M.maybe_complete(s)
   if M.TERMINAL[M.get(s, 'status')] or M.get(s, 'outcome') then return end
   local n = redis.call('LLEN', M.aux('items', s))
   if tonumber(M.get(s, 'n_ended') or '0') < n then return end
-  local items = redis.call('LRANGE', M.aux('items', s), 0, -1)
+  if M.collecting[s] then return end
+  M.collecting[s] = true
+  local from = tonumber(M.get(s, 'collected') or '0')
+  local to = math.min(from + M.COLLECT_CHUNK, n)
+  local items = redis.call('LRANGE', M.aux('items', s), from, to - 1)
   local out = {}
   for i, it in ipairs(items) do
     if M.get(it, 'status') == 'done' then
@@ -515,7 +671,37 @@ function M.maybe_complete(s)
       out[i] = '{"mageflow_error":' .. (M.get(it, 'error') or 'null') .. '}'
     end
   end
-  M.settle(s, true, '[' .. table.concat(out, ',') .. ']', nil)
+  local part = table.concat(out, ',')
+  if from == 0 and to >= n then
+    M.settle(s, true, '[' .. part .. ']', nil)
+    return
+  end
+  local parts = M.aux('result', s)
+  if from == 0 then redis.call('DEL', parts) end
+  redis.call('RPUSH', parts, part)
+  if to < n then
+    M.set(s, 'collected', to)
+    redis.call('ZADD', M.COLLECT, M.NOW, s)
+    M.touched[M.COLLECT] = true
+    M.collect_more = '1'
+    return
+  end
+  local whole = redis.call('LRANGE', parts, 0, -1)
+  redis.call('DEL', parts)
+  M.touched[parts] = nil
+  redis.call('ZREM', M.COLLECT, s)
+  M.touched[M.COLLECT] = true
+  M.del(s, 'collected')
+  M.settle(s, true, '[' .. table.concat(whole, ',') .. ']', nil)
+end
+
+-- Go on assembling the result of the swarm waiting longest in H:collect (one part).
+function M.collect_next()
+  local s = redis.call('ZRANGE', M.COLLECT, 0, 0)[1]
+  if s == nil then return end
+  M.touched[M.COLLECT] = true
+  redis.call('ZREM', M.COLLECT, s)
+  if M.def(s) and M.get(s, 'collected') then M.maybe_complete(s) end
 end
 
 -- Start queued items while the swarm has free slots (held or canceled: nothing starts).
@@ -636,6 +822,7 @@ function M.swarm_item_done(s, sid, ok, val)
   local d = M.def(s)
   if not ok and d.sa ~= nil and nf >= d.sa then
     redis.call('DEL', M.aux('queue', s))
+    M.drop_lazy(s)
     local msg = string.format('%d item(s) failed (stop_after_n_failures=%d); last: %s',
       nf, d.sa, M.error_summary(val))
     M.settle(s, false, cjson.encode({ type = 'SwarmFailed', message = msg }), M.get(s, 'input'))
@@ -896,6 +1083,7 @@ function M.drop_queues(sid)
   elseif d.k == 'swarm' or d.k == 'graph' then
     for _, it in ipairs(redis.call('SMEMBERS', M.aux('running', sid))) do M.drop_queues(it) end
     redis.call('DEL', M.aux('queue', sid), M.aux('running', sid))
+    M.drop_lazy(sid)
     if M.get(sid, 'n_running') then M.set(sid, 'n_running', 0) end
     if M.get(sid, 'n_paused') then M.set(sid, 'n_paused', 0) end
   elseif d.k == 'branch' then
@@ -982,9 +1170,11 @@ function M.encoded_events()
   return '[' .. table.concat(M.events, ',') .. ']'
 end
 
--- A transition's reply: what to publish, what happened, and when to look again.
+-- A transition's reply: what to publish, what happened, and when to look again (and
+-- '1' when a swarm's result is part-assembled: the caller goes on with 'collect').
 function M.transition_reply()
-  return { 'ok', M.encoded_pubs(), M.encoded_events(), M.wake_at and string.format('%d', M.wake_at) or '' }
+  return { 'ok', M.encoded_pubs(), M.encoded_events(), M.wake_at and string.format('%d', M.wake_at) or '',
+    M.collect_more }
 end
 
 -- Start up to `limit` delayed nodes whose time has come.
@@ -1025,7 +1215,8 @@ M.OUTCOME_FIELDS = { 'result', 'error', 'outcome', 'ended', 'run_id', 'owed', 'r
 M.RUN_FIELDS = { 'held_from', 'sent', 'queued', 'qseq', 'started', 'ended', 'input',
   'input_ret', 'input_err', 'step', 'scanned', 'n_running', 'n_ended', 'n_failed', 'result',
   'error', 'outcome', 'run_id', 'payload', 'owed', 'resends', 'rerun', 'context', 'due',
-  'deferred', 'cont' }
+  'deferred', 'cont', 'lazy', 'qend', 'qmid', 'qsa', 'qsb', 'ahead', 'beyond', 'pscan',
+  'collected' }
 
 -- Callback cb (and everything below it) back to never run, so it fires again. O(nodes
 -- that ran); a node that never started has nothing below it that ran.
@@ -1033,6 +1224,7 @@ M.rearm = function(cb)
   if M.get(cb, 'sent') == nil and M.get(cb, 'queued') == nil then return end
   local d = M.def(cb)
   local c = M.get(cb, 'cont')
+  local lazy = d.k == 'swarm' and M.get(cb, 'lazy') and tonumber(M.get(cb, 'qend') or '0')
   M.del_fields(cb, M.RUN_FIELDS)
   if c then M.rearm(c) end
   M.set(cb, 'status', 'pending')
@@ -1040,8 +1232,16 @@ M.rearm = function(cb)
   if d.k == 'chain' then
     for _, x in ipairs(redis.call('LRANGE', M.aux('steps', cb), 0, -1)) do M.rearm(x) end
   elseif d.k == 'swarm' then
-    for _, x in ipairs(redis.call('LRANGE', M.aux('items', cb), 0, -1)) do M.rearm(x) end
-    redis.call('DEL', M.aux('queue', cb), M.aux('running', cb))
+    for i, x in ipairs(redis.call('LRANGE', M.aux('items', cb), 0, -1)) do
+      -- an item past the cursor that was canceled while queued: back to pending too
+      if lazy and i <= lazy and M.get(x, 'status') == 'canceled' and not M.get(x, 'sent') then
+        M.set(x, 'queued', '1')
+      end
+      if M.get(x, 'late') then M.del(x, 'late') end -- its swarm starts afresh
+      M.rearm(x)
+    end
+    redis.call('DEL', M.aux('queue', cb), M.aux('running', cb), M.aux('result', cb))
+    redis.call('ZREM', M.COLLECT, cb)
   elseif d.k == 'graph' then
     for _, x in ipairs(redis.call('LRANGE', M.aux('nodes', cb), 0, -1)) do
       M.rearm(x)
@@ -1073,28 +1273,38 @@ function M.reopen_queued(x)
 end
 
 -- Failed swarm s queues again its failed items and the queued ones that never started
--- (the failure budget emptied the queue); counters then count the done items only.
+-- (the failure budget emptied the queue), in item order, on the zset; the cursor then
+-- stands past the last item. Counters then count the done items only.
 -- O(items): retry is an operator's command, never a per-event op.
 function M.requeue(s)
+  local lazy = M.get(s, 'lazy') ~= nil
+  local qend = tonumber(M.get(s, 'qend') or '0')
   local ended = 0
-  for _, it in ipairs(redis.call('LRANGE', M.aux('items', s), 0, -1)) do
+  for i, it in ipairs(redis.call('LRANGE', M.aux('items', s), 0, -1)) do
     local st = M.get(it, 'status')
     if st == 'done' then
       ended = ended + 1
     elseif st == 'failed' then
       M.reopen_queued(it)
+      if not M.get(it, 'queued') then M.set(it, 'queued', '1') end
       M.enqueue(s, it)
     elseif st == 'canceled' then -- an operator canceled it: it runs again from the start
       M.rearm(it)
       M.set(it, 'status', 'pending')
       M.set(it, 'queued', '1')
       M.enqueue(s, it)
-    elseif M.get(it, 'queued') and M.get(it, 'sent') == nil then
+    elseif M.get(it, 'sent') == nil and (M.get(it, 'queued') or (lazy and i <= qend)) then
+      if not M.get(it, 'queued') then M.set(it, 'queued', '1') end
       M.enqueue(s, it)
     end
   end
   M.set(s, 'n_ended', ended)
   M.set(s, 'n_failed', 0)
+  if lazy then -- every item up to qend that waits is on the zset now
+    M.set(s, 'lazy', '1')
+    M.set(s, 'scanned', qend)
+    M.set(s, 'ahead', 0)
+  end
   if M.get(s, 'closed') == '1' then M.queue_unqueued(s) end
 end
 
@@ -1272,7 +1482,7 @@ function M.expire_everything(ttl)
         redis.call('EXPIRE', M.H .. ':steps:' .. sid, ttl)
         kids = redis.call('LRANGE', M.H .. ':steps:' .. sid, 0, -1)
       elseif d.k == 'swarm' then
-        for _, kind in ipairs({ 'items', 'queue', 'running' }) do
+        for _, kind in ipairs({ 'items', 'queue', 'running', 'prio', 'result' }) do
           redis.call('EXPIRE', M.H .. ':' .. kind .. ':' .. sid, ttl)
         end
         kids = redis.call('LRANGE', M.H .. ':items:' .. sid, 0, -1)
@@ -1374,6 +1584,10 @@ function M.begin(KEYS, ARGV)
   M.delivery = nil
   M.WF = string.match(M.H, '{([^{}]*)}$')
   M.delivered = {} -- sids whose message this call appended itself
+  M.window = {}        -- swarm -> { index of its first item, items } read in this call
+  M.COLLECT = M.H .. ':collect'
+  M.collecting = {}     -- swarms this call assembled a part of (one part per call)
+  M.collect_more = nil  -- '1': this call left a swarm's result part-assembled
   M.result = nil
   M.final_ttl = nil
 end
@@ -1451,7 +1665,7 @@ function M.main(KEYS, ARGV)
     local d = M.def(sid)
     if d == nil then
       M.result = { 'err', 'missing' }
-    elseif M.get(sid, 'sent') or M.get(sid, 'queued') then
+    elseif M.get(sid, 'sent') or M.queued(sid) then
       M.result = { 'err', 'already_run' }
     elseif d.of then
       M.result = { 'err', 'callback' }
@@ -1464,8 +1678,7 @@ function M.main(KEYS, ARGV)
           M.result = { 'err', 'swarm_finished' }
         else
           if own then M.set(sid, 'own', own) end
-          M.set(sid, 'queued', '1')
-          M.enqueue(d.p, sid)
+          M.queue_item(d.p, sid)
           if M.get(d.p, 'sent') == nil and M.up(pd) == nil and M.get(d.p, 'status') ~= 'canceled' then
             M.stat('w:started', 1)
             M.start_node(d.p, '', nil, nil, nil) -- a root swarm starts with its first item run
@@ -1519,10 +1732,15 @@ function M.main(KEYS, ARGV)
     else
       local BATCH = 1000 -- arguments per command: unpack has a stack limit
       local args = {}
+      local late = M.get(s, 'lazy') ~= nil -- it queued its items already: these wait for the close
       for i = 9, k_at - 1 do
         for j = k_at + 1, n_at - 1, 2 do
           args[#args + 1] = ARGV[i] .. ARGV[j]
           args[#args + 1] = ARGV[j + 1]
+        end
+        if late then
+          args[#args + 1] = ARGV[i] .. ':late'
+          args[#args + 1] = '1'
         end
         if #args >= BATCH then
           redis.call('HSET', M.H, unpack(args))
@@ -1647,7 +1865,7 @@ function M.main(KEYS, ARGV)
       M.unpause(sid)
       redis.call('DEL', M.aux('held', sid))
       local reached = M.get(sid, 'sent') ~= nil
-      if d.p and redis.call('ZREM', M.H .. ':queue:' .. d.p, sid) == 1 then reached = true end
+      if d.p and M.unqueue(d.p, sid) then reached = true end
       M.set(sid, 'status', 'canceled')
       M.set(sid, 'error', M.CANCELED)
       M.set(sid, 'ended', M.NOW_S)
@@ -1662,7 +1880,7 @@ function M.main(KEYS, ARGV)
         end
       end
       M.result = { 'ok', M.string_list(rids), M.encoded_pubs(), M.encoded_events(),
-        M.wake_at and string.format('%d', M.wake_at) or '' }
+        M.wake_at and string.format('%d', M.wake_at) or '', M.collect_more }
     else
       local rids = {}
       M.take_running(sid, sid, rids)
@@ -1684,11 +1902,14 @@ function M.main(KEYS, ARGV)
       M.resend(x)
     end
     M.release_due(tonumber(ARGV[7]))
+    M.collect_next()
     local nxt = tonumber(redis.call('ZRANGE', M.SENT, 0, 0, 'WITHSCORES')[2] or '')
     local held_until = tonumber(redis.call('ZRANGE', M.DELAYED, 0, 0, 'WITHSCORES')[2] or '')
     if held_until and (nxt == nil or held_until < nxt) then nxt = held_until end
+    local collect_at = tonumber(redis.call('ZRANGE', M.COLLECT, 0, 0, 'WITHSCORES')[2] or '')
+    if collect_at and (nxt == nil or collect_at < nxt) then nxt = collect_at end
     M.result = { 'ok', M.encoded_pubs(), nxt and string.format('%d', nxt) or '', M.get(M.ROOT, 'status') or 'pending',
-      tostring(redis.call('SCARD', M.INFLIGHT)) }
+      tostring(redis.call('SCARD', M.INFLIGHT)), M.collect_more }
   elseif M.OP == 'lease' then
     -- Run ARGV[8] of task ARGV[7] still runs: its lease lasts ARGV[9] ms from now ('0':
     -- released, so that the next attempt of the same run starts at once). 'lost': the task
@@ -1723,8 +1944,12 @@ function M.main(KEYS, ARGV)
       M.result = { 'err', 'busy' }
     else
       M.rerun(sid)
-      M.result = { 'ok', M.encoded_pubs(), M.encoded_events() }
+      M.result = { 'ok', M.encoded_pubs(), M.encoded_events(), '', M.collect_more }
     end
+  elseif M.OP == 'collect' then
+    -- Go on assembling a big swarm's result (see COMPLETION): one part per call.
+    M.collect_next()
+    M.result = M.transition_reply()
   else
     return redis.error_reply('mageflow: unknown operation ' .. tostring(M.OP))
   end

@@ -105,8 +105,48 @@ def _rename(sid: str, old_root: str, new_root: str) -> str:
     return sid
 
 
-_LISTS = {"swarm": (F.ITEMS,), "chain": (F.STEPS,), "graph": (F.NODES, F.SOURCES, F.SINKS)}
+_LISTS = {
+    "swarm": (F.ITEMS, F.PRIO),
+    "chain": (F.STEPS,),
+    "graph": (F.NODES, F.SOURCES, F.SINKS),
+}
 """The auxiliary lists of each composite kind that has some (moved with it)."""
+
+
+def has_priority(dumped: str) -> bool:
+    """Does stored definition ``dumped`` give its node a priority above 0?"""
+    return '"pr":' in dumped and (json.loads(dumped).get("pr") or 0) > 0
+
+
+def prioritized(fields: Mapping[str, str], sids: Iterable[str]) -> list[str]:
+    """The sids among ``sids`` whose definition in ``fields`` has a priority above 0, in
+    order: a swarm puts them on its queue when it queues all its items (the others wait
+    past its cursor, written nothing per item; see LAZY QUEUE in the script)."""
+    known: dict[str, bool] = {}
+    out: list[str] = []
+    for sid in sids:
+        dumped = fields.get(sid)
+        if dumped is None:
+            continue
+        has = known.get(dumped)
+        if has is None:
+            has = known[dumped] = has_priority(dumped)
+        if has:
+            out.append(sid)
+    return out
+
+
+def priority_lists(
+    fields: Mapping[str, str], lists: Mapping[str, Sequence[str]]
+) -> dict[str, list[str]]:
+    """The ``prio`` list of every swarm whose items list is in ``lists`` and has items with
+    a priority (see :func:`prioritized`)."""
+    out: dict[str, list[str]] = {}
+    head = F.aux(F.ITEMS, "")
+    for name, members in lists.items():
+        if name.startswith(head) and (found := prioritized(fields, members)):
+            out[F.aux(F.PRIO, name[len(head) :])] = found
+    return out
 
 
 def renamed_refs(d: NodeDef, rename: Callable[[str], str]) -> None:
@@ -398,6 +438,7 @@ class WorkflowBuilder:
         root = self.fields.pop(ROOT, None)
         if root is not None:
             self.fields[ROOT] = root
+        self.lists.update(priority_lists(self.fields, self.lists))
         try:
             await self.mf.store.write(
                 self.wf,

@@ -19,7 +19,13 @@ from mageflow.errors import (
 )
 from mageflow.flows import identifiers as idents
 from mageflow.flows import observe
-from mageflow.flows.build import TaskLike, WorkflowBuilder, new_item_id
+from mageflow.flows.build import (
+    TaskLike,
+    WorkflowBuilder,
+    has_priority,
+    new_item_id,
+    priority_lists,
+)
 from mageflow.flows.messages import message_json
 from mageflow.flows.publish import publish, start_backend
 from mageflow.models.events import StreamedEvent
@@ -192,10 +198,10 @@ class SwarmSignature(Signature):
         await builder.task_like(item_sid, task, parent=sid)
         # indexed first: an entry whose add is refused is dropped by the next lookup
         await self.mf.store.index_identified(idents.to_index(wf, builder.fields))
+        lists = {**builder.lists, **priority_lists(builder.fields, builder.lists)}
+        lists.update(priority_lists(builder.fields, {F.aux(F.ITEMS, sid): [item_sid]}))
         try:
-            await self.mf.engine.add_items(
-                self.key, [item_sid], builder.fields, lists=builder.lists
-            )
+            await self.mf.engine.add_items(self.key, [item_sid], builder.fields, lists=lists)
         except MageflowError:
             if signed is not None:  # refused: leave no signature of ours behind either
                 await self.mf.store.delete(split_key(signed.key)[0])
@@ -218,11 +224,15 @@ class SwarmSignature(Signature):
         wf, sid = self._wf_sid
         bulk = WorkflowBuilder(self.mf, wf).task_items(sid, task, items)
         sids = bulk.sids
+        ranked = has_priority(bulk.shared[""])  # one definition shared by all
         for start in range(0, len(sids), ADD_BATCH):
             stop = start + ADD_BATCH
             records = bulk.kwargs_records(start, stop)
+            lists = {F.aux(F.PRIO, sid): sids[start:stop]} if ranked else None
             try:
-                await self.mf.engine.add_items(self.key, sids[start:stop], records, bulk.shared)
+                await self.mf.engine.add_items(
+                    self.key, sids[start:stop], records, bulk.shared, lists
+                )
             except MageflowError as exc:
                 if start == 0:
                     raise

@@ -83,6 +83,10 @@ async def read_state(mf: Readable, key: str) -> SignatureState:
         F.IDENTS,
         F.N_PAUSED,
         F.STEP,
+        F.LAZY,
+        F.QEND,
+        F.SCANNED,
+        F.AHEAD,
     ]
     raw = await mf.store.read(wf, [sid, *(F.of(sid, n) for n in names)])
     if raw[0] is None:
@@ -91,7 +95,7 @@ async def read_state(mf: Readable, key: str) -> SignatureState:
     _, status, attempts, created, t0, t1, result, error, fin, nf, running, sent, *rest = raw
     if created is None and d.parent is not None:  # a bulk-built swarm item: its swarm's
         (created,) = await mf.store.read(wf, [F.of(d.parent, F.CREATED)])
-    closed, due, idents, paused, step = rest
+    closed, due, idents, paused, step, *cursor = rest
     children: list[str] = []
     counts: dict[str, int] = {}
     if d.kind == "chain":
@@ -100,6 +104,7 @@ async def read_state(mf: Readable, key: str) -> SignatureState:
     elif d.kind == "swarm":
         total = await mf.store.count(wf, F.aux(F.ITEMS, sid))
         queued = await mf.store.count(wf, F.aux(F.QUEUE, sid))
+        queued += F.lazily_queued(*cursor)
         failed = int(nf or 0)
         counts = swarm_counts(
             total, queued, int(running or 0), int(paused or 0), int(fin or 0), failed, status

@@ -148,13 +148,15 @@ class PrometheusObserver:
             while True:
                 self._again.discard(key)
                 wf, sid = split_key(key)
-                status, slots, paused = await self.store.read(
-                    wf, [F.of(sid, F.STATUS), F.of(sid, F.N_RUNNING), F.of(sid, F.N_PAUSED)]
+                names = (F.STATUS, F.N_RUNNING, F.N_PAUSED, F.LAZY, F.QEND, F.SCANNED, F.AHEAD)
+                status, slots, paused, *cursor = await self.store.read(
+                    wf, [F.of(sid, name) for name in names]
                 )
                 if status in F.TERMINAL:
                     self._forget(key)
                     return
                 queued = await self.store.count(wf, F.aux(F.QUEUE, sid))
+                queued += F.lazily_queued(*cursor)
                 if key in self._finished:  # it finished while this refresh read it
                     return
                 self.swarm_running.labels(key).set(max(int(slots or 0) - int(paused or 0), 0))

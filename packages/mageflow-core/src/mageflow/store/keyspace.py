@@ -1,17 +1,16 @@
 """An in-process keyspace with Redis semantics for the commands the engine uses.
 
-Values are hashes (``dict``), lists (``deque``), sets and sorted sets (``dict`` member ->
-score); keys expire like Redis keys (checked on access, swept at most once a second), so
-a long-lived embedded process frees finished workflows. Not thread-safe: one event loop.
+Values are hashes (``dict``), lists (``list``: O(1) index, a range costs its length, as
+the engine's swarm cursor needs), sets and sorted sets (``dict`` member -> score); keys
+expire like Redis keys (checked on access, swept at most once a second), so a long-lived
+embedded process frees finished workflows. Not thread-safe: one event loop.
 """
 
 from __future__ import annotations
 
 import heapq
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
-from itertools import islice
 from typing import Any
 
 
@@ -149,7 +148,7 @@ class Keyspace:
         value = self._live(key)
         kinds: dict[type, str] = {
             dict: "hash",
-            deque: "list",
+            list: "list",
             set: "set",
             ZSet: "zset",
             Stream: "stream",
@@ -195,30 +194,30 @@ class Keyspace:
 
     # -- lists ----------------------------------------------------------------------------
     def rpush(self, key: str, *values: str) -> int:
-        lst = self._typed(key, deque, True)
+        lst = self._typed(key, list, True)
         lst.extend(values)
         return len(lst)
 
     def lpop(self, key: str) -> str | None:
-        lst = self._typed(key, deque, False)
+        lst = self._typed(key, list, False)
         if not lst:
             return None
-        value: str = lst.popleft()
+        value: str = lst.pop(0)
         self._cleanup(key, lst)
         return value
 
     def llen(self, key: str) -> int:
-        return len(self._typed(key, deque, False) or ())
+        return len(self._typed(key, list, False) or ())
 
     def lindex(self, key: str, index: int) -> str | None:
-        lst = self._typed(key, deque, False)
+        lst = self._typed(key, list, False)
         if not lst or not -len(lst) <= index < len(lst):
             return None
         value: str = lst[index]
         return value
 
     def lrange(self, key: str, start: int, stop: int) -> list[str]:
-        lst = self._typed(key, deque, False)
+        lst = self._typed(key, list, False)
         if not lst:
             return []
         n = len(lst)
@@ -226,7 +225,7 @@ class Keyspace:
         stop = min(stop + n if stop < 0 else stop, n - 1)
         if start > stop:
             return []
-        return list(islice(lst, start, stop + 1))
+        return lst[start : stop + 1]  # type: ignore[no-any-return]
 
     # -- sets -----------------------------------------------------------------------------
     def sadd(self, key: str, *members: str) -> int:
