@@ -84,6 +84,14 @@ async def test_redis7_runs_the_engine_as_a_function(redis7_url: str, prefix: str
     await client.aclose()
 
 
+async def test_a_library_another_process_loaded_is_used(redis7_url: str, prefix: str) -> None:
+    await run_on(RedisStore(redis7_url, prefix=prefix))  # loads the library, if not there yet
+    assert SCRIPT.function in await libraries(redis7_url)
+    store = RedisStore(redis7_url, prefix=prefix)
+    await run_on(store)
+    assert store.runs_functions is True
+
+
 async def test_a_lost_library_is_loaded_again(redis7_url: str, prefix: str) -> None:
     mf = app_on(RedisStore(redis7_url, prefix=prefix))
     try:

@@ -224,13 +224,16 @@ class RedisStore(StateStore):
         name = script.function
         assert name is not None
         try:
-            return await self._fcall(name, keys, args)
+            reply = await self._fcall(name, keys, args)
         except ResponseError as exc:
             if not _function_missing(exc):
                 if _functions_unsupported(exc):
                     self._functions = False
                     return _NO_FUNCTIONS
                 raise
+        else:  # the library was there already (another process loaded it)
+            self._functions = True
+            return reply
         try:
             await self.client.execute_command("FUNCTION", "LOAD", "REPLACE", script.library)
         except ResponseError as exc:
