@@ -63,12 +63,12 @@ PUBLISH_CONCURRENCY = 16  # as mageflow_taskiq.backend publishes
 # Commands a client sends to the store, and which the Lua transitions never run: the rest
 # of a store delta ran inside EVALSHA (as in bench/core_roundtrips.py).
 STORE_CLIENT_COMMANDS = {
-    "evalsha", "eval", "hmget", "hsetnx", "subscribe", "unsubscribe", "ping", "multi",
+    "evalsha", "eval", "fcall", "hmget", "hsetnx", "subscribe", "unsubscribe", "ping", "multi",
     "exec", "script|load", "script", "hgetall", "zadd", "zrem", "type",
 }  # fmt: skip
 # A MageFlow client's round trip to the store, never run inside a script (MULTI..EXEC
 # counts once).
-ROUND_TRIP_COMMANDS = {"evalsha", "eval", "multi", "hgetall", "hsetnx", "ping"}
+ROUND_TRIP_COMMANDS = {"evalsha", "eval", "fcall", "multi", "hgetall", "hsetnx", "ping"}
 # Commands the broker's client sends (the stream broker runs one small Lua script, to
 # renew its claims, every idle_timeout / 3: 20 s by default, i.e. not during a run here).
 BROKER_SCRIPT_COMMANDS = {"xpending", "xclaim"}
