@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -129,6 +130,7 @@ def register(mf: Mageflow) -> None:
     @mf.task("contract.double", input_validator=DoubleInput)
     async def double(message: DoubleInput) -> int:
         await get_probe().record(message.ns, "double", message.value)
+        await get_probe().record(message.ns, "double-pid", os.getpid())
         return message.value * 2
 
     @mf.task("contract.total")
