@@ -29,17 +29,16 @@ class Script:
 
     source: str
     sha: str = field(init=False)
+    function: str | None = field(init=False)
+    """The Redis function name of the library form (one per script version, so processes
+    running different versions can share a server), or ``None``. Worked out once: every
+    call asks."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
-
-    @property
-    def function(self) -> str | None:
-        """The Redis function name of the library form (one per script version, so
-        processes running different versions can share a server), or ``None``."""
-        if self.source.rstrip().endswith(ENTRY_CALL):
-            return f"mageflow_{self.sha[:16]}"
-        return None
+        sha = hashlib.sha1(self.source.encode()).hexdigest()
+        object.__setattr__(self, "sha", sha)
+        entry = self.source.rstrip().endswith(ENTRY_CALL)
+        object.__setattr__(self, "function", f"mageflow_{sha[:16]}" if entry else None)
 
     @property
     def library(self) -> str:
