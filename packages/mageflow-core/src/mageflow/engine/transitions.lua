@@ -134,12 +134,22 @@ M.CANCELED = '{"type":"Canceled","message":"canceled by an operator"}'
 -- Fields read in this call, so each is fetched from Redis at most once; every write to a
 -- state field goes through set/del/incr, which keep it current (false = absent).
 
+-- The cache is by node, then field: a cached read builds no key string.
+function M.node_fields(sid)
+  local t = M.fields[sid]
+  if t == nil then
+    t = {}
+    M.fields[sid] = t
+  end
+  return t
+end
+
 function M.get(sid, f)
-  local k = sid .. ':' .. f
-  local v = M.fields[k]
+  local t = M.fields[sid] or M.node_fields(sid)
+  local v = t[f]
   if v == nil then
-    v = redis.call('HGET', M.H, k)
-    M.fields[k] = v
+    v = redis.call('HGET', M.H, sid .. ':' .. f)
+    t[f] = v
   end
   if v == false then return nil end
   return v
@@ -148,7 +158,7 @@ end
 -- Streamed events (H:events, read by wf.events()): one compact entry per state change,
 -- JSON [sid, event, kind, task name, ms, attempt, status]; a call's changes go in one
 -- stream entry (a JSON array of them), appended at the end of the call.
-M.EVENTS_MAX = 10000 -- entries (transitions) kept per workflow (XADD MAXLEN ~)
+M.EVENTS_MAX = '10000' -- entries (transitions) kept per workflow (XADD MAXLEN ~)
 M.STATUS_EVENT = { done = 'done', failed = 'failed', canceled = 'canceled',
   suspended = 'suspended', interrupted = 'interrupted', skipped = 'skipped' }
 
@@ -169,6 +179,13 @@ function M.note(sid, event, attempt, status)
     .. (status or 'active') .. '"]'
 end
 
+-- An observer event of the hot paths as JSON: its parts are identifiers (sids, kinds,
+-- statuses, times), which need no escaping, so it is concatenated (what cjson.encode
+-- would give for them, without building a table per event).
+function M.event_text(a, b, c, e)
+  return '["' .. a .. '","' .. b .. '","' .. c .. '","' .. e .. '"]'
+end
+
 -- The event of sid's status going from old to v (nil: no change worth streaming).
 function M.status_event(old, v)
   if old == v then return nil end
@@ -186,28 +203,45 @@ function M.set(sid, f, v)
     if ev then M.note(sid, ev, 0, v) end
   end
   redis.call('HSET', M.H, k, v)
-  M.fields[k] = v
+  M.node_fields(sid)[f] = v
 end
 
 function M.del(sid, f)
-  local k = sid .. ':' .. f
-  redis.call('HDEL', M.H, k)
-  M.fields[k] = false
+  local t = M.node_fields(sid)
+  if t[f] == false then return end -- read absent in this call: nothing to delete
+  redis.call('HDEL', M.H, sid .. ':' .. f)
+  t[f] = false
 end
 
+-- Increments as text (Redis 7.0 turns a Lua number argument into text with snprintf, a
+-- cost that shows in every call); a counter read back in this call is a number, which
+-- every reader of a counter passes through tonumber.
+M.BY = { [1] = '1', [-1] = '-1' }
 function M.incr(sid, f, by)
-  local n = redis.call('HINCRBY', M.H, sid .. ':' .. f, by)
-  M.fields[sid .. ':' .. f] = string.format('%d', n)
+  local n = redis.call('HINCRBY', M.H, sid .. ':' .. f, M.BY[by] or string.format('%d', by))
+  M.node_fields(sid)[f] = n
   return n
 end
 
 -- The definition of sid, or nil when there is none (definitions never change).
+-- Decoded definitions are shared, never modified: where the engine stays loaded between
+-- calls (a Redis function, the in-process host) the same text is decoded once, and most
+-- texts repeat (every item of a swarm of one task has the same definition). At most
+-- DECODED_MAX texts are kept.
+M.DECODED_MAX = 512
+M.decoded, M.n_decoded = {}, 0
 M.def = function(sid)
   local d = M.defs[sid]
   if d == nil then
-    local raw = redis.call('HGET', M.H, sid)
+    local raw = M.raw_defs[sid] -- read ahead with the node's fields (prefetch), or nil
+    if raw == nil then raw = redis.call('HGET', M.H, sid) end
     if raw == false then return nil end
-    d = cjson.decode(raw)
+    d = M.decoded[raw]
+    if d == nil then
+      d = cjson.decode(raw)
+      if M.n_decoded >= M.DECODED_MAX then M.decoded, M.n_decoded = {}, 0 end
+      M.decoded[raw], M.n_decoded = d, M.n_decoded + 1
+    end
     M.defs[sid] = d
   end
   return d
@@ -227,14 +261,14 @@ end
 -- bounded by the minutes kept x the task names. The buckets are cross-workflow keys in
 -- another Cluster slot than H: the client passes KEYS[2] only where one script may touch
 -- both (a single Redis, the in-process store).
-M.STATS_TTL = 3660
+M.STATS_TTL = '3660'
 M.STATS_BOUNDS = { 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000 }
 
 
 function M.stat(field, by)
   if not M.STATS then return end
   M.stats_bucket = M.stats_bucket or (M.STATS .. ':' .. string.format('%d', math.floor(M.NOW / 60000)))
-  redis.call('HINCRBY', M.stats_bucket, field, by)
+  redis.call('HINCRBY', M.stats_bucket, field, M.BY[by] or string.format('%d', by))
 end
 
 -- Task sid's final outcome: counted with its duration since its first attempt.
@@ -243,7 +277,7 @@ function M.stat_finished(sid, ok)
   local t = 't:' .. M.def(sid).t .. ':'
   M.stat(t .. (ok and 'done' or 'failed'), 1)
   local ms = M.NOW - tonumber(M.get(sid, 'started') or M.NOW_S)
-  M.stat(t .. 'ms', ms)
+  if ms ~= 0 then M.stat(t .. 'ms', ms) end -- an absent sum reads as 0
   local b = 0
   for i, bound in ipairs(M.STATS_BOUNDS) do
     if ms <= bound then b = i break end
@@ -518,15 +552,29 @@ end
 M.CURSOR_BATCH = 100 -- items read past the cursor per LRANGE, at most (2 at first, doubling)
 M.CURSOR_FIELDS = { 'lazy', 'scanned', 'qend', 'qmid', 'qsa', 'qsb' }
 
--- Read state fields fs of node sid in one HMGET (each then read from this call's copy).
-function M.prefetch(sid, fs)
+-- Read state fields fs of node sid in one HMGET (each then read from this call's copy);
+-- with_def: its definition too, unless decoded already.
+function M.prefetch(sid, fs, with_def)
   local ks = {}
-  for i, f in ipairs(fs) do ks[i] = sid .. ':' .. f end
+  local n = #fs
+  for i = 1, n do ks[i] = sid .. ':' .. fs[i] end
+  local def = with_def and M.defs[sid] == nil
+  if def then ks[n + 1] = sid end
   local vs = redis.call('HMGET', M.H, unpack(ks))
-  for i, k in ipairs(ks) do
-    if M.fields[k] == nil then M.fields[k] = vs[i] end
+  local t = M.node_fields(sid)
+  for i = 1, n do
+    if t[fs[i]] == nil then t[fs[i]] = vs[i] end
   end
+  if def then M.raw_defs[sid] = vs[n + 1] end
 end
+
+-- What the hot paths read of a task that ends (finish), of the swarm it belongs to, and
+-- of the next item that swarm starts: each set in one HMGET instead of a HGET per field.
+M.ENDING_FIELDS = { 'status', 'run_id', 'held_from', 'outcome', 'cont', 'sent', 'lease',
+  'paused', 'started', 'waited', 'kwargs', 'idents' }
+M.SWARM_FIELDS = { 'status', 'outcome', 'n_failed', 'sent', 'closed', 'input', 'input_ret',
+  'input_err', 'lazy', 'scanned', 'qend', 'qmid', 'qsa', 'qsb' }
+M.NEXT_FIELDS = { 'queued', 'sent', 'status', 'own', 'rerun', 'kwargs', 'idents' }
 
 -- Swarm s's next item past the cursor that waits (the cursor moves over those queued or
 -- started on their own), or nil: its index (0-based) and sid.
@@ -542,7 +590,7 @@ function M.cursor_item(s)
       M.window[s] = w
     end
     local x = w[2][c - w[1] + 1]
-    if M.fields[x .. ':sent'] == nil then M.prefetch(x, { 'queued', 'sent', 'status' }) end
+    if (M.fields[x] or M.node_fields(x)).sent == nil then M.prefetch(x, M.NEXT_FIELDS, true) end
     if not (M.get(x, 'queued') or M.get(x, 'sent')) then
       it = x
       break
@@ -562,7 +610,7 @@ end
 -- first has no priority.
 function M.dequeue(s)
   local q = M.aux('queue', s)
-  if M.fields[s .. ':lazy'] == nil then M.prefetch(s, M.CURSOR_FIELDS) end
+  if M.node_fields(s).lazy == nil then M.prefetch(s, M.CURSOR_FIELDS) end
   if M.get(s, 'lazy') ~= '1' then return redis.call('ZPOPMIN', q)[1] end
   local c, it = M.cursor_item(s)
   if it then
@@ -813,9 +861,10 @@ end
 
 -- Swarm s reacts to item sid ending: free its slot, count it, fail on the budget, refill.
 function M.swarm_item_done(s, sid, ok, val)
+  if M.node_fields(s).lazy == nil then M.prefetch(s, M.SWARM_FIELDS) end
   if redis.call('SREM', M.aux('running', s), sid) == 1 then M.incr(s, 'n_running', -1) end
   M.incr(s, 'n_ended', 1)
-  M.events[#M.events + 1] = cjson.encode({ 'item', s, sid, ok and 'done' or 'failed' })
+  M.events[#M.events + 1] = M.event_text('item', s, sid, ok and 'done' or 'failed')
   local nf = tonumber(M.get(s, 'n_failed') or '0')
   if not ok then nf = M.incr(s, 'n_failed', 1) end
   if M.TERMINAL[M.get(s, 'status')] or M.get(s, 'outcome') then return end
@@ -847,7 +896,7 @@ M.settle = function(sid, ok, val, inl)
   M.set(sid, 'status', ok and 'done' or 'failed')
   M.set(sid, 'ended', M.NOW_S)
   if sid == M.ROOT then M.stat(ok and 'w:done' or 'w:failed', 1) end
-  M.events[#M.events + 1] = cjson.encode({ ok and 'done' or 'failed', sid, d.k, M.get(sid, 'started') or M.NOW_S })
+  M.events[#M.events + 1] = M.event_text(ok and 'done' or 'failed', sid, d.k, M.get(sid, 'started') or M.NOW_S)
   if M.get(sid, 'waited') then redis.call('PUBLISH', M.H .. ':done', sid) end
   if why == 'canceled' then return end
   if why == 'hold' then
@@ -1204,9 +1253,10 @@ end
 -- Clear state fields fs of node sid, in one HDEL.
 function M.del_fields(sid, fs)
   local ks = {}
+  local t = M.node_fields(sid)
   for i, f in ipairs(fs) do
     ks[i] = sid .. ':' .. f
-    M.fields[ks[i]] = false
+    t[f] = false
   end
   redis.call('HDEL', M.H, unpack(ks))
 end
@@ -1544,8 +1594,10 @@ function M.start_task(sid, rid, name, lease_ms, ran)
   if M.HOLDING[st] then M.set(sid, 'held_from', 'active') else M.set(sid, 'status', 'active') end
   M.set(sid, 'run_id', rid)
   M.unpause(sid)
-  redis.call('SADD', M.INFLIGHT, sid)
-  M.touched[M.INFLIGHT] = true
+  if not ran then -- taken by its finish, which ends it in the same call: never in flight
+    redis.call('SADD', M.INFLIGHT, sid)
+    M.touched[M.INFLIGHT] = true
+  end
   if not M.get(sid, 'started') then M.set(sid, 'started', M.NOW_S) end
   local a = M.incr(sid, 'attempts', 1)
   M.stat('t:' .. d.t .. ':started', 1)
@@ -1561,8 +1613,8 @@ function M.begin(KEYS, ARGV)
   M.OP = ARGV[1]
   M.NOW_S = ARGV[2]
   M.NOW = tonumber(ARGV[2])
-  M.TTL_ACTIVE = tonumber(ARGV[3])
-  M.TTL_DONE = tonumber(ARGV[4])
+  M.TTL_ACTIVE = ARGV[3] -- TTLs stay text: they are only ever EXPIRE arguments
+  M.TTL_DONE = ARGV[4]
   M.RESEND_AFTER = tonumber(ARGV[5])
   M.DELIVERY = ARGV[6]
   M.SENT = M.H .. ':sent'
@@ -1576,7 +1628,8 @@ function M.begin(KEYS, ARGV)
   M.touched = {}  -- auxiliary keys written, whose TTL is refreshed at the end
   M.defs = {}     -- decoded definitions, at most one decode per sid per call
   M.filling = {}  -- swarms whose fill loop is running (re-entry returns at once)
-  M.fields = {}
+  M.fields = {}   -- sid -> { field -> value read or written in this call (false: absent) }
+  M.raw_defs = {} -- sid -> its definition's text, read ahead by prefetch (false: none)
   M.EVENTS = M.H .. ':events'
   M.stream = {}
   M.STATS = KEYS[2]
@@ -1614,6 +1667,7 @@ function M.main(KEYS, ARGV)
     -- taken here, in the same call, and a delivery the start would have refused (a copy,
     -- a canceled workflow) changes nothing.
     local sid, ok, val, inp = ARGV[7], ARGV[8] == '1', ARGV[9], ARGV[10]
+    M.prefetch(sid, M.ENDING_FIELDS, true)
     local d = M.def(sid)
     local taken = { 'run' }
     if ARGV[11] and d and d.k == 'task' then
@@ -1628,7 +1682,7 @@ function M.main(KEYS, ARGV)
     elseif M.TERMINAL[M.get(sid, 'status')] or M.get(sid, 'outcome') or M.get(sid, 'cont') then
       M.result = { 'dup', M.redo(sid) }
     else
-      redis.call('SREM', M.INFLIGHT, sid)
+      if taken[1] ~= 'run' or not ARGV[11] then redis.call('SREM', M.INFLIGHT, sid) end
       M.stat_finished(sid, ok)
       M.del(sid, 'lease')
       M.settle(sid, ok, val, inp)
