@@ -13,9 +13,13 @@ alone, free of worker and broker noise:
 - commands the script runs per item, by command.
 
     python bench/engine_cost.py [--items 5000] [--cap 100] [--repeat 3]
+    python bench/engine_cost.py --callgrind [--items 300]
 
 Compare two trees by running it in each, back to back (the machine is shared: read the
-per-round figures).
+per-round figures). ``--callgrind`` instead runs ``redis-server`` (from PATH) under
+valgrind's callgrind and counts the machine instructions Redis executes while the items
+are finished (a warm-up round first): a count, not a time, so it is the same whatever else
+the machine does, and two trees compare exactly (per engine call, from the same bench).
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import re
+import shutil
+import socket
 import statistics
+import subprocess
+import tempfile
 import time
 from typing import Any
 
@@ -98,6 +108,74 @@ async def one_round(app: Mageflow, client: aioredis.Redis, items: int, cap: int)
     }
 
 
+def _under_callgrind(out: str) -> tuple[subprocess.Popen[bytes], int]:
+    """``redis-server`` from PATH under callgrind, counting nothing until told to."""
+    valgrind, server = shutil.which("valgrind"), shutil.which("redis-server")
+    if valgrind is None or server is None:
+        raise SystemExit("--callgrind needs valgrind and redis-server on PATH")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [valgrind, "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+         server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    return proc, port
+
+
+def _counting(pid: int, on: bool) -> None:
+    state = "on" if on else "off"
+    subprocess.run(["callgrind_control", "-i", state, str(pid)], check=True, capture_output=True)
+
+
+def _total(out: str) -> int:
+    ann = subprocess.run(["callgrind_annotate", out], capture_output=True, text=True).stdout
+    found = re.search(r"([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", ann)
+    if found is None:
+        raise SystemExit(f"no totals in callgrind's output {out}")
+    return int(found.group(1).replace(",", ""))
+
+
+async def instructions(items: int, cap: int) -> None:
+    """Machine instructions per engine call, counted by callgrind in the server."""
+    out = os.path.join(tempfile.mkdtemp(prefix="engine-cost-"), "callgrind.out")
+    proc, port = _under_callgrind(out)
+    url = f"redis://127.0.0.1:{port}"
+    client = aioredis.Redis.from_url(url)
+    for _ in range(300):
+        try:
+            await client.ping()
+            break
+        except (ConnectionError, OSError, aioredis.RedisError):
+            await asyncio.sleep(0.1)
+    store = RedisStore(url)
+    app = Mageflow(backend=LocalBackend(workers=1), store=store)
+
+    @app.task("noop")
+    async def noop(msg: dict[str, Any]) -> int:
+        return 1
+
+    app.engine.delivery = DELIVERY
+    await one_round(app, client, 200, cap)  # loads the engine, warms the caches
+    _, before = await cpu_and_stats(client)
+    await asyncio.to_thread(_counting, proc.pid, True)
+    await one_round(app, client, items, cap)
+    await asyncio.to_thread(_counting, proc.pid, False)
+    _, after = await cpu_and_stats(client)
+    await client.shutdown(nosave=True)
+    await client.aclose()
+    await store.close()
+    await asyncio.to_thread(proc.wait)
+    total = await asyncio.to_thread(_total, out)
+    calls = after["script"][0] - before["script"][0]
+    print(
+        f"{total / items:,.0f} instructions per item, {total / calls:,.0f} per engine call "
+        f"({calls} calls, {items} items, cap {cap}; the server's commands between the calls "
+        "included: XREAD, INFO)"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=5000)
@@ -109,7 +187,13 @@ async def main() -> None:
     parser.add_argument(
         "--aof", action="store_true", help="appendonly yes, fsync every second (production)"
     )
+    parser.add_argument(
+        "--callgrind", action="store_true", help="count instructions under valgrind instead"
+    )
     opts = parser.parse_args()
+    if opts.callgrind:
+        await instructions(opts.items, opts.cap)
+        return
     extra = ["--appendonly", "yes", "--appendfsync", "everysec"] if opts.aof else []
     with redis_server(extra_args=extra) as server:
         store = RedisStore(server.url)
