@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import redis.asyncio as aioredis
 
 from mageflow.errors import TaskFailedError
 from mageflow.testing import contract_tasks
+from mageflow.testing.probe import RedisProbe
 from mageflow.testing.redis_server import redis_server
 
 if TYPE_CHECKING:
@@ -137,3 +139,43 @@ async def test_the_worker_acknowledges_when_the_store_is_elsewhere(
     runs = ITEMS + 2 + 1
     assert acks.by_client.count("XACK") == runs
     assert acks.by_client.count("XDEL") == runs
+
+
+async def test_two_copies_of_one_run_in_one_worker_are_each_acknowledged_once(
+    make_app_workers: MakeAppWorkers, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two entries of one run id (a re-sent message beside its original) read by one
+    worker: the run that finishes acknowledges its own entry inside the finish, the copy
+    that the engine turns away is acknowledged by the worker; the user code runs once."""
+    monkeypatch.setenv("MAGEFLOW_RESEND_AFTER", "600")  # no third copy from the reconciler
+    pool = make_app_workers(extra_env={"MAGEFLOW_LEASE": "0.6", "MAGEFLOW_RESEND_AFTER": "600"})
+    app = pool.client_app()
+    contract_tasks.register(app)
+    rdb = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    probe = RedisProbe(redis_url)
+    try:
+        assert app.engine.delivery
+        await rdb.xgroup_create(pool.queue, "taskiq", id="0", mkstream=True)
+        ns = uuid.uuid4().hex[:12]
+        sig = await app.sign("contract.add", ns=ns, y=1)
+        await sig.aio_run_no_wait({"x": 1})
+        ((entry_id, fields),) = await rdb.xrange(pool.queue)
+        message = json.loads(fields["data"])
+        message["kwargs"]["payload"].pop("fold", None)  # as the reconciler re-sends it
+        await rdb.xdel(pool.queue, entry_id)
+        copy = json.dumps(message)
+        await rdb.xadd(pool.queue, {"data": copy})
+        await rdb.xadd(pool.queue, {"data": copy})
+        async with monitored(redis_url, pool.queue) as acks:
+            pool.start("mageflow", concurrency=4)
+            assert await sig.wait(timeout=30) == 2
+            await _until_nothing_pending(rdb, pool.queue)
+            assert await rdb.xlen(pool.queue) == 0
+            assert (await rdb.xpending(pool.queue, "taskiq"))["pending"] == 0
+        assert len(await probe.events(ns, "add")) == 1
+        assert acks.by_script.count("XACK") == 1, acks
+        assert acks.by_client.count("XACK") == 1, acks
+    finally:
+        await app.aclose()
+        await rdb.aclose()
+        await probe.close()

@@ -196,7 +196,7 @@ def _task_function(definition: TaskDefinition) -> Any:
             is_final_attempt=attempt >= max_attempts,
             headers=dict(headers or {}),
             first_delivery=delivery is not None and delivery.fresh,
-            entry=None if delivery is None else delivery.entry,
+            entry=None if delivery is None or delivery.released else delivery.entry,
         )
         await _wait_until(labels.get(RETRY_AT), ctx)
         try:

@@ -134,14 +134,14 @@ class ReclaimingStreamBroker(RedisStreamBroker):
     @staticmethod
     def delivery_of(context: Context) -> StreamMessage | None:
         """The entry a running task's taskiq ``Context`` was delivered as (``None``: not
-        one of this broker's, or acknowledged already). taskiq 0.13 has no public way
-        from a task to its message's acknowledgement; its ``AckController`` keeps the
-        callable this broker gave it, a :class:`StreamMessage`. Should a taskiq release
-        change that, this answers ``None``: the task then runs as for a redelivery, and
-        the broker acknowledges it as usual."""
+        one of this broker's). taskiq 0.13 has no public way from a task to its
+        message's acknowledgement; its ``AckController`` keeps the callable this broker
+        gave it, a :class:`StreamMessage`. Should a taskiq release change that, this
+        answers ``None``: the task then runs as for a redelivery, and the broker
+        acknowledges it as usual (``tests/taskiq/test_stream_ack.py`` would fail)."""
         controller = getattr(context, "_ack_controller", None)
         ack = getattr(controller, "_ack", None)
-        return ack if isinstance(ack, StreamMessage) and not ack.released else None
+        return ack if isinstance(ack, StreamMessage) else None
 
     @property
     def client(self) -> Redis:
@@ -407,6 +407,8 @@ class StreamMessage:
         """Read from the stream for the first time (``XREADGROUP >``), not claimed from a
         dead worker."""
         self.released = False
+        """taskiq's receiver called it: the entry is acknowledged and no longer held (an
+        ``ack_type`` label may make it do so before the task runs)."""
 
     async def __call__(self) -> None:
         try:
