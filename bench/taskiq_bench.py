@@ -27,9 +27,9 @@ deltas of the broker's server (the broker's share) and of the store's server (Ma
 share); "round trips" counts the commands a client sends (EVALSHA, not the commands the
 Lua transitions run inside Redis). After the timed rounds, one untimed run of 200 raw
 tasks and one swarm of 200 are watched with MONITOR, which tells the commands clients
-sent (the round trips) from those a script ran. Worker CPU is read from /proc. ``--profile`` runs the
-worker under cProfile, ``--py-spy /path/to/py-spy`` samples it with py-spy and prints
-where its time goes; ``--only`` runs one side, to profile it alone.
+sent (the round trips) from those a script ran. Worker CPU is read from /proc.
+``--profile`` runs the worker under cProfile, ``--py-spy /path/to/py-spy`` samples it
+with py-spy and prints where its time goes; ``--only`` runs one side, to profile it alone.
 """
 
 from __future__ import annotations
