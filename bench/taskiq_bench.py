@@ -25,9 +25,11 @@ taskiq tasks and the MageFlow tasks on the same broker. Then, ``--repeat`` times
 Figures are medians over the repeats. Commands per unit come from ``INFO commandstats``
 deltas of the broker's server (the broker's share) and of the store's server (MageFlow's
 share); "round trips" counts the commands a client sends (EVALSHA, not the commands the
-Lua transitions run inside Redis). Worker CPU is read from /proc. ``--profile`` runs the
-worker under cProfile, ``--py-spy /path/to/py-spy`` samples it with py-spy and prints
-where its time goes; ``--only`` runs one side, to profile it alone.
+Lua transitions run inside Redis). After the timed rounds, one untimed run of 200 raw
+tasks and one swarm of 200 are watched with MONITOR, which tells the commands clients
+sent (the round trips) from those a script ran. Worker CPU is read from /proc.
+``--profile`` runs the worker under cProfile, ``--py-spy /path/to/py-spy`` samples it
+with py-spy and prints where its time goes; ``--only`` runs one side, to profile it alone.
 """
 
 from __future__ import annotations
@@ -172,6 +174,9 @@ class Meter:
 class Results:
     values: dict[str, list[float]] = field(default_factory=dict)
     usage: dict[str, Usage] = field(default_factory=dict)
+    sent: dict[str, tuple[dict[str, int], int]] = field(default_factory=dict)
+    """Per workload: the commands clients (not scripts) sent to the broker's server in
+    one untimed run under MONITOR, and that run's units."""
 
     def add(self, name: str, value: float, usage: Usage) -> None:
         self.values.setdefault(name, []).append(value)
@@ -196,6 +201,38 @@ class Bench:
             raise TimeoutError(f"nothing on {key} after {timeout} s; see the worker log")
         value = got[1]
         return value.encode() if isinstance(value, str) else value
+
+    async def sent_by_clients(self, url: str, run: Callable[[], Awaitable[Any]]) -> dict[str, int]:
+        """The commands clients sent to the server at ``url`` while ``run`` ran, by name:
+        MONITOR shows a command a script ran with the client type ``lua``, left out here
+        (``INFO commandstats`` counts both alike). Untimed: MONITOR slows the server."""
+        client = aioredis.Redis.from_url(url, decode_responses=True)
+        seen: dict[str, int] = {}
+        started = asyncio.Event()
+
+        async def watch() -> None:
+            async with client.monitor() as monitor:
+                started.set()
+                while True:
+                    command = await monitor.next_command()
+                    words = str(command.get("command", "")).split()
+                    if words and command.get("client_type") != "lua":
+                        name = words[0].lower()
+                        seen[name] = seen.get(name, 0) + 1
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await asyncio.wait_for(started.wait(), 10)
+            await run()
+            await asyncio.sleep(0.5)  # the last acknowledgements, sent after the signal
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher
+            await client.aclose()
+        for ours in ("info", "monitor"):  # the meter's snapshots, this watch
+            seen.pop(ours, None)
+        return seen
 
     async def raw_throughput(self, n: int) -> tuple[float, Usage]:
         batch = uuid.uuid4().hex
@@ -459,6 +496,14 @@ def report(r: Results, args: Any, servers: dict[str, RedisServer]) -> None:
                     f"{k} {v / units:.2f}" for k, v in sorted(used.items(), key=lambda kv: -kv[1])
                 )
                 print(f"  {key:<16}{server:<7} {parts}")
+    if r.sent:
+        print("commands clients sent to the broker's server per unit (MONITOR, one untimed")
+        print("run; commands a script ran left out, the publisher's own included):")
+    for key, (sent, units) in r.sent.items():
+        parts = ", ".join(
+            f"{k} {v / units:.2f}" for k, v in sorted(sent.items(), key=lambda kv: -kv[1])
+        )
+        print(f"  {key:<16}{parts}")
 
 
 def print_profile(path: Path, top: int = 30) -> None:
@@ -572,6 +617,17 @@ async def run(args: Any, urls: dict[str, str], worker: WorkerProc) -> Results:
             results.add("raw_relay_step", rstep, u)
             line.append(f"relay step {rstep * 1000:.3f} ms")
         print(f"run {i + 1}: {', '.join(line)}", flush=True)
+    watched = 200
+    if raw:
+        results.sent["raw_tps"] = (
+            await bench.sent_by_clients(urls["broker"], lambda: bench.raw_throughput(watched)),
+            watched,
+        )
+    if mageflow:
+        results.sent["swarm_ips"] = (
+            await bench.sent_by_clients(urls["broker"], lambda: bench.swarm(watched)),
+            watched,
+        )
     await app.broker.shutdown()
     await app.mf.aclose()
     for client in (sig, broker_r, store_r):

@@ -188,15 +188,15 @@ def _task_function(definition: TaskDefinition) -> Any:
         # the worker's registration, not the publisher, decides how often to retry.
         labels[_MAX_RETRIES] = max_attempts
         labels[_RETRY_ON_ERROR] = definition.retries > 0
-        broker = context.broker
+        delivery = ReclaimingStreamBroker.delivery_of(context)
         ctx = RunContext(
             task_name=definition.name,
             run_id=message.task_id,
             attempt=attempt,
             is_final_attempt=attempt >= max_attempts,
             headers=dict(headers or {}),
-            first_delivery=isinstance(broker, ReclaimingStreamBroker)
-            and broker.take_fresh(message.task_id),
+            first_delivery=delivery is not None and delivery.fresh,
+            entry=None if delivery is None or delivery.released else delivery.entry,
         )
         await _wait_until(labels.get(RETRY_AT), ctx)
         try:

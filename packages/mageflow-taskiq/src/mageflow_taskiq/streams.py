@@ -17,8 +17,10 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from taskiq import AckableMessage, BrokerMessage
+from taskiq import AckableMessage, BrokerMessage, Context
 from taskiq_redis import RedisStreamBroker
+
+from mageflow.backend.base import StreamEntry
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +60,6 @@ for i = 3, #ARGV do
 end
 """
 
-
-FRESH_MAX = 100_000
-"""At most this many first-read task ids are remembered until their task runs."""
 
 DEAD_CONSUMER_AFTER = 3600.0
 """Seconds a consumer of the group may stay idle, holding nothing, before a worker
@@ -114,7 +113,9 @@ class ReclaimingStreamBroker(RedisStreamBroker):
     Two costs are cut as well: publishing and acknowledging reuse one client instead of
     building a ``Redis`` object per message, and an acknowledged entry is deleted from the
     stream (XACK + XDEL in one round trip), so the stream holds what is queued or
-    running, not every message ever sent.
+    running, not every message ever sent. With the store on this Redis (stream delivery)
+    the core does both inside the transition that ends a run, and the worker skips that
+    round trip (see :class:`StreamMessage`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -129,15 +130,18 @@ class ReclaimingStreamBroker(RedisStreamBroker):
         self._back_at = -math.inf  # when the broker's Redis last answered after failing
         self.dead_consumer_after = DEAD_CONSUMER_AFTER
         """Seconds after which an idle consumer holding nothing is deleted from the group."""
-        self._fresh: set[str] = set()
 
-    def take_fresh(self, task_id: str) -> bool:
-        """Whether the message of ``task_id`` being run was read from the stream for the
-        first time (``XREADGROUP >``), not claimed from a dead worker; asked once."""
-        if task_id in self._fresh:
-            self._fresh.discard(task_id)
-            return True
-        return False
+    @staticmethod
+    def delivery_of(context: Context) -> StreamMessage | None:
+        """The entry a running task's taskiq ``Context`` was delivered as (``None``: not
+        one of this broker's). taskiq 0.13 has no public way from a task to its
+        message's acknowledgement; its ``AckController`` keeps the callable this broker
+        gave it, a :class:`StreamMessage`. Should a taskiq release change that, this
+        answers ``None``: the task then runs as for a redelivery, and the broker
+        acknowledges it as usual (``tests/taskiq/test_stream_ack.py`` would fail)."""
+        controller = getattr(context, "_ack_controller", None)
+        ack = getattr(controller, "_ack", None)
+        return ack if isinstance(ack, StreamMessage) else None
 
     @property
     def client(self) -> Redis:
@@ -306,13 +310,7 @@ class ReclaimingStreamBroker(RedisStreamBroker):
             except Exception as exc:  # whatever the formatter raises on bad bytes
                 reason = f"cannot parse the message: {exc!r}"
             else:
-                if fresh:
-                    if len(self._fresh) >= FRESH_MAX:  # ids of messages never run
-                        self._fresh.clear()
-                    self._fresh.add(parsed.task_id)
-                else:
-                    self._fresh.discard(parsed.task_id)
-                return self._message(stream, msg_id, data)
+                return self._message(stream, msg_id, data, fresh=fresh)
         dead = dead_stream(stream)
         logger.error("dead-lettering %s entry %s to %s: %s", stream, _text(msg_id), dead, reason)
 
@@ -337,23 +335,15 @@ class ReclaimingStreamBroker(RedisStreamBroker):
         await self._riding_out("dead-lettering", dead_letter)
         return None
 
-    def _message(self, stream: str, msg_id: Any, data: bytes) -> AckableMessage:
-        held = (stream, msg_id)
-        self._held.add(held)
+    def _message(self, stream: str, msg_id: Any, data: bytes, *, fresh: bool) -> AckableMessage:
+        self._held.add((stream, msg_id))
+        return AckableMessage(data=data, ack=StreamMessage(self, stream, msg_id, fresh=fresh))
 
-        async def ack() -> None:
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.xack(stream, self.consumer_group_name, msg_id)
-                pipe.xdel(stream, msg_id)
-                await pipe.execute()
-
-        async def ack_and_release() -> None:
-            try:
-                await self._riding_out("acknowledging", ack)
-            finally:
-                self._held.discard(held)
-
-        return AckableMessage(data=data, ack=ack_and_release)
+    async def _ack(self, stream: str, msg_id: Any) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.xack(stream, self.consumer_group_name, msg_id)
+            pipe.xdel(stream, msg_id)
+            await pipe.execute()
 
     async def _prune_consumers(self, conn: Redis) -> None:
         """Delete the group's dead consumers (see :data:`DEAD_CONSUMER_AFTER`)."""
@@ -396,6 +386,39 @@ class ReclaimingStreamBroker(RedisStreamBroker):
                     else:
                         if failing:  # back after an outage this worker's reads may not see
                             failing, self._back_at = False, time.monotonic()
+
+
+class StreamMessage:
+    """The acknowledgement taskiq's receiver calls once the task of stream entry
+    ``msg_id`` ended: XACK + XDEL in one round trip (retried through outages), unless the
+    core did both inside the transition that ended the run (``entry.acknowledged``);
+    either way the worker stops renewing its claim. The running task reaches it through
+    :meth:`ReclaimingStreamBroker.delivery_of`."""
+
+    __slots__ = ("_broker", "_held", "entry", "fresh", "released")
+
+    def __init__(
+        self, broker: ReclaimingStreamBroker, stream: str, msg_id: Any, *, fresh: bool
+    ) -> None:
+        self._broker = broker
+        self._held = (stream, msg_id)
+        self.entry = StreamEntry(stream, broker.consumer_group_name, _text(msg_id))
+        self.fresh = fresh
+        """Read from the stream for the first time (``XREADGROUP >``), not claimed from a
+        dead worker."""
+        self.released = False
+        """taskiq's receiver called it: the entry is acknowledged and no longer held (an
+        ``ack_type`` label may make it do so before the task runs)."""
+
+    async def __call__(self) -> None:
+        try:
+            if not self.entry.acknowledged:
+                await self._broker._riding_out(
+                    "acknowledging", functools.partial(self._broker._ack, *self._held)
+                )
+        finally:
+            self.released = True
+            self._broker._held.discard(self._held)
 
 
 def build_stream_broker(url: str, *, queue_name: str, idle_timeout: float) -> Any:

@@ -26,6 +26,19 @@ HEADER_KEY = "mageflow-key"
 """Header carrying the signature key of the published task."""
 
 
+@dataclass
+class StreamEntry:
+    """The delivery being run is entry ``entry_id`` of Redis stream ``stream``, read by
+    consumer group ``group`` (see :attr:`RunContext.entry`)."""
+
+    stream: str
+    group: str
+    entry_id: str
+    acknowledged: bool = False
+    """Set by the core once the transition that ended the run acknowledged (XACK) and
+    deleted (XDEL) the entry: the adapter must then not acknowledge it again."""
+
+
 @dataclass(frozen=True)
 class RunContext:
     """What the running task knows about its delivery, filled in by the adapter."""
@@ -43,6 +56,14 @@ class RunContext:
     for sure: with a message the engine appended itself (:class:`StreamDelivery`) the core
     then runs the user code at once and records the start with the finish, one store
     round trip instead of two."""
+    entry: StreamEntry | None = None
+    """The stream entry this delivery is, where the task manager delivers entries of Redis
+    streams read by a consumer group (``None``: it does not, or cannot tell which entry).
+    With stream delivery on (:class:`StreamDelivery`, so the stream is on the store's
+    server) the core acknowledges and deletes the entry inside the transition that ends
+    the run for good (its success or final failure, not a retried attempt), one round
+    trip less, and sets :attr:`StreamEntry.acknowledged`; the adapter then skips its own
+    acknowledgement."""
 
 
 TaskHandler = Callable[[JSON, RunContext], Awaitable[JSON]]

@@ -148,15 +148,21 @@ class Engine:
         original_input: str = "{}",
         *,
         first_run: str | None = None,
+        ack: tuple[str, str, str] | None = None,
     ) -> Transition:
         """Record success (``value`` = result JSON) or final failure (``value`` = error JSON
         ``{"type","message"}``, ``original_input`` = the message the task received).
         ``first_run``: the run id of a first delivery whose user code ran without a
         :meth:`start`; its start is taken in the same call, and a delivery the start
-        would have refused (a copy, a canceled workflow) is a ``duplicate``."""
+        would have refused (a copy, a canceled workflow) is a ``duplicate``.
+        ``ack``: ``(stream, group, entry id)`` of the delivery, a stream entry on the
+        store's Redis server: the same call acknowledges and deletes it, whatever it
+        replies (a Redis store only: the in-process one has no streams to read)."""
         wf, sid = split_key(key)
         args = [sid, "1" if ok else "0", value, original_input]
-        if first_run is not None:
+        if ack is not None:
+            args += [first_run or "", *ack]
+        elif first_run is not None:
             args.append(first_run)
         reply = await self._call(wf, "finish", *args)
         if reply[0] == "missing":

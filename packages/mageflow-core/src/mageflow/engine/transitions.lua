@@ -4,7 +4,8 @@
 --
 -- CALL   KEYS[1] the workflow hash H = "<prefix>:{<wf>}" (the live index for op "claim")
 --        ARGV[1] op, ARGV[2] now (ms), ARGV[3] TTL while active (s), ARGV[4] TTL once the
---        root finished (s), ARGV[5] resend delay (ms), ARGV[6..] the op's arguments.
+--        root finished (s), ARGV[5] resend delay (ms), ARGV[6] the stream delivery ('' when
+--        off, see STREAM DELIVERY), ARGV[7..] the op's arguments.
 -- REPLY  a flat array of strings; mageflow/engine/replies.py decodes it.
 --
 -- KEYS (all share H's hash tag, so one call touches one Cluster slot)
@@ -1643,6 +1644,7 @@ function M.begin(KEYS, ARGV)
   M.collect_more = nil  -- '1': this call left a swarm's result part-assembled
   M.result = nil
   M.final_ttl = nil
+  M.ack = nil -- { stream, group, entry id } acknowledged once the call wrote everything
 end
 
 -- One call: op ARGV[1] on the workflow hash KEYS[1] (see CALL at the top).
@@ -1662,16 +1664,22 @@ function M.main(KEYS, ARGV)
     M.result = M.start_task(ARGV[7], ARGV[8], ARGV[9], ARGV[10] and tonumber(ARGV[10]), false)
   elseif M.OP == 'finish' then
     -- Task sid ended: ok ('1') with result val, or for good with error val on input inp.
-    -- ARGV[11]: the run id of a first delivery whose user code ran without a start
-    -- transition (the worker trusted its message: see FIRST DELIVERIES); the start is
-    -- taken here, in the same call, and a delivery the start would have refused (a copy,
-    -- a canceled workflow) changes nothing.
+    -- ARGV[11] (optional, '' for none): the run id of a first delivery whose user code
+    -- ran without a start transition (the worker trusted its message: see FIRST
+    -- DELIVERIES); the start is taken here, in the same call, and a delivery the start
+    -- would have refused (a copy, a canceled workflow) changes nothing.
+    -- ARGV[12..14] (optional): stream, consumer group and entry id of the delivery, an
+    -- entry of a stream on this server: acknowledged and deleted at the end of the call,
+    -- whatever it replies (the worker then sends no XACK/XDEL of its own).
     local sid, ok, val, inp = ARGV[7], ARGV[8] == '1', ARGV[9], ARGV[10]
+    local first = ARGV[11]
+    if first == '' then first = nil end
+    if ARGV[12] then M.ack = { ARGV[12], ARGV[13], ARGV[14] } end
     M.prefetch(sid, M.ENDING_FIELDS, true)
     local d = M.def(sid)
     local taken = { 'run' }
-    if ARGV[11] and d and d.k == 'task' then
-      taken = M.start_task(sid, ARGV[11], nil, nil, true)
+    if first and d and d.k == 'task' then
+      taken = M.start_task(sid, first, nil, nil, true)
     end
     if d == nil or d.k ~= 'task' then
       M.result = { 'missing' }
@@ -1682,7 +1690,7 @@ function M.main(KEYS, ARGV)
     elseif M.TERMINAL[M.get(sid, 'status')] or M.get(sid, 'outcome') or M.get(sid, 'cont') then
       M.result = { 'dup', M.redo(sid) }
     else
-      if taken[1] ~= 'run' or not ARGV[11] then redis.call('SREM', M.INFLIGHT, sid) end
+      if taken[1] ~= 'run' or not first then redis.call('SREM', M.INFLIGHT, sid) end
       M.stat_finished(sid, ok)
       M.del(sid, 'lease')
       M.settle(sid, ok, val, inp)
@@ -2023,6 +2031,11 @@ function M.main(KEYS, ARGV)
     redis.call('EXPIRE', k, M.final_ttl)
   end
   if M.stats_bucket then redis.call('EXPIRE', M.stats_bucket, M.STATS_TTL) end
+  if M.ack then
+    -- pcall: a group or stream gone since the read holds nothing pending to acknowledge
+    redis.pcall('XACK', M.ack[1], M.ack[2], M.ack[3])
+    redis.pcall('XDEL', M.ack[1], M.ack[3])
+  end
   return M.result
 end
 

@@ -268,12 +268,14 @@ async def _run_started(
             return None
         transition = await continuation.start(task.name, data)
     else:
+        ack = _entry_ack(mf, ctx)
         transition = await until_recorded(
             "finish",
             task.name,
             key,
-            lambda: mf.engine.finish(key, True, result_json, first_run=first_run),
+            lambda: mf.engine.finish(key, True, result_json, first_run=first_run, ack=ack),
         )
+        _acknowledged(ctx, ack)
         if first_run is not None and transition.duplicate:
             _log_discarded(key, task.name, first_run)
     faults.check(faults.AFTER_FINISH, task.name)
@@ -433,6 +435,21 @@ async def _take_start(mf: Runtime, task_name: str, key: str, ctx: RunContext) ->
     return False
 
 
+def _entry_ack(mf: Runtime, ctx: RunContext) -> tuple[str, str, str] | None:
+    """The delivery's stream entry for the finish to acknowledge in the same call: only
+    with stream delivery on, where the broker's streams are on the store's server."""
+    entry = ctx.entry
+    if entry is None or entry.acknowledged or not mf.engine.delivery:
+        return None
+    return entry.stream, entry.group, entry.entry_id
+
+
+def _acknowledged(ctx: RunContext, ack: tuple[str, str, str] | None) -> None:
+    """Tell the adapter that the finish acknowledged the delivery (it must not again)."""
+    if ack is not None and ctx.entry is not None:
+        ctx.entry.acknowledged = True
+
+
 def _log_discarded(key: str, task_name: str, run_id: str) -> None:
     log.warning(
         "%s (%s): run %s ran before its start was recorded, and the task was no longer "
@@ -455,12 +472,14 @@ async def _fail(
     log.error("%s (%s) failed for good at attempt %d: %r", key, task_name, ctx.attempt, exc)
     original = _input_json(data)
     error = error_json(exc)
+    ack = _entry_ack(mf, ctx)
     transition = await until_recorded(
         "finish",
         task_name,
         key,
-        lambda: mf.engine.finish(key, False, error, original, first_run=first_run),
+        lambda: mf.engine.finish(key, False, error, original, first_run=first_run, ack=ack),
     )
+    _acknowledged(ctx, ack)
     faults.check(faults.AFTER_FINISH, task_name)
     await _publish_after_finish(mf, key, transition.publishes)
     observe.emit(
