@@ -245,9 +245,9 @@ async def slowlog(client: aioredis.Redis) -> list[tuple[float, str]]:
         cmd = e.get("command", b"")
         text = cmd.decode(errors="replace") if isinstance(cmd, bytes) else str(cmd)
         words = text.split()
-        if words[0].upper() == "EVALSHA" and len(words) > 3 and words[2].isdigit():
-            op = 3 + int(words[2])  # EVALSHA sha numkeys keys... op args...
-            text = f"EVALSHA (engine op {' '.join(words[op : op + 1])!r})"
+        if words[0].upper() in ("EVALSHA", "FCALL") and len(words) > 3 and words[2].isdigit():
+            op = 3 + int(words[2])  # EVALSHA sha / FCALL name, numkeys, keys..., op, args...
+            text = f"{words[0].upper()} (engine op {' '.join(words[op : op + 1])!r})"
         out.append((e["duration"] / 1000, text[:60]))
     return sorted(out, reverse=True)
 

@@ -33,6 +33,8 @@
 --                          ["settle",sid,input] sid finished while itself held;
 --                          ["after",sid,input] sid finished under a held ancestor: its
 --                          callbacks and its parent's advancement wait
+--   H:holders              set: the nodes that ever had an H:held list (the root's final
+--                          expiry reaches their held lists through it, not by walking)
 --   H:sent                 zset: task sids dispatched and not started yet; score = when the
 --                          reconciler may re-send (ms)
 --   H:inflight             set: task sids started and not finished (a workflow with none, and
@@ -100,6 +102,9 @@
 --   pscan      swarm: entries of H:prio already put on the zset      queue_unqueued
 --   collected  swarm: items whose result is assembled so far (a big swarm's completion)
 --   closed     swarm: '1' when it takes no more items          client, close
+--   flat       swarm: '1' while every item is a plain task without callbacks (no keys
+--              of its own but a held list): the root's final expiry does not walk its
+--              items. Absent: they are walked (older swarms too)   client, add
 --   n_running / n_ended / n_failed  swarm item counters        fill, swarm_item_done
 --   result / error   the node's result JSON / {"type","message"} JSON        settle
 --   outcome    done|failed recorded while the node itself is held            settle
@@ -466,7 +471,10 @@ end
 
 -- Remember entry until node `at` resumes.
 function M.hold(at, entry)
-  redis.call('RPUSH', M.aux('held', at), cjson.encode(entry))
+  if redis.call('RPUSH', M.aux('held', at), cjson.encode(entry)) == 1 then
+    redis.call('SADD', M.H .. ':holders', at)
+    M.touched[M.H .. ':holders'] = true
+  end
 end
 
 -- Publish task sid now, recorded so the reconciler can re-send it until it starts (a task
@@ -1511,22 +1519,31 @@ function M.callbacks_busy()
   return false
 end
 
+-- Does definition JSON raw make a plain task without callbacks? Such a node has no keys
+-- of its own but a held list (H:holders reaches it). Read without decoding; a name that
+-- looks like a callback key only makes it answer no (the node is then walked).
+function M.plain_task(raw)
+  return string.sub(raw, 1, 11) == '{"k":"task"' and not string.find(raw, '"ok"', 1, true)
+    and not string.find(raw, '"err"', 1, true)
+end
+
 -- The root's finishing call gives every key of the workflow the finished TTL, not only
 -- those it touched: a nested swarm's lists, the steps of a chain never started, held lists.
--- O(nodes), once per workflow (the swarm's own completion already reads every item).
-
+-- It walks the tree but for the items of a `flat` swarm, which own no keys but held lists,
+-- and those are reached through H:holders: O(nodes walked + holders), once per workflow.
+-- A walked node's held list is expired too (one written by an older version, which did
+-- not record H:holders).
 function M.expire_everything(ttl)
-  for _, k in ipairs({ M.SENT, M.INFLIGHT, M.DELAYED, M.CONTS }) do redis.call('EXPIRE', k, ttl) end
+  local holders = M.H .. ':holders'
+  for _, k in ipairs({ M.SENT, M.INFLIGHT, M.DELAYED, M.CONTS, holders }) do redis.call('EXPIRE', k, ttl) end
+  for _, x in ipairs(redis.call('SMEMBERS', holders)) do redis.call('EXPIRE', M.H .. ':held:' .. x, ttl) end
   local stack = redis.call('SMEMBERS', M.CONTS)
   stack[#stack + 1] = M.ROOT
   while #stack > 0 do
     local sid = table.remove(stack)
     redis.call('EXPIRE', M.H .. ':held:' .. sid, ttl)
     local raw = M.defs[sid] == nil and redis.call('HGET', M.H, sid)
-    -- a plain task without callbacks has no other keys: not decoded (most swarm items)
-    local leaf = raw and string.sub(raw, 1, 11) == '{"k":"task"' and not string.find(raw, '"ok"', 1, true)
-      and not string.find(raw, '"err"', 1, true)
-    local d = not leaf and M.def(sid)
+    local d = not (raw and M.plain_task(raw)) and M.def(sid) -- a plain task is not decoded
     if d then
       local kids = {}
       if d.k == 'chain' then
@@ -1536,7 +1553,7 @@ function M.expire_everything(ttl)
         for _, kind in ipairs({ 'items', 'queue', 'running', 'prio', 'result' }) do
           redis.call('EXPIRE', M.H .. ':' .. kind .. ':' .. sid, ttl)
         end
-        kids = redis.call('LRANGE', M.H .. ':items:' .. sid, 0, -1)
+        if M.get(sid, 'flat') ~= '1' then kids = redis.call('LRANGE', M.H .. ':items:' .. sid, 0, -1) end
       elseif d.k == 'graph' then
         for _, kind in ipairs({ 'nodes', 'sources', 'sinks', 'queue', 'running' }) do
           redis.call('EXPIRE', M.H .. ':' .. kind .. ':' .. sid, ttl)
@@ -1824,6 +1841,17 @@ function M.main(KEYS, ARGV)
       end
       for i = 9, k_at - 1, BATCH do
         redis.call('RPUSH', M.aux('items', s), unpack(ARGV, i, math.min(i + BATCH - 1, k_at - 1)))
+      end
+      if M.get(s, 'flat') then
+        -- a definition (a field without ':') that is not a plain task: s is flat no more
+        local plain = true
+        for j = k_at + 1, n_at - 1, 2 do
+          if ARGV[j] == '' and not M.plain_task(ARGV[j + 1]) then plain = false end
+        end
+        for j = n_at + 1, last, 2 do
+          if not string.find(ARGV[j], ':', 1, true) and not M.plain_task(ARGV[j + 1]) then plain = false end
+        end
+        if not plain then M.del(s, 'flat') end
       end
       M.result = { 'ok' }
     end

@@ -118,6 +118,22 @@ def has_priority(dumped: str) -> bool:
     return '"pr":' in dumped and (json.loads(dumped).get("pr") or 0) > 0
 
 
+def plain_tasks(fields: Mapping[str, str], sids: Iterable[str]) -> bool:
+    """Are the nodes ``sids`` all tasks without callbacks (definitions in ``fields``)? A
+    swarm of such items is marked ``flat``: they own no keys its root's final expiry must
+    walk to (see H:holders in the script)."""
+    known: dict[str, bool] = {}
+    for sid in sids:
+        dumped = fields[sid]
+        plain = known.get(dumped)
+        if plain is None:
+            d = json.loads(dumped)
+            plain = known[dumped] = d["k"] == "task" and not d.get("ok") and not d.get("err")
+        if not plain:
+            return False
+    return True
+
+
 def prioritized(fields: Mapping[str, str], sids: Iterable[str]) -> list[str]:
     """The sids among ``sids`` whose definition in ``fields`` has a priority above 0, in
     order: a swarm puts them on its queue when it queues all its items (the others wait
@@ -372,6 +388,8 @@ class WorkflowBuilder:
         self.node(ROOT, self.with_options(d, options), kwargs=context)
         if closed:
             self.fields[F.of(ROOT, F.CLOSED)] = "1"
+        if plain_tasks(self.fields, items):
+            self.fields[F.of(ROOT, F.FLAT)] = "1"
         self.lists[F.aux(F.ITEMS, ROOT)] = items
 
     async def _move(
