@@ -1664,6 +1664,14 @@ function M.begin(KEYS, ARGV)
   M.ack = nil -- { stream, group, entry id } acknowledged once the call wrote everything
 end
 
+-- What an operator command (suspend, resume, cancel) replies for node sid of status st
+-- that it cannot act on: a node that does not exist, or one that finished; else nil.
+function M.refusal(sid, st)
+  if M.def(sid) == nil then return { 'err', 'missing' } end
+  if M.TERMINAL[st] then return { 'err', 'finished', st } end
+  return nil
+end
+
 -- One call: op ARGV[1] on the workflow hash KEYS[1] (see CALL at the top).
 function M.main(KEYS, ARGV)
   M.begin(KEYS, ARGV)
@@ -1874,11 +1882,8 @@ function M.main(KEYS, ARGV)
     -- Hold sid (mode suspended|interrupted); interrupt + cancel: running tasks go back.
     local sid, mode, cancel = ARGV[7], ARGV[8], ARGV[9] == '1'
     local st = M.get(sid, 'status')
-    if M.def(sid) == nil then
-      M.result = { 'err', 'missing' }
-    elseif M.TERMINAL[st] then
-      M.result = { 'err', 'finished', st }
-    else
+    M.result = M.refusal(sid, st)
+    if not M.result then
       if not M.HOLDING[st] then M.set(sid, 'held_from', st or 'pending') end
       if st ~= 'interrupted' then M.set(sid, 'status', mode) end
       local rids = {}
@@ -1890,10 +1895,8 @@ function M.main(KEYS, ARGV)
     local sid = ARGV[7]
     local st = M.get(sid, 'status')
     local d = M.def(sid)
-    if d == nil then
-      M.result = { 'err', 'missing' }
-    elseif M.TERMINAL[st] then
-      M.result = { 'err', 'finished', st }
+    M.result = M.refusal(sid, st)
+    if M.result then -- refused: nothing changes
     elseif not M.HOLDING[st] then
       for _, x in ipairs(redis.call('ZRANGE', M.SENT, 0, 999)) do M.resend(x) end
       M.result = M.transition_reply()
@@ -1941,10 +1944,8 @@ function M.main(KEYS, ARGV)
     local sid = ARGV[7]
     local st = M.get(sid, 'status')
     local d = M.def(sid)
-    if d == nil then
-      M.result = { 'err', 'missing' }
-    elseif M.TERMINAL[st] then
-      M.result = { 'err', 'finished', st }
+    M.result = M.refusal(sid, st)
+    if M.result then -- refused: nothing changes
     elseif M.up(d) then
       -- A node inside a workflow: it and what is under it stop; for its parent it failed
       -- with a Canceled error (a chain stops, a swarm counts it against its budget). Its
