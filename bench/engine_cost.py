@@ -138,7 +138,8 @@ def _total(out: str) -> int:
 
 
 async def instructions(items: int, cap: int) -> None:
-    """Machine instructions per engine call, counted by callgrind in the server."""
+    """Machine instructions per engine call, counted by callgrind in the server (its
+    timer work included: a slower run counts a little more of it)."""
     out = os.path.join(tempfile.mkdtemp(prefix="engine-cost-"), "callgrind.out")
     proc, port = _under_callgrind(out)
     url = f"redis://127.0.0.1:{port}"
