@@ -60,7 +60,8 @@ class Acks:
 @contextlib.asynccontextmanager
 async def monitored(redis_url: str, stream: str) -> AsyncIterator[Acks]:
     acks = Acks(stream)
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    # no read timeout (redis-py's default is 5 s): MONITOR is silent while workers boot
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=None)
     started = asyncio.Event()
     # MONITOR's output lags behind the commands on a loaded machine: at the end an ECHO of
     # this token is sent, and everything before it is read before the block ends
@@ -83,7 +84,7 @@ async def monitored(redis_url: str, stream: str) -> AsyncIterator[Acks]:
         await asyncio.wait_for(asyncio.shield(task), 60)
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
+        with contextlib.suppress(asyncio.CancelledError):
             await task
         await client.aclose()
 
