@@ -43,3 +43,11 @@ async def drain(mf: Mageflow) -> list[Sent]:
         delivered.extend(sent)
         await deliver_all(mf, sent)
     return delivered
+
+
+async def commands_run(client: Any) -> dict[str, int]:
+    """Commands a Redis ran since its last ``CONFIG RESETSTAT``, by name (those of scripts
+    included), without the ones a test reads the figures with."""
+    stats = await client.info("commandstats")
+    skip = {"cmdstat_info", "cmdstat_config|resetstat", "cmdstat_config"}
+    return {k: int(v["calls"]) for k, v in stats.items() if k not in skip}

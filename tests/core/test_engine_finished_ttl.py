@@ -19,7 +19,7 @@ from mageflow.engine import split_key
 from mageflow.models.status import SignatureStatus
 from mageflow.store import MemoryStore, RedisStore
 from mageflow.testing.manual import ManualBackend
-from tests.core.stores import deliver_all, drain, manual, store_for
+from tests.core.stores import commands_run, deliver_all, drain, manual, store_for
 from tests.core.ttl import keys_of, ttl_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -204,14 +204,6 @@ async def redis_app(redis_url: str) -> AsyncIterator[tuple[Mageflow, aioredis.Re
     await mf.aclose()
 
 
-async def _commands(client: aioredis.Redis) -> dict[str, int]:
-    """Commands Redis ran since the last reset, by name (those of scripts included),
-    without the ones this test reads the figures with."""
-    stats = await client.info("commandstats")
-    skip = {"cmdstat_info", "cmdstat_config|resetstat", "cmdstat_config"}
-    return {k: int(v["calls"]) for k, v in stats.items() if k not in skip}
-
-
 async def test_the_final_call_of_a_flat_swarm_costs_the_same_commands_at_any_size(
     redis_app: tuple[Mageflow, aioredis.Redis],
 ) -> None:
@@ -241,7 +233,7 @@ async def test_the_final_call_of_a_flat_swarm_costs_the_same_commands_at_any_siz
             await client.config_resetstat()
             reply = await mf.engine._call(wf, "collect")
             calls += 1
-        final = await _commands(client)
+        final = await commands_run(client)
         assert calls == n // CHUNK - 1
         assert await sw.get_status() is SignatureStatus.DONE
         figures.append(final)

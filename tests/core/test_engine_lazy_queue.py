@@ -23,7 +23,7 @@ from mageflow.flows import reconcile
 from mageflow.models.status import SignatureStatus
 from mageflow.store import RedisStore
 from mageflow.testing.manual import ManualBackend
-from tests.core.stores import deliver_all, drain, manual
+from tests.core.stores import commands_run, deliver_all, drain, manual
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -217,14 +217,6 @@ async def redis_app(redis_url: str) -> AsyncIterator[tuple[Mageflow, aioredis.Re
     await mf.aclose()
 
 
-async def _commands(client: aioredis.Redis) -> dict[str, int]:
-    """Commands Redis ran since the last reset, by name (those of scripts included),
-    without the ones this test reads the figures with."""
-    stats = await client.info("commandstats")
-    skip = {"cmdstat_info", "cmdstat_config|resetstat", "cmdstat_config"}
-    return {k: int(v["calls"]) for k, v in stats.items() if k not in skip}
-
-
 @pytest.mark.parametrize("op", ["run", "close"])
 async def test_a_swarm_run_or_close_costs_the_same_commands_at_any_size(
     redis_app: tuple[Mageflow, aioredis.Redis], op: str
@@ -246,6 +238,6 @@ async def test_a_swarm_run_or_close_costs_the_same_commands_at_any_size(
             await sw.aio_run_no_wait({})
         else:
             await sw.close_swarm()
-        figures.append(await _commands(client))
+        figures.append(await commands_run(client))
         manual(mf).take()
     assert figures[0] == figures[1], "no command count grows with the swarm's size"
