@@ -268,14 +268,9 @@ async def _run_started(
             return None
         transition = await continuation.start(task.name, data)
     else:
-        ack = _entry_ack(mf, ctx)
-        transition = await until_recorded(
-            "finish",
-            task.name,
-            key,
-            lambda: mf.engine.finish(key, True, result_json, first_run=first_run, ack=ack),
+        transition = await _record_finish(
+            mf, task.name, key, ctx, True, result_json, "{}", first_run
         )
-        _acknowledged(ctx, ack)
         if first_run is not None and transition.duplicate:
             _log_discarded(key, task.name, first_run)
     faults.check(faults.AFTER_FINISH, task.name)
@@ -435,19 +430,32 @@ async def _take_start(mf: Runtime, task_name: str, key: str, ctx: RunContext) ->
     return False
 
 
-def _entry_ack(mf: Runtime, ctx: RunContext) -> tuple[str, str, str] | None:
-    """The delivery's stream entry for the finish to acknowledge in the same call: only
-    with stream delivery on, where the broker's streams are on the store's server."""
+async def _record_finish(
+    mf: Runtime,
+    task_name: str,
+    key: str,
+    ctx: RunContext,
+    ok: bool,
+    value: str,
+    original: str,
+    first_run: str | None,
+) -> Transition:
+    """The finish transition, waited out through store outages. With stream delivery on
+    (the broker's streams on the store's server) it also acknowledges the delivery's
+    stream entry, and the adapter is told it must not again."""
     entry = ctx.entry
     if entry is None or entry.acknowledged or not mf.engine.delivery:
-        return None
-    return entry.stream, entry.group, entry.entry_id
-
-
-def _acknowledged(ctx: RunContext, ack: tuple[str, str, str] | None) -> None:
-    """Tell the adapter that the finish acknowledged the delivery (it must not again)."""
-    if ack is not None and ctx.entry is not None:
-        ctx.entry.acknowledged = True
+        entry = None
+    ack = None if entry is None else (entry.stream, entry.group, entry.entry_id)
+    transition = await until_recorded(
+        "finish",
+        task_name,
+        key,
+        lambda: mf.engine.finish(key, ok, value, original, first_run=first_run, ack=ack),
+    )
+    if entry is not None:
+        entry.acknowledged = True
+    return transition
 
 
 def _log_discarded(key: str, task_name: str, run_id: str) -> None:
@@ -472,14 +480,7 @@ async def _fail(
     log.error("%s (%s) failed for good at attempt %d: %r", key, task_name, ctx.attempt, exc)
     original = _input_json(data)
     error = error_json(exc)
-    ack = _entry_ack(mf, ctx)
-    transition = await until_recorded(
-        "finish",
-        task_name,
-        key,
-        lambda: mf.engine.finish(key, False, error, original, first_run=first_run, ack=ack),
-    )
-    _acknowledged(ctx, ack)
+    transition = await _record_finish(mf, task_name, key, ctx, False, error, original, first_run)
     faults.check(faults.AFTER_FINISH, task_name)
     await _publish_after_finish(mf, key, transition.publishes)
     observe.emit(
