@@ -599,7 +599,7 @@ function M.cursor_item(s)
       M.window[s] = w
     end
     local x = w[2][c - w[1] + 1]
-    if (M.fields[x] or M.node_fields(x)).sent == nil then M.prefetch(x, M.NEXT_FIELDS, true) end
+    if M.node_fields(x).sent == nil then M.prefetch(x, M.NEXT_FIELDS, true) end
     if not (M.get(x, 'queued') or M.get(x, 'sent')) then
       it = x
       break
