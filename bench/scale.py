@@ -1,14 +1,15 @@
 """Scale benchmark: one large swarm of no-op tasks against a 1,000-item one (not a test).
 
     python bench/scale.py [--items 1000000] [--small 1000] [--configs local,taskiq]
-                          [--workers 2] [--cap 1000] [--finished-ttl 20]
+                          [--workers 2] [--cap 1000] [--finished-ttl 20] [--shared]
 
 For each configuration, in one invocation, on throwaway Redis servers:
 
 - (local)  the local backend and a RedisStore, in this process;
 - (taskiq) ``--workers`` ``mageflow worker`` processes (bench/taskiq_bench_app.py), the
-  broker (a taskiq-redis stream) and the store on separate Redis servers, a third server
-  only for the workers to announce themselves.
+  broker (a taskiq-redis stream) and the store on separate Redis servers (with ``--shared``
+  on one, the fused path: the store's figures then include the broker's work), a third
+  server only for the workers to announce themselves.
 
 it builds a swarm with ``swarm_of`` (empty kwargs per item, ``max_concurrency=--cap``,
 100 by default: below ``--small``, so the small run refills slots as the big one does, and
@@ -478,14 +479,20 @@ async def with_workers(args: argparse.Namespace, urls: dict[str, str], pids: lis
     import taskiq_bench_app as app  # configured from the environment taskiq() set
 
     store = aioredis.Redis.from_url(urls["store"], socket_timeout=None)
-    broker = aioredis.Redis.from_url(urls["broker"])
+    broker = None if args.shared else aioredis.Redis.from_url(urls["broker"])
+    layout = "broker and store on one server" if args.shared else "separate servers"
     cfg = Config(
-        f"taskiq, {args.workers} worker processes", app.mf, store, [os.getpid(), *pids], broker
+        f"taskiq, {args.workers} worker processes, {layout}",
+        app.mf,
+        store,
+        [os.getpid(), *pids],
+        broker,
     )
     await measure(cfg, args)
     await app.mf.aclose()
-    for client in (store, broker):
-        await client.aclose()
+    await store.aclose()
+    if broker is not None:
+        await broker.aclose()
 
 
 async def announced(url: str, n: int) -> list[int]:
@@ -502,11 +509,19 @@ async def announced(url: str, n: int) -> list[int]:
 
 def taskiq(args: argparse.Namespace) -> None:
     with contextlib.ExitStack() as stack:
-        servers = {n: stack.enter_context(redis_server()) for n in ("broker", "store", "signal")}
+        names = ("store", "signal") if args.shared else ("broker", "store", "signal")
+        servers = {n: stack.enter_context(redis_server()) for n in names}
         urls = {n: s.url for n, s in servers.items()}
+        if args.shared:
+            urls["broker"] = urls["store"]
+        where = (
+            "broker and store on one server (the fused path), signal on another"
+            if args.shared
+            else "broker, store, signal on separate Redis servers"
+        )
         print(
             f"(b) taskiq, {args.workers} `mageflow worker` processes (--concurrency "
-            f"{args.concurrency}); broker, store, signal on separate Redis servers"
+            f"{args.concurrency}); {where}"
         )
         tag = uuid.uuid4().hex[:8]
         os.environ.update(
@@ -560,6 +575,12 @@ def main() -> None:
         help="the store clients' read timeout, s (0: redis-py's default, 5 s)",
     )
     parser.add_argument("--sample", type=float, default=0.5, help="memory sample period (s)")
+    parser.add_argument(
+        "--shared",
+        action="store_true",
+        help="taskiq: the broker's stream on the store's server, so the engine appends and "
+        "acknowledges the messages itself; the store's figures then include the broker's work",
+    )
     args = parser.parse_args()
     print(
         f"swarm_of({TASK!r}, [{{}}] * n, max_concurrency={args.cap}, closed), run with "

@@ -42,7 +42,10 @@ def _text(value: Any) -> str:
 
 
 def _no_group(exc: Exception) -> bool:
-    return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
+    """The consumer group is gone: ``NOGROUP``, or (Redis 7) ``UNBLOCKED``, the answer to
+    a read blocked on a stream or group that was deleted meanwhile (``DEL``, ``FLUSHDB``,
+    ``XGROUP DESTROY``)."""
+    return isinstance(exc, ResponseError) and str(exc).startswith(("NOGROUP", "UNBLOCKED"))
 
 
 def _broker_lost(exc: Exception) -> bool:
