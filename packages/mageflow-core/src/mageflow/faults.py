@@ -6,8 +6,9 @@ A fault is armed by creating the file ``<dir>/<point>__<name>`` in the fault dir
 ``os._exit(137)`` (as under ``kill -9``) when armed through the environment, else by
 raising :class:`SimulatedCrash`, which in-process workers treat as the death of the
 worker holding the message. Failure points (:func:`fail`): the file holds a count; each
-pass consumes one and raises the transient error the point stands for. Unarmed, a check
-costs one ``os.environ`` lookup.
+pass consumes one and raises the transient error the point stands for. The environment
+is read once, when this module is imported (the worker processes these tests start get
+it at their start); unarmed, a check costs two attribute reads.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ task meets an unreachable store (``StoreUnavailableError``) before reaching it."
 CLIENT = "client"
 
 _dir: Path | None = None
+_env_dir: Path | None = (
+    Path(os.environ["MAGEFLOW_FAULT_DIR"]) if os.environ.get("MAGEFLOW_FAULT_DIR") else None
+)
 
 
 class SimulatedCrash(BaseException):
@@ -50,6 +54,11 @@ def configured() -> Path | None:
     return _dir
 
 
+def active() -> bool:
+    """Whether any fault can be armed in this process (a fault directory is set)."""
+    return _dir is not None or _env_dir is not None
+
+
 def arm(directory: str | Path, point: str, name: str, times: int = 1) -> Path:
     """Arm one fault (a failure point fires ``times`` times); returns its file."""
     path = Path(directory) / f"{point}__{name}"
@@ -61,10 +70,9 @@ def _armed(point: str, name: str) -> tuple[Path, bool] | None:
     hard = False
     directory = _dir
     if directory is None:
-        env = os.environ.get("MAGEFLOW_FAULT_DIR")
-        if not env:
+        if _env_dir is None:
             return None
-        directory, hard = Path(env), True
+        directory, hard = _env_dir, True
     path = directory / f"{point}__{name}"
     return (path, hard) if path.exists() else None
 

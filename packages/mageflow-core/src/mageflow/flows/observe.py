@@ -7,6 +7,7 @@ event costs one logger check and one hook lookup on the task's hot path.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from mageflow.engine import EngineEvent, join_key, split_key
@@ -56,8 +57,18 @@ def emit(hook_name: str, key: str, **fields: Any) -> None:
         log.exception("observer hook %s failed", hook_name)
 
 
-def store_events(events: list[EngineEvent]) -> None:
-    """Translate what a transition reported into hook calls."""
+_STORE_HOOKS = (
+    "mageflow_chain_advanced",
+    "mageflow_swarm_item_done",
+    "mageflow_workflow_finished",
+)
+
+
+def store_events(events: Sequence[EngineEvent]) -> None:
+    """Translate what a transition reported into hook calls. With nobody listening the
+    events are not read, so a transition's reply never has them decoded."""
+    if not log.isEnabledFor(logging.DEBUG) and all(_listeners(h) is None for h in _STORE_HOOKS):
+        return
     for ev in events:
         if ev.name == "advanced":
             emit("mageflow_chain_advanced", ev.key, kind="chain", related=ev.detail)

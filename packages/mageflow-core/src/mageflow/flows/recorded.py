@@ -33,10 +33,11 @@ async def until_recorded(
     """
 
     async def once() -> T:
-        try:
-            faults.fail(faults.STORE, f"{op}:{task_name}")
-        except ConnectionError as exc:
-            raise StoreUnavailableError(str(exc)) from exc
+        if faults.active():
+            try:
+                faults.fail(faults.STORE, f"{op}:{task_name}")
+            except ConnectionError as exc:
+                raise StoreUnavailableError(str(exc)) from exc
         return await transition()
 
     try:
