@@ -17,7 +17,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from taskiq import AckableMessage, BrokerMessage, Context
+from taskiq import AckableMessage, BrokerMessage, Context, TaskiqFormatter, TaskiqMessage
+from taskiq.labels import parse_label
 from taskiq_redis import RedisStreamBroker
 
 from mageflow.backend.base import StreamEntry
@@ -39,6 +40,49 @@ def dead_stream(stream: str) -> str:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+READ_AHEAD_MAX = 1024
+"""Messages :class:`ReadAheadFormatter` keeps parsed for the receiver at most (more are
+parsed again: prefetched messages beyond this many are rare)."""
+
+
+class ReadAheadFormatter(TaskiqFormatter):
+    """The broker's formatter, remembering the messages :meth:`ReclaimingStreamBroker.listen`
+    parsed to check them (poison is dead-lettered there), so taskiq's receiver gets the
+    same parse instead of decoding every message a second time. A message is handed out
+    once; one the receiver never asks for is dropped after :data:`READ_AHEAD_MAX` more."""
+
+    def __init__(self, inner: TaskiqFormatter) -> None:
+        self.inner = inner
+        self._parsed: dict[int, tuple[bytes, TaskiqMessage]] = {}
+
+    def dumps(self, message: TaskiqMessage) -> BrokerMessage:
+        return self.inner.dumps(message)
+
+    def loads(self, message: bytes) -> TaskiqMessage:
+        got = self._parsed.pop(id(message), None)
+        if got is not None and got[0] is message:  # held here, so its id is not reused
+            return got[1]
+        return self.inner.loads(message)
+
+    def checked(self, data: bytes) -> TaskiqMessage:
+        """``data`` parsed, its typed labels checked (raises what the formatter or a label
+        parser raises); kept for the receiver's :meth:`loads` of this very object."""
+        parsed = self.inner.loads(data)
+        check_labels(parsed)
+        if len(self._parsed) >= READ_AHEAD_MAX:
+            self._parsed.pop(next(iter(self._parsed)))
+        self._parsed[id(data)] = (data, parsed)
+        return parsed
+
+
+def check_labels(message: TaskiqMessage) -> None:
+    """Raise what taskiq's ``parse_labels`` would raise, without changing the message (the
+    receiver parses them itself, and parsing a ``bytes`` label twice would decode it twice)."""
+    for label, label_type in (message.labels_types or {}).items():
+        if label in message.labels:
+            parse_label(message.labels[label], label_type)
 
 
 def _no_group(exc: Exception) -> bool:
@@ -123,6 +167,7 @@ class ReclaimingStreamBroker(RedisStreamBroker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.formatter = ReadAheadFormatter(self.formatter)
         self.served_streams: list[str] | None = None
         """The streams a worker reads (``None``: ``queue_name`` and the additional ones);
         set by the backend's ``serve_queues``. Their groups are created from the
@@ -307,9 +352,12 @@ class ReclaimingStreamBroker(RedisStreamBroker):
         if data is None:
             reason = f"the entry has no 'data' field (fields: {sorted(fields)!r})"
         else:
+            formatter = self.formatter
             try:
-                parsed = self.formatter.loads(message=data)
-                parsed.parse_labels()
+                if isinstance(formatter, ReadAheadFormatter):
+                    formatter.checked(data)
+                else:  # replaced with with_formatter(): parsed twice, as taskiq-redis does
+                    check_labels(formatter.loads(message=data))
             except Exception as exc:  # whatever the formatter raises on bad bytes
                 reason = f"cannot parse the message: {exc!r}"
             else:
