@@ -105,7 +105,11 @@ PACKAGES = [
     "packages/mageflow-hatchet-testengine",
 ]
 TEST_DEPS = [
-    "pytest>=8",
+    # below 9.2: there xdist's --dist loadgroup silently stops grouping (pytest-xdist
+    # issue 1386: it renames items through _nodeid, which pytest 9.2 no longer reads), so
+    # a module's xdist_group (one Hatchet engine and its workers per module) is spread
+    # over every xdist worker
+    "pytest>=8,<9.2",
     "pytest-asyncio>=0.24",
     "pytest-xdist>=3.5",
     "pytest-timeout>=2.3",
