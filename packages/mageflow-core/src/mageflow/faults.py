@@ -34,9 +34,7 @@ task meets an unreachable store (``StoreUnavailableError``) before reaching it."
 CLIENT = "client"
 
 _dir: Path | None = None
-_env_dir: Path | None = (
-    Path(os.environ["MAGEFLOW_FAULT_DIR"]) if os.environ.get("MAGEFLOW_FAULT_DIR") else None
-)
+_env_dir: Path | None = Path(_env) if (_env := os.environ.get("MAGEFLOW_FAULT_DIR")) else None
 
 
 class SimulatedCrash(BaseException):

@@ -146,9 +146,6 @@ class EventsText(Sequence[EngineEvent]):
             return list(self) == list(other)
         return NotImplemented
 
-    def __hash__(self) -> int:
-        return hash(tuple(self))
-
     def __repr__(self) -> str:
         return repr(self._events())
 
