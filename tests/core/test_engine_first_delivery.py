@@ -10,6 +10,7 @@ import pytest
 import pytest_asyncio
 
 from mageflow import Mageflow
+from mageflow.engine import fields as F
 from mageflow.models.status import SignatureStatus
 from tests.core.stores import manual
 
@@ -39,8 +40,8 @@ async def test_takes_the_start_and_settles_in_one_call(app: Mageflow) -> None:
     assert not transition.duplicate
     assert [p.task_name for p in transition.publishes] == ["first.step"]  # step 2
     wf_id, sid = key.split(".", 1)
-    attempts, run_id, started = await app.store.read(
-        wf_id, [f"{sid}:{f}" for f in ("attempts", "run_id", "started")]
+    attempts, run_id, started = await F.read_node(
+        app.store, wf_id, sid, [F.ATTEMPTS, F.RUN_ID, F.STARTED]
     )
     assert (attempts, run_id) == ("1", "run-a") and started is not None
     assert (await (await app.load(key)).get_state()).status is SignatureStatus.DONE

@@ -162,9 +162,7 @@ async def test_a_big_swarm_result_is_assembled_in_parts_byte_for_byte(app: Magef
     item_sids = await app.store.read_list(wf, F.aux(F.ITEMS, "r"))
     parts = []
     for sid in item_sids:
-        status, result, error = await app.store.read(
-            wf, [F.of(sid, F.STATUS), F.of(sid, F.RESULT), F.of(sid, F.ERROR)]
-        )
+        status, result, error = await F.read_node(app.store, wf, sid, [F.STATUS, F.RESULT, F.ERROR])
         parts.append(result if status == "done" else '{"mageflow_error":' + str(error) + "}")
     expected = "[" + ",".join(parts) + "]"
     assert await _result_field(app, sw.key) == expected

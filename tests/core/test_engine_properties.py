@@ -336,9 +336,12 @@ class World:
         for n in self.live_nodes():
             by_wf.setdefault(self.addr[n.label][0], []).append(n.label)
         for wf, labels in by_wf.items():
-            values = await self.mf.store.read(
-                wf, [F.of(self.addr[lb][1], F.STATUS) for lb in labels]
-            )
+            values = [
+                v
+                for (v,) in await F.read_nodes(
+                    self.mf.store, wf, [self.addr[lb][1] for lb in labels], [F.STATUS]
+                )
+            ]
             for lb, v in zip(labels, values, strict=True):
                 self.status[lb] = v or "missing"
                 if v in TERMINAL:
@@ -941,6 +944,8 @@ async def _play(data: st.DataObject, store: StateStore, fault_dir: Path) -> None
     specs = data.draw(workflows(), label="workflows")
     can_cancel = data.draw(st.booleans(), label="backend cancels running tasks")
     world = World(data, store, can_cancel, fault_dir)
+    # the engine runs workflows of both layouts: those built before the run record too
+    world.mf.engine.packed_state = data.draw(st.booleans(), label="workflows keep run records")
     try:
         await world.play(specs)
     finally:

@@ -26,6 +26,7 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 
 from mageflow import Mageflow, SwarmConfig
+from mageflow.engine import fields as F
 from mageflow.engine import split_key
 from mageflow.testing import contract_tasks
 from mageflow.testing.probe import RedisProbe
@@ -110,7 +111,7 @@ async def test_kill_9_mid_swarm_completes_once_and_reruns_only_unfinished(
         wf, _ = split_key(sw.key)
         sids = [split_key(item.key)[1] for item in items]
         assert {split_key(item.key)[0] for item in items} == {wf}
-        statuses = await app.store.read(wf, [f"{sid}:status" for sid in sids])
+        statuses = [s for (s,) in await F.read_nodes(app.store, wf, sids, [F.STATUS])]
         finished_at_kill = {i for i, s in enumerate(statuses) if s == "done"}
 
         ready_pids = await pool.wait_ready(2, rdb)
@@ -161,7 +162,7 @@ async def test_kill_9_mid_swarm_completes_once_and_reruns_only_unfinished(
         # message's run id (with another run id it would be dropped as a duplicate). It
         # also restarts items the victim had started in the store but died before their
         # code recorded a run: those ran once, on a live worker.
-        attempts = await app.store.read(wf, [f"{sid}:attempts" for sid in sids])
+        attempts = [a for (a,) in await F.read_nodes(app.store, wf, sids, [F.ATTEMPTS])]
         assert set(attempts) <= {"1", "2"}
         restarted = {i for i, a in enumerate(attempts) if a == "2"}
         if not app.engine.delivery:

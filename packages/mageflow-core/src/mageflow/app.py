@@ -195,7 +195,9 @@ class Mageflow:
         ``MAGEFLOW_LEASE``): a copy of its run waits that long after its worker died."""
         self._store: StateStore = store
         self._defaulted_store = defaulted
-        self._engine = Engine(store, resend_after=self.resend_after)
+        self._engine = Engine(
+            store, resend_after=self.resend_after, packed_state=settings.packed_state
+        )
         self._reconcilers: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, tuple[asyncio.Task[None], asyncio.Event, reconcile.Alarm]
         ] = weakref.WeakKeyDictionary()
@@ -294,7 +296,11 @@ class Mageflow:
         previous = (self.backend, self._store)
         if store is not None:
             self._store = store
-            self._engine = Engine(store, resend_after=self.resend_after)
+            self._engine = Engine(
+                store,
+                resend_after=self.resend_after,
+                packed_state=self._engine.packed_state,
+            )
             self._engine.on_wake = self._wake_reconciler
         if backend is not None:
             self.backend = backend
@@ -375,7 +381,7 @@ class Mageflow:
                 "or options, sign its task again: mf.sign('<task name>', ...)"
             )
         name = self.task_name_of(task)
-        b = WorkflowBuilder(self, new_workflow_id())
+        b = WorkflowBuilder(self, new_workflow_id(), packed=self._engine.packed_state)
         ok, err = await b.callbacks(
             ROOT, callbacks_of(success_callbacks), callbacks_of(error_callbacks)
         )
@@ -404,7 +410,7 @@ class Mageflow:
         its own kwargs."""
         if name is not None:
             check_name(name, "the chain's name")
-        b = WorkflowBuilder(self, new_workflow_id())
+        b = WorkflowBuilder(self, new_workflow_id(), packed=self._engine.packed_state)
         steps = [f"{ROOT}.{i}" for i in range(len(tasks))]
         await b.task_likes(zip(steps, tasks, strict=True), parent=ROOT)
         ok, err = await b.callbacks(ROOT, callbacks_of(success), callbacks_of(error))
@@ -432,7 +438,7 @@ class Mageflow:
         completes once closed and every item finished. ``is_swarm_closed=True`` closes it
         at creation. ``kwargs`` are the workflow's context: every item (however nested)
         receives them, below its own kwargs."""
-        b = WorkflowBuilder(self, new_workflow_id())
+        b = WorkflowBuilder(self, new_workflow_id(), packed=self._engine.packed_state)
         items = unique_item_ids(ROOT, len(tasks))
         await b.task_likes(zip(items, tasks, strict=True), parent=ROOT)
         await b.swarm_root(
@@ -470,7 +476,7 @@ class Mageflow:
         anything is written, and a failed write leaves nothing that can be loaded or run.
         Raises :class:`NotATaskError` for a signature, :class:`PayloadNotSerializableError`
         for an item that is not a JSON-serialisable mapping."""
-        b = WorkflowBuilder(self, new_workflow_id())
+        b = WorkflowBuilder(self, new_workflow_id(), packed=self._engine.packed_state)
         bulk = b.task_items(ROOT, task, items)
         b.store_items(bulk)
         await b.swarm_root(
@@ -516,7 +522,7 @@ class Mageflow:
         config = SwarmConfig(
             max_concurrency=max_concurrency, stop_after_n_failures=stop_after_n_failures
         )
-        b = WorkflowBuilder(self, new_workflow_id())
+        b = WorkflowBuilder(self, new_workflow_id(), packed=self._engine.packed_state)
         await build_graph(
             b,
             ROOT,
@@ -550,7 +556,7 @@ class Mageflow:
         selector's result (``ReturnValue`` rule); the others end ``skipped``; the
         branch's result is the chosen one's. Raises :class:`InvalidGraphError` for no
         case and no default."""
-        b = WorkflowBuilder(self, new_workflow_id())
+        b = WorkflowBuilder(self, new_workflow_id(), packed=self._engine.packed_state)
         await build_branch(
             b,
             ROOT,

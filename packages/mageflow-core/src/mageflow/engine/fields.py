@@ -3,6 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mageflow.store.base import StateStore
+
 STATUS = "status"
 CREATED = "created"
 KWARGS = "kwargs"
@@ -32,6 +38,15 @@ QUEUE = "queue"
 PRIO = "prio"
 DUE = "due"
 DONE_CHANNEL = "done"
+
+RUN_ID = "run_id"
+RECORD = "x"
+"""A packed workflow's run record of a node: ``status|sent|started|attempts|ended|run_id``
+(trailing parts left out when absent; see RUN RECORD in ``transitions.lua``)."""
+RECORD_PARTS = (STATUS, SENT, STARTED, ATTEMPTS, ENDED, RUN_ID)
+LAYOUT = "L"
+"""The root's layout field: ``"2"`` when the workflow keeps run records."""
+PACKED = "2"
 
 N_DEPS = "n_deps"
 NODES = "nodes"
@@ -68,3 +83,55 @@ STATS_BOUNDS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
 durations <= ``STATS_BOUNDS_MS[i-1]``, ``h0`` longer ones (``STATS_BOUNDS`` in the script)."""
 STATS_MINUTES = 60
 """Minutes of statistics kept (each bucket expires an hour after its minute)."""
+
+
+def unpack_record(text: str) -> dict[str, str]:
+    """The parts of run record ``text`` that are present, by name."""
+    parts = text.split("|", len(RECORD_PARTS) - 1)
+    return {name: part for name, part in zip(RECORD_PARTS, parts, strict=False) if part}
+
+
+def state_fields(sid: str, names: Sequence[str]) -> list[str]:
+    """The hash fields holding records ``names`` of node ``sid`` in either layout: the
+    plain fields, then the run record when any name is one of its parts (read them in
+    one call, then decode with :func:`state_values`)."""
+    fields = [of(sid, name) for name in names]
+    if any(name in RECORD_PARTS for name in names):
+        fields.append(of(sid, RECORD))
+    return fields
+
+
+def state_values(names: Sequence[str], values: Sequence[str | None]) -> list[str | None]:
+    """Records ``names`` from the values read for :func:`state_fields`: a part of the
+    run record, when the node has one, else the plain field."""
+    if len(values) == len(names) or values[len(names)] is None:
+        return list(values[: len(names)])
+    record = unpack_record(values[len(names)] or "")
+    return [
+        record.get(name) if name in RECORD_PARTS else value
+        for name, value in zip(names, values, strict=False)
+    ]
+
+
+async def read_node(store: StateStore, wf: str, sid: str, names: Sequence[str]) -> list[str | None]:
+    """Records ``names`` of node ``sid`` of workflow ``wf``, in either layout, in one read."""
+    return state_values(names, await store.read(wf, state_fields(sid, names)))
+
+
+def node_state(records: Mapping[str, str], sid: str, names: Sequence[str]) -> list[str | None]:
+    """Records ``names`` of node ``sid`` from a workflow's fields already read, in either
+    layout."""
+    return state_values(names, [records.get(f) for f in state_fields(sid, names)])
+
+
+async def read_nodes(
+    store: StateStore, wf: str, sids: Sequence[str], names: Sequence[str]
+) -> list[list[str | None]]:
+    """Records ``names`` of each node of ``sids`` (in order), in either layout, in one read."""
+    per_node = [state_fields(sid, names) for sid in sids]
+    values = await store.read(wf, [f for fields in per_node for f in fields])
+    out, at = [], 0
+    for fields in per_node:
+        out.append(state_values(names, values[at : at + len(fields)]))
+        at += len(fields)
+    return out

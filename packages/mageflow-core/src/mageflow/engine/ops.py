@@ -69,9 +69,14 @@ class Engine:
         *,
         resend_after: float = DEFAULT_RESEND_AFTER,
         delivery: str = "",
+        packed_state: bool = True,
     ) -> None:
         self.store = store
         self.resend_after = resend_after
+        self.packed_state = packed_state
+        """New workflows keep each node's run state in one record (see RUN RECORD in the
+        script). Off (``MAGEFLOW_PACKED_STATE=0``) while workers of an engine older than
+        the run record still serve the store: they cannot read it."""
         self.delivery = delivery
         """The stream delivery the script appends dispatched tasks' messages with (JSON,
         see ``STREAM DELIVERY`` in the script; ``""``: the client publishes them)."""
@@ -363,13 +368,13 @@ class Engine:
         Raises :class:`SignatureNotFoundError` for a key that is unknown or expired (and
         writes nothing then), :class:`TimeoutError` after ``timeout`` seconds."""
         wf, sid = split_key(key)
-        status_field = F.of(sid, F.STATUS)
         status: list[str | None] = [None]
-        if not await self.store.set_if_present(wf, status_field, F.of(sid, F.WAITED), "1"):
+        # a node exists while its definition (the field named by its sid) does
+        if not await self.store.set_if_present(wf, sid, F.of(sid, F.WAITED), "1"):
             raise SignatureNotFoundError(f"no signature stored under {key!r} (unknown or expired)")
 
         async def settled() -> bool:
-            (status[0],) = await self.store.read(wf, [status_field])
+            (status[0],) = await F.read_node(self.store, wf, sid, [F.STATUS])
             return status[0] in F.TERMINAL
 
         await self.store.wait_published(wf, F.DONE_CHANNEL, sid, settled, timeout)

@@ -9,7 +9,8 @@
 -- REPLY  a flat array of strings; mageflow/engine/replies.py decodes it.
 --
 -- KEYS (all share H's hash tag, so one call touches one Cluster slot)
---   H                      hash: "<sid>" = definition JSON, "<sid>:<field>" = state
+--   H                      hash: "<sid>" = definition JSON, "<sid>:<field>" = state,
+--                          "L" = '2' when its nodes keep run records (see RUN RECORD)
 --   H:steps:<chain>        list of the chain's step sids, in order
 --   H:items:<swarm>        list of the swarm's item sids, in item order
 --   H:queue:<swarm>        zset of items waiting for a free slot; score orders them:
@@ -66,6 +67,8 @@
 --   branch: sl selector sid; cs {case key: sid}; df default case sid
 --
 -- STATE FIELDS "<sid>:<field>"                                  written by
+--   x          a packed workflow's run record (see RUN RECORD): status, sent, started,
+--              attempts, ended and run_id in one field         engine
 --   status     pending|active|suspended|interrupted|canceled|done|failed|skipped  engine
 --              (skipped: a graph node whose required dependency did not succeed, or a
 --              branch case not chosen; it never runs, its callbacks never fire)
@@ -150,12 +153,98 @@ function M.node_fields(sid)
   return t
 end
 
+-- RUN RECORD. A workflow whose root carries L = '2' (written by the client that built
+-- it) keeps a node's status, sent, started, attempts, ended and run_id in one field
+-- "<sid>:x", text "status|sent|started|attempts|ended|run_id" (trailing parts left out
+-- when absent; run_id, last, may hold any character): one hash field instead of six per
+-- node, read with one HGET and written once per call (M.flush). Older workflows keep
+-- the six fields apart; this engine reads and writes both layouts.
+M.REC = { status = 1, sent = 2, started = 3, attempts = 4, ended = 5, run_id = 6 }
+M.REC_NAMES = { 'status', 'sent', 'started', 'attempts', 'ended', 'run_id' }
+
+-- Fill node table t from record text v (false: no record).
+function M.unpack_rec(t, v)
+  local parts = {}
+  if v then
+    local at = 1
+    for i = 1, 5 do
+      local bar = string.find(v, '|', at, true)
+      if bar == nil then
+        parts[i] = string.sub(v, at)
+        at = nil
+        break
+      end
+      parts[i] = string.sub(v, at, bar - 1)
+      at = bar + 1
+    end
+    if at then parts[6] = string.sub(v, at) end
+  end
+  for i, f in ipairs(M.REC_NAMES) do
+    local p = parts[i]
+    if p == nil or p == '' then t[f] = false else t[f] = p end
+  end
+end
+
+function M.load_rec(sid, t)
+  M.unpack_rec(t, redis.call('HGET', M.H, sid .. ':x'))
+end
+
+-- Remember that node sid's record changed: written at the end of the call.
+function M.touch_rec(sid)
+  if not M.dirty[sid] then
+    M.dirty[sid] = true
+    M.dirty_list[#M.dirty_list + 1] = sid
+  end
+end
+
+-- The field a client-written record (name ending ':status') is stored under: in a packed
+-- workflow a node's status alone is its run record ("pending").
+function M.stored_name(f)
+  if M.PACKED and string.sub(f, -7) == ':status' then return string.sub(f, 1, -7) .. 'x' end
+  return f
+end
+
+-- Write the changed run records: one HSET (and one HDEL for records left empty).
+function M.flush()
+  local n = #M.dirty_list
+  if n == 0 then return end
+  local sets, dels = {}, {}
+  for i = 1, n do
+    local sid = M.dirty_list[i]
+    local t = M.fields[sid]
+    local parts, last = {}, 0
+    for j, f in ipairs(M.REC_NAMES) do
+      local v = t[f]
+      if v then
+        parts[j] = v
+        last = j
+      else
+        parts[j] = ''
+      end
+    end
+    if last == 0 then
+      dels[#dels + 1] = sid .. ':x'
+    else
+      sets[#sets + 1] = sid .. ':x'
+      sets[#sets + 1] = table.concat(parts, '|', 1, last)
+    end
+  end
+  M.dirty, M.dirty_list = {}, {}
+  for i = 1, #sets, 1000 do redis.call('HSET', M.H, unpack(sets, i, math.min(i + 999, #sets))) end
+  for i = 1, #dels, 1000 do redis.call('HDEL', M.H, unpack(dels, i, math.min(i + 999, #dels))) end
+end
+
 function M.get(sid, f)
   local t = M.fields[sid] or M.node_fields(sid)
   local v = t[f]
   if v == nil then
-    v = redis.call('HGET', M.H, sid .. ':' .. f)
-    t[f] = v
+    if M.PACKED and M.REC[f] then
+      M.load_rec(sid, t)
+      v = t[f]
+    else
+      v = redis.call('HGET', M.H, sid .. ':' .. f)
+      t[f] = v
+    end
   end
   if v == false then return nil end
   return v
@@ -202,19 +291,33 @@ function M.status_event(old, v)
 end
 
 function M.set(sid, f, v)
-  local k = sid .. ':' .. f
   if type(v) == 'number' then v = string.format('%d', v) end
   if f == 'status' then
     local ev = M.status_event(M.get(sid, f), v)
     if ev then M.note(sid, ev, 0, v) end
   end
-  redis.call('HSET', M.H, k, v)
+  if M.PACKED and M.REC[f] then
+    local t = M.node_fields(sid)
+    if t[f] == nil then M.load_rec(sid, t) end -- the record's other parts are kept
+    t[f] = v
+    M.touch_rec(sid)
+    return
+  end
+  redis.call('HSET', M.H, sid .. ':' .. f, v)
   M.node_fields(sid)[f] = v
 end
 
 function M.del(sid, f)
   local t = M.node_fields(sid)
   if t[f] == false then return end -- read absent in this call: nothing to delete
+  if M.PACKED and M.REC[f] then
+    if t[f] == nil then M.load_rec(sid, t) end
+    if t[f] then
+      t[f] = false
+      M.touch_rec(sid)
+    end
+    return
+  end
   redis.call('HDEL', M.H, sid .. ':' .. f)
   t[f] = false
 end
@@ -224,6 +327,11 @@ end
 -- every reader of a counter passes through tonumber.
 M.BY = { [1] = '1', [-1] = '-1' }
 function M.incr(sid, f, by)
+  if M.PACKED and M.REC[f] then
+    local n = tonumber(M.get(sid, f) or '0') + by
+    M.set(sid, f, n)
+    return n
+  end
   local n = redis.call('HINCRBY', M.H, sid .. ':' .. f, M.BY[by] or string.format('%d', by))
   M.node_fields(sid)[f] = n
   return n
@@ -566,15 +674,34 @@ M.CURSOR_FIELDS = { 'lazy', 'scanned', 'qend', 'qmid', 'qsa', 'qsb' }
 function M.prefetch(sid, fs, with_def)
   local ks = {}
   local n = #fs
-  for i = 1, n do ks[i] = sid .. ':' .. fs[i] end
-  local def = with_def and M.defs[sid] == nil
-  if def then ks[n + 1] = sid end
-  local vs = redis.call('HMGET', M.H, unpack(ks))
   local t = M.node_fields(sid)
+  local rec = 0 -- the index of the run record in ks (packed layout), if read
   for i = 1, n do
-    if t[fs[i]] == nil then t[fs[i]] = vs[i] end
+    local f = fs[i]
+    if M.PACKED and M.REC[f] then
+      if rec == 0 and t.status == nil then
+        ks[#ks + 1] = sid .. ':x'
+        rec = #ks
+      end
+    else
+      ks[#ks + 1] = sid .. ':' .. f
+    end
   end
-  if def then M.raw_defs[sid] = vs[n + 1] end
+  local def = with_def and M.defs[sid] == nil
+  if def then ks[#ks + 1] = sid end
+  if #ks == 0 then return end
+  local vs = redis.call('HMGET', M.H, unpack(ks))
+  local j = 0
+  for i = 1, n do
+    local f = fs[i]
+    if not (M.PACKED and M.REC[f]) then
+      j = j + 1
+      if j == rec then j = j + 1 end
+      if t[f] == nil then t[f] = vs[j] end
+    end
+  end
+  if rec > 0 then M.unpack_rec(t, vs[rec]) end
+  if def then M.raw_defs[sid] = vs[#ks] end
 end
 
 -- What the hot paths read of a task that ends (finish), of the swarm it belongs to, and
@@ -1263,11 +1390,15 @@ end
 function M.del_fields(sid, fs)
   local ks = {}
   local t = M.node_fields(sid)
-  for i, f in ipairs(fs) do
-    ks[i] = sid .. ':' .. f
-    t[f] = false
+  for _, f in ipairs(fs) do
+    if M.PACKED and M.REC[f] then
+      M.del(sid, f)
+    else
+      ks[#ks + 1] = sid .. ':' .. f
+      t[f] = false
+    end
   end
-  redis.call('HDEL', M.H, unpack(ks))
+  if #ks > 0 then redis.call('HDEL', M.H, unpack(ks)) end
 end
 
 M.OUTCOME_FIELDS = { 'result', 'error', 'outcome', 'ended', 'run_id', 'owed', 'resends' }
@@ -1662,6 +1793,8 @@ function M.begin(KEYS, ARGV)
   M.result = nil
   M.final_ttl = nil
   M.ack = nil -- { stream, group, entry id } acknowledged once the call wrote everything
+  M.PACKED = false -- the workflow keeps run records (see RUN RECORD); read in main
+  M.dirty, M.dirty_list = {}, {} -- nodes whose run record this call changed
 end
 
 -- What an operator command (suspend, resume, cancel) replies for node sid of status st
@@ -1681,6 +1814,10 @@ function M.main(KEYS, ARGV)
     for _, wf in ipairs(due) do redis.call('ZADD', M.H, M.NOW + tonumber(ARGV[7]), wf) end
     return due
   end
+  -- the layout and the root's status in one read
+  local lr = redis.call('HMGET', M.H, 'L', M.ROOT .. ':x', M.ROOT .. ':status')
+  M.PACKED = lr[1] == '2'
+  if M.PACKED then M.unpack_rec(M.node_fields(M.ROOT), lr[2]) else M.node_fields(M.ROOT).status = lr[3] end
   M.root_was_final = M.TERMINAL[M.get(M.ROOT, 'status')] ~= nil
   if M.OP == 'start' then
     -- A delivery of task sid under run rid, as task ARGV[9]: run it, or say why not. A
@@ -1822,7 +1959,7 @@ function M.main(KEYS, ARGV)
       local late = M.get(s, 'lazy') ~= nil -- it queued its items already: these wait for the close
       for i = 9, k_at - 1 do
         for j = k_at + 1, n_at - 1, 2 do
-          args[#args + 1] = ARGV[i] .. ARGV[j]
+          args[#args + 1] = ARGV[i] .. M.stored_name(ARGV[j])
           args[#args + 1] = ARGV[j + 1]
         end
         if late then
@@ -1836,6 +1973,9 @@ function M.main(KEYS, ARGV)
       end
       if #args > 0 then redis.call('HSET', M.H, unpack(args)) end
       local last = n_at + 2 * tonumber(ARGV[n_at])
+      if M.PACKED then -- the client writes a status field: here it is the run record
+        for i = n_at + 1, last, 2 do ARGV[i] = M.stored_name(ARGV[i]) end
+      end
       for i = n_at + 1, last, BATCH do
         redis.call('HSET', M.H, unpack(ARGV, i, math.min(i + BATCH - 1, last)))
       end
@@ -2045,6 +2185,7 @@ function M.main(KEYS, ARGV)
     return redis.error_reply('mageflow: unknown operation ' .. tostring(M.OP))
   end
 
+  M.flush()
   if #M.stream > 0 then
     redis.call('XADD', M.EVENTS, 'MAXLEN', '~', M.EVENTS_MAX, '*', 'e', '[' .. table.concat(M.stream, ',') .. ']')
     M.touched[M.EVENTS] = true

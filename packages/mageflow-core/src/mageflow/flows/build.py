@@ -214,9 +214,14 @@ class TaskItems:
 class WorkflowBuilder:
     """Collects the records of one new workflow (or of items added to a swarm)."""
 
-    def __init__(self, mf: Runtime, wf: str) -> None:
+    def __init__(self, mf: Runtime, wf: str, *, packed: bool = False) -> None:
         self.mf = mf
         self.wf = wf
+        self.packed = packed
+        """The workflow keeps run records (``F.RECORD``): a new one built with the engine's
+        ``packed_state``, or an existing one that does. Items added through the engine's
+        add op are written plain: the engine stores them in the workflow's layout."""
+        self._status = F.RECORD if packed else F.STATUS
         self.fields: dict[str, str] = {}
         self.lists: dict[str, list[str]] = {}
         self.moved: list[tuple[Signature, str, list[str]]] = []
@@ -236,7 +241,7 @@ class WorkflowBuilder:
         _check_depth(sid)
         fields = self.fields
         fields[sid] = definition if isinstance(definition, str) else definition.dump()
-        fields[F.of(sid, F.STATUS)] = "pending"
+        fields[F.of(sid, self._status)] = "pending"  # alone, a run record too
         fields[F.of(sid, F.CREATED)] = self.now
         if kwargs:
             fields[F.of(sid, F.KWARGS)] = to_json(kwargs, "signature kwargs")
@@ -273,7 +278,7 @@ class WorkflowBuilder:
         encoded = [kwargs_json(kw, f"item {i} (its kwargs)") for i, kw in enumerate(items)]
         # no per-item `created`: the items were built with their swarm, whose own
         # `created` they report (read_state), one field less per item
-        shared = {"": dumped, F.of("", F.STATUS): "pending"}
+        shared = {"": dumped, F.of("", self._status): "pending"}
         return TaskItems(unique_item_ids(parent, len(encoded)), encoded, shared)
 
     def store_items(self, items: TaskItems) -> None:
@@ -409,7 +414,8 @@ class WorkflowBuilder:
         for (sid, sig), old_wf, records in zip(signed, old_wfs, stored, strict=True):
             if not records:
                 raise SignatureInUseError(f"{sig.key} no longer exists (expired or already used)")
-            if records.get(F.of(ROOT, F.SENT)) or records.get(F.of(ROOT, F.STATUS)) != "pending":
+            sent, status = F.node_state(records, ROOT, [F.SENT, F.STATUS])
+            if sent or status != "pending":
                 raise SignatureInUseError(f"{sig.key} was already run; sign a new one to use it")
             old_lists = await self._copy(old_wf, records, sid, parent, owner)
             self.moved.append((sig, sid, old_lists))
@@ -425,8 +431,12 @@ class WorkflowBuilder:
         """Copy one standalone workflow's records under ``sid``; returns its list names."""
         old_lists: list[str] = []
         for field, value in records.items():
+            if field == F.LAYOUT:
+                continue
             old, sep, attr = field.partition(":")
             new_sid = _rename(old, ROOT, sid)
+            if attr in (F.STATUS, F.RECORD):  # pending, never run (checked): in our layout
+                attr, value = self._status, "pending"
             if not sep:
                 _check_depth(new_sid)
                 d = NodeDef.model_validate(json.loads(value))
@@ -453,6 +463,8 @@ class WorkflowBuilder:
         the index entry after it, and a failed write is deleted again; what a lost
         connection keeps from being deleted expires with the active TTL. The workflow id
         is new and its key reaches nobody before this returns."""
+        if self.packed:
+            self.fields[F.LAYOUT] = F.PACKED
         root = self.fields.pop(ROOT, None)
         if root is not None:
             self.fields[ROOT] = root

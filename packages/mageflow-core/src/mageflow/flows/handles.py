@@ -96,7 +96,7 @@ class Signature:
 
     async def get_status(self) -> SignatureStatus:
         wf, sid = self._wf_sid
-        (status,) = await self.mf.store.read(wf, [F.of(sid, F.STATUS)])
+        (status,) = await F.read_node(self.mf.store, wf, sid, [F.STATUS])
         if status is None:
             raise SignatureNotFoundError(f"no signature stored under {self.key!r}")
         return SignatureStatus(status)

@@ -88,7 +88,8 @@ async def read_state(mf: Readable, key: str) -> SignatureState:
         F.SCANNED,
         F.AHEAD,
     ]
-    raw = await mf.store.read(wf, [sid, *(F.of(sid, n) for n in names)])
+    raw = await mf.store.read(wf, [sid, *F.state_fields(sid, names)])
+    raw = [raw[0], *F.state_values(names, raw[1:])]
     if raw[0] is None:
         raise SignatureNotFoundError(f"no signature stored under {key!r} (unknown or expired)")
     d = NodeDef.model_validate(json.loads(raw[0]))

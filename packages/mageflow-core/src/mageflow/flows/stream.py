@@ -34,7 +34,7 @@ async def node_events(
     from stream id ``after``; ends after the node's (or its root's) terminal event.
     Raises :class:`SignatureNotFoundError` for an unknown or expired key."""
     wf, sid = split_key(key)
-    (status,) = await mf.store.read(wf, [F.of(sid, F.STATUS)])
+    (status,) = await F.read_node(mf.store, wf, sid, [F.STATUS])
     if status is None:
         raise SignatureNotFoundError(f"no signature stored under {key!r} (unknown or expired)")
     below = sid + "."
@@ -42,7 +42,8 @@ async def node_events(
     while True:
         entries = await mf.store.read_events(wf, cursor, wait)
         if not entries:
-            mine, root = await mf.store.read(wf, [F.of(sid, F.STATUS), F.of(ROOT, F.STATUS)])
+            (mine,) = await F.read_node(mf.store, wf, sid, [F.STATUS])
+            (root,) = await F.read_node(mf.store, wf, ROOT, [F.STATUS])
             if _ended(mine) or _ended(root):
                 return
             continue

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from mageflow import faults
 from mageflow.backend.base import HEADER_KEY, JSON, RunContext
 from mageflow.engine import StartOutcome, split_key
+from mageflow.engine import fields as F
 from mageflow.errors import (
     InvalidKeyError,
     InvalidNameError,
@@ -304,7 +305,8 @@ class Continuation:
         another workflow."""
         wf, sid = split_key(key)
         root_sid = f"{sid}.c{secrets.token_hex(4)}"  # a copy of this run never collides
-        builder = WorkflowBuilder(mf, wf)
+        (layout,) = await mf.store.read(wf, [F.LAYOUT])
+        builder = WorkflowBuilder(mf, wf, packed=layout == F.PACKED)
         await builder.task_like(root_sid, returned, parent=sid)
         await mf.store.write(
             wf, builder.fields, builder.lists, identified=idents.to_index(wf, builder.fields)

@@ -149,9 +149,7 @@ class PrometheusObserver:
                 self._again.discard(key)
                 wf, sid = split_key(key)
                 names = (F.STATUS, F.N_RUNNING, F.N_PAUSED, F.LAZY, F.QEND, F.SCANNED, F.AHEAD)
-                status, slots, paused, *cursor = await self.store.read(
-                    wf, [F.of(sid, name) for name in names]
-                )
+                status, slots, paused, *cursor = await F.read_node(self.store, wf, sid, names)
                 if status in F.TERMINAL:
                     self._forget(key)
                     return
