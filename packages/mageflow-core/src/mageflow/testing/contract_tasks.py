@@ -129,8 +129,10 @@ def register(mf: Mageflow) -> None:
 
     @mf.task("contract.double", input_validator=DoubleInput)
     async def double(message: DoubleInput) -> int:
-        await get_probe().record(message.ns, "double", message.value)
+        # the pid first: a worker killed between the two records leaves a pid, never a
+        # run without one (exactly_once counts runs per process)
         await get_probe().record(message.ns, "double-pid", os.getpid())
+        await get_probe().record(message.ns, "double", message.value)
         return message.value * 2
 
     @mf.task("contract.total")
