@@ -115,7 +115,8 @@ def state_values(names: Sequence[str], values: Sequence[str | None]) -> list[str
 
 async def read_node(store: StateStore, wf: str, sid: str, names: Sequence[str]) -> list[str | None]:
     """Records ``names`` of node ``sid`` of workflow ``wf``, in either layout, in one read."""
-    return state_values(names, await store.read(wf, state_fields(sid, names)))
+    (values,) = await read_nodes(store, wf, [sid], names)
+    return values
 
 
 def node_state(records: Mapping[str, str], sid: str, names: Sequence[str]) -> list[str | None]:

@@ -42,8 +42,7 @@ async def node_events(
     while True:
         entries = await mf.store.read_events(wf, cursor, wait)
         if not entries:
-            (mine,) = await F.read_node(mf.store, wf, sid, [F.STATUS])
-            (root,) = await F.read_node(mf.store, wf, ROOT, [F.STATUS])
+            (mine,), (root,) = await F.read_nodes(mf.store, wf, [sid, ROOT], [F.STATUS])
             if _ended(mine) or _ended(root):
                 return
             continue
