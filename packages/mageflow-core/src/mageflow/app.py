@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import logging
@@ -27,7 +26,7 @@ from mageflow.errors import (
     TaskNotRegisteredError,
 )
 from mageflow.flows import identifiers as idents
-from mageflow.flows import reconcile, workers
+from mageflow.flows import reconcile
 from mageflow.flows.build import (
     Callbacks,
     TaskLike,
@@ -48,6 +47,7 @@ from mageflow.flows.handles import (
 )
 from mageflow.flows.inspect import read_def
 from mageflow.flows.stats import read_stats
+from mageflow.flows.sweeps import LoopSweeps
 from mageflow.flows.tasks import RegisteredTask, fail_unregistered, run_task
 from mageflow.models.config import SwarmConfig
 from mageflow.models.options import Options, check_queue
@@ -198,11 +198,8 @@ class Mageflow:
         self._engine = Engine(
             store, resend_after=self.resend_after, packed_state=settings.packed_state
         )
-        self._reconcilers: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[asyncio.Task[None], asyncio.Event, reconcile.Alarm]
-        ] = weakref.WeakKeyDictionary()
-        self._engine.on_wake = self._wake_reconciler
-        self._closing = False
+        self._sweeps = LoopSweeps(self)
+        self._engine.on_wake = self._sweeps.wake
         if isinstance(backend, TaskBackend):
             if backend_options:
                 raise ConfigurationError(
@@ -301,7 +298,7 @@ class Mageflow:
                 resend_after=self.resend_after,
                 packed_state=self._engine.packed_state,
             )
-            self._engine.on_wake = self._wake_reconciler
+            self._engine.on_wake = self._sweeps.wake
         if backend is not None:
             self.backend = backend
             self._started = False
@@ -620,26 +617,7 @@ class Mageflow:
 
     def start_reconciler(self) -> None:
         """Run the reconciler sweep on this event loop (once per loop; workers call it)."""
-        if self._closing:
-            return
-        loop = asyncio.get_running_loop()
-        running = self._reconcilers.get(loop)
-        if running is None or running[0].done():
-            stop = asyncio.Event()
-            alarm = reconcile.Alarm()
-            task = loop.create_task(
-                workers.with_heartbeat(self, stop, reconcile.run_until(self, stop, alarm)),
-                name="mageflow-reconciler",
-            )
-            self._reconcilers[loop] = (task, stop, alarm)
-
-    def _wake_reconciler(self, at_ms: int) -> None:
-        try:
-            running = self._reconcilers.get(asyncio.get_running_loop())
-        except RuntimeError:
-            return
-        if running is not None:
-            running[2].set(at_ms)
+        self._sweeps.start()
 
     async def reconcile(self) -> int:
         """Re-send, once, whatever is due: dispatched and never started. Returns how many
@@ -665,18 +643,8 @@ class Mageflow:
         """Let the backend drain, then stop this loop's reconciler and close the store.
         (Each task the drain runs would start the reconciler again: while closing it
         cannot restart, and it is awaited once the drain is over.)"""
-        self._closing = True
         try:
-            running = self._reconcilers.pop(asyncio.get_running_loop(), None)
-            if running is not None:
-                running[1].set()  # no new sweep; the one under way may still publish
-            await self.backend.shutdown()
-            if running is not None:
-                task = running[0]
-                while not task.done():
-                    task.cancel()
-                    await asyncio.wait({task}, timeout=0.05)
+            await self._sweeps.close_around(self.backend.shutdown)
             await self._store.close()
         finally:
-            self._closing = False
             self._started = False
