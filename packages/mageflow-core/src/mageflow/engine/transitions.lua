@@ -160,29 +160,22 @@ end
 -- node, read with one HGET and written once per call (M.flush). Older workflows keep
 -- the six fields apart; this engine reads and writes both layouts.
 M.REC = { status = 1, sent = 2, started = 3, attempts = 4, ended = 5, run_id = 6 }
-M.REC_NAMES = { 'status', 'sent', 'started', 'attempts', 'ended', 'run_id' }
 
--- Fill node table t from record text v (false: no record).
+-- Fill node table t from record text v (false: no record). One match splits it: each
+-- of the first five parts stops at a bar, the run id takes the rest.
+M.REC_PATTERN = '^([^|]*)|?([^|]*)|?([^|]*)|?([^|]*)|?([^|]*)|?(.*)$'
 function M.unpack_rec(t, v)
-  local parts = {}
-  if v then
-    local at = 1
-    for i = 1, 5 do
-      local bar = string.find(v, '|', at, true)
-      if bar == nil then
-        parts[i] = string.sub(v, at)
-        at = nil
-        break
-      end
-      parts[i] = string.sub(v, at, bar - 1)
-      at = bar + 1
-    end
-    if at then parts[6] = string.sub(v, at) end
+  if not v then
+    t.status, t.sent, t.started, t.attempts, t.ended, t.run_id = false, false, false, false, false, false
+    return
   end
-  for i, f in ipairs(M.REC_NAMES) do
-    local p = parts[i]
-    if p == nil or p == '' then t[f] = false else t[f] = p end
-  end
+  local a, b, c, d, e, f = string.match(v, M.REC_PATTERN)
+  t.status = a ~= '' and a
+  t.sent = b ~= '' and b
+  t.started = c ~= '' and c
+  t.attempts = d ~= '' and d
+  t.ended = e ~= '' and e
+  t.run_id = f ~= '' and f
 end
 
 function M.load_rec(sid, t)
@@ -205,6 +198,7 @@ function M.stored_name(f)
 end
 
 -- Write the changed run records: one HSET (and one HDEL for records left empty).
+-- Without a run id the trailing empty parts are left out (a run id may end in a bar).
 function M.flush()
   local n = #M.dirty_list
   if n == 0 then return end
@@ -212,21 +206,18 @@ function M.flush()
   for i = 1, n do
     local sid = M.dirty_list[i]
     local t = M.fields[sid]
-    local parts, last = {}, 0
-    for j, f in ipairs(M.REC_NAMES) do
-      local v = t[f]
-      if v then
-        parts[j] = v
-        last = j
-      else
-        parts[j] = ''
-      end
+    local v = (t.status or '') .. '|' .. (t.sent or '') .. '|' .. (t.started or '') .. '|'
+      .. (t.attempts or '') .. '|' .. (t.ended or '')
+    if t.run_id then
+      v = v .. '|' .. t.run_id
+    else
+      v = string.match(v, '^(.-)|*$')
     end
-    if last == 0 then
+    if v == '' then
       dels[#dels + 1] = sid .. ':x'
     else
       sets[#sets + 1] = sid .. ':x'
-      sets[#sets + 1] = table.concat(parts, '|', 1, last)
+      sets[#sets + 1] = v
     end
   end
   M.dirty, M.dirty_list = {}, {}
@@ -667,50 +658,57 @@ end
 -- carries `late` (past qend until the close), so M.queued knows an item's state without
 -- its index.
 M.CURSOR_BATCH = 100 -- items read past the cursor per LRANGE, at most (2 at first, doubling)
-M.CURSOR_FIELDS = { 'lazy', 'scanned', 'qend', 'qmid', 'qsa', 'qsb' }
+M.CURSOR_FIELDS = { { 'lazy', 'scanned', 'qend', 'qmid', 'qsa', 'qsb' } }
 
--- Read state fields fs of node sid in one HMGET (each then read from this call's copy);
--- with_def: its definition too, unless decoded already.
-function M.prefetch(sid, fs, with_def)
+-- Read the fields of read-ahead list `plan` of node sid in one HMGET (each then read from
+-- this call's copy); with_def: its definition too, unless decoded already. A list is
+-- { plain fields, run-record parts or nil }, split by hand so that no call sorts names:
+-- a packed workflow reads the parts as its one record field, unless read already.
+function M.prefetch(sid, plan, with_def)
+  local t = M.fields[sid] or M.node_fields(sid)
+  local plain, parts = plan[1], plan[2]
   local ks = {}
-  local n = #fs
-  local t = M.node_fields(sid)
-  local rec = 0 -- the index of the run record in ks (packed layout), if read
-  for i = 1, n do
-    local f = fs[i]
-    if M.PACKED and M.REC[f] then
-      if rec == 0 and t.status == nil then
-        ks[#ks + 1] = sid .. ':x'
-        rec = #ks
-      end
-    else
-      ks[#ks + 1] = sid .. ':' .. f
+  local n = #plain
+  for i = 1, n do ks[i] = sid .. ':' .. plain[i] end
+  local m, rec = n, false
+  if parts then
+    if not M.PACKED then
+      for i = 1, #parts do ks[n + i] = sid .. ':' .. parts[i] end
+      m = n + #parts
+    elseif t.status == nil then
+      m, rec = n + 1, true
+      ks[m] = sid .. ':x'
     end
   end
   local def = with_def and M.defs[sid] == nil
-  if def then ks[#ks + 1] = sid end
-  if #ks == 0 then return end
-  local vs = redis.call('HMGET', M.H, unpack(ks))
-  local j = 0
+  if def then
+    m = m + 1
+    ks[m] = sid
+  end
+  if m == 0 then return end
+  local vs = redis.call('HMGET', M.H, unpack(ks, 1, m))
   for i = 1, n do
-    local f = fs[i]
-    if not (M.PACKED and M.REC[f]) then
-      j = j + 1
-      if j == rec then j = j + 1 end
-      if t[f] == nil then t[f] = vs[j] end
+    local f = plain[i]
+    if t[f] == nil then t[f] = vs[i] end
+  end
+  if rec then
+    M.unpack_rec(t, vs[n + 1])
+  elseif parts and not M.PACKED then
+    for i = 1, #parts do
+      local f = parts[i]
+      if t[f] == nil then t[f] = vs[n + i] end
     end
   end
-  if rec > 0 then M.unpack_rec(t, vs[rec]) end
-  if def then M.raw_defs[sid] = vs[#ks] end
+  if def then M.raw_defs[sid] = vs[m] end
 end
 
 -- What the hot paths read of a task that ends (finish), of the swarm it belongs to, and
--- of the next item that swarm starts: each set in one HMGET instead of a HGET per field.
-M.ENDING_FIELDS = { 'status', 'run_id', 'held_from', 'outcome', 'cont', 'sent', 'lease',
-  'paused', 'started', 'waited', 'kwargs', 'idents' }
-M.SWARM_FIELDS = { 'status', 'outcome', 'n_failed', 'sent', 'closed', 'input', 'input_ret',
-  'input_err', 'lazy', 'scanned', 'qend', 'qmid', 'qsa', 'qsb' }
-M.NEXT_FIELDS = { 'queued', 'sent', 'status', 'own', 'rerun', 'kwargs', 'idents' }
+-- of the next item that swarm starts: each list in one HMGET instead of a HGET per field.
+M.ENDING_FIELDS = { { 'held_from', 'outcome', 'cont', 'lease', 'paused', 'waited', 'kwargs', 'idents' },
+  { 'status', 'run_id', 'sent', 'started' } }
+M.SWARM_FIELDS = { { 'outcome', 'n_failed', 'closed', 'input', 'input_ret', 'input_err', 'lazy',
+  'scanned', 'qend', 'qmid', 'qsa', 'qsb' }, { 'status', 'sent' } }
+M.NEXT_FIELDS = { { 'queued', 'own', 'rerun', 'kwargs', 'idents' }, { 'sent', 'status' } }
 
 -- Swarm s's next item past the cursor that waits (the cursor moves over those queued or
 -- started on their own), or nil: its index (0-based) and sid.
