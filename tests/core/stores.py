@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from mageflow import Mageflow
+from mageflow.engine import split_key
 from mageflow.errors import NonRetryableError
 from mageflow.store import MemoryStore, RedisStore
 from mageflow.store.base import StateStore
@@ -51,3 +52,9 @@ async def commands_run(client: Any) -> dict[str, int]:
     stats = await client.info("commandstats")
     skip = {"cmdstat_info", "cmdstat_config|resetstat", "cmdstat_config"}
     return {k: int(v["calls"]) for k, v in stats.items() if k not in skip}
+
+
+async def workflow_records(mf: Mageflow, key: str) -> dict[str, str]:
+    """Every field of the workflow hash of node ``key``."""
+    (records,) = await mf.store.read_many([split_key(key)[0]])
+    return records

@@ -13,7 +13,7 @@ from mageflow import Mageflow, SwarmConfig
 from mageflow.engine import fields as F
 from mageflow.engine import split_key
 from mageflow.models.status import SignatureStatus
-from tests.core.stores import drain, manual
+from tests.core.stores import drain, manual, workflow_records
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -35,11 +35,6 @@ async def app(manual_app: Mageflow) -> Any:
     manual_app.engine.packed_state = True
 
 
-async def _records(app: Mageflow, key: str) -> dict[str, str]:
-    (records,) = await app.store.read_many([split_key(key)[0]])
-    return records
-
-
 def _node_sids(records: dict[str, str]) -> list[str]:
     return [f for f in records if ":" not in f and f != F.LAYOUT]
 
@@ -48,7 +43,7 @@ async def test_a_node_keeps_its_run_state_in_one_record(app: Mageflow) -> None:
     wf = await app.chain(["rec.step", "rec.step"])
     await wf.aio_run_no_wait({"x": 1})
     await drain(app)
-    records = await _records(app, wf.key)
+    records = await workflow_records(app, wf.key)
     assert records[F.LAYOUT] == F.PACKED
     sids = _node_sids(records)
     assert len(sids) == 3  # the chain and its two steps
@@ -105,7 +100,7 @@ async def test_a_workflow_of_the_earlier_layout_runs_in_its_own(app: Mageflow) -
         app.engine.packed_state = True  # the workers run today's engine
     await wf.aio_run_no_wait({"x": 1})
     await drain(app)
-    records = await _records(app, wf.key)
+    records = await workflow_records(app, wf.key)
     assert F.LAYOUT not in records
     assert not [f for f in records if f.endswith(":" + F.RECORD)]
     sids = _node_sids(records)
@@ -129,7 +124,7 @@ async def test_a_signature_of_the_earlier_layout_moves_into_a_new_workflow(
     wf = await app.chain([old, "rec.step"])
     await wf.aio_run_no_wait({})
     await drain(app)
-    records = await _records(app, wf.key)
+    records = await workflow_records(app, wf.key)
     assert records[F.LAYOUT] == F.PACKED
     assert not [f for f in records if f.endswith(":" + F.STATUS)]
     statuses = [F.node_state(records, s, [F.STATUS])[0] for s in _node_sids(records)]
@@ -145,7 +140,7 @@ async def test_items_added_to_a_swarm_are_stored_in_its_layout(app: Mageflow) ->
             app.engine.packed_state = True
         one = await sw.add_task("rec.item", n=3)
         more = await sw.add_tasks("rec.item", [{"n": 1}, {"n": 2}])
-        records = await _records(app, sw.key)
+        records = await workflow_records(app, sw.key)
         for item in [one, *more]:
             sid = split_key(item.key)[1]
             stored = {f for f in records if f.startswith(sid + ":")}

@@ -249,7 +249,14 @@ async def test_bulk_items_are_stored_like_signed_ones(app: Mageflow) -> None:
     # its swarm's, as every item of one bulk build was built with it
     item_times = {k for k in shapes[1] if k.startswith("item") and k.endswith(":created")}
     assert len(item_times) == 2
-    assert shapes[0] == {k: v for k, v in shapes[1].items() if k not in item_times}
+    expected = {k: v for k, v in shapes[1].items() if k not in item_times}
+    if app.engine.packed_state:
+        # in a packed workflow the bulk items share one definition, their swarm's item
+        # template, instead of one each
+        defs = {expected.pop("item0"), expected.pop("item1")}
+        assert len(defs) == 1
+        expected[F.of(sid, F.TEMPLATE)] = defs.pop()
+    assert shapes[0] == expected
     bulk_state = await bulk.get_state()
     item = await app.load(bulk_state.children[0])
     assert bulk_state.created_at is not None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from string import hexdigits
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -44,6 +45,10 @@ RECORD = "x"
 """A packed workflow's run record of a node: ``status|sent|started|attempts|ended|run_id``
 (trailing parts left out when absent; see RUN RECORD in ``transitions.lua``)."""
 RECORD_PARTS = (STATUS, SENT, STARTED, ATTEMPTS, ENDED, RUN_ID)
+TEMPLATE = "tpl"
+"""A swarm's item template: in a packed workflow, the definition of the items built with
+the swarm (or added in bulk), which keep none of their own; such an item exists while its
+run record does (see ITEM TEMPLATES in ``transitions.lua``)."""
 LAYOUT = "L"
 """The root's layout field: ``"2"`` when the workflow keeps run records."""
 PACKED = "2"
@@ -60,6 +65,44 @@ HOLDING = frozenset({"suspended", "interrupted"})
 def of(sid: str, name: str) -> str:
     """The hash field of record ``name`` of node ``sid``."""
     return f"{sid}:{name}"
+
+
+def item_swarm(sid: str) -> str | None:
+    """The swarm of item ``sid`` (``<swarm>.i<hex>``), or ``None`` for any other node."""
+    head, dot, tail = sid.rpartition(".")
+    if not dot or len(tail) < 2 or tail[0] != "i" or not head:
+        return None
+    return head if all(c in hexdigits for c in tail[1:]) else None
+
+
+def stored_def(fields: Mapping[str, str], sid: str) -> str | None:
+    """Node ``sid``'s definition among a workflow's records ``fields`` (read, or about to
+    be written): its own, or its swarm's item template while its run record exists."""
+    own = fields.get(sid)
+    if own is not None:
+        return own
+    swarm = item_swarm(sid)
+    if swarm is None or of(sid, RECORD) not in fields:
+        return None
+    return fields.get(of(swarm, TEMPLATE))
+
+
+async def read_defs(store: StateStore, wf: str, sids: Sequence[str]) -> list[str | None]:
+    """The definitions of nodes ``sids`` of workflow ``wf`` (``None``: no such node), as
+    :func:`stored_def` finds them; a second read only for nodes without their own."""
+    found = await store.read(wf, list(sids))
+    templated = [
+        (i, s, swarm)
+        for i, s in enumerate(sids)
+        if found[i] is None and (swarm := item_swarm(s)) is not None
+    ]
+    if templated:
+        names = [f for _, s, swarm in templated for f in (of(s, RECORD), of(swarm, TEMPLATE))]
+        more = await store.read(wf, names)
+        for k, (i, _, _) in enumerate(templated):
+            if more[2 * k] is not None:
+                found[i] = more[2 * k + 1]
+    return found
 
 
 def lazily_queued(

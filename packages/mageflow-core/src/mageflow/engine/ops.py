@@ -369,8 +369,12 @@ class Engine:
         writes nothing then), :class:`TimeoutError` after ``timeout`` seconds."""
         wf, sid = split_key(key)
         status: list[str | None] = [None]
-        # a node exists while its definition (the field named by its sid) does
-        if not await self.store.set_if_present(wf, sid, F.of(sid, F.WAITED), "1"):
+        # a node exists while its definition (the field named by its sid) does, a
+        # templated swarm item while its run record does
+        waited = F.of(sid, F.WAITED)
+        if not await self.store.set_if_present(
+            wf, sid, waited, "1"
+        ) and not await self.store.set_if_present(wf, F.of(sid, F.RECORD), waited, "1"):
             raise SignatureNotFoundError(f"no signature stored under {key!r} (unknown or expired)")
 
         async def settled() -> bool:

@@ -105,6 +105,8 @@
 --   pscan      swarm: entries of H:prio already put on the zset      queue_unqueued
 --   collected  swarm: items whose result is assembled so far (a big swarm's completion)
 --   closed     swarm: '1' when it takes no more items          client, close
+--   tpl        swarm: the definition its templated items share (see ITEM TEMPLATES)
+--                                                              client, add
 --   flat       swarm: '1' while every item is a plain task without callbacks (no keys
 --              of its own but a held list): the root's final expiry does not walk its
 --              items. Absent: they are walked (older swarms too)   client, add
@@ -340,7 +342,11 @@ M.def = function(sid)
   if d == nil then
     local raw = M.raw_defs[sid] -- read ahead with the node's fields (prefetch), or nil
     if raw == nil then raw = redis.call('HGET', M.H, sid) end
-    if raw == false then return nil end
+    if raw == false then raw = M.templated(sid) end
+    if raw == false then
+      M.raw_defs[sid] = false
+      return nil
+    end
     d = M.decoded[raw]
     if d == nil then
       d = cjson.decode(raw)
@@ -350,6 +356,21 @@ M.def = function(sid)
     M.defs[sid] = d
   end
   return d
+end
+
+-- ITEM TEMPLATES. In a packed workflow the items a swarm is built with (or that are added
+-- to it in bulk) keep no definition of their own: they all have the one in their swarm's
+-- field "<swarm>:tpl", and an item exists while its run record does. An item sid is
+-- "<swarm>.i<hex>", so the swarm is read off the sid. O(1) per item; an item with a
+-- definition of its own (a signature added to the swarm) keeps it.
+M.ITEM_OF = '^(.+)%.i%x+$'
+function M.templated(sid)
+  if not M.PACKED then return false end
+  local s = string.match(sid, M.ITEM_OF)
+  if s == nil then return false end
+  local tpl = M.get(s, 'tpl')
+  if tpl == nil or M.get(sid, 'status') == nil then return false end
+  return tpl
 end
 
 -- The name of an auxiliary key of this workflow, remembered for the TTL refresh.
@@ -681,9 +702,17 @@ function M.prefetch(sid, plan, with_def)
     end
   end
   local def = with_def and M.defs[sid] == nil
+  local swarm -- an item's swarm, whose template is read ahead too (see ITEM TEMPLATES)
   if def then
     m = m + 1
     ks[m] = sid
+    swarm = M.PACKED and string.match(sid, M.ITEM_OF)
+    if swarm and M.node_fields(swarm).tpl == nil then
+      m = m + 1
+      ks[m] = swarm .. ':tpl'
+    else
+      swarm = nil
+    end
   end
   if m == 0 then return end
   local vs = redis.call('HMGET', M.H, unpack(ks, 1, m))
@@ -698,6 +727,10 @@ function M.prefetch(sid, plan, with_def)
       local f = parts[i]
       if t[f] == nil then t[f] = vs[n + i] end
     end
+  end
+  if swarm then
+    M.fields[swarm].tpl = vs[m]
+    m = m - 1
   end
   if def then M.raw_defs[sid] = vs[m] end
 end
@@ -1938,12 +1971,18 @@ function M.main(KEYS, ARGV)
       refused = 'swarm_finished'
     else
       local seen = {}
-      for i = 9, k_at - 1, 1000 do
-        local j_end = math.min(i + 999, k_at - 1)
-        local stored = redis.call('HMGET', M.H, unpack(ARGV, i, j_end))
+      for i = 9, k_at - 1, 500 do
+        local j_end = math.min(i + 499, k_at - 1)
+        local names = {} -- an item exists by its definition, or (templated) its run record
+        for j = i, j_end do
+          names[#names + 1] = ARGV[j]
+          names[#names + 1] = ARGV[j] .. ':x'
+        end
+        local stored = redis.call('HMGET', M.H, unpack(names))
         for j = i, j_end do
           local it = ARGV[j]
-          if seen[it] or stored[j - i + 1] then refused = 'exists' end
+          local at = 2 * (j - i) + 1
+          if seen[it] or stored[at] or stored[at + 1] then refused = 'exists' end
           seen[it] = true
         end
         if refused then break end
@@ -1955,10 +1994,25 @@ function M.main(KEYS, ARGV)
       local BATCH = 1000 -- arguments per command: unpack has a stack limit
       local args = {}
       local late = M.get(s, 'lazy') ~= nil -- it queued its items already: these wait for the close
+      local templated = nil -- the shared definition is the swarm's item template: not copied
+      if M.PACKED then
+        for j = k_at + 1, n_at - 1, 2 do
+          if ARGV[j] == '' then
+            local tpl = M.get(s, 'tpl')
+            if tpl == nil then
+              M.set(s, 'tpl', ARGV[j + 1])
+              tpl = ARGV[j + 1]
+            end
+            if tpl == ARGV[j + 1] then templated = j end
+          end
+        end
+      end
       for i = 9, k_at - 1 do
         for j = k_at + 1, n_at - 1, 2 do
-          args[#args + 1] = ARGV[i] .. M.stored_name(ARGV[j])
-          args[#args + 1] = ARGV[j + 1]
+          if j ~= templated then
+            args[#args + 1] = ARGV[i] .. M.stored_name(ARGV[j])
+            args[#args + 1] = ARGV[j + 1]
+          end
         end
         if late then
           args[#args + 1] = ARGV[i] .. ':late'

@@ -124,7 +124,9 @@ def plain_tasks(fields: Mapping[str, str], sids: Iterable[str]) -> bool:
     walk to (see H:holders in the script)."""
     known: dict[str, bool] = {}
     for sid in sids:
-        dumped = fields[sid]
+        dumped = F.stored_def(fields, sid)
+        if dumped is None:
+            return False
         plain = known.get(dumped)
         if plain is None:
             d = json.loads(dumped)
@@ -141,7 +143,7 @@ def prioritized(fields: Mapping[str, str], sids: Iterable[str]) -> list[str]:
     known: dict[str, bool] = {}
     out: list[str] = []
     for sid in sids:
-        dumped = fields.get(sid)
+        dumped = F.stored_def(fields, sid)
         if dumped is None:
             continue
         has = known.get(dumped)
@@ -204,6 +206,8 @@ class TaskItems:
     shared: dict[str, str]
     """The records every item has, by field suffix (``""`` is the definition, dumped
     once for all of them; ``":status"`` ...)."""
+    parent: str
+    """The swarm they are items of."""
 
     def kwargs_records(self, start: int, stop: int) -> dict[str, str]:
         """The kwargs records of items ``start:stop``."""
@@ -279,12 +283,19 @@ class WorkflowBuilder:
         # no per-item `created`: the items were built with their swarm, whose own
         # `created` they report (read_state), one field less per item
         shared = {"": dumped, F.of("", self._status): "pending"}
-        return TaskItems(unique_item_ids(parent, len(encoded)), encoded, shared)
+        return TaskItems(unique_item_ids(parent, len(encoded)), encoded, shared, parent)
 
     def store_items(self, items: TaskItems) -> None:
-        """Store the records of ``items`` in :attr:`fields`."""
+        """Store the records of ``items`` in :attr:`fields`. In a packed workflow their
+        shared definition is their swarm's item template (stored once), unless the swarm
+        has another one."""
         fields = self.fields
-        shared = list(items.shared.items())
+        dumped = items.shared[""]
+        template = F.of(items.parent, F.TEMPLATE)
+        if self.packed and fields.setdefault(template, dumped) == dumped:
+            shared = [(k, v) for k, v in items.shared.items() if k]
+        else:
+            shared = list(items.shared.items())
         for sid, kw in zip(items.sids, items.kwargs, strict=True):
             for suffix, value in shared:
                 fields[sid + suffix] = value
@@ -428,31 +439,60 @@ class WorkflowBuilder:
         parent: str | None,
         owner: str | None,
     ) -> list[str]:
-        """Copy one standalone workflow's records under ``sid``; returns its list names."""
+        """Copy one standalone workflow's records under ``sid``; returns its list names.
+        Its swarms' item templates are renamed like definitions; in a workflow of the
+        plain layout each templated item gets its definition written out."""
         old_lists: list[str] = []
+        rename = functools.partial(_rename, old_root=ROOT, new_root=sid)
+        templates = {
+            field.partition(":")[0]: self._renamed(value, False, parent, owner, rename)
+            for field, value in records.items()
+            if field.partition(":")[2] == F.TEMPLATE
+        }
         for field, value in records.items():
             if field == F.LAYOUT:
                 continue
             old, sep, attr = field.partition(":")
-            new_sid = _rename(old, ROOT, sid)
+            new_sid = rename(old)
+            if attr == F.TEMPLATE:
+                if self.packed:
+                    self.fields[f"{new_sid}:{attr}"] = templates[old]
+                continue
             if attr in (F.STATUS, F.RECORD):  # pending, never run (checked): in our layout
                 attr, value = self._status, "pending"
+                swarm = F.item_swarm(old)
+                if not self.packed and old not in records and swarm in templates:
+                    _check_depth(new_sid)
+                    self.fields[new_sid] = templates[swarm]
             if not sep:
                 _check_depth(new_sid)
                 d = NodeDef.model_validate(json.loads(value))
                 for kind in _LISTS.get(d.kind, ()):
                     old_lists.append(F.aux(kind, old))
                     members = await self.mf.store.read_list(old_wf, F.aux(kind, old))
-                    self.lists[F.aux(kind, new_sid)] = [_rename(x, ROOT, sid) for x in members]
-                d.parent = parent if old == ROOT else d.parent and _rename(d.parent, ROOT, sid)
-                d.owner = owner if old == ROOT else d.owner and _rename(d.owner, ROOT, sid)
-                d.on_success = [_rename(x, ROOT, sid) for x in d.on_success]
-                d.on_error = [_rename(x, ROOT, sid) for x in d.on_error]
-                renamed_refs(d, functools.partial(_rename, old_root=ROOT, new_root=sid))
-                self.fields[new_sid] = d.dump()
+                    self.lists[F.aux(kind, new_sid)] = [rename(x) for x in members]
+                self.fields[new_sid] = self._renamed(value, old == ROOT, parent, owner, rename)
             else:
                 self.fields[f"{new_sid}:{attr}"] = value
         return old_lists
+
+    @staticmethod
+    def _renamed(
+        dumped: str,
+        at_root: bool,
+        parent: str | None,
+        owner: str | None,
+        rename: Callable[[str], str],
+    ) -> str:
+        """A definition (or a swarm's item template) of a moved workflow, its references
+        renamed; ``at_root``: the root's, which takes the new ``parent`` and ``owner``."""
+        d = NodeDef.model_validate(json.loads(dumped))
+        d.parent = parent if at_root else d.parent and rename(d.parent)
+        d.owner = owner if at_root else d.owner and rename(d.owner)
+        d.on_success = [rename(x) for x in d.on_success]
+        d.on_error = [rename(x) for x in d.on_error]
+        renamed_refs(d, rename)
+        return d.dump()
 
     async def commit(self) -> None:
         """Write the new records (indexed for ``mageflow ls`` and, under their final keys,

@@ -286,7 +286,7 @@ class BranchSignature(Signature):
     async def cases(self) -> dict[str | None, Signature]:
         """Handles of the branch's cases by key (``None``: the default)."""
         wf, sid = self._wf_sid
-        (raw,) = await self.mf.store.read(wf, [sid])
+        (raw,) = await F.read_defs(self.mf.store, wf, [sid])
         if raw is None:
             raise SignatureNotFoundError(f"no signature stored under {self.key!r}")
         d = NodeDef.model_validate(json.loads(raw))
@@ -302,7 +302,7 @@ async def _named_handles(
 ) -> dict[Any, Signature]:
     """Handles of nodes ``sids`` of ``wf`` (one read), keyed by ``name_of`` their
     definition (``None``: by sid)."""
-    raw = await mf.store.read(wf, sids)
+    raw = await F.read_defs(mf.store, wf, sids)
     out: dict[Any, Signature] = {}
     for sid, text in zip(sids, raw, strict=True):
         if text is None:

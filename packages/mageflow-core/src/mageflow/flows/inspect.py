@@ -24,7 +24,7 @@ class Readable(Protocol):
 
 async def read_def(mf: Readable, key: str) -> NodeDef:
     wf, sid = split_key(key)
-    (raw,) = await mf.store.read(wf, [sid])
+    (raw,) = await F.read_defs(mf.store, wf, [sid])
     if raw is None:
         raise SignatureNotFoundError(f"no signature stored under {key!r} (unknown or expired)")
     return NodeDef.model_validate(json.loads(raw))
@@ -90,6 +90,8 @@ async def read_state(mf: Readable, key: str) -> SignatureState:
     ]
     raw = await mf.store.read(wf, [sid, *F.state_fields(sid, names)])
     raw = [raw[0], *F.state_values(names, raw[1:])]
+    if raw[0] is None and F.item_swarm(sid):  # a templated swarm item
+        (raw[0],) = await F.read_defs(mf.store, wf, [sid])
     if raw[0] is None:
         raise SignatureNotFoundError(f"no signature stored under {key!r} (unknown or expired)")
     d = NodeDef.model_validate(json.loads(raw[0]))
