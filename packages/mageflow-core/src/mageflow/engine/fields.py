@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from string import hexdigits
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -68,11 +67,9 @@ def of(sid: str, name: str) -> str:
 
 
 def item_swarm(sid: str) -> str | None:
-    """The swarm of item ``sid`` (``<swarm>.i<hex>``), or ``None`` for any other node."""
-    head, dot, tail = sid.rpartition(".")
-    if not dot or len(tail) < 2 or tail[0] != "i" or not head:
-        return None
-    return head if all(c in hexdigits for c in tail[1:]) else None
+    """The swarm of item ``sid`` (``<swarm>.i`` and 16 hex digits: no other sid ends in
+    ``.i`` and 16 characters), or ``None`` for any other node."""
+    return sid[:-18] if len(sid) > 18 and sid[-18:-16] == ".i" else None
 
 
 def stored_def(fields: Mapping[str, str], sid: str) -> str | None:

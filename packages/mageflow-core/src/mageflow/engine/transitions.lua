@@ -164,7 +164,8 @@ end
 M.REC = { status = 1, sent = 2, started = 3, attempts = 4, ended = 5, run_id = 6 }
 
 -- Fill node table t from record text v (false: no record). One match splits it: each
--- of the first five parts stops at a bar, the run id takes the rest.
+-- of the first five parts stops at a bar, the run id takes the rest (cheaper than five
+-- plain finds and their substrings, measured).
 M.REC_PATTERN = '^([^|]*)|?([^|]*)|?([^|]*)|?([^|]*)|?([^|]*)|?(.*)$'
 function M.unpack_rec(t, v)
   if not v then
@@ -200,7 +201,7 @@ function M.stored_name(f)
 end
 
 -- Write the changed run records: one HSET (and one HDEL for records left empty).
--- Without a run id the trailing empty parts are left out (a run id may end in a bar).
+-- Trailing empty parts are left out, built without a pattern (a run id may end in a bar).
 function M.flush()
   local n = #M.dirty_list
   if n == 0 then return end
@@ -208,12 +209,19 @@ function M.flush()
   for i = 1, n do
     local sid = M.dirty_list[i]
     local t = M.fields[sid]
-    local v = (t.status or '') .. '|' .. (t.sent or '') .. '|' .. (t.started or '') .. '|'
-      .. (t.attempts or '') .. '|' .. (t.ended or '')
-    if t.run_id then
-      v = v .. '|' .. t.run_id
-    else
-      v = string.match(v, '^(.-)|*$')
+    local v = t.status or ''
+    if t.run_id or t.ended or t.attempts or t.started or t.sent then
+      v = v .. '|' .. (t.sent or '')
+      if t.run_id or t.ended or t.attempts or t.started then
+        v = v .. '|' .. (t.started or '')
+        if t.run_id or t.ended or t.attempts then
+          v = v .. '|' .. (t.attempts or '')
+          if t.run_id or t.ended then
+            v = v .. '|' .. (t.ended or '')
+            if t.run_id then v = v .. '|' .. t.run_id end
+          end
+        end
+      end
     end
     if v == '' then
       dels[#dels + 1] = sid .. ':x'
@@ -361,12 +369,19 @@ end
 -- ITEM TEMPLATES. In a packed workflow the items a swarm is built with (or that are added
 -- to it in bulk) keep no definition of their own: they all have the one in their swarm's
 -- field "<swarm>:tpl", and an item exists while its run record does. An item sid is
--- "<swarm>.i<hex>", so the swarm is read off the sid. O(1) per item; an item with a
--- definition of its own (a signature added to the swarm) keeps it.
-M.ITEM_OF = '^(.+)%.i%x+$'
+-- "<swarm>.i" and 16 hex digits (no other sid ends in ".i" and 16 characters), so the
+-- swarm is read off the sid. O(1) per item; an item with a definition of its own (a
+-- signature added to the swarm) keeps it.
+function M.item_swarm(sid)
+  if #sid > 18 and string.byte(sid, -18) == 46 and string.byte(sid, -17) == 105 then
+    return string.sub(sid, 1, -19)
+  end
+  return nil
+end
+
 function M.templated(sid)
   if not M.PACKED then return false end
-  local s = string.match(sid, M.ITEM_OF)
+  local s = M.item_swarm(sid)
   if s == nil then return false end
   local tpl = M.get(s, 'tpl')
   if tpl == nil or M.get(sid, 'status') == nil then return false end
@@ -509,6 +524,10 @@ end
 -- same call (start_task with ran); a task still running after a third of its lease takes
 -- its start on its own (the start op). A re-sent message carries no "fold".
 
+-- The delivery configurations decoded (ARGV[6] texts; where the engine stays loaded
+-- between calls, each is decoded once).
+M.deliveries, M.n_deliveries = {}, 0
+
 -- Append task sid's message with payload pl to its stream; false when the message is
 -- for the client to publish (no delivery, or the task manager holds a start time).
 function M.deliver(sid, pl, resent)
@@ -520,8 +539,12 @@ function M.deliver(sid, pl, resent)
       .. ',"ids":' .. (M.get(sid, 'idents') or '{}') .. '}}'
   end
   if d.nd and M.not_before(sid) then return false end
-  M.delivery = M.delivery or cjson.decode(M.DELIVERY)
-  local cfg = M.delivery
+  local cfg = M.deliveries[M.DELIVERY]
+  if cfg == nil then
+    cfg = cjson.decode(M.DELIVERY)
+    if M.n_deliveries >= 8 then M.deliveries, M.n_deliveries = {}, 0 end
+    M.deliveries[M.DELIVERY], M.n_deliveries = cfg, M.n_deliveries + 1
+  end
   local stream, template = cfg.s, cfg.d
   if d.q and d.q ~= 'default' then stream, template = cfg.r .. d.q, cfg.q end
   local key = M.WF .. '.' .. sid
@@ -702,16 +725,15 @@ function M.prefetch(sid, plan, with_def)
     end
   end
   local def = with_def and M.defs[sid] == nil
-  local swarm -- an item's swarm, whose template is read ahead too (see ITEM TEMPLATES)
+  local swarm, tpl_at -- an item's swarm, whose template is read ahead too (ITEM TEMPLATES)
   if def then
     m = m + 1
     ks[m] = sid
-    swarm = M.PACKED and string.match(sid, M.ITEM_OF)
+    swarm = M.PACKED and M.item_swarm(sid)
     if swarm and M.node_fields(swarm).tpl == nil then
       m = m + 1
       ks[m] = swarm .. ':tpl'
-    else
-      swarm = nil
+      tpl_at = m
     end
   end
   if m == 0 then return end
@@ -728,11 +750,13 @@ function M.prefetch(sid, plan, with_def)
       if t[f] == nil then t[f] = vs[n + i] end
     end
   end
-  if swarm then
-    M.fields[swarm].tpl = vs[m]
-    m = m - 1
+  if tpl_at then M.fields[swarm].tpl = vs[tpl_at] end
+  if def then
+    local raw = vs[tpl_at and m - 1 or m]
+    -- no definition of its own: its swarm's template, if its run record exists
+    if raw == false and swarm and t.status then raw = M.fields[swarm].tpl or false end
+    M.raw_defs[sid] = raw
   end
-  if def then M.raw_defs[sid] = vs[m] end
 end
 
 -- What the hot paths read of a task that ends (finish), of the swarm it belongs to, and
@@ -1814,7 +1838,6 @@ function M.begin(KEYS, ARGV)
   M.stream = {}
   M.STATS = KEYS[2]
   M.stats_bucket = nil -- this minute's bucket, once written (its TTL is set at the end)
-  M.delivery = nil
   M.WF = string.match(M.H, '{([^{}]*)}$')
   M.delivered = {} -- sids whose message this call appended itself
   M.window = {}        -- swarm -> { index of its first item, items } read in this call
