@@ -53,7 +53,10 @@ async def test_a_node_keeps_its_run_state_in_one_record(app: Mageflow) -> None:
     steps = [s for s in sids if s != "r"]
     for sid in steps:
         status, attempts, sent, started, ended, run_id = F.node_state(
-            records, sid, [F.STATUS, F.ATTEMPTS, F.SENT, F.STARTED, F.ENDED, F.RUN_ID]
+            records,
+            split_key(wf.key)[0],
+            sid,
+            [F.STATUS, F.ATTEMPTS, F.SENT, F.STARTED, F.ENDED, F.RUN_ID],
         )
         assert (status, attempts) == ("done", "1")
         assert sent and started and ended and run_id
@@ -127,7 +130,8 @@ async def test_a_signature_of_the_earlier_layout_moves_into_a_new_workflow(
     records = await workflow_records(app, wf.key)
     assert records[F.LAYOUT] == F.PACKED
     assert not [f for f in records if f.endswith(":" + F.STATUS)]
-    statuses = [F.node_state(records, s, [F.STATUS])[0] for s in _node_sids(records)]
+    wf_id = split_key(wf.key)[0]
+    statuses = [F.node_state(records, wf_id, s, [F.STATUS])[0] for s in _node_sids(records)]
     assert statuses == ["done"] * 3
 
 
@@ -156,9 +160,13 @@ async def test_items_added_to_a_swarm_are_stored_in_its_layout(app: Mageflow) ->
 
 
 async def test_a_record_keeps_what_is_present() -> None:
-    assert F.unpack_record("pending") == {F.STATUS: "pending"}
-    assert F.unpack_record("active|10||2") == {F.STATUS: "active", F.SENT: "10", F.ATTEMPTS: "2"}
-    assert F.unpack_record("done|1|2|1|3|a|b") == {
+    assert F.unpack_record("pending", "w.r") == {F.STATUS: "pending"}
+    assert F.unpack_record("active|10||2", "w.r") == {
+        F.STATUS: "active",
+        F.SENT: "10",
+        F.ATTEMPTS: "2",
+    }
+    assert F.unpack_record("done|1|2|1|3|a|b", "w.r") == {
         F.STATUS: "done",
         F.SENT: "1",
         F.STARTED: "2",
@@ -166,3 +174,38 @@ async def test_a_record_keeps_what_is_present() -> None:
         F.ENDED: "3",
         F.RUN_ID: "a|b",
     }
+
+
+async def test_a_record_keeps_its_own_run_ids_short() -> None:
+    assert F.unpack_record("done|1000|1003|1|1005|~7", "w.r.i1") == {
+        F.STATUS: "done",
+        F.SENT: "1000",
+        F.STARTED: "1003",
+        F.ATTEMPTS: "1",
+        F.ENDED: "1005",
+        F.RUN_ID: "w.r.i1.7",
+    }
+    assert F.unpack_record("active|1000||1||~~x|", "w.r")[F.RUN_ID] == "~x|"
+
+
+@pytest.mark.parametrize(
+    "run_id", ["{wf}.{sid}.12", "{wf}.{sid}.012", "{wf}.{sid}.x", "~{sid}", "~~", "other.1"]
+)
+async def test_a_run_id_round_trips_whatever_it_looks_like(app: Mageflow, run_id: str) -> None:
+    wf = await app.chain(["rec.step", "rec.step"])
+    await wf.aio_run_no_wait({"x": 1})
+    (sent,) = manual(app).take()
+    wf_id, sid = split_key(sent.key)
+    rid = run_id.format(wf=wf_id, sid=sid)
+    assert (await app.engine.start(sent.key, rid, "rec.step")).action == "run"
+    assert not (await app.engine.finish(sent.key, True, "2")).duplicate
+    stored = (await workflow_records(app, wf.key))[F.of(sid, F.RECORD)]
+    started, ended, got, sent_at = await F.read_node(
+        app.store, wf_id, sid, [F.STARTED, F.ENDED, F.RUN_ID, F.SENT]
+    )
+    assert got == rid
+    assert sent_at and started and ended and int(sent_at) <= int(started) <= int(ended)
+    if run_id in ("{wf}.{sid}.12",):  # the stream delivery's form, of this node: short
+        assert stored.endswith("|~12") and len(stored) < 60, stored
+    # the engine reads it back too: a copy of the same run is recognised as one
+    assert (await app.engine.start(sent.key, rid, "rec.step")).action != "run"

@@ -125,10 +125,14 @@ STATS_MINUTES = 60
 """Minutes of statistics kept (each bucket expires an hour after its minute)."""
 
 
-def unpack_record(text: str) -> dict[str, str]:
-    """The parts of run record ``text`` that are present, by name."""
-    parts = text.split("|", len(RECORD_PARTS) - 1)
-    return {name: part for name, part in zip(RECORD_PARTS, parts, strict=False) if part}
+def unpack_record(text: str, key: str) -> dict[str, str]:
+    """The parts of run record ``text`` of node ``key`` (``<wf>.<sid>``) that are present,
+    by name, its run id expanded (see COMPACT RUN IDS in ``transitions.lua``)."""
+    parts = dict(zip(RECORD_PARTS, text.split("|", len(RECORD_PARTS) - 1), strict=False))
+    run_id = parts.get(RUN_ID, "")
+    if run_id.startswith("~"):
+        parts[RUN_ID] = run_id[1:] if run_id.startswith("~~") else f"{key}.{run_id[1:]}"
+    return {name: part for name, part in parts.items() if part}
 
 
 def state_fields(sid: str, names: Sequence[str]) -> list[str]:
@@ -141,12 +145,13 @@ def state_fields(sid: str, names: Sequence[str]) -> list[str]:
     return fields
 
 
-def state_values(names: Sequence[str], values: Sequence[str | None]) -> list[str | None]:
-    """Records ``names`` from the values read for :func:`state_fields`: a part of the
-    run record, when the node has one, else the plain field."""
+def state_values(names: Sequence[str], values: Sequence[str | None], key: str) -> list[str | None]:
+    """Records ``names`` of node ``key`` (``<wf>.<sid>``) from the values read for
+    :func:`state_fields`: a part of the run record, when the node has one, else the plain
+    field."""
     if len(values) == len(names) or values[len(names)] is None:
         return list(values[: len(names)])
-    record = unpack_record(values[len(names)] or "")
+    record = unpack_record(values[len(names)] or "", key)
     return [
         record.get(name) if name in RECORD_PARTS else value
         for name, value in zip(names, values, strict=False)
@@ -159,10 +164,13 @@ async def read_node(store: StateStore, wf: str, sid: str, names: Sequence[str]) 
     return values
 
 
-def node_state(records: Mapping[str, str], sid: str, names: Sequence[str]) -> list[str | None]:
-    """Records ``names`` of node ``sid`` from a workflow's fields already read, in either
-    layout."""
-    return state_values(names, [records.get(f) for f in state_fields(sid, names)])
+def node_state(
+    records: Mapping[str, str], wf: str, sid: str, names: Sequence[str]
+) -> list[str | None]:
+    """Records ``names`` of node ``sid`` from the fields of workflow ``wf`` already read,
+    in either layout."""
+    values = [records.get(f) for f in state_fields(sid, names)]
+    return state_values(names, values, f"{wf}.{sid}")
 
 
 async def read_nodes(
@@ -172,7 +180,7 @@ async def read_nodes(
     per_node = [state_fields(sid, names) for sid in sids]
     values = await store.read(wf, [f for fields in per_node for f in fields])
     out, at = [], 0
-    for fields in per_node:
-        out.append(state_values(names, values[at : at + len(fields)]))
+    for sid, fields in zip(sids, per_node, strict=True):
+        out.append(state_values(names, values[at : at + len(fields)], f"{wf}.{sid}"))
         at += len(fields)
     return out

@@ -163,11 +163,17 @@ end
 -- the six fields apart; this engine reads and writes both layouts.
 M.REC = { status = 1, sent = 2, started = 3, attempts = 4, ended = 5, run_id = 6 }
 
--- Fill node table t from record text v (false: no record). One match splits it: each
--- of the first five parts stops at a bar, the run id takes the rest (cheaper than five
--- plain finds and their substrings, measured).
+-- COMPACT RUN IDS. A run id "<wf>.<sid>.<n>" (the stream delivery's) of node sid is kept
+-- as "~<n>", and any other run id starting with "~" gets a second one: a finished swarm
+-- item's record shrinks from ~95 to ~60 bytes, a smaller allocation in Redis. (Keeping
+-- the times as offsets from `sent` too saved ~20 bytes more for 3.6% more instructions
+-- per call: not kept.)
+
+-- Fill node sid's table t from record text v (false: no record). One match splits it:
+-- each of the first five parts stops at a bar, the run id takes the rest (cheaper than
+-- five plain finds and their substrings, measured).
 M.REC_PATTERN = '^([^|]*)|?([^|]*)|?([^|]*)|?([^|]*)|?([^|]*)|?(.*)$'
-function M.unpack_rec(t, v)
+function M.unpack_rec(sid, t, v)
   if not v then
     t.status, t.sent, t.started, t.attempts, t.ended, t.run_id = false, false, false, false, false, false
     return
@@ -175,14 +181,29 @@ function M.unpack_rec(t, v)
   local a, b, c, d, e, f = string.match(v, M.REC_PATTERN)
   t.status = a ~= '' and a
   t.sent = b ~= '' and b
-  t.started = c ~= '' and c
   t.attempts = d ~= '' and d
+  t.started = c ~= '' and c
   t.ended = e ~= '' and e
+  if string.byte(f, 1) == 126 then
+    if string.byte(f, 2) == 126 then f = string.sub(f, 2) else f = M.WF .. '.' .. sid .. '.' .. string.sub(f, 2) end
+  end
   t.run_id = f ~= '' and f
 end
 
+-- Run id rid of node sid, compact.
+function M.short_run_id(sid, rid)
+  if string.byte(rid, 1) == 126 then return '~' .. rid end
+  local head = M.WF .. '.' .. sid .. '.'
+  if string.sub(rid, 1, #head) == head then
+    local n = string.sub(rid, #head + 1)
+    local k = tonumber(n)
+    if k and k >= 0 and string.format('%d', k) == n then return '~' .. n end
+  end
+  return rid
+end
+
 function M.load_rec(sid, t)
-  M.unpack_rec(t, redis.call('HGET', M.H, sid .. ':x'))
+  M.unpack_rec(sid, t, redis.call('HGET', M.H, sid .. ':x'))
 end
 
 -- Remember that node sid's record changed: written at the end of the call.
@@ -218,7 +239,7 @@ function M.flush()
           v = v .. '|' .. (t.attempts or '')
           if t.run_id or t.ended then
             v = v .. '|' .. (t.ended or '')
-            if t.run_id then v = v .. '|' .. t.run_id end
+            if t.run_id then v = v .. '|' .. M.short_run_id(sid, t.run_id) end
           end
         end
       end
@@ -743,7 +764,7 @@ function M.prefetch(sid, plan, with_def)
     if t[f] == nil then t[f] = vs[i] end
   end
   if rec then
-    M.unpack_rec(t, vs[n + 1])
+    M.unpack_rec(sid, t, vs[n + 1])
   elseif parts and not M.PACKED then
     for i = 1, #parts do
       local f = parts[i]
@@ -1871,7 +1892,7 @@ function M.main(KEYS, ARGV)
   -- the layout and the root's status in one read
   local lr = redis.call('HMGET', M.H, 'L', M.ROOT .. ':x', M.ROOT .. ':status')
   M.PACKED = lr[1] == '2'
-  if M.PACKED then M.unpack_rec(M.node_fields(M.ROOT), lr[2]) else M.node_fields(M.ROOT).status = lr[3] end
+  if M.PACKED then M.unpack_rec(M.ROOT, M.node_fields(M.ROOT), lr[2]) else M.node_fields(M.ROOT).status = lr[3] end
   M.root_was_final = M.TERMINAL[M.get(M.ROOT, 'status')] ~= nil
   if M.OP == 'start' then
     -- A delivery of task sid under run rid, as task ARGV[9]: run it, or say why not. A

@@ -425,7 +425,7 @@ class WorkflowBuilder:
         for (sid, sig), old_wf, records in zip(signed, old_wfs, stored, strict=True):
             if not records:
                 raise SignatureInUseError(f"{sig.key} no longer exists (expired or already used)")
-            sent, status = F.node_state(records, ROOT, [F.SENT, F.STATUS])
+            sent, status = F.node_state(records, old_wf, ROOT, [F.SENT, F.STATUS])
             if sent or status != "pending":
                 raise SignatureInUseError(f"{sig.key} was already run; sign a new one to use it")
             old_lists = await self._copy(old_wf, records, sid, parent, owner)

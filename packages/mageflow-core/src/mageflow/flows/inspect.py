@@ -89,7 +89,7 @@ async def read_state(mf: Readable, key: str) -> SignatureState:
         F.AHEAD,
     ]
     raw = await mf.store.read(wf, [sid, *F.state_fields(sid, names)])
-    raw = [raw[0], *F.state_values(names, raw[1:])]
+    raw = [raw[0], *F.state_values(names, raw[1:], f"{wf}.{sid}")]
     if raw[0] is None and F.item_swarm(sid):  # a templated swarm item
         (raw[0],) = await F.read_defs(mf.store, wf, [sid])
     if raw[0] is None:
