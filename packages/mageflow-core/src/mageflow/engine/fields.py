@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from mageflow.engine.keys import join_key
+
 if TYPE_CHECKING:
     from mageflow.store.base import StateStore
 
@@ -84,22 +86,31 @@ def stored_def(fields: Mapping[str, str], sid: str) -> str | None:
     return fields.get(of(swarm, TEMPLATE))
 
 
+def def_fields(sid: str) -> list[str]:
+    """The hash fields that hold node ``sid``'s definition (read them in one call, then
+    decode with :func:`def_value`): its own, and for an item its run record and its
+    swarm's item template."""
+    swarm = item_swarm(sid)
+    return [sid] if swarm is None else [sid, of(sid, RECORD), of(swarm, TEMPLATE)]
+
+
+def def_value(sid: str, values: Sequence[str | None]) -> str | None:
+    """Node ``sid``'s definition from the values read for :func:`def_fields`, as
+    :func:`stored_def` finds it."""
+    found = {f: v for f, v in zip(def_fields(sid), values, strict=True) if v is not None}
+    return stored_def(found, sid)
+
+
 async def read_defs(store: StateStore, wf: str, sids: Sequence[str]) -> list[str | None]:
     """The definitions of nodes ``sids`` of workflow ``wf`` (``None``: no such node), as
-    :func:`stored_def` finds them; a second read only for nodes without their own."""
-    found = await store.read(wf, list(sids))
-    templated = [
-        (i, s, swarm)
-        for i, s in enumerate(sids)
-        if found[i] is None and (swarm := item_swarm(s)) is not None
-    ]
-    if templated:
-        names = [f for _, s, swarm in templated for f in (of(s, RECORD), of(swarm, TEMPLATE))]
-        more = await store.read(wf, names)
-        for k, (i, _, _) in enumerate(templated):
-            if more[2 * k] is not None:
-                found[i] = more[2 * k + 1]
-    return found
+    :func:`stored_def` finds them, in one read."""
+    per_node = [def_fields(sid) for sid in sids]
+    values = await store.read(wf, [f for fields in per_node for f in fields])
+    out, at = [], 0
+    for sid, fields in zip(sids, per_node, strict=True):
+        out.append(def_value(sid, values[at : at + len(fields)]))
+        at += len(fields)
+    return out
 
 
 def lazily_queued(
@@ -170,7 +181,7 @@ def node_state(
     """Records ``names`` of node ``sid`` from the fields of workflow ``wf`` already read,
     in either layout."""
     values = [records.get(f) for f in state_fields(sid, names)]
-    return state_values(names, values, f"{wf}.{sid}")
+    return state_values(names, values, join_key(wf, sid))
 
 
 async def read_nodes(
@@ -181,6 +192,6 @@ async def read_nodes(
     values = await store.read(wf, [f for fields in per_node for f in fields])
     out, at = [], 0
     for sid, fields in zip(sids, per_node, strict=True):
-        out.append(state_values(names, values[at : at + len(fields)], f"{wf}.{sid}"))
+        out.append(state_values(names, values[at : at + len(fields)], join_key(wf, sid)))
         at += len(fields)
     return out

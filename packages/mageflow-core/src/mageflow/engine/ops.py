@@ -371,10 +371,8 @@ class Engine:
         status: list[str | None] = [None]
         # a node exists while its definition (the field named by its sid) does, a
         # templated swarm item while its run record does
-        waited = F.of(sid, F.WAITED)
-        if not await self.store.set_if_present(
-            wf, sid, waited, "1"
-        ) and not await self.store.set_if_present(wf, F.of(sid, F.RECORD), waited, "1"):
+        guards = [sid, F.of(sid, F.RECORD)] if F.item_swarm(sid) else [sid]
+        if not await self.store.set_if_present(wf, guards, F.of(sid, F.WAITED), "1"):
             raise SignatureNotFoundError(f"no signature stored under {key!r} (unknown or expired)")
 
         async def settled() -> bool:

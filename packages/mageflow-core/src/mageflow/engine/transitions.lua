@@ -230,19 +230,20 @@ function M.flush()
   for i = 1, n do
     local sid = M.dirty_list[i]
     local t = M.fields[sid]
-    local v = t.status or ''
-    if t.run_id or t.ended or t.attempts or t.started or t.sent then
-      v = v .. '|' .. (t.sent or '')
-      if t.run_id or t.ended or t.attempts or t.started then
-        v = v .. '|' .. (t.started or '')
-        if t.run_id or t.ended or t.attempts then
-          v = v .. '|' .. (t.attempts or '')
-          if t.run_id or t.ended then
-            v = v .. '|' .. (t.ended or '')
-            if t.run_id then v = v .. '|' .. M.short_run_id(sid, t.run_id) end
-          end
-        end
-      end
+    local st, se, sa, at, en = t.status or '', t.sent or '', t.started or '', t.attempts or '', t.ended or ''
+    local v
+    if t.run_id then
+      v = st .. '|' .. se .. '|' .. sa .. '|' .. at .. '|' .. en .. '|' .. M.short_run_id(sid, t.run_id)
+    elseif t.ended then
+      v = st .. '|' .. se .. '|' .. sa .. '|' .. at .. '|' .. en
+    elseif t.attempts then
+      v = st .. '|' .. se .. '|' .. sa .. '|' .. at
+    elseif t.started then
+      v = st .. '|' .. se .. '|' .. sa
+    elseif t.sent then
+      v = st .. '|' .. se
+    else
+      v = st
     end
     if v == '' then
       dels[#dels + 1] = sid .. ':x'
@@ -400,13 +401,17 @@ function M.item_swarm(sid)
   return nil
 end
 
-function M.templated(sid)
-  if not M.PACKED then return false end
-  local s = M.item_swarm(sid)
-  if s == nil then return false end
+-- Item sid's definition from its swarm s's template, or false: none, or no run record.
+function M.from_template(sid, s)
   local tpl = M.get(s, 'tpl')
   if tpl == nil or M.get(sid, 'status') == nil then return false end
   return tpl
+end
+
+function M.templated(sid)
+  local s = M.PACKED and M.item_swarm(sid)
+  if not s then return false end
+  return M.from_template(sid, s)
 end
 
 -- The name of an auxiliary key of this workflow, remembered for the TTL refresh.
@@ -774,8 +779,7 @@ function M.prefetch(sid, plan, with_def)
   if tpl_at then M.fields[swarm].tpl = vs[tpl_at] end
   if def then
     local raw = vs[tpl_at and m - 1 or m]
-    -- no definition of its own: its swarm's template, if its run record exists
-    if raw == false and swarm and t.status then raw = M.fields[swarm].tpl or false end
+    if raw == false and swarm then raw = M.from_template(sid, swarm) end
     M.raw_defs[sid] = raw
   end
 end

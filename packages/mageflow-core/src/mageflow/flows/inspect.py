@@ -88,10 +88,9 @@ async def read_state(mf: Readable, key: str) -> SignatureState:
         F.SCANNED,
         F.AHEAD,
     ]
-    raw = await mf.store.read(wf, [sid, *F.state_fields(sid, names)])
-    raw = [raw[0], *F.state_values(names, raw[1:], f"{wf}.{sid}")]
-    if raw[0] is None and F.item_swarm(sid):  # a templated swarm item
-        (raw[0],) = await F.read_defs(mf.store, wf, [sid])
+    at = len(F.def_fields(sid))
+    raw = await mf.store.read(wf, [*F.def_fields(sid), *F.state_fields(sid, names)])
+    raw = [F.def_value(sid, raw[:at]), *F.state_values(names, raw[at:], join_key(wf, sid))]
     if raw[0] is None:
         raise SignatureNotFoundError(f"no signature stored under {key!r} (unknown or expired)")
     d = NodeDef.model_validate(json.loads(raw[0]))

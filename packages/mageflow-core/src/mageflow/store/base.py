@@ -58,11 +58,15 @@ CHUNK = 10_000
 """At most this many hash fields or list members go in one store command."""
 
 _SET_IF_PRESENT = Script(
-    "if redis.call('HGET', KEYS[1], ARGV[1]) == false then return 0 end\n"
-    "if redis.call('HGET', KEYS[1], ARGV[2]) == false then\n"
-    "  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])\n"
+    "for i = 3, #ARGV do\n"
+    "  if redis.call('HGET', KEYS[1], ARGV[i]) then\n"
+    "    if redis.call('HGET', KEYS[1], ARGV[1]) == false then\n"
+    "      redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+    "    end\n"
+    "    return 1\n"
+    "  end\n"
     "end\n"
-    "return 1\n"
+    "return 0\n"
 )
 
 EVENTS_BATCH = 500
@@ -163,11 +167,13 @@ class StateStore(abc.ABC):
     async def read_fields(self, requests: Sequence[tuple[str, str]]) -> list[str | None]:
         """One hash field of each of several workflows (``(wf, field)``), one round trip."""
 
-    async def set_if_present(self, wf: str, guard: str, field_name: str, value: str) -> bool:
-        """Set ``field_name`` (unless set) on workflow ``wf`` if its hash has field
-        ``guard``; ``False`` (nothing written, no key created) when it has not."""
+    async def set_if_present(
+        self, wf: str, guards: Sequence[str], field_name: str, value: str
+    ) -> bool:
+        """Set ``field_name`` (unless set) on workflow ``wf`` if its hash has any of the
+        fields ``guards``; ``False`` (nothing written, no key created) when it has none."""
         reply = await self.run_script(
-            _SET_IF_PRESENT, [self.hash_key(wf)], [guard, field_name, value]
+            _SET_IF_PRESENT, [self.hash_key(wf)], [field_name, value, *guards]
         )
         return reply == 1
 
