@@ -78,7 +78,9 @@ class RetryWorld(World):
         while (up := cur.up) is not None:
             if before.get(up) == "failed" and start.get(up) == "pending":
                 return True
-            if start.get(up) != "failed" and cur.owner is None:
+            # the path goes on through failed nodes; from a callback, through its owner
+            # unless that owner succeeded (its done callbacks are not on a failure path)
+            if start.get(up) != "failed" and (cur.owner is None or start.get(up) == "done"):
                 return False
             cur = self.nodes[up]
         return False
