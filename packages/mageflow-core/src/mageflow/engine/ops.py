@@ -6,8 +6,10 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
+from typing import Any
 
 from mageflow.engine import fields as F
+from mageflow.engine.coalesce import Coalescer
 from mageflow.engine.keys import ROOT, split_key
 from mageflow.engine.replies import (
     Reconciled,
@@ -20,6 +22,7 @@ from mageflow.errors import (
     EngineError,
     SignatureInUseError,
     SignatureNotFoundError,
+    StoreUnavailableError,
     SwarmClosedError,
     WorkflowBusyError,
     WorkflowFinishedError,
@@ -82,6 +85,10 @@ class Engine:
         see ``STREAM DELIVERY`` in the script; ``""``: the client publishes them)."""
         self.on_wake: Callable[[int], None] | None = None
         """Told the time a transition delayed a node to (the process's sweep loop)."""
+        self._finishes: Coalescer[tuple[str, ...], list[str]] = Coalescer(
+            self._send_finishes, shared=(StoreUnavailableError,)
+        )
+        """Finishes of one workflow made while one is in flight go out in one call."""
 
     def _argv(self, op: str, args: Sequence[str]) -> list[str]:
         return [
@@ -162,19 +169,34 @@ class Engine:
         would have refused (a copy, a canceled workflow) is a ``duplicate``.
         ``ack``: ``(stream, group, entry id)`` of the delivery, a stream entry on the
         store's Redis server: the same call acknowledges and deletes it, whatever it
-        replies (a Redis store only: the in-process one has no streams to read)."""
+        replies (a Redis store only: the in-process one has no streams to read).
+        Finishes of one workflow made while one of its finishes is in flight go out
+        together, in one call (each its own transition, as if alone)."""
         wf, sid = split_key(key)
-        args = [sid, "1" if ok else "0", value, original_input]
-        if ack is not None:
-            args += [first_run or "", *ack]
-        elif first_run is not None:
-            args.append(first_run)
-        reply = await self._call(wf, "finish", *args)
+        stream, group, entry = ack or ("", "", "")
+        args = (
+            sid,
+            "1" if ok else "0",
+            value,
+            original_input,
+            first_run or "",
+            stream,
+            group,
+            entry,
+        )
+        reply = await self._finishes(wf, args)
         if reply[0] == "missing":
             return Transition(duplicate=True)
         if reply[0] == "dup":
             return Transition(decode_publishes(wf, reply[1]), duplicate=True)
         return await self._woken(wf, decode_transition(wf, reply))
+
+    async def _send_finishes(self, wf: str, finishes: Sequence[tuple[str, ...]]) -> list[list[str]]:
+        """One ``finish`` call for several finishes of ``wf``: one reply each."""
+        replies: list[Any] = await self._call(wf, "finish", *(a for f in finishes for a in f))
+        if len(replies) != len(finishes) or not all(isinstance(r, list) and r for r in replies):
+            raise EngineError(f"unexpected engine reply for {wf} (finish): {replies!r}")
+        return replies
 
     async def continue_with(self, key: str, root_sid: str, original_input: str) -> Transition:
         """Task ``key`` returned a workflow, already stored under ``root_sid`` in its own

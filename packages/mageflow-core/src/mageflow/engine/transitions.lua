@@ -6,7 +6,8 @@
 --        ARGV[1] op, ARGV[2] now (ms), ARGV[3] TTL while active (s), ARGV[4] TTL once the
 --        root finished (s), ARGV[5] resend delay (ms), ARGV[6] the stream delivery ('' when
 --        off, see STREAM DELIVERY), ARGV[7..] the op's arguments.
--- REPLY  a flat array of strings; mageflow/engine/replies.py decodes it.
+-- REPLY  a flat array of strings ('finish': an array of them, one per finish);
+--        mageflow/engine/replies.py decodes it.
 --
 -- KEYS (all share H's hash tag, so one call touches one Cluster slot)
 --   H                      hash: "<sid>" = definition JSON, "<sid>:<field>" = state,
@@ -1871,9 +1872,63 @@ function M.begin(KEYS, ARGV)
   M.collect_more = nil  -- '1': this call left a swarm's result part-assembled
   M.result = nil
   M.final_ttl = nil
-  M.ack = nil -- { stream, group, entry id } acknowledged once the call wrote everything
+  M.acks = {} -- { stream, group, entry id } of deliveries acknowledged once the call wrote everything
   M.PACKED = false -- the workflow keeps run records (see RUN RECORD); read in main
   M.dirty, M.dirty_list = {}, {} -- nodes whose run record this call changed
+end
+
+-- Task sid ended: ok with result val, or for good with error val on input inp.
+-- first ('' for none): the run id of a first delivery whose user code ran without a start
+-- transition (the worker trusted its message: see FIRST DELIVERIES); the start is taken
+-- here, in the same call, and a delivery the start would have refused (a copy, a canceled
+-- workflow) changes nothing. stream, group, entry ('' for none): the delivery, an entry of
+-- a stream on this server: acknowledged and deleted at the end of the call, whatever it
+-- replies (the worker then sends no XACK/XDEL of its own).
+function M.finish_task(sid, ok, val, inp, first, stream, group, entry)
+  if first == '' then first = nil end
+  if entry ~= '' then M.acks[#M.acks + 1] = { stream, group, entry } end
+  M.prefetch(sid, M.ENDING_FIELDS, true)
+  local d = M.def(sid)
+  local taken = { 'run' }
+  if first and d and d.k == 'task' then
+    taken = M.start_task(sid, first, nil, nil, true)
+  end
+  if d == nil or d.k ~= 'task' then
+    return { 'missing' }
+  elseif taken[1] == 'redo' then
+    return { 'dup', taken[2] }
+  elseif taken[1] ~= 'run' and taken[1] ~= 'taken' then
+    return { 'dup', '[]' }
+  elseif M.TERMINAL[M.get(sid, 'status')] or M.get(sid, 'outcome') or M.get(sid, 'cont') then
+    return { 'dup', M.redo(sid) }
+  end
+  if taken[1] ~= 'run' or not first then redis.call('SREM', M.INFLIGHT, sid) end
+  M.stat_finished(sid, ok)
+  M.del(sid, 'lease')
+  M.settle(sid, ok, val, inp)
+  M.record_owed(sid)
+  return M.transition_reply()
+end
+
+-- Acknowledge and delete the deliveries this call finished: one XACK and one XDEL per
+-- stream and group. pcall: a group or stream gone since the read holds nothing pending.
+function M.acknowledge()
+  local by = {}
+  local order = {}
+  for _, a in ipairs(M.acks) do
+    local k = a[1] .. '\0' .. a[2]
+    local ids = by[k]
+    if ids == nil then
+      ids = { a[1], a[2] }
+      by[k] = ids
+      order[#order + 1] = ids
+    end
+    ids[#ids + 1] = a[3]
+  end
+  for _, ids in ipairs(order) do
+    redis.pcall('XACK', unpack(ids))
+    redis.pcall('XDEL', ids[1], unpack(ids, 3))
+  end
 end
 
 -- What an operator command (suspend, resume, cancel) replies for node sid of status st
@@ -1904,40 +1959,21 @@ function M.main(KEYS, ARGV)
     -- definition's task name), nothing changes.
     M.result = M.start_task(ARGV[7], ARGV[8], ARGV[9], ARGV[10] and tonumber(ARGV[10]), false)
   elseif M.OP == 'finish' then
-    -- Task sid ended: ok ('1') with result val, or for good with error val on input inp.
-    -- ARGV[11] (optional, '' for none): the run id of a first delivery whose user code
-    -- ran without a start transition (the worker trusted its message: see FIRST
-    -- DELIVERIES); the start is taken here, in the same call, and a delivery the start
-    -- would have refused (a copy, a canceled workflow) changes nothing.
-    -- ARGV[12..14] (optional): stream, consumer group and entry id of the delivery, an
-    -- entry of a stream on this server: acknowledged and deleted at the end of the call,
-    -- whatever it replies (the worker then sends no XACK/XDEL of its own).
-    local sid, ok, val, inp = ARGV[7], ARGV[8] == '1', ARGV[9], ARGV[10]
-    local first = ARGV[11]
-    if first == '' then first = nil end
-    if ARGV[12] then M.ack = { ARGV[12], ARGV[13], ARGV[14] } end
-    M.prefetch(sid, M.ENDING_FIELDS, true)
-    local d = M.def(sid)
-    local taken = { 'run' }
-    if first and d and d.k == 'task' then
-      taken = M.start_task(sid, first, nil, nil, true)
+    -- One or more finishes of tasks of this workflow, 8 arguments each from ARGV[7]: sid,
+    -- ok ('1'), val, inp, first ('' none), stream, group, entry ('' none) (see
+    -- M.finish_task). Each is the transition it would be alone, in the order given; the
+    -- reply is one finish reply per finish. A worker sends the finishes of one workflow
+    -- that ended while its previous call was in flight together: what the call itself
+    -- costs (its round trip, the TTL refreshes, the events entry, the acknowledgements)
+    -- is paid once, and the nodes they share (their swarm) are read once.
+    local replies = {}
+    for i = 7, #ARGV, 8 do
+      M.pubs, M.events, M.sent_now, M.collecting = {}, {}, {}, {}
+      M.wake_at, M.collect_more = nil, nil
+      replies[#replies + 1] = M.finish_task(ARGV[i], ARGV[i + 1] == '1', ARGV[i + 2], ARGV[i + 3],
+        ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7])
     end
-    if d == nil or d.k ~= 'task' then
-      M.result = { 'missing' }
-    elseif taken[1] == 'redo' then
-      M.result = { 'dup', taken[2] }
-    elseif taken[1] ~= 'run' and taken[1] ~= 'taken' then
-      M.result = { 'dup', '[]' }
-    elseif M.TERMINAL[M.get(sid, 'status')] or M.get(sid, 'outcome') or M.get(sid, 'cont') then
-      M.result = { 'dup', M.redo(sid) }
-    else
-      if taken[1] ~= 'run' or not first then redis.call('SREM', M.INFLIGHT, sid) end
-      M.stat_finished(sid, ok)
-      M.del(sid, 'lease')
-      M.settle(sid, ok, val, inp)
-      M.record_owed(sid)
-      M.result = M.transition_reply()
-    end
+    M.result = replies
   elseif M.OP == 'continue' then
     -- Task sid returned a workflow to run in its place: its root c, already stored under
     -- sid (inert until now), starts; sid settles when c does. inp: the input sid ran with.
@@ -2301,11 +2337,7 @@ function M.main(KEYS, ARGV)
     redis.call('EXPIRE', k, M.final_ttl)
   end
   if M.stats_bucket then redis.call('EXPIRE', M.stats_bucket, M.STATS_TTL) end
-  if M.ack then
-    -- pcall: a group or stream gone since the read holds nothing pending to acknowledge
-    redis.pcall('XACK', M.ack[1], M.ack[2], M.ack[3])
-    redis.pcall('XDEL', M.ack[1], M.ack[3])
-  end
+  if #M.acks > 0 then M.acknowledge() end
   return M.result
 end
 

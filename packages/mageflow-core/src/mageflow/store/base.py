@@ -14,6 +14,7 @@ import abc
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mageflow.errors import ConfigurationError
 
@@ -72,8 +73,8 @@ _SET_IF_PRESENT = Script(
 EVENTS_BATCH = 500
 """At most this many stream entries come back from one :meth:`StateStore.read_events`."""
 
-Reply = list[str] | str | int | None
-"""What a script returns: strings, integers, nil, or flat arrays of strings."""
+Reply = list[Any] | str | int | None
+"""What a script returns: strings, integers, nil, or arrays of strings (or of such arrays)."""
 
 
 def check_ttls(active_ttl: object, finished_ttl: object) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import (
@@ -55,6 +55,13 @@ def _busy(exc: ResponseError) -> bool:
     """Redis is running a long script (BUSY): it ran nothing of this call, which may be
     sent again once the script ended, like a call to a server that was down."""
     return str(exc).startswith("BUSY")
+
+
+def _texts(reply: Any) -> Reply:
+    """A script's reply with the integers in its arrays as text (nested arrays kept)."""
+    if isinstance(reply, list):
+        return [_texts(x) if isinstance(x, list) else str(x) for x in reply]
+    return cast(Reply, reply)
 
 
 def _function_missing(exc: ResponseError) -> bool:
@@ -261,9 +268,7 @@ class RedisStore(StateStore):
             if _busy(exc):
                 raise self._unavailable(exc) from exc
             raise EngineError(f"the engine script failed on {keys[0]}: {exc}") from exc
-        if isinstance(reply, list):
-            return [str(x) for x in reply]
-        return reply  # type: ignore[no-any-return]
+        return _texts(reply)
 
     async def write(
         self,
