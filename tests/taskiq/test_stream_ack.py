@@ -41,7 +41,8 @@ the counts below are exact."""
 
 @dataclass
 class Acks:
-    """The XACK / XDEL commands of one stream seen by MONITOR, by who sent them."""
+    """The entries of one stream that XACK / XDEL commands seen by MONITOR named, by who
+    sent them: the command's name once per entry (one call may finish several)."""
 
     stream: str
     by_script: list[str] = field(default_factory=list)
@@ -54,7 +55,8 @@ class Acks:
         if words[1] != self.stream:
             return
         sender = self.by_script if command.get("client_type") == "lua" else self.by_client
-        sender.append(words[0].upper())
+        entries = words[3:] if words[0].upper() == "XACK" else words[2:]
+        sender.extend(words[0].upper() for _ in entries)
 
 
 @contextlib.asynccontextmanager

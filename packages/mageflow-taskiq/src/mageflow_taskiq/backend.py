@@ -263,7 +263,15 @@ class ShutdownSafeReceiver(Receiver):
     that read really stops. On Python < 3.12 ``asyncio.wait_for``, which redis-py uses to
     send a command, can swallow a cancellation; the worker then never exits. ``run_worker``
     uses it; for the CLI add ``--receiver mageflow_taskiq.backend:ShutdownSafeReceiver``.
+    It also tells a :class:`ReclaimingStreamBroker` how many tasks the worker runs at once,
+    so that a read takes as many messages as there are free slots.
     """
+
+    def __init__(self, broker: AsyncBroker, *args: Any, **kwargs: Any) -> None:
+        super().__init__(broker, *args, **kwargs)
+        slots = kwargs.get("max_async_tasks")
+        if isinstance(broker, ReclaimingStreamBroker) and isinstance(slots, int) and slots > 0:
+            broker.slots = slots
 
     async def _close_prefetch_state(self, state: Any) -> Any:
         if state.current_message is not None:

@@ -178,6 +178,9 @@ class ReclaimingStreamBroker(RedisStreamBroker):
         self._back_at = -math.inf  # when the broker's Redis last answered after failing
         self.dead_consumer_after = DEAD_CONSUMER_AFTER
         """Seconds after which an idle consumer holding nothing is deleted from the group."""
+        self.slots: int | None = None
+        """How many tasks this worker runs at once (set by :class:`ShutdownSafeReceiver`
+        from ``--max-async-tasks``); ``None``: unknown, and a read takes ``xread_count``."""
 
     @staticmethod
     def delivery_of(context: Context) -> StreamMessage | None:
@@ -239,7 +242,7 @@ class ReclaimingStreamBroker(RedisStreamBroker):
                         streams,
                         block=self.block,
                         noack=False,
-                        count=self.count,
+                        count=self._read_count(),
                     ),
                 )
                 for stream, entries in fetched or ():
@@ -279,6 +282,15 @@ class ReclaimingStreamBroker(RedisStreamBroker):
                                     yield message
                         if cursor in (b"0-0", "0-0"):
                             break
+
+    def _read_count(self) -> int:
+        """How many new messages one read takes: as many as the worker has free slots
+        (at most READ_MOST), so each starts at once and none waits in a busy worker's
+        buffer while another worker is idle. Several at a time, their tasks also end
+        together, and the core sends their finishes in one call."""
+        if self.slots is None:
+            return int(self.count or 1)
+        return max(1, min(READ_MOST, self.slots - len(self._held)))
 
     async def _riding_out(self, what: str, command: Callable[[], Awaitable[T]]) -> T:
         """Run ``command`` until the broker's Redis answers: a dropped connection, a
@@ -472,15 +484,20 @@ class StreamMessage:
             self._broker._held.discard(self._held)
 
 
+READ_MOST = 32
+"""The most new messages one read takes (see ``ReclaimingStreamBroker._read_count``)."""
+
+
 def build_stream_broker(url: str, *, queue_name: str, idle_timeout: float) -> Any:
     """The recommended Redis broker for MageFlow: a :class:`ReclaimingStreamBroker`.
 
     A stream broker, because it acknowledges a message only after its task finished and
     hands a dead worker's message to another one once it has been idle ``idle_timeout``
     seconds (``ListQueueBroker`` pops with BRPOP and loses the message if the worker
-    dies; ``PubSubBroker`` delivers to every worker). ``xread_count=1``: a worker takes
-    a message only when it has a free slot, so messages do not wait in a busy worker's
-    buffer while another worker has nothing to do.
+    dies; ``PubSubBroker`` delivers to every worker). A worker takes only as many
+    messages as it has free slots (one per read when it does not know its slots), so
+    messages do not wait in a busy worker's buffer while another worker has nothing to
+    do.
     """
     return ReclaimingStreamBroker(
         url, queue_name=queue_name, idle_timeout=int(idle_timeout * 1000), xread_count=1
