@@ -17,6 +17,7 @@ A = TypeVar("A")
 R = TypeVar("R")
 
 Send = Callable[[str, Sequence[A]], Awaitable[Sequence[R]]]
+_Key = tuple[asyncio.AbstractEventLoop, str]
 
 
 class Coalescer(Generic[A, R]):
@@ -32,20 +33,23 @@ class Coalescer(Generic[A, R]):
         self._send = send
         self._most = most
         self._shared = shared
-        self._waiting: dict[str, list[tuple[A, asyncio.Future[R]]]] = {}
+        # Keyed by event loop too: a loop closed mid-call leaves its key behind, and a
+        # call on another loop must not wait for what that loop will never send.
+        self._waiting: dict[_Key, list[tuple[A, asyncio.Future[R]]]] = {}
         self._drains: set[asyncio.Task[None]] = set()
 
     async def __call__(self, key: str, item: A) -> R:
-        waiting = self._waiting.get(key)
+        loop = asyncio.get_running_loop()
+        waiting = self._waiting.get((loop, key))
         if waiting is not None:
-            future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[R] = loop.create_future()
             waiting.append((item, future))
             return await future
-        self._waiting[key] = []
+        self._waiting[loop, key] = []
         try:
             return (await self._replies(key, [item]))[0]
         finally:
-            self._hand_off(key)
+            self._hand_off(loop, key)
 
     async def _replies(self, key: str, items: list[A]) -> Sequence[R]:
         replies = await self._send(key, items)
@@ -53,23 +57,23 @@ class Coalescer(Generic[A, R]):
             raise RuntimeError(f"{key}: {len(replies)} replies to {len(items)} calls")
         return replies
 
-    def _hand_off(self, key: str) -> None:
-        if self._waiting[key]:
-            task = asyncio.get_running_loop().create_task(self._drain(key))
+    def _hand_off(self, loop: asyncio.AbstractEventLoop, key: str) -> None:
+        if self._waiting[loop, key] and not loop.is_closed():
+            task = loop.create_task(self._drain(loop, key))
             self._drains.add(task)
             task.add_done_callback(self._drains.discard)
-        else:
-            del self._waiting[key]
+        else:  # nothing waits, or a closed loop's call is being collected: nothing can
+            del self._waiting[loop, key]
 
-    async def _drain(self, key: str) -> None:
-        waiting = self._waiting[key]
+    async def _drain(self, loop: asyncio.AbstractEventLoop, key: str) -> None:
+        waiting = self._waiting[loop, key]
         try:
             while waiting:
                 batch = waiting[: self._most]
                 del waiting[: self._most]
                 await self._settle(key, batch)
         finally:
-            del self._waiting[key]
+            del self._waiting[loop, key]
             for _, future in waiting:  # only when cancelled: nothing will send these
                 future.cancel()
 
