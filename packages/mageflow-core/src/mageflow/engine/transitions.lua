@@ -106,6 +106,8 @@
 --   pscan      swarm: entries of H:prio already put on the zset      queue_unqueued
 --   collected  swarm: items whose result is assembled so far (a big swarm's completion)
 --   closed     swarm: '1' when it takes no more items          client, close
+--   ttl_at     ms when the node's keys (and, for the root, the workflow's) were last
+--              given their TTL (see KEY LIFETIMES)                 refresh
 --   tpl        swarm: the definition its templated items share (see ITEM TEMPLATES)
 --                                                              client, add
 --   flat       swarm: '1' while every item is a plain task without callbacks (no keys
@@ -222,11 +224,22 @@ function M.stored_name(f)
   return f
 end
 
--- Write the changed run records: one HSET (and one HDEL for records left empty).
--- Trailing empty parts are left out, built without a pattern (a run id may end in a bar).
+-- WRITE-BEHIND. Every state field a call writes (set, del, incr) is kept in the call's
+-- copy and written once at the end, with the changed run records: one HSET and at most
+-- one HDEL per call, however many fields changed, and an increment of a field read ahead
+-- costs no command. Reads see the copy (get); a direct write to H (the add op) is
+-- preceded by a flush, so that a later write always wins.
+function M.write(name, v)
+  if M.writes[name] == nil then M.write_list[#M.write_list + 1] = name end
+  M.writes[name] = v
+end
+
+-- Write the changed run records and fields: one HSET (and one HDEL for records left
+-- empty and fields deleted). A record's trailing empty parts are left out, built without
+-- a pattern (a run id may end in a bar).
 function M.flush()
   local n = #M.dirty_list
-  if n == 0 then return end
+  if n == 0 and #M.write_list == 0 then return end
   local sets, dels = {}, {}
   for i = 1, n do
     local sid = M.dirty_list[i]
@@ -253,7 +266,17 @@ function M.flush()
       sets[#sets + 1] = v
     end
   end
-  M.dirty, M.dirty_list = {}, {}
+  for i = 1, #M.write_list do
+    local name = M.write_list[i]
+    local v = M.writes[name]
+    if v then
+      sets[#sets + 1] = name
+      sets[#sets + 1] = v
+    else
+      dels[#dels + 1] = name
+    end
+  end
+  M.dirty, M.dirty_list, M.writes, M.write_list = {}, {}, {}, {}
   for i = 1, #sets, 1000 do redis.call('HSET', M.H, unpack(sets, i, math.min(i + 999, #sets))) end
   for i = 1, #dels, 1000 do redis.call('HDEL', M.H, unpack(dels, i, math.min(i + 999, #dels))) end
 end
@@ -327,7 +350,7 @@ function M.set(sid, f, v)
     M.touch_rec(sid)
     return
   end
-  redis.call('HSET', M.H, sid .. ':' .. f, v)
+  M.write(sid .. ':' .. f, v)
   M.node_fields(sid)[f] = v
 end
 
@@ -342,22 +365,16 @@ function M.del(sid, f)
     end
     return
   end
-  redis.call('HDEL', M.H, sid .. ':' .. f)
+  M.write(sid .. ':' .. f, false)
   t[f] = false
 end
 
--- Increments as text (Redis 7.0 turns a Lua number argument into text with snprintf, a
--- cost that shows in every call); a counter read back in this call is a number, which
--- every reader of a counter passes through tonumber.
+-- A counter is read (ahead, on the hot paths) and written back with the call's other
+-- writes (see WRITE-BEHIND); every reader of a counter passes it through tonumber.
 M.BY = { [1] = '1', [-1] = '-1' }
 function M.incr(sid, f, by)
-  if M.PACKED and M.REC[f] then
-    local n = tonumber(M.get(sid, f) or '0') + by
-    M.set(sid, f, n)
-    return n
-  end
-  local n = redis.call('HINCRBY', M.H, sid .. ':' .. f, M.BY[by] or string.format('%d', by))
-  M.node_fields(sid)[f] = n
+  local n = tonumber(M.get(sid, f) or '0') + by
+  M.set(sid, f, n)
   return n
 end
 
@@ -415,9 +432,44 @@ function M.templated(sid)
   return M.from_template(sid, s)
 end
 
--- The name of an auxiliary key of this workflow, remembered for the TTL refresh.
+-- KEY LIFETIMES. A workflow's keys expire TTL_ACTIVE after their last refresh (TTL_DONE
+-- once its root finished). A call gives its TTL to:
+--   - a key it wrote in a way that may have created it (RPUSH, SADD, ZADD, a stream's
+--     first entry: M.aux_w, M.touched), always: a created key has none;
+--   - all auxiliary keys of a node whose keys it uses (M.aux), at most once per
+--     REFRESH_MS per node (its field ttl_at), all kinds together, so that a key this call
+--     does not use is refreshed with those it does;
+--   - H and the workflow-wide keys, with the root's refresh (every call checks it).
+-- So a busy swarm pays an EXPIRE per key it may create, not one per key it reads; a key
+-- is refreshed within REFRESH_MS of its node being used, as when every call refreshed it.
+-- A call on a finished workflow refreshes everything it uses (TTL_DONE), as before.
+M.NODE_AUX = { chain = { 'steps' }, swarm = { 'items', 'queue', 'running', 'prio', 'result' },
+  graph = { 'nodes', 'sources', 'sinks', 'queue', 'running' } }
+
+function M.refresh(sid)
+  if M.refreshed[sid] then return end
+  M.refreshed[sid] = true
+  if not M.root_was_final and M.NOW - tonumber(M.get(sid, 'ttl_at') or '0') < M.REFRESH_MS then return end
+  M.due[#M.due + 1] = sid -- its ttl_at is written with the call's changes, if any
+  M.touched[M.H .. ':held:' .. sid] = true
+  local d = M.def(sid)
+  for _, kind in ipairs(d and M.NODE_AUX[d.k] or {}) do M.touched[M.H .. ':' .. kind .. ':' .. sid] = true end
+  if sid == M.ROOT then
+    for _, k in ipairs({ M.H, M.EVENTS, M.SENT, M.INFLIGHT, M.DELAYED, M.CONTS, M.COLLECT, M.H .. ':holders' }) do
+      M.touched[k] = true
+    end
+  end
+end
+
+-- The name of auxiliary key `kind` of node sid (its node's keys refreshed when due).
 function M.aux(kind, sid)
-  local k = M.H .. ':' .. kind .. ':' .. sid
+  M.refresh(sid)
+  return M.H .. ':' .. kind .. ':' .. sid
+end
+
+-- The same, for a write that may create the key: its TTL is set at the end of the call.
+function M.aux_w(kind, sid)
+  local k = M.aux(kind, sid)
   M.touched[k] = true
   return k
 end
@@ -436,7 +488,10 @@ M.STATS_BOUNDS = { 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
 function M.stat(field, by)
   if not M.STATS then return end
   M.stats_bucket = M.stats_bucket or (M.STATS .. ':' .. string.format('%d', math.floor(M.NOW / 60000)))
-  redis.call('HINCRBY', M.stats_bucket, field, M.BY[by] or string.format('%d', by))
+  -- a bucket is created with its first field, so a field created now may be the bucket's
+  if redis.call('HINCRBY', M.stats_bucket, field, M.BY[by] or string.format('%d', by)) == by then
+    M.stats_new = true
+  end
 end
 
 -- Task sid's final outcome: counted with its duration since its first attempt.
@@ -641,7 +696,7 @@ end
 
 -- Remember entry until node `at` resumes.
 function M.hold(at, entry)
-  if redis.call('RPUSH', M.aux('held', at), cjson.encode(entry)) == 1 then
+  if redis.call('RPUSH', M.aux_w('held', at), cjson.encode(entry)) == 1 then
     redis.call('SADD', M.H .. ':holders', at)
     M.touched[M.H .. ':holders'] = true
   end
@@ -714,7 +769,7 @@ function M.enqueue(s, it)
   local seq = M.incr(s, 'qseq', 1)
   local pr = M.def(it).pr or 0
   local score = string.format('%.0f', (M.PRIORITY_MAX - pr) * M.SEQ_SPAN + seq)
-  redis.call('ZADD', M.aux('queue', s), score, it)
+  redis.call('ZADD', M.aux_w('queue', s), score, it)
 end
 
 -- LAZY QUEUE. A swarm queues the items it has when it starts, and those added later
@@ -752,7 +807,8 @@ function M.prefetch(sid, plan, with_def)
     end
   end
   local def = with_def and M.defs[sid] == nil
-  local swarm, tpl_at -- an item's swarm, whose template is read ahead too (ITEM TEMPLATES)
+  -- an item's swarm, whose template (ITEM TEMPLATES) and definition are read ahead too
+  local swarm, tpl_at, sdef_at
   if def then
     m = m + 1
     ks[m] = sid
@@ -761,6 +817,11 @@ function M.prefetch(sid, plan, with_def)
       m = m + 1
       ks[m] = swarm .. ':tpl'
       tpl_at = m
+    end
+    if swarm and M.defs[swarm] == nil and M.raw_defs[swarm] == nil then
+      m = m + 1
+      ks[m] = swarm
+      sdef_at = m
     end
   end
   if m == 0 then return end
@@ -778,8 +839,9 @@ function M.prefetch(sid, plan, with_def)
     end
   end
   if tpl_at then M.fields[swarm].tpl = vs[tpl_at] end
+  if sdef_at then M.raw_defs[swarm] = vs[sdef_at] end
   if def then
-    local raw = vs[tpl_at and m - 1 or m]
+    local raw = vs[(tpl_at or sdef_at or m + 1) - 1]
     if raw == false and swarm then raw = M.from_template(sid, swarm) end
     M.raw_defs[sid] = raw
   end
@@ -789,8 +851,8 @@ end
 -- of the next item that swarm starts: each list in one HMGET instead of a HGET per field.
 M.ENDING_FIELDS = { { 'held_from', 'outcome', 'cont', 'lease', 'paused', 'waited', 'kwargs', 'idents' },
   { 'status', 'run_id', 'sent', 'started' } }
-M.SWARM_FIELDS = { { 'outcome', 'n_failed', 'closed', 'input', 'input_ret', 'input_err', 'lazy',
-  'scanned', 'qend', 'qmid', 'qsa', 'qsb' }, { 'status', 'sent' } }
+M.SWARM_FIELDS = { { 'outcome', 'n_failed', 'n_running', 'n_ended', 'closed', 'input', 'input_ret',
+  'input_err', 'lazy', 'scanned', 'qend', 'qmid', 'qsa', 'qsb', 'ttl_at' }, { 'status', 'sent' } }
 M.NEXT_FIELDS = { { 'queued', 'own', 'rerun', 'kwargs', 'idents' }, { 'sent', 'status' } }
 
 -- Swarm s's next item past the cursor that waits (the cursor moves over those queued or
@@ -941,7 +1003,7 @@ function M.maybe_complete(s)
     M.settle(s, true, '[' .. part .. ']', nil)
     return
   end
-  local parts = M.aux('result', s)
+  local parts = M.aux_w('result', s)
   if from == 0 then redis.call('DEL', parts) end
   redis.call('RPUSH', parts, part)
   if to < n then
@@ -986,7 +1048,7 @@ M.fill = function(s)
     local it = M.dequeue(s)
     if not it then break end
     M.incr(s, 'n_running', 1)
-    redis.call('SADD', M.aux('running', s), it)
+    redis.call('SADD', M.aux_w('running', s), it)
     if d.k == 'graph' then
       M.start_graph_node(s, it)
     else
@@ -1031,7 +1093,7 @@ M.start_node = function(sid, inl, own, ret, err)
   if ret then M.set(sid, 'input_ret', ret) end
   if err then M.set(sid, 'input_err', err) end
   if d.k == 'chain' then
-    M.touched[M.H .. ':steps:' .. sid] = true
+    M.refresh(sid)
     M.set(sid, 'step', 0)
     local first = M.step_at(sid, 0)
     if first == nil then
@@ -1052,7 +1114,7 @@ end
 
 -- Chain c reacts to its step sid ending: next step, or the chain settles.
 function M.chain_step_done(c, sid, ok, val)
-  M.touched[M.H .. ':steps:' .. c] = true
+  M.refresh(c)
   if M.TERMINAL[M.get(c, 'status')] or M.get(c, 'outcome') then return end
   local cur = tonumber(M.get(c, 'step') or '0')
   if M.step_at(c, cur) ~= sid then return end
@@ -1467,19 +1529,17 @@ end
 -- dispatched again with its payload, a chain resumes at its failed step, a swarm queues its
 -- failed items and those its failure budget stopped. Done nodes keep their results.
 
--- Clear state fields fs of node sid, in one HDEL.
+-- Clear state fields fs of node sid (deleted at the end: see WRITE-BEHIND).
 function M.del_fields(sid, fs)
-  local ks = {}
   local t = M.node_fields(sid)
   for _, f in ipairs(fs) do
     if M.PACKED and M.REC[f] then
       M.del(sid, f)
     else
-      ks[#ks + 1] = sid .. ':' .. f
+      M.write(sid .. ':' .. f, false)
       t[f] = false
     end
   end
-  if #ks > 0 then redis.call('HDEL', M.H, unpack(ks)) end
 end
 
 M.OUTCOME_FIELDS = { 'result', 'error', 'outcome', 'ended', 'run_id', 'owed', 'resends' }
@@ -1685,7 +1745,7 @@ M.rerun = function(sid)
     M.emit(sid, M.payload_of(sid))
   elseif d.k == 'chain' then
     M.activate(sid)
-    M.touched[M.H .. ':steps:' .. sid] = true
+    M.refresh(sid)
     M.rerun(M.step_at(sid, tonumber(M.get(sid, 'step') or '0')))
   elseif d.k == 'graph' then
     M.activate(sid)
@@ -1747,7 +1807,9 @@ end
 -- not record H:holders).
 function M.expire_everything(ttl)
   local holders = M.H .. ':holders'
-  for _, k in ipairs({ M.SENT, M.INFLIGHT, M.DELAYED, M.CONTS, holders }) do redis.call('EXPIRE', k, ttl) end
+  for _, k in ipairs({ M.H, M.SENT, M.INFLIGHT, M.DELAYED, M.CONTS, M.EVENTS, M.COLLECT, holders }) do
+    redis.call('EXPIRE', k, ttl)
+  end
   for _, x in ipairs(redis.call('SMEMBERS', holders)) do redis.call('EXPIRE', M.H .. ':held:' .. x, ttl) end
   local stack = redis.call('SMEMBERS', M.CONTS)
   stack[#stack + 1] = M.ROOT
@@ -1844,6 +1906,7 @@ function M.begin(KEYS, ARGV)
   M.NOW_S = ARGV[2]
   M.NOW = tonumber(ARGV[2])
   M.TTL_ACTIVE = ARGV[3] -- TTLs stay text: they are only ever EXPIRE arguments
+  M.REFRESH_MS = math.min(60000, tonumber(M.TTL_ACTIVE) * 125) -- an eighth of it, a minute at most
   M.TTL_DONE = ARGV[4]
   M.RESEND_AFTER = tonumber(ARGV[5])
   M.DELIVERY = ARGV[6]
@@ -1863,7 +1926,8 @@ function M.begin(KEYS, ARGV)
   M.EVENTS = M.H .. ':events'
   M.stream = {}
   M.STATS = KEYS[2]
-  M.stats_bucket = nil -- this minute's bucket, once written (its TTL is set at the end)
+  M.stats_bucket = nil -- this minute's bucket, once written
+  M.stats_new = false  -- a field of it created by this call: its TTL is set at the end
   M.WF = string.match(M.H, '{([^{}]*)}$')
   M.delivered = {} -- sids whose message this call appended itself
   M.window = {}        -- swarm -> { index of its first item, items } read in this call
@@ -1875,6 +1939,9 @@ function M.begin(KEYS, ARGV)
   M.acks = {} -- { stream, group, entry id } of deliveries acknowledged once the call wrote everything
   M.PACKED = false -- the workflow keeps run records (see RUN RECORD); read in main
   M.dirty, M.dirty_list = {}, {} -- nodes whose run record this call changed
+  M.writes, M.write_list = {}, {} -- fields this call changed (see WRITE-BEHIND)
+  M.refreshed = {} -- nodes whose keys' refresh this call decided (see KEY LIFETIMES)
+  M.due = {}       -- the nodes among them whose keys it refreshes
 end
 
 -- Task sid ended: ok with result val, or for good with error val on input inp.
@@ -1948,10 +2015,13 @@ function M.main(KEYS, ARGV)
     for _, wf in ipairs(due) do redis.call('ZADD', M.H, M.NOW + tonumber(ARGV[7]), wf) end
     return due
   end
-  -- the layout and the root's status in one read
-  local lr = redis.call('HMGET', M.H, 'L', M.ROOT .. ':x', M.ROOT .. ':status')
+  -- the layout, the root's status and its dispatch counter in one read
+  local lr = redis.call('HMGET', M.H, 'L', M.ROOT .. ':x', M.ROOT .. ':status', M.ROOT .. ':nd',
+    M.ROOT .. ':ttl_at')
   M.PACKED = lr[1] == '2'
-  if M.PACKED then M.unpack_rec(M.ROOT, M.node_fields(M.ROOT), lr[2]) else M.node_fields(M.ROOT).status = lr[3] end
+  local rt = M.node_fields(M.ROOT)
+  if M.PACKED then M.unpack_rec(M.ROOT, rt, lr[2]) else rt.status = lr[3] end
+  rt.nd, rt.ttl_at = lr[4], lr[5]
   M.root_was_final = M.TERMINAL[M.get(M.ROOT, 'status')] ~= nil
   if M.OP == 'start' then
     -- A delivery of task sid under run rid, as task ARGV[9]: run it, or say why not. A
@@ -2091,6 +2161,7 @@ function M.main(KEYS, ARGV)
           end
         end
       end
+      M.flush() -- the fields below are written directly: what this call wrote goes first
       for i = 9, k_at - 1 do
         for j = k_at + 1, n_at - 1, 2 do
           if j ~= templated then
@@ -2124,7 +2195,7 @@ function M.main(KEYS, ARGV)
         end
       end
       for i = 9, k_at - 1, BATCH do
-        redis.call('RPUSH', M.aux('items', s), unpack(ARGV, i, math.min(i + BATCH - 1, k_at - 1)))
+        redis.call('RPUSH', M.aux_w('items', s), unpack(ARGV, i, math.min(i + BATCH - 1, k_at - 1)))
       end
       if M.get(s, 'flat') then
         -- a definition (a field without ':') that is not a plain task: s is flat no more
@@ -2321,10 +2392,17 @@ function M.main(KEYS, ARGV)
     return redis.error_reply('mageflow: unknown operation ' .. tostring(M.OP))
   end
 
+  if M.get(M.ROOT, 'status') then M.refresh(M.ROOT) end -- the workflow exists
+  if #M.write_list > 0 or #M.dirty_list > 0 then -- a call that changes nothing writes nothing
+    for _, sid in ipairs(M.due) do M.write(sid .. ':ttl_at', M.NOW_S) end
+  end
   M.flush()
   if #M.stream > 0 then
-    redis.call('XADD', M.EVENTS, 'MAXLEN', '~', M.EVENTS_MAX, '*', 'e', '[' .. table.concat(M.stream, ',') .. ']')
-    M.touched[M.EVENTS] = true
+    local e = '[' .. table.concat(M.stream, ',') .. ']'
+    if not redis.call('XADD', M.EVENTS, 'NOMKSTREAM', 'MAXLEN', '~', M.EVENTS_MAX, '*', 'e', e) then
+      redis.call('XADD', M.EVENTS, 'MAXLEN', '~', M.EVENTS_MAX, '*', 'e', e) -- its first entry
+      M.touched[M.EVENTS] = true
+    end
   end
 
   M.final_ttl = M.TTL_ACTIVE
@@ -2332,11 +2410,10 @@ function M.main(KEYS, ARGV)
     M.final_ttl = M.TTL_DONE
     if not M.root_was_final then M.expire_everything(M.final_ttl) end
   end
-  redis.call('EXPIRE', M.H, M.final_ttl)
   for k, _ in pairs(M.touched) do
     redis.call('EXPIRE', k, M.final_ttl)
   end
-  if M.stats_bucket then redis.call('EXPIRE', M.stats_bucket, M.STATS_TTL) end
+  if M.stats_new then redis.call('EXPIRE', M.stats_bucket, M.STATS_TTL) end
   if #M.acks > 0 then M.acknowledge() end
   return M.result
 end

@@ -214,15 +214,21 @@ class LuaHost:
                 return [x for m, s in pairs for x in (m, score_text(s))]
             return [m for m, _ in pairs]
 
-        def xadd(key: str, *args: Any) -> str:
-            # the engine's form: XADD key MAXLEN ~ n * field value
+        def xadd(key: str, *args: Any) -> str | None:
+            # the engine's form: XADD key [NOMKSTREAM] MAXLEN ~ n * field value
             opts = [str(a) for a in args]
             maxlen = None
+            if opts and opts[0].upper() == "NOMKSTREAM":
+                if not ks.exists(key):
+                    return None
+                opts = opts[1:]
             if opts and opts[0].upper() == "MAXLEN":
                 at = 2 if opts[1] in ("~", "=") else 1
                 maxlen, opts = int(opts[at]), opts[at + 1 :]
             if len(opts) != 3 or opts[0] != "*":
-                raise ScriptFailed("the in-process XADD takes: key [MAXLEN [~] n] * field value")
+                raise ScriptFailed(
+                    "the in-process XADD takes: key [NOMKSTREAM] [MAXLEN [~] n] * field value"
+                )
             return ks.xadd(key, opts[2], maxlen)
 
         return {
