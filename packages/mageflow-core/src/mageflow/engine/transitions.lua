@@ -373,8 +373,15 @@ end
 -- writes (see WRITE-BEHIND); every reader of a counter passes it through tonumber.
 M.BY = { [1] = '1', [-1] = '-1' }
 function M.incr(sid, f, by)
+  if M.PACKED and M.REC[f] then
+    local n = tonumber(M.get(sid, f) or '0') + by
+    M.set(sid, f, n)
+    return n
+  end
   local n = tonumber(M.get(sid, f) or '0') + by
-  M.set(sid, f, n)
+  local v = string.format('%d', n)
+  M.node_fields(sid)[f] = v
+  M.write(sid .. ':' .. f, v)
   return n
 end
 
@@ -463,7 +470,7 @@ end
 
 -- The name of auxiliary key `kind` of node sid (its node's keys refreshed when due).
 function M.aux(kind, sid)
-  M.refresh(sid)
+  if not M.refreshed[sid] then M.refresh(sid) end
   return M.H .. ':' .. kind .. ':' .. sid
 end
 
