@@ -370,18 +370,17 @@ function M.del(sid, f)
 end
 
 -- A counter is read (ahead, on the hot paths) and written back with the call's other
--- writes (see WRITE-BEHIND); every reader of a counter passes it through tonumber.
-M.BY = { [1] = '1', [-1] = '-1' }
+-- writes (see WRITE-BEHIND); every reader of a counter passes it through tonumber. A
+-- plain field is written as M.set would, without its status and record checks.
 function M.incr(sid, f, by)
-  if M.PACKED and M.REC[f] then
-    local n = tonumber(M.get(sid, f) or '0') + by
-    M.set(sid, f, n)
-    return n
-  end
   local n = tonumber(M.get(sid, f) or '0') + by
-  local v = string.format('%d', n)
-  M.node_fields(sid)[f] = v
-  M.write(sid .. ':' .. f, v)
+  if M.PACKED and M.REC[f] then
+    M.set(sid, f, n)
+  else
+    local v = string.format('%d', n)
+    M.node_fields(sid)[f] = v
+    M.write(sid .. ':' .. f, v)
+  end
   return n
 end
 
@@ -453,18 +452,26 @@ end
 M.NODE_AUX = { chain = { 'steps' }, swarm = { 'items', 'queue', 'running', 'prio', 'result' },
   graph = { 'nodes', 'sources', 'sinks', 'queue', 'running' } }
 
+-- The keys a node of definition d owns (its held list, its kind's lists and sets).
+function M.node_keys(sid, d)
+  local ks = { M.H .. ':held:' .. sid }
+  for _, kind in ipairs(d and M.NODE_AUX[d.k] or {}) do ks[#ks + 1] = M.H .. ':' .. kind .. ':' .. sid end
+  return ks
+end
+
+-- The workflow's own keys: its hash and the keys no one node owns.
+function M.workflow_keys()
+  return { M.H, M.EVENTS, M.SENT, M.INFLIGHT, M.DELAYED, M.CONTS, M.COLLECT, M.H .. ':holders' }
+end
+
 function M.refresh(sid)
   if M.refreshed[sid] then return end
   M.refreshed[sid] = true
   if not M.root_was_final and M.NOW - tonumber(M.get(sid, 'ttl_at') or '0') < M.REFRESH_MS then return end
   M.due[#M.due + 1] = sid -- its ttl_at is written with the call's changes, if any
-  M.touched[M.H .. ':held:' .. sid] = true
-  local d = M.def(sid)
-  for _, kind in ipairs(d and M.NODE_AUX[d.k] or {}) do M.touched[M.H .. ':' .. kind .. ':' .. sid] = true end
+  for _, k in ipairs(M.node_keys(sid, M.def(sid))) do M.touched[k] = true end
   if sid == M.ROOT then
-    for _, k in ipairs({ M.H, M.EVENTS, M.SENT, M.INFLIGHT, M.DELAYED, M.CONTS, M.COLLECT, M.H .. ':holders' }) do
-      M.touched[k] = true
-    end
+    for _, k in ipairs(M.workflow_keys()) do M.touched[k] = true end
   end
 end
 
@@ -492,6 +499,7 @@ M.STATS_TTL = '3660'
 M.STATS_BOUNDS = { 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000 }
 
 
+M.BY = { [1] = '1', [-1] = '-1' } -- increments as text: Redis 7.0 formats a number with snprintf
 function M.stat(field, by)
   if not M.STATS then return end
   M.stats_bucket = M.stats_bucket or (M.STATS .. ':' .. string.format('%d', math.floor(M.NOW / 60000)))
@@ -1813,32 +1821,22 @@ end
 -- A walked node's held list is expired too (one written by an older version, which did
 -- not record H:holders).
 function M.expire_everything(ttl)
-  local holders = M.H .. ':holders'
-  for _, k in ipairs({ M.H, M.SENT, M.INFLIGHT, M.DELAYED, M.CONTS, M.EVENTS, M.COLLECT, holders }) do
-    redis.call('EXPIRE', k, ttl)
-  end
-  for _, x in ipairs(redis.call('SMEMBERS', holders)) do redis.call('EXPIRE', M.H .. ':held:' .. x, ttl) end
+  for _, k in ipairs(M.workflow_keys()) do redis.call('EXPIRE', k, ttl) end
+  for _, x in ipairs(redis.call('SMEMBERS', M.H .. ':holders')) do redis.call('EXPIRE', M.H .. ':held:' .. x, ttl) end
   local stack = redis.call('SMEMBERS', M.CONTS)
   stack[#stack + 1] = M.ROOT
   while #stack > 0 do
     local sid = table.remove(stack)
-    redis.call('EXPIRE', M.H .. ':held:' .. sid, ttl)
     local raw = M.defs[sid] == nil and redis.call('HGET', M.H, sid)
     local d = not (raw and M.plain_task(raw)) and M.def(sid) -- a plain task is not decoded
+    for _, k in ipairs(M.node_keys(sid, d)) do redis.call('EXPIRE', k, ttl) end
     if d then
       local kids = {}
       if d.k == 'chain' then
-        redis.call('EXPIRE', M.H .. ':steps:' .. sid, ttl)
         kids = redis.call('LRANGE', M.H .. ':steps:' .. sid, 0, -1)
       elseif d.k == 'swarm' then
-        for _, kind in ipairs({ 'items', 'queue', 'running', 'prio', 'result' }) do
-          redis.call('EXPIRE', M.H .. ':' .. kind .. ':' .. sid, ttl)
-        end
         if M.get(sid, 'flat') ~= '1' then kids = redis.call('LRANGE', M.H .. ':items:' .. sid, 0, -1) end
       elseif d.k == 'graph' then
-        for _, kind in ipairs({ 'nodes', 'sources', 'sinks', 'queue', 'running' }) do
-          redis.call('EXPIRE', M.H .. ':' .. kind .. ':' .. sid, ttl)
-        end
         kids = redis.call('LRANGE', M.H .. ':nodes:' .. sid, 0, -1)
       elseif d.k == 'branch' then
         kids = M.branch_children(d)
