@@ -12,8 +12,11 @@ alone, free of worker and broker noise:
   commands the script runs);
 - commands the script runs per item, by command.
 
-    python bench/engine_cost.py [--items 5000] [--cap 100] [--repeat 3]
-    python bench/engine_cost.py --callgrind [--items 300]
+    python bench/engine_cost.py [--items 5000] [--cap 100] [--repeat 3] [--batch 1]
+    python bench/engine_cost.py --callgrind [--items 300] [--batch 1]
+
+``--batch k`` finishes k items at once, as a worker whose tasks end together: the
+engine's coalescer sends the first alone and the others in one shared call.
 
 Compare two trees by running it in each, back to back (the machine is shared: read the
 per-round figures). ``--callgrind`` instead runs ``redis-server`` (from PATH) under
@@ -35,6 +38,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -64,13 +68,25 @@ async def cpu_and_stats(client: aioredis.Redis) -> tuple[float, dict[str, tuple[
     return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), calls
 
 
-async def one_round(app: Mageflow, client: aioredis.Redis, items: int, cap: int) -> dict[str, Any]:
+async def one_round(
+    app: Mageflow,
+    client: aioredis.Redis,
+    items: int,
+    cap: int,
+    created: Callable[[], Awaitable[None]] | None = None,
+    batch: int = 1,
+) -> dict[str, Any]:
+    """Build a swarm of ``items`` no-op items, run it and finish every item as a first
+    delivery, ``batch`` at a time; ``created`` is awaited once the swarm is stored, before
+    it runs."""
     swarm = await app.swarm_of(
         "noop",
         [{"i": i} for i in range(items)],
         config=SwarmConfig(max_concurrency=cap),
         is_swarm_closed=True,
     )
+    if created is not None:
+        await created()
     await client.delete(STREAM)
     cpu0, stats0 = await cpu_and_stats(client)
     started = time.perf_counter()
@@ -80,16 +96,21 @@ async def one_round(app: Mageflow, client: aioredis.Redis, items: int, cap: int)
     done = 0
     last_id = "0"
     while done < items:
-        reply = await client.xread({STREAM: last_id}, count=500, block=1000)
+        reply: Any = await client.xread({STREAM: last_id}, count=500, block=1000)
         if not reply:
             raise RuntimeError(f"stalled after {done} of {items} items")
-        for entry_id, fields in reply[0][1]:
-            last_id = entry_id
-            msg = json.loads(fields[b"data"])
-            if done == items - 1:
+        entries = reply[0][1]
+        for at in range(0, len(entries), batch):
+            msgs = [json.loads(fields[b"data"]) for _, fields in entries[at : at + batch]]
+            last_id = entries[at + len(msgs) - 1][0]
+            if done + len(msgs) == items:
                 _, before_last = await cpu_and_stats(client)
-            await app.engine.finish(msg["key"], True, "1", first_run=msg["id"])
-            done += 1
+            # finished together, as a worker's concurrent tasks: the engine's coalescer
+            # sends the first alone and those that wait for it in one call
+            await asyncio.gather(
+                *(app.engine.finish(m["key"], True, "1", first_run=m["id"]) for m in msgs)
+            )
+            done += len(msgs)
     elapsed = time.perf_counter() - started
     cpu1, stats1 = await cpu_and_stats(client)
     used = {
@@ -137,7 +158,7 @@ def _total(out: str) -> int:
     return int(found.group(1).replace(",", ""))
 
 
-async def instructions(items: int, cap: int) -> None:
+async def instructions(items: int, cap: int, batch: int) -> None:
     """Machine instructions per engine call, counted by callgrind in the server (its
     timer work included: a slower run counts a little more of it)."""
     out = os.path.join(tempfile.mkdtemp(prefix="engine-cost-"), "callgrind.out")
@@ -158,10 +179,15 @@ async def instructions(items: int, cap: int) -> None:
         return 1
 
     app.engine.delivery = DELIVERY
-    await one_round(app, client, 200, cap)  # loads the engine, warms the caches
-    _, before = await cpu_and_stats(client)
-    await asyncio.to_thread(_counting, proc.pid, True)
-    await one_round(app, client, items, cap)
+    await one_round(app, client, 200, cap, batch=batch)  # loads the engine, warms the caches
+    before: dict[str, tuple[int, int]] = {}
+
+    async def count() -> None:  # from the run on: building the swarm is not counted
+        nonlocal before
+        _, before = await cpu_and_stats(client)
+        await asyncio.to_thread(_counting, proc.pid, True)
+
+    await one_round(app, client, items, cap, count, batch)
     await asyncio.to_thread(_counting, proc.pid, False)
     _, after = await cpu_and_stats(client)
     await client.shutdown(nosave=True)
@@ -172,8 +198,8 @@ async def instructions(items: int, cap: int) -> None:
     calls = after["script"][0] - before["script"][0]
     print(
         f"{total / items:,.0f} instructions per item, {total / calls:,.0f} per engine call "
-        f"({calls} calls, {items} items, cap {cap}; the server's commands between the calls "
-        "included: XREAD, INFO)"
+        f"({calls} calls, {items} items, cap {cap}, batch {batch}; from the run on, the "
+        "server's commands between the calls included: XREAD, INFO)"
     )
 
 
@@ -181,6 +207,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=5000)
     parser.add_argument("--cap", type=int, default=100)
+    parser.add_argument(
+        "--batch", type=int, default=1, help="finish this many items at once (a shared call)"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--eval", action="store_true", help="EVALSHA even where the server runs functions"
@@ -193,7 +222,7 @@ async def main() -> None:
     )
     opts = parser.parse_args()
     if opts.callgrind:
-        await instructions(opts.items, opts.cap)
+        await instructions(opts.items, opts.cap, opts.batch)
         return
     extra = ["--appendonly", "yes", "--appendfsync", "everysec"] if opts.aof else []
     with redis_server(extra_args=extra) as server:
@@ -208,7 +237,10 @@ async def main() -> None:
 
         app.engine.delivery = DELIVERY
         client = aioredis.Redis.from_url(server.url)
-        rounds = [await one_round(app, client, opts.items, opts.cap) for _ in range(opts.repeat)]
+        rounds = [
+            await one_round(app, client, opts.items, opts.cap, batch=opts.batch)
+            for _ in range(opts.repeat)
+        ]
         for i, r in enumerate(rounds, 1):
             print(
                 f"round {i}: Redis CPU {r['cpu_us']:.1f} us/item, script {r['script_us']:.1f} "
