@@ -145,6 +145,21 @@ def _under_callgrind(out: str) -> tuple[subprocess.Popen[bytes], int]:
     return proc, port
 
 
+async def callgrind_server(out: str) -> tuple[subprocess.Popen[bytes], str, aioredis.Redis]:
+    """A ``redis-server`` under callgrind (see _under_callgrind), once it answers: the
+    process, its URL and a client."""
+    proc, port = _under_callgrind(out)
+    url = f"redis://127.0.0.1:{port}"
+    client = aioredis.Redis.from_url(url)
+    for _ in range(300):
+        try:
+            await client.ping()
+            break
+        except (ConnectionError, OSError, aioredis.RedisError):
+            await asyncio.sleep(0.1)
+    return proc, url, client
+
+
 def _counting(pid: int, on: bool) -> None:
     state = "on" if on else "off"
     subprocess.run(["callgrind_control", "-i", state, str(pid)], check=True, capture_output=True)
@@ -162,15 +177,7 @@ async def instructions(items: int, cap: int, batch: int) -> None:
     """Machine instructions per engine call, counted by callgrind in the server (its
     timer work included: a slower run counts a little more of it)."""
     out = os.path.join(tempfile.mkdtemp(prefix="engine-cost-"), "callgrind.out")
-    proc, port = _under_callgrind(out)
-    url = f"redis://127.0.0.1:{port}"
-    client = aioredis.Redis.from_url(url)
-    for _ in range(300):
-        try:
-            await client.ping()
-            break
-        except (ConnectionError, OSError, aioredis.RedisError):
-            await asyncio.sleep(0.1)
+    proc, url, client = await callgrind_server(out)
     store = RedisStore(url)
     app = Mageflow(backend=LocalBackend(workers=1), store=store)
 
