@@ -1,4 +1,6 @@
 """The engine's brain: queues, assignment to worker slots, retries, timeouts, cancels.
+Its parts elsewhere: the workers it knows (``worker_registry``), what reads its records
+(``queries``) and the messages it sends (``messages``).
 
 Everything here runs under one re-entrant lock; the gRPC and HTTP handlers call in from
 their own threads, and a ticker thread calls :meth:`Scheduler.tick` for the timers.
@@ -24,15 +26,11 @@ Semantics (mirroring Hatchet v1 as seen by the SDK):
 from __future__ import annotations
 
 import itertools
-import json
-import math
-import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from hatchet_sdk.contracts.dispatcher_pb2 import (
@@ -41,20 +39,20 @@ from hatchet_sdk.contracts.dispatcher_pb2 import (
     STEP_EVENT_TYPE_COMPLETED,
     STEP_EVENT_TYPE_FAILED,
     STEP_EVENT_TYPE_STARTED,
-    WORKFLOW_RUN_EVENT_TYPE_FINISHED,
-    ActionType,
-    AssignedAction,
     StepActionEvent,
-    StepRunResult,
-    WorkflowRunEvent,
 )
 from hatchet_sdk.contracts.v1.workflows_pb2 import CreateWorkflowVersionRequest
 
-from mageflow_hatchet_testengine import snapshots
 from mageflow_hatchet_testengine.durations import parse_duration
 from mageflow_hatchet_testengine.errors import InvalidRequestError, NotFoundError
+from mageflow_hatchet_testengine.messages import (
+    CANCELLED_ERROR,
+    assigned_action,
+    retry_delay,
+    run_finished_event,
+)
+from mageflow_hatchet_testengine.queries import RunSubscriber
 from mageflow_hatchet_testengine.state import (
-    ActionStream,
     Attempt,
     LogRecord,
     TaskEvent,
@@ -65,10 +63,8 @@ from mageflow_hatchet_testengine.state import (
     WorkflowRun,
     now_wall,
 )
+from mageflow_hatchet_testengine.worker_registry import WorkerRegistry
 from mageflow_hatchet_testengine.workflows import workflow_from_request
-
-CANCELLED_ERROR = "CANCELLED: the task run was cancelled"
-"""Error carried by cancelled task runs in run results (the SDK raises it from aio_result)."""
 
 MIN_PRIORITY = 1
 MAX_PRIORITY = 3
@@ -96,21 +92,8 @@ class _ScheduledTrigger:
     run_id: str | None = None
 
 
-class RunSubscriber:
-    """One ``SubscribeToWorkflowRuns`` stream: receives a WorkflowRunEvent per finished run."""
-
-    def __init__(self) -> None:
-        self.queue: queue.Queue[WorkflowRunEvent | None] = queue.Queue()
-        self.run_ids: set[str] = set()
-
-
-def _timestamp(wall: float) -> datetime:
-    """A UTC datetime; protobuf Timestamp fields accept datetimes on assignment."""
-    return datetime.fromtimestamp(wall, tz=timezone.utc)
-
-
-class Scheduler:
-    """All engine state and the rules that move it."""
+class Scheduler(WorkerRegistry):
+    """All engine state and the rules that move it (what reads it: :class:`SchedulerQueries`)."""
 
     def __init__(
         self,
@@ -140,9 +123,6 @@ class Scheduler:
 
     # ------------------------------------------------------------------ helpers
 
-    def _notify(self) -> None:
-        self._changed.notify_all()
-
     def _event(self, task: TaskRun, event_type: str, message: str = "", **kw: Any) -> None:
         task.events.append(
             TaskEvent(
@@ -154,18 +134,6 @@ class Scheduler:
                 **kw,
             )
         )
-
-    def _worker(self, worker_id: str) -> WorkerRecord:
-        worker = self._workers.get(worker_id)
-        if worker is None:
-            raise NotFoundError(f"worker {worker_id} not found")
-        return worker
-
-    def _task(self, task_run_id: str) -> TaskRun:
-        task = self._tasks.get(task_run_id)
-        if task is None:
-            raise NotFoundError(f"task run {task_run_id} not found")
-        return task
 
     # ---------------------------------------------------------------- workflows
 
@@ -190,114 +158,6 @@ class Scheduler:
     def workflow_names(self) -> list[str]:
         with self._lock:
             return list(self._workflows)
-
-    # ------------------------------------------------------------------ workers
-
-    def register_worker(
-        self, name: str, actions: Iterable[str], slots: int, labels: dict[str, str | int]
-    ) -> WorkerRecord:
-        with self._lock:
-            worker = WorkerRecord(
-                worker_id=str(uuid.uuid4()),
-                name=name,
-                actions=frozenset(actions),
-                slots=slots,
-                labels=labels,
-                registered_at=now_wall(),
-                last_heartbeat=self._clock(),
-            )
-            self._workers[worker.worker_id] = worker
-            self._notify()
-            return worker
-
-    def open_stream(self, worker_id: str) -> ActionStream:
-        """A ``ListenV2`` stream opened: it replaces any previous one of this worker."""
-        with self._lock:
-            worker = self._worker(worker_id)
-            stream = ActionStream()
-            old = worker.stream
-            if old is not None:
-                stream_items = old.drain()
-                old.closed = True
-                old.queue.put(None)
-                worker.pending.extendleft(reversed(stream_items))
-            while worker.pending:
-                stream.queue.put(worker.pending.popleft())
-            worker.stream = stream
-            worker.gone = False
-            worker.last_heartbeat = self._clock()
-            self._assign()
-            self._notify()
-            return stream
-
-    def close_stream(self, worker_id: str, stream: ActionStream) -> None:
-        """A ``ListenV2`` stream ended; actions not sent on it wait for the next stream."""
-        with self._lock:
-            worker = self._workers.get(worker_id)
-            stream.closed = True
-            if worker is None or worker.stream is not stream:
-                return
-            worker.stream = None
-            worker.pending.extendleft(reversed(stream.drain()))
-            self._notify()
-
-    def heartbeat(self, worker_id: str) -> None:
-        with self._lock:
-            worker = self._worker(worker_id)
-            worker.last_heartbeat = self._clock()
-            if worker.gone and worker.stream is not None:
-                worker.gone = False
-                self._assign()
-            self._notify()
-
-    def unsubscribe(self, worker_id: str) -> None:
-        with self._lock:
-            self._worker_lost(self._worker(worker_id), "worker unsubscribed")
-            self._notify()
-
-    def set_paused(self, worker_id: str, paused: bool) -> WorkerRecord:
-        with self._lock:
-            worker = self._worker(worker_id)
-            worker.paused = paused
-            if not paused:
-                self._assign()
-            self._notify()
-            return worker
-
-    def upsert_labels(self, worker_id: str, labels: dict[str, str | int]) -> None:
-        with self._lock:
-            self._worker(worker_id).labels.update(labels)
-            self._notify()
-
-    def _deliver(self, worker: WorkerRecord, action: AssignedAction) -> None:
-        if worker.stream is not None and not worker.stream.closed:
-            worker.stream.queue.put(action)
-        else:
-            worker.pending.append(action)
-
-    def _worker_lost(self, worker: WorkerRecord, reason: str) -> None:
-        if worker.gone:
-            return
-        worker.gone = True
-        worker.pending.clear()
-        if worker.stream is not None:
-            worker.stream.drain()
-        for task in list(worker.running.values()):
-            self._release(task)
-            attempt = task.current_attempt()
-            if attempt is not None:
-                attempt.outcome = "REASSIGNED"
-                attempt.finished_at = now_wall()
-                attempt.error = reason
-            task.reassign_count += 1
-            if task.reassign_count > self.max_reassigns:
-                self._finish_failed(
-                    task, f"REASSIGN_LIMIT: {reason}; reassigned {task.reassign_count - 1} times"
-                )
-            else:
-                self._event(task, "REASSIGNED", reason, worker_id=worker.worker_id)
-                self._enqueue(task, delay=0.0)
-        self._assign()
 
     # ----------------------------------------------------------------- triggers
 
@@ -414,47 +274,7 @@ class Scheduler:
         worker.assigned_total += 1
         worker.max_concurrent = max(worker.max_concurrent, worker.used_slots())
         self._event(task, "ASSIGNED", worker_id=worker.worker_id)
-        self._deliver(worker, self._action(task, START_STEP_RUN))
-
-    def _action(self, task: TaskRun, action_type: ActionType) -> AssignedAction:
-        run = task.run
-        workflow = run.workflow
-        parents = {p: json.loads(run.tasks[p].output or "{}") for p in task.definition.parents}
-        payload = {
-            "input": run.input,
-            "parents": parents,
-            "overrides": {},
-            "user_data": {},
-            "step_run_errors": {},
-            "triggered_by": "manual",
-            "triggers": {},
-        }
-        action = AssignedAction(
-            tenant_id=self.tenant_id,
-            workflow_run_id=run.external_id,
-            get_group_key_run_id="",
-            job_id=workflow.version_id,
-            job_name=workflow.name,
-            job_run_id=run.external_id,
-            task_id=task.definition.step_id,
-            task_run_external_id=task.external_id,
-            action_id=task.definition.action_id,
-            action_type=action_type,
-            action_payload=json.dumps(payload) if action_type == START_STEP_RUN else "",
-            task_name=task.definition.readable_id,
-            retry_count=task.retry_count,
-            additional_metadata=json.dumps(run.additional_metadata),
-            priority=run.priority,
-            workflow_id=workflow.workflow_id,
-            workflow_version_id=workflow.version_id,
-            task_inserted_at=_timestamp(task.created_at),
-        )
-        if run.parent_workflow_run_id:
-            action.parent_workflow_run_id = run.parent_workflow_run_id
-            action.child_workflow_index = run.child_index
-            if run.child_key:
-                action.child_workflow_key = run.child_key
-        return action
+        self._deliver(worker, assigned_action(self.tenant_id, task, START_STEP_RUN))
 
     def _release(self, task: TaskRun) -> None:
         """Take the task off its worker (freeing its slot)."""
@@ -467,22 +287,6 @@ class Scheduler:
 
     # ---------------------------------------------------------------- outcomes
 
-    def _retry_delay(self, task: TaskRun, retry_after_ms: int) -> float:
-        """Seconds before the next attempt, as Hatchet computes them: the task's own
-        ``retry_after_ms``, else ``min(backoff_max_seconds, backoff_factor ** n)`` for
-        retry ``n`` (1 for the first retry), else none. The power is compared in log space:
-        it overflows a float for large ``n``."""
-        if retry_after_ms > 0:
-            return retry_after_ms / 1000.0
-        factor = task.definition.backoff_factor
-        if factor is None:
-            return 0.0
-        cap = task.definition.backoff_max_seconds
-        retry = task.retry_count + 1
-        if factor > 1 and retry * math.log(factor) >= math.log(max(cap, 1.0)):
-            return cap
-        return float(min(cap, factor**retry))
-
     def _fail_attempt(
         self, task: TaskRun, *, error: str, outcome: str, no_retry: bool, retry_after_ms: int
     ) -> None:
@@ -494,7 +298,7 @@ class Scheduler:
             attempt.error = error
         if not no_retry and task.retry_count < task.definition.retries:
             self._event(task, outcome, error=error, worker_id=task.worker_id)
-            delay = self._retry_delay(task, retry_after_ms)
+            delay = retry_delay(task, retry_after_ms)
             task.retry_count += 1
             self._event(task, "RETRYING", f"retrying in {delay:g}s")
             self._enqueue(task, delay=delay)
@@ -520,7 +324,7 @@ class Scheduler:
         if task.state == TaskState.RUNNING and task.worker_id is not None:
             worker = self._workers.get(task.worker_id)
             if worker is not None and not worker.gone:
-                self._deliver(worker, self._action(task, CANCEL_STEP_RUN))
+                self._deliver(worker, assigned_action(self.tenant_id, task, CANCEL_STEP_RUN))
             attempt = task.current_attempt()
             if attempt is not None:
                 attempt.outcome = "CANCELLED"
@@ -565,33 +369,10 @@ class Scheduler:
         else:
             run.final_state = TaskState.COMPLETED
         run.finished_at = now_wall()
-        event = self._run_event(run)
+        event = run_finished_event(run)
         for subscriber in self._subscribers.pop(run.external_id, set()):
             subscriber.run_ids.discard(run.external_id)
             subscriber.queue.put(event)
-
-    def _run_event(self, run: WorkflowRun) -> WorkflowRunEvent:
-        results: list[StepRunResult] = []
-        for task in run.tasks.values():
-            if task.state not in (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED):
-                continue
-            result = StepRunResult(
-                task_run_external_id=task.external_id,
-                task_name=task.definition.readable_id,
-                job_run_id=run.external_id,
-            )
-            if task.state == TaskState.COMPLETED:
-                if task.output:
-                    result.output = task.output
-            else:
-                result.error = task.error or CANCELLED_ERROR
-            results.append(result)
-        return WorkflowRunEvent(
-            workflow_run_id=run.external_id,
-            event_type=WORKFLOW_RUN_EVENT_TYPE_FINISHED,
-            event_timestamp=_timestamp(run.finished_at or now_wall()),
-            results=results,
-        )
 
     # ------------------------------------------------------- worker-sent events
 
@@ -717,7 +498,9 @@ class Scheduler:
             for worker in list(self._workers.values()):
                 for task in list(worker.running.values()):
                     if task.timeout_at is not None and now >= task.timeout_at:
-                        self._deliver(worker, self._action(task, CANCEL_STEP_RUN))
+                        self._deliver(
+                            worker, assigned_action(self.tenant_id, task, CANCEL_STEP_RUN)
+                        )
                         self._fail_attempt(
                             task,
                             error="TIMED_OUT: the task exceeded its execution timeout of "
@@ -740,73 +523,3 @@ class Scheduler:
                     self._start_run(run)
             self._assign()
             self._notify()
-
-    # ------------------------------------------------------------- run queries
-
-    def subscribe(self, subscriber: RunSubscriber, run_id: str) -> None:
-        """Send ``subscriber`` the run's result when it finishes (now, if it has)."""
-        with self._lock:
-            run = self._runs.get(run_id)
-            if run is not None and run.done:
-                subscriber.queue.put(self._run_event(run))
-                return
-            subscriber.run_ids.add(run_id)
-            self._subscribers.setdefault(run_id, set()).add(subscriber)
-
-    def drop_subscriber(self, subscriber: RunSubscriber) -> None:
-        with self._lock:
-            for run_id in subscriber.run_ids:
-                subs = self._subscribers.get(run_id)
-                if subs is not None:
-                    subs.discard(subscriber)
-                    if not subs:
-                        del self._subscribers[run_id]
-            subscriber.run_ids.clear()
-
-    def get_run(self, run_id: str) -> WorkflowRun:
-        """The live run record; only read it while holding :attr:`lock`."""
-        run = self._runs.get(run_id)
-        if run is None:
-            raise NotFoundError(f"workflow run {run_id} not found")
-        return run
-
-    def find_worker(self, worker_id: str) -> WorkerRecord:
-        """The live worker record; only read it while holding :attr:`lock`."""
-        return self._worker(worker_id)
-
-    def find_task(self, task_run_id: str) -> TaskRun:
-        """The live task run record; only read it while holding :attr:`lock`."""
-        return self._task(task_run_id)
-
-    @property
-    def lock(self) -> threading.RLock:
-        return self._lock
-
-    # --------------------------------------------------------------- snapshots
-
-    def runs(self) -> list[snapshots.RunInfo]:
-        with self._lock:
-            return [snapshots.run_info(r) for r in self._runs.values()]
-
-    def run(self, run_id: str) -> snapshots.RunInfo:
-        with self._lock:
-            return snapshots.run_info(self.get_run(run_id))
-
-    def workers(self) -> list[snapshots.WorkerInfo]:
-        with self._lock:
-            return [snapshots.worker_info(w) for w in self._workers.values()]
-
-    def logs(self, task_run_id: str | None = None) -> list[snapshots.LogLine]:
-        with self._lock:
-            records: list[LogRecord] = list(self._orphan_logs)
-            for task in self._tasks.values():
-                records.extend(task.logs)
-            if task_run_id is not None:
-                records = [r for r in records if r.task_run_id == task_run_id]
-            records.sort(key=lambda r: r.created_at)
-            return [snapshots.log_line(r) for r in records]
-
-    def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Block until ``predicate()`` (evaluated under the lock) is true, or time out."""
-        with self._changed:
-            return self._changed.wait_for(predicate, timeout)
