@@ -39,9 +39,9 @@ from hatchet_sdk.contracts.workflows_pb2 import (
 from mageflow_hatchet_testengine.contracts import AdminServiceServicer, WorkflowServiceServicer
 from mageflow_hatchet_testengine.errors import InvalidRequestError, UnsupportedError
 from mageflow_hatchet_testengine.grpc_errors import answer
-from mageflow_hatchet_testengine.scheduler import Scheduler, TriggerSpec
+from mageflow_hatchet_testengine.scheduler import Scheduler
 from mageflow_hatchet_testengine.snapshots import run_status
-from mageflow_hatchet_testengine.state import TaskState, WorkflowRun
+from mageflow_hatchet_testengine.state import TaskState, TriggerSpec, WorkflowRun
 
 _STATUS_TO_PROTO = {
     "QUEUED": RunStatus.QUEUED,

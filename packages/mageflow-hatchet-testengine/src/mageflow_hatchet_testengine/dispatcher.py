@@ -42,8 +42,8 @@ from hatchet_sdk.contracts.dispatcher_pb2 import (
 from mageflow_hatchet_testengine.contracts import DispatcherServicer
 from mageflow_hatchet_testengine.errors import EngineError, InvalidRequestError
 from mageflow_hatchet_testengine.grpc_errors import abort, answer
-from mageflow_hatchet_testengine.queries import RunSubscriber
 from mageflow_hatchet_testengine.scheduler import Scheduler
+from mageflow_hatchet_testengine.state import RunSubscriber
 
 DEFAULT_WORKER_SLOTS = 100
 """Slots of a worker that registers without a slot count (Hatchet's default)."""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+_T = TypeVar("_T")
+
 
 class EngineError(Exception):
     """A request the engine refuses."""
@@ -16,6 +20,13 @@ class NotFoundError(EngineError):
 
     grpc_code = "NOT_FOUND"
     http_status = 404
+
+
+def found(record: _T | None, what: str) -> _T:
+    """``record``, or :class:`NotFoundError` ("``what`` not found") if it is ``None``."""
+    if record is None:
+        raise NotFoundError(f"{what} not found")
+    return record
 
 
 class InvalidRequestError(EngineError):

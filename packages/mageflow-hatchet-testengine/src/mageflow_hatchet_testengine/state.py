@@ -1,4 +1,5 @@
-"""The engine's in-memory records: workflow definitions, workers, runs, task runs.
+"""The engine's in-memory records: workflow definitions, workers, runs, task runs,
+scheduled triggers, and the queues of the streams the engine answers.
 
 These are mutable and owned by :class:`~mageflow_hatchet_testengine.scheduler.Scheduler`,
 which guards them with one lock. Tests read them through the frozen snapshots of
@@ -14,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from hatchet_sdk.contracts.dispatcher_pb2 import AssignedAction
+from hatchet_sdk.contracts.dispatcher_pb2 import AssignedAction, WorkflowRunEvent
 
 
 class TaskState(str, enum.Enum):
@@ -132,6 +133,14 @@ class ActionStream:
                 items.append(item)
 
 
+class RunSubscriber:
+    """One ``SubscribeToWorkflowRuns`` stream: receives a WorkflowRunEvent per finished run."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[WorkflowRunEvent | None] = queue.Queue()
+        self.run_ids: set[str] = set()
+
+
 @dataclass
 class WorkerRecord:
     """A worker registered through ``Dispatcher/Register``."""
@@ -221,6 +230,31 @@ class WorkflowRun:
     @property
     def done(self) -> bool:
         return self.final_state is not None
+
+
+@dataclass(frozen=True)
+class TriggerSpec:
+    """One workflow run to create (from a v0 ``TriggerWorkflowRequest``)."""
+
+    workflow_name: str
+    input: dict[str, Any]
+    additional_metadata: dict[str, Any]
+    priority: int | None = None
+    parent_workflow_run_id: str = ""
+    parent_task_run_id: str = ""
+    child_index: int = 0
+    child_key: str = ""
+
+
+@dataclass
+class ScheduledTrigger:
+    """A run of ``spec`` due at wall time ``at_wall`` (``ScheduleWorkflow``)."""
+
+    scheduled_id: str
+    spec: TriggerSpec
+    at_wall: float
+    run_id: str | None = None
+    """The run created once due; ``""`` if it could not be created."""
 
 
 def now_wall() -> float:

@@ -1,49 +1,23 @@
-"""The workers the scheduler knows: registration, their action streams (``ListenV2``),
-heartbeats, pauses and labels, and what happens to a worker's task runs when it is lost."""
+"""Workers: registration, their ``ListenV2`` action streams, heartbeats, pause, labels,
+and the loss of a worker.
+
+A worker whose heartbeats stop (or that unsubscribes) loses its in-flight task runs: they
+are re-queued with the same ``retry_count`` (a reassignment, not a retry), up to
+``max_reassigns`` times, through the run lifecycle this class builds on. A closed action
+stream alone only stops new assignments; actions not sent on it wait for the next one.
+"""
 
 from __future__ import annotations
 
 import uuid
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-from hatchet_sdk.contracts.dispatcher_pb2 import AssignedAction
-
-from mageflow_hatchet_testengine.queries import SchedulerQueries
-from mageflow_hatchet_testengine.state import (
-    ActionStream,
-    TaskRun,
-    WorkerRecord,
-    now_wall,
-)
+from mageflow_hatchet_testengine.run_lifecycle import RunLifecycle
+from mageflow_hatchet_testengine.state import ActionStream, WorkerRecord, now_wall
 
 
-class WorkerRegistry(SchedulerQueries, ABC):
-    """The worker side of :class:`~mageflow_hatchet_testengine.scheduler.Scheduler` (a mixin
-    of it): the scheduler's queueing rules are the abstract methods below."""
-
-    max_reassigns: int
-    _clock: Callable[[], float]
-
-    @abstractmethod
-    def _assign(self) -> None:
-        """Hand queued task runs to workers with free slots."""
-
-    @abstractmethod
-    def _release(self, task: TaskRun) -> None:
-        """Take a task run off its worker, freeing its slot."""
-
-    @abstractmethod
-    def _enqueue(self, task: TaskRun, *, delay: float) -> None:
-        """Queue a task run, startable after ``delay`` seconds."""
-
-    @abstractmethod
-    def _finish_failed(self, task: TaskRun, error: str, *, event_type: str = "FAILED") -> None:
-        """End a task run failed, and move its run on."""
-
-    @abstractmethod
-    def _event(self, task: TaskRun, event_type: str, message: str = "", **kw: object) -> None:
-        """Record an event of a task run."""
+class WorkerRegistry(RunLifecycle):
+    """The worker records and their streams; a lost worker's task runs are reassigned."""
 
     def register_worker(
         self, name: str, actions: Iterable[str], slots: int, labels: dict[str, str | int]
@@ -120,12 +94,6 @@ class WorkerRegistry(SchedulerQueries, ABC):
         with self._lock:
             self._worker(worker_id).labels.update(labels)
             self._notify()
-
-    def _deliver(self, worker: WorkerRecord, action: AssignedAction) -> None:
-        if worker.stream is not None and not worker.stream.closed:
-            worker.stream.queue.put(action)
-        else:
-            worker.pending.append(action)
 
     def _worker_lost(self, worker: WorkerRecord, reason: str) -> None:
         if worker.gone:

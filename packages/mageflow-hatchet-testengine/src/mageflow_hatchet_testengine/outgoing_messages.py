@@ -1,11 +1,10 @@
-"""The messages the scheduler sends, built from its records: the action that starts or
-cancels a task run on a worker, and the event of a finished workflow run; and the delay
-Hatchet waits before a retry."""
+"""The protobuf messages the scheduler sends to the SDK, built from its records: an
+``AssignedAction`` for a worker's action stream, a ``WorkflowRunEvent`` for run subscribers.
+"""
 
 from __future__ import annotations
 
 import json
-import math
 from datetime import datetime, timezone
 
 from hatchet_sdk.contracts.dispatcher_pb2 import (
@@ -23,14 +22,13 @@ CANCELLED_ERROR = "CANCELLED: the task run was cancelled"
 """Error carried by cancelled task runs in run results (the SDK raises it from aio_result)."""
 
 
-def timestamp(wall: float) -> datetime:
+def _timestamp(wall: float) -> datetime:
     """A UTC datetime; protobuf Timestamp fields accept datetimes on assignment."""
     return datetime.fromtimestamp(wall, tz=timezone.utc)
 
 
 def assigned_action(tenant_id: str, task: TaskRun, action_type: ActionType) -> AssignedAction:
-    """What a worker is sent to start (``START_STEP_RUN``) or cancel (``CANCEL_STEP_RUN``)
-    a task run, as Hatchet v1 fills it."""
+    """The ``START_STEP_RUN`` or ``CANCEL_STEP_RUN`` action for ``task``'s current attempt."""
     run = task.run
     workflow = run.workflow
     parents = {p: json.loads(run.tasks[p].output or "{}") for p in task.definition.parents}
@@ -61,7 +59,7 @@ def assigned_action(tenant_id: str, task: TaskRun, action_type: ActionType) -> A
         priority=run.priority,
         workflow_id=workflow.workflow_id,
         workflow_version_id=workflow.version_id,
-        task_inserted_at=timestamp(task.created_at),
+        task_inserted_at=_timestamp(task.created_at),
     )
     if run.parent_workflow_run_id:
         action.parent_workflow_run_id = run.parent_workflow_run_id
@@ -72,7 +70,8 @@ def assigned_action(tenant_id: str, task: TaskRun, action_type: ActionType) -> A
 
 
 def run_finished_event(run: WorkflowRun) -> WorkflowRunEvent:
-    """The ``SubscribeToWorkflowRuns`` event of a finished run: each ended task's result."""
+    """The ``FINISHED`` event of a done run, with a result per completed, failed or
+    cancelled task."""
     results: list[StepRunResult] = []
     for task in run.tasks.values():
         if task.state not in (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED):
@@ -91,23 +90,6 @@ def run_finished_event(run: WorkflowRun) -> WorkflowRunEvent:
     return WorkflowRunEvent(
         workflow_run_id=run.external_id,
         event_type=WORKFLOW_RUN_EVENT_TYPE_FINISHED,
-        event_timestamp=timestamp(run.finished_at or now_wall()),
+        event_timestamp=_timestamp(run.finished_at or now_wall()),
         results=results,
     )
-
-
-def retry_delay(task: TaskRun, retry_after_ms: int) -> float:
-    """Seconds before the next attempt, as Hatchet computes them: the task's own
-    ``retry_after_ms``, else ``min(backoff_max_seconds, backoff_factor ** n)`` for
-    retry ``n`` (1 for the first retry), else none. The power is compared in log space:
-    it overflows a float for large ``n``."""
-    if retry_after_ms > 0:
-        return retry_after_ms / 1000.0
-    factor = task.definition.backoff_factor
-    if factor is None:
-        return 0.0
-    cap = task.definition.backoff_max_seconds
-    retry = task.retry_count + 1
-    if factor > 1 and retry * math.log(factor) >= math.log(max(cap, 1.0)):
-        return cap
-    return float(min(cap, factor**retry))
