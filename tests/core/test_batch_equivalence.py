@@ -1,0 +1,184 @@
+"""A shared ``finish`` call changes the store exactly as its finishes one call each would
+(docs/internals.md, "Finishes that end together share a call": each is the transition it
+would be alone, in the same order).
+
+The same flat swarm (random size, cap and failure budget) is stored twice on one real
+Redis (6.2, EVALSHA; 7, the engine as a function), under two prefixes, and driven by the
+same seeded schedule with the engine's clock pinned: at every step a random handful of
+the dispatched items finish, some of them failing and some twice, on one copy all at
+once (the coalescer sends them in a shared call) and on the other one call each. After
+every step both copies hold the same keys with the same contents, the same TTL presence
+and the same delivered messages, and the finishes replied the same. The events stream is
+compared as its sequence of events, since a call writes all its changes as one entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from mageflow import Mageflow, SwarmConfig
+from mageflow.backend.local import LocalBackend
+from mageflow.engine import ops
+from mageflow.engine.replies import Transition
+from mageflow.store import RedisStore
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+TEMPLATE = ['{"id":', "id", ',"task":', "task", ',"payload":', "payload", ',"key":', "key", "}"]
+FAILED = '{"type":"Boom","message":"item failed"}'
+SEEDS = range(24)
+
+
+def _delivery(stream: str) -> str:
+    """Stream delivery into ``stream`` (the engine appends each dispatched message)."""
+    return json.dumps(
+        {"f": "data", "m": None, "s": stream, "r": stream + ".", "d": TEMPLATE, "q": TEMPLATE}
+    )
+
+
+class Copy:
+    """One copy of the workflow: its app, key prefix and delivery stream."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.prefix = prefix
+        self.stream = f"{prefix}-deliveries"
+        self.app = Mageflow(backend=LocalBackend(workers=1), store=RedisStore(url, prefix=prefix))
+        self.app.engine.delivery = _delivery(self.stream)
+        self.read_to = "0"
+
+    async def new_messages(self, r: aioredis.Redis) -> list[dict[str, Any]]:
+        reply: Any = await r.xrange(self.stream, f"({self.read_to}" if self.read_to != "0" else "-")
+        if reply:
+            self.read_to = reply[-1][0]
+        return [json.loads(fields["data"]) for _, fields in reply]
+
+    async def state(self, r: aioredis.Redis) -> dict[str, Any]:
+        """Every key of this copy, by its name without the prefix: (type, contents, has a
+        TTL); streams by their entries' contents."""
+        out: dict[str, Any] = {}
+        keys = [k async for k in r.scan_iter(match=f"{self.prefix}:*", count=1000)]
+        for key in [*keys, self.stream]:
+            kind = await r.type(key)
+            name = "deliveries" if key == self.stream else key[len(self.prefix) :]
+            value: Any
+            if kind == "hash":
+                value = await r.hgetall(key)
+            elif kind == "list":
+                value = await r.lrange(key, 0, -1)
+            elif kind == "set":
+                value = sorted(await r.smembers(key))
+            elif kind == "zset":
+                value = await r.zrange(key, 0, -1, withscores=True)
+            elif kind == "stream":
+                entries: Any = await r.xrange(key)
+                if name.endswith(":events"):
+                    value = [e for _, f in entries for e in json.loads(f["e"])]
+                else:
+                    value = [f for _, f in entries]
+            elif kind == "string":
+                value = await r.get(key)
+            else:
+                continue
+            out[name] = (kind, value, await r.ttl(key) != -1)
+        return out
+
+
+async def _script_calls(r: aioredis.Redis) -> int:
+    stats = await r.info("commandstats")
+    return sum(
+        int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_fcall", "cmdstat_evalsha")
+    )
+
+
+def _reply(t: Transition) -> tuple[Any, ...]:
+    return (t.publishes, list(t.events), t.wake_ms, t.duplicate, t.collecting)
+
+
+async def _copy_keys(r: aioredis.Redis, src: str, dst: str) -> None:
+    """Every key under prefix ``src`` again under ``dst`` (``r`` does not decode: DUMP)."""
+    async for key in r.scan_iter(match=f"{src}:*", count=1000):
+        dumped: Any = await r.dump(key)
+        ttl = await r.pttl(key)
+        await r.restore(dst.encode() + key[len(src) :], max(ttl, 0), dumped)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("server", ["redis_url", "redis7_url"])
+async def test_a_shared_call_stores_what_one_call_per_finish_stores(
+    server: str, seed: int, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    redis_url: str = request.getfixturevalue(server)
+    rng = random.Random(seed)
+    clock = SimpleNamespace(ms=1_800_000_000_000)
+    monkeypatch.setattr(ops, "time", SimpleNamespace(time=lambda: clock.ms / 1000))
+    tag = uuid.uuid4().hex[:6]
+    together, alone = Copy(redis_url, f"eq{tag}a"), Copy(redis_url, f"eq{tag}b")
+    for copy in (together, alone):
+
+        @copy.app.task("eq.item")
+        async def item(msg: dict[str, Any]) -> int:
+            return 1
+
+    n, cap = rng.randint(2, 12), rng.randint(1, 5)
+    budget = rng.choice([None, 1, 2, 3])
+    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    r_bin = aioredis.Redis.from_url(redis_url)
+    try:
+        swarm = await together.app.swarm_of(
+            "eq.item",
+            [{"i": i} for i in range(n)],
+            config=SwarmConfig(max_concurrency=cap, stop_after_n_failures=budget),
+            is_swarm_closed=True,
+        )
+        await _copy_keys(r_bin, together.prefix, alone.prefix)
+        for copy in (together, alone):
+            await copy.app.engine.run(swarm.key, None)
+        outstanding: dict[str, dict[str, Any]] = {}
+        steps = 0
+        calls = [0, 0]  # script calls of the shared finishes, of the one-by-one ones
+        shared_steps = 0
+        while True:
+            msgs = await together.new_messages(r)
+            assert msgs == await alone.new_messages(r)
+            outstanding.update((m["key"], m) for m in msgs)
+            assert await together.state(r) == await alone.state(r), f"step {steps}"
+            if not outstanding:
+                break
+            steps += 1
+            clock.ms += rng.randint(0, 3)
+            keys = rng.sample(sorted(outstanding), rng.randint(1, min(4, len(outstanding))))
+            if rng.random() < 0.25:
+                keys.append(rng.choice(keys))  # the same finish twice (a redelivery)
+            finishes = [(k, rng.random() < 0.75) for k in keys]
+            args = [(k, ok, "1" if ok else FAILED, outstanding[k]["id"]) for k, ok in finishes]
+            before = await _script_calls(r)
+            shared = await asyncio.gather(
+                *(together.app.engine.finish(k, ok, v, first_run=i) for k, ok, v, i in args)
+            )
+            middle = await _script_calls(r)
+            one_by_one = [
+                await alone.app.engine.finish(k, ok, v, first_run=i) for k, ok, v, i in args
+            ]
+            calls[0] += middle - before
+            shared_steps += len(args) >= 3
+            calls[1] += await _script_calls(r) - middle
+            assert [_reply(t) for t in shared] == [_reply(t) for t in one_by_one]
+            for k in keys:
+                outstanding.pop(k, None)
+        if shared_steps:  # some step had 3 finishes or more: they shared calls
+            assert calls[0] < calls[1]
+        record: Any = await r.hget(f"{together.prefix}:{{{swarm.key.split('.')[0]}}}", "r:x")
+        assert record is not None and record.split("|")[0] in ("done", "failed")
+    finally:
+        await r.aclose()
+        await r_bin.aclose()
+        for copy in (together, alone):
+            await copy.app.aclose()
