@@ -6,7 +6,8 @@ The same flat swarm (random size, cap and failure budget) is stored twice on one
 Redis (6.2, EVALSHA; 7, the engine as a function), under two prefixes, and driven by the
 same seeded schedule with the engine's clock pinned: at every step a random handful of
 the dispatched items finish, some of them failing and some twice, on one copy all at
-once (the coalescer sends them in a shared call) and on the other one call each. After
+once (the coalescer sends them in a shared call) and on the other one call each; now
+and then the swarm is suspended (and later resumed) or an item canceled, on both. After
 every step both copies hold the same keys with the same contents, the same TTL presence
 and the same delivered messages, and the finishes replied the same. The events stream is
 compared as its sequence of events, since a call writes all its changes as one entry.
@@ -26,8 +27,9 @@ import redis.asyncio as aioredis
 
 from mageflow import Mageflow, SwarmConfig
 from mageflow.backend.local import LocalBackend
-from mageflow.engine import ops
+from mageflow.engine import ROOT, ops
 from mageflow.engine.replies import Transition
+from mageflow.errors import MageflowError
 from mageflow.store import RedisStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -110,6 +112,20 @@ async def _copy_keys(r: aioredis.Redis, src: str, dst: str) -> None:
         await r.restore(dst.encode() + key[len(src) :], max(ttl, 0), dumped)
 
 
+async def _operate(app: Mageflow, key: str, held: bool) -> tuple[Any, ...]:
+    """Suspend the swarm (``held``: resume it), or cancel one item; what it replied, or
+    the error it raised."""
+    try:
+        if key.endswith(f".{ROOT}"):
+            if held:
+                return ("resumed", _reply(await app.engine.resume(key)))
+            return ("suspended", await app.engine.suspend(key, False, False))
+        rids, transition = await app.engine.cancel(key)
+        return ("canceled", rids, _reply(transition))
+    except MageflowError as exc:
+        return ("refused", type(exc).__name__)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("server", ["redis_url", "redis7_url"])
 async def test_a_shared_call_stores_what_one_call_per_finish_stores(
@@ -145,15 +161,22 @@ async def test_a_shared_call_stores_what_one_call_per_finish_stores(
         steps = 0
         calls = [0, 0]  # script calls of the shared finishes, of the one-by-one ones
         shared_steps = 0
+        held = False
         while True:
             msgs = await together.new_messages(r)
             assert msgs == await alone.new_messages(r)
             outstanding.update((m["key"], m) for m in msgs)
             assert await together.state(r) == await alone.state(r), f"step {steps}"
-            if not outstanding:
+            if not outstanding and not held:
                 break
             steps += 1
             clock.ms += rng.randint(0, 3)
+            if not outstanding or rng.random() < 0.15:  # an operator acts, the same on both
+                target = rng.choice([swarm.key, *sorted(outstanding)]) if not held else swarm.key
+                outcomes = [await _operate(c.app, target, held) for c in (together, alone)]
+                assert outcomes[0] == outcomes[1]
+                held = held != (target == swarm.key)
+                continue
             keys = rng.sample(sorted(outstanding), rng.randint(1, min(4, len(outstanding))))
             if rng.random() < 0.25:
                 keys.append(rng.choice(keys))  # the same finish twice (a redelivery)
@@ -176,7 +199,7 @@ async def test_a_shared_call_stores_what_one_call_per_finish_stores(
         if shared_steps:  # some step had 3 finishes or more: they shared calls
             assert calls[0] < calls[1]
         record: Any = await r.hget(f"{together.prefix}:{{{swarm.key.split('.')[0]}}}", "r:x")
-        assert record is not None and record.split("|")[0] in ("done", "failed")
+        assert record is not None and record.split("|")[0] in ("done", "failed", "canceled")
     finally:
         await r.aclose()
         await r_bin.aclose()
