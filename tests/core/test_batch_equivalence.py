@@ -1,6 +1,7 @@
 """A shared ``finish`` call changes the store exactly as its finishes one call each would
 (docs/internals.md, "Finishes that end together share a call": each is the transition it
-would be alone, in the same order).
+would be alone, in the same order); and the engine run as a Redis function, whose caches
+live from call to call, exactly as the script run afresh by EVALSHA.
 
 The same flat swarm (random size, cap and failure budget) is stored twice on one real
 Redis (6.2, EVALSHA; 7, the engine as a function), under two prefixes, and driven by the
@@ -49,12 +50,24 @@ def _delivery(stream: str) -> str:
 class Copy:
     """One copy of the workflow: its app, key prefix and delivery stream."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, *, together: bool) -> None:
+        self.together = together
+        """Each step's finishes all at once (a shared call), else one call each."""
         self.prefix = prefix
         self.stream = f"{prefix}-deliveries"
         self.app = Mageflow(backend=LocalBackend(workers=1), store=RedisStore(url, prefix=prefix))
         self.app.engine.delivery = _delivery(self.stream)
         self.read_to = "0"
+
+    async def finish(self, args: list[tuple[str, bool, str, str]]) -> list[Transition]:
+        engine = self.app.engine
+        if self.together:
+            return list(
+                await asyncio.gather(
+                    *(engine.finish(k, ok, v, first_run=i) for k, ok, v, i in args)
+                )
+            )
+        return [await engine.finish(k, ok, v, first_run=i) for k, ok, v, i in args]
 
     async def new_messages(self, r: aioredis.Redis) -> list[dict[str, Any]]:
         reply: Any = await r.xrange(self.stream, f"({self.read_to}" if self.read_to != "0" else "-")
@@ -126,17 +139,43 @@ async def _operate(app: Mageflow, key: str, held: bool) -> tuple[Any, ...]:
         return ("refused", type(exc).__name__)
 
 
+async def _without_functions(url: str) -> str:
+    """The URL of a user of that server refused FCALL and FUNCTION: its store runs the
+    engine by EVALSHA, the chunk defined afresh on every call."""
+    admin = aioredis.Redis.from_url(url)
+    user = f"eq{uuid.uuid4().hex[:6]}"
+    await admin.execute_command(  # type: ignore[no-untyped-call]
+        "ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-fcall", "-function"
+    )
+    await admin.aclose()
+    return f"redis://{user}:pw@{url.split('//', 1)[1]}"
+
+
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("server", ["redis_url", "redis7_url"])
-async def test_a_shared_call_stores_what_one_call_per_finish_stores(
-    server: str, seed: int, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+@pytest.mark.parametrize(
+    ("server", "pair"),
+    [("redis_url", "shared"), ("redis7_url", "shared"), ("redis7_url", "evalsha")],
+)
+async def test_two_ways_of_calling_the_engine_store_the_same(
+    server: str,
+    pair: str,
+    seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
+    """``shared``: a shared call against one call per finish. ``evalsha``: the engine as a
+    Redis function (loaded once, its caches kept between calls) against the script run by
+    EVALSHA, both sending shared calls."""
     redis_url: str = request.getfixturevalue(server)
     rng = random.Random(seed)
     clock = SimpleNamespace(ms=1_800_000_000_000)
     monkeypatch.setattr(ops, "time", SimpleNamespace(time=lambda: clock.ms / 1000))
     tag = uuid.uuid4().hex[:6]
-    together, alone = Copy(redis_url, f"eq{tag}a"), Copy(redis_url, f"eq{tag}b")
+    together = Copy(redis_url, f"eq{tag}a", together=True)
+    if pair == "shared":
+        alone = Copy(redis_url, f"eq{tag}b", together=False)
+    else:
+        alone = Copy(await _without_functions(redis_url), f"eq{tag}b", together=True)
     for copy in (together, alone):
 
         @copy.app.task("eq.item")
@@ -183,21 +222,20 @@ async def test_a_shared_call_stores_what_one_call_per_finish_stores(
             finishes = [(k, rng.random() < 0.75) for k in keys]
             args = [(k, ok, "1" if ok else FAILED, outstanding[k]["id"]) for k, ok in finishes]
             before = await _script_calls(r)
-            shared = await asyncio.gather(
-                *(together.app.engine.finish(k, ok, v, first_run=i) for k, ok, v, i in args)
-            )
+            shared = await together.finish(args)
             middle = await _script_calls(r)
-            one_by_one = [
-                await alone.app.engine.finish(k, ok, v, first_run=i) for k, ok, v, i in args
-            ]
+            one_by_one = await alone.finish(args)
             calls[0] += middle - before
             shared_steps += len(args) >= 3
             calls[1] += await _script_calls(r) - middle
             assert [_reply(t) for t in shared] == [_reply(t) for t in one_by_one]
             for k in keys:
                 outstanding.pop(k, None)
-        if shared_steps:  # some step had 3 finishes or more: they shared calls
+        if pair == "shared" and shared_steps:  # a step of 3 finishes or more shared calls
             assert calls[0] < calls[1]
+        if pair == "evalsha":
+            assert together.app.store.runs_functions is True  # type: ignore[attr-defined]
+            assert alone.app.store.runs_functions is False  # type: ignore[attr-defined]
         record: Any = await r.hget(f"{together.prefix}:{{{swarm.key.split('.')[0]}}}", "r:x")
         assert record is not None and record.split("|")[0] in ("done", "failed", "canceled")
     finally:
