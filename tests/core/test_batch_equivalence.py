@@ -27,24 +27,18 @@ import pytest
 import redis.asyncio as aioredis
 
 from mageflow import Mageflow, SwarmConfig
-from mageflow.backend.local import LocalBackend
 from mageflow.engine import ROOT, ops
 from mageflow.engine.replies import Transition
 from mageflow.errors import MageflowError
 from mageflow.store import RedisStore
+from mageflow.store.redis import server_identity
+from tests.core.test_finish_batches import _fcalls
+from tests.core.test_first_delivery_worker import StreamManual
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-TEMPLATE = ['{"id":', "id", ',"task":', "task", ',"payload":', "payload", ',"key":', "key", "}"]
 FAILED = '{"type":"Boom","message":"item failed"}'
 SEEDS = range(24)
-
-
-def _delivery(stream: str) -> str:
-    """Stream delivery into ``stream`` (the engine appends each dispatched message)."""
-    return json.dumps(
-        {"f": "data", "m": None, "s": stream, "r": stream + ".", "d": TEMPLATE, "q": TEMPLATE}
-    )
 
 
 class Copy:
@@ -55,8 +49,10 @@ class Copy:
         """Each step's finishes all at once (a shared call), else one call each."""
         self.prefix = prefix
         self.stream = f"{prefix}-deliveries"
-        self.app = Mageflow(backend=LocalBackend(workers=1), store=RedisStore(url, prefix=prefix))
-        self.app.engine.delivery = _delivery(self.stream)
+        server = server_identity(aioredis.Redis.from_url(url).connection_pool.connection_kwargs)
+        backend = StreamManual(server, self.stream)  # the engine appends the messages
+        self.app = Mageflow(backend=backend, store=RedisStore(url, prefix=prefix))
+        self.app.start_reconciler = lambda: None  # type: ignore[method-assign]
         self.read_to = "0"
 
     async def finish(self, args: list[tuple[str, bool, str, str]]) -> list[Transition]:
@@ -104,13 +100,6 @@ class Copy:
                 continue
             out[name] = (kind, value, await r.ttl(key) != -1)
         return out
-
-
-async def _script_calls(r: aioredis.Redis) -> int:
-    stats = await r.info("commandstats")
-    return sum(
-        int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_fcall", "cmdstat_evalsha")
-    )
 
 
 def _reply(t: Transition) -> tuple[Any, ...]:
@@ -221,13 +210,13 @@ async def test_two_ways_of_calling_the_engine_store_the_same(
                 keys.append(rng.choice(keys))  # the same finish twice (a redelivery)
             finishes = [(k, rng.random() < 0.75) for k in keys]
             args = [(k, ok, "1" if ok else FAILED, outstanding[k]["id"]) for k, ok in finishes]
-            before = await _script_calls(r)
+            before = await _fcalls(r)
             shared = await together.finish(args)
-            middle = await _script_calls(r)
+            middle = await _fcalls(r)
             one_by_one = await alone.finish(args)
             calls[0] += middle - before
             shared_steps += len(args) >= 3
-            calls[1] += await _script_calls(r) - middle
+            calls[1] += await _fcalls(r) - middle
             assert [_reply(t) for t in shared] == [_reply(t) for t in one_by_one]
             for k in keys:
                 outstanding.pop(k, None)
