@@ -68,6 +68,19 @@ async def cpu_and_stats(client: aioredis.Redis) -> tuple[float, dict[str, tuple[
     return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), calls
 
 
+def noop_app(store: RedisStore) -> Mageflow:
+    """An app on ``store`` with the no-op task, the engine appending each dispatched
+    message to STREAM (stream delivery; no task manager, no worker)."""
+    app = Mageflow(backend=LocalBackend(workers=1), store=store)
+
+    @app.task("noop")
+    async def noop(msg: dict[str, Any]) -> int:
+        return 1
+
+    app.engine.delivery = DELIVERY
+    return app
+
+
 async def one_round(
     app: Mageflow,
     client: aioredis.Redis,
@@ -179,13 +192,7 @@ async def instructions(items: int, cap: int, batch: int) -> None:
     out = os.path.join(tempfile.mkdtemp(prefix="engine-cost-"), "callgrind.out")
     proc, url, client = await callgrind_server(out)
     store = RedisStore(url)
-    app = Mageflow(backend=LocalBackend(workers=1), store=store)
-
-    @app.task("noop")
-    async def noop(msg: dict[str, Any]) -> int:
-        return 1
-
-    app.engine.delivery = DELIVERY
+    app = noop_app(store)
     await one_round(app, client, 200, cap, batch=batch)  # loads the engine, warms the caches
     before: dict[str, tuple[int, int]] = {}
 
@@ -236,13 +243,7 @@ async def main() -> None:
         store = RedisStore(server.url)
         if opts.eval:
             store._functions = False
-        app = Mageflow(backend=LocalBackend(workers=1), store=store)
-
-        @app.task("noop")
-        async def noop(msg: dict[str, Any]) -> int:
-            return 1
-
-        app.engine.delivery = DELIVERY
+        app = noop_app(store)
         client = aioredis.Redis.from_url(server.url)
         rounds = [
             await one_round(app, client, opts.items, opts.cap, batch=opts.batch)

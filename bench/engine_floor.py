@@ -37,8 +37,6 @@ from typing import Any
 import engine_cost as ec  # bench/ is the script's own directory: on sys.path
 import redis.asyncio as aioredis
 
-from mageflow import Mageflow
-from mageflow.backend.local import LocalBackend
 from mageflow.store import RedisStore
 from mageflow.testing.redis_server import redis_server
 
@@ -132,8 +130,7 @@ class Meter:
         self.parts: list[float] = []
 
     async def _cpu(self) -> float:
-        cpu = await self.client.info("cpu")
-        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+        return (await ec.cpu_and_stats(self.client))[0]
 
     async def start(self) -> None:
         if self.pid is None:
@@ -187,13 +184,7 @@ async def raw_tasks(client: aioredis.Redis, n: int) -> None:
 async def run(url: str, items: int, cap: int, meter: Meter) -> list[float]:
     client = aioredis.Redis.from_url(url)
     store = RedisStore(url)
-    app = Mageflow(backend=LocalBackend(workers=1), store=store)
-
-    @app.task("noop")
-    async def noop(msg: dict[str, Any]) -> int:
-        return 1
-
-    app.engine.delivery = ec.DELIVERY
+    app = ec.noop_app(store)
     await ec.one_round(app, client, 50, cap)  # loads the engine, warms the caches
     recorder = Recorder(aioredis.Redis.from_url(url))
     state: list[tuple[bytes, int, bytes]] = []
