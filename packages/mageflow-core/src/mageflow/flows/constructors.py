@@ -40,6 +40,11 @@ class WorkflowHost(Runtime, Protocol):
     _engine: Engine
 
 
+def _new_workflow(host: WorkflowHost) -> WorkflowBuilder:
+    """The builder of a new workflow, in the layout the engine writes (``packed_state``)."""
+    return WorkflowBuilder(host, new_workflow_id(), packed=host._engine.packed_state)
+
+
 def _one_task(task: TaskLike | None, task_name: str | None) -> TaskLike:
     if task is None and task_name is None:
         raise InvalidTaskError("sign() needs a task: sign(task) or sign(task_name='...')")
@@ -76,7 +81,7 @@ class WorkflowConstructors:
                 "or options, sign its task again: mf.sign('<task name>', ...)"
             )
         name = self.task_name_of(task)
-        b = WorkflowBuilder(self, new_workflow_id(), packed=self._engine.packed_state)
+        b = _new_workflow(self)
         ok, err = await b.callbacks(
             ROOT, callbacks_of(success_callbacks), callbacks_of(error_callbacks)
         )
@@ -105,7 +110,7 @@ class WorkflowConstructors:
         its own kwargs."""
         if name is not None:
             check_name(name, "the chain's name")
-        b = WorkflowBuilder(self, new_workflow_id(), packed=self._engine.packed_state)
+        b = _new_workflow(self)
         steps = [f"{ROOT}.{i}" for i in range(len(tasks))]
         await b.task_likes(zip(steps, tasks, strict=True), parent=ROOT)
         ok, err = await b.callbacks(ROOT, callbacks_of(success), callbacks_of(error))
@@ -133,7 +138,7 @@ class WorkflowConstructors:
         completes once closed and every item finished. ``is_swarm_closed=True`` closes it
         at creation. ``kwargs`` are the workflow's context: every item (however nested)
         receives them, below its own kwargs."""
-        b = WorkflowBuilder(self, new_workflow_id(), packed=self._engine.packed_state)
+        b = _new_workflow(self)
         items = unique_item_ids(ROOT, len(tasks))
         await b.task_likes(zip(items, tasks, strict=True), parent=ROOT)
         await b.swarm_root(
@@ -171,7 +176,7 @@ class WorkflowConstructors:
         anything is written, and a failed write leaves nothing that can be loaded or run.
         Raises :class:`NotATaskError` for a signature, :class:`PayloadNotSerializableError`
         for an item that is not a JSON-serialisable mapping."""
-        b = WorkflowBuilder(self, new_workflow_id(), packed=self._engine.packed_state)
+        b = _new_workflow(self)
         bulk = b.task_items(ROOT, task, items)
         b.store_items(bulk)
         await b.swarm_root(
@@ -217,7 +222,7 @@ class WorkflowConstructors:
         config = SwarmConfig(
             max_concurrency=max_concurrency, stop_after_n_failures=stop_after_n_failures
         )
-        b = WorkflowBuilder(self, new_workflow_id(), packed=self._engine.packed_state)
+        b = _new_workflow(self)
         await build_graph(
             b,
             ROOT,
@@ -251,7 +256,7 @@ class WorkflowConstructors:
         selector's result (``ReturnValue`` rule); the others end ``skipped``; the
         branch's result is the chosen one's. Raises :class:`InvalidGraphError` for no
         case and no default."""
-        b = WorkflowBuilder(self, new_workflow_id(), packed=self._engine.packed_state)
+        b = _new_workflow(self)
         await build_branch(
             b,
             ROOT,
