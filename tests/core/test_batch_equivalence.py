@@ -27,10 +27,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from mageflow import Mageflow, SwarmConfig
-from mageflow.engine import ROOT, ops
+from mageflow.engine import ROOT, SCRIPT, ops, split_key
+from mageflow.engine import fields as F
 from mageflow.engine.replies import Transition
 from mageflow.errors import MageflowError
+from mageflow.flows.build import WorkflowBuilder, has_priority
 from mageflow.store import RedisStore
+from mageflow.store.base import Script
 from mageflow.store.redis import server_identity
 from tests.core.test_finish_batches import _fcalls
 from tests.core.test_first_delivery_worker import StreamManual
@@ -38,13 +41,19 @@ from tests.core.test_first_delivery_worker import StreamManual
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 FAILED = '{"type":"Boom","message":"item failed"}'
+LEAN_ON = "M.LEAN = true\n"
+assert SCRIPT.source.count(LEAN_ON) == 1
+GENERAL_ONLY = Script(SCRIPT.source.replace(LEAN_ON, "M.LEAN = false\n"))
+"""The engine without its lean finish: every finish takes the general path."""
 SEEDS = range(24)
 
 
 class Copy:
     """One copy of the workflow: its app, key prefix and delivery stream."""
 
-    def __init__(self, url: str, prefix: str, *, together: bool) -> None:
+    def __init__(
+        self, url: str, prefix: str, *, together: bool, script: Script | None = None
+    ) -> None:
         self.together = together
         """Each step's finishes all at once (a shared call), else one call each."""
         self.prefix = prefix
@@ -53,6 +62,17 @@ class Copy:
         backend = StreamManual(server, self.stream)  # the engine appends the messages
         self.app = Mageflow(backend=backend, store=RedisStore(url, prefix=prefix))
         self.app.start_reconciler = lambda: None  # type: ignore[method-assign]
+        if script is not None:
+            self.app.engine.script = script
+
+        @self.app.task("eq.item")
+        async def item(msg: dict[str, Any]) -> int:
+            return 1
+
+        @self.app.task("eq.ranked", priority=5)
+        async def ranked(msg: dict[str, Any]) -> int:
+            return 1
+
         self.read_to = "0"
 
     async def finish(self, args: list[tuple[str, bool, str, str]]) -> list[Transition]:
@@ -70,6 +90,13 @@ class Copy:
         if reply:
             self.read_to = reply[-1][0]
         return [json.loads(fields["data"]) for _, fields in reply]
+
+    async def waiting(self, r: aioredis.Redis, wf: str) -> list[str]:
+        """The swarm's items not dispatched yet (their run record says only ``pending``)."""
+        h = f"{self.prefix}:{{{wf}}}"
+        items: list[str] = await r.lrange(f"{h}:items:{ROOT}", 0, -1)  # type: ignore[assignment]
+        records = await r.hmget(h, [f"{i}:x" for i in items]) if items else []
+        return [i for i, x in zip(items, records, strict=True) if x == "pending"]
 
     async def state(self, r: aioredis.Redis) -> dict[str, Any]:
         """Every key of this copy, by its name without the prefix: (type, contents, has a
@@ -128,6 +155,31 @@ async def _operate(app: Mageflow, key: str, held: bool) -> tuple[Any, ...]:
         return ("refused", type(exc).__name__)
 
 
+async def _add_late(copies: tuple[Copy, Copy], swarm_key: str, task: str, n: int) -> list[str]:
+    """Add ``n`` items of ``task`` to the open swarm, the same items (ids, records) to both
+    copies, as ``add_tasks`` adds them; what each did (``added``, or the error raised)."""
+    wf, sid = split_key(swarm_key)
+    bulk = WorkflowBuilder(copies[0].app, wf).task_items(sid, task, [{"late": i} for i in range(n)])
+    records = bulk.kwargs_records(0, n)
+    lists = {F.aux(F.PRIO, sid): bulk.sids} if has_priority(bulk.shared[""]) else None
+    outcomes = []
+    for copy in copies:
+        try:
+            await copy.app.engine.add_items(swarm_key, bulk.sids, records, bulk.shared, lists)
+            outcomes.append("added")
+        except MageflowError as exc:  # the swarm failed meanwhile (its failure budget)
+            outcomes.append(type(exc).__name__)
+    return outcomes
+
+
+async def _run_alone(app: Mageflow, key: str, own: str) -> tuple[Any, ...]:
+    """Run a waiting item on its own (queued behind the items queued before it)."""
+    try:
+        return ("ran", _reply(await app.engine.run(key, own)))
+    except MageflowError as exc:
+        return ("refused", type(exc).__name__)
+
+
 async def _without_functions(url: str) -> str:
     """The URL of a user of that server refused FCALL and FUNCTION: its store runs the
     engine by EVALSHA, the chunk defined afresh on every call."""
@@ -143,7 +195,13 @@ async def _without_functions(url: str) -> str:
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize(
     ("server", "pair"),
-    [("redis_url", "shared"), ("redis7_url", "shared"), ("redis7_url", "evalsha")],
+    [
+        ("redis_url", "shared"),
+        ("redis7_url", "shared"),
+        ("redis7_url", "evalsha"),
+        ("redis_url", "lean"),
+        ("redis7_url", "lean"),
+    ],
 )
 async def test_two_ways_of_calling_the_engine_store_the_same(
     server: str,
@@ -154,7 +212,8 @@ async def test_two_ways_of_calling_the_engine_store_the_same(
 ) -> None:
     """``shared``: a shared call against one call per finish. ``evalsha``: the engine as a
     Redis function (loaded once, its caches kept between calls) against the script run by
-    EVALSHA, both sending shared calls."""
+    EVALSHA, both sending shared calls. ``lean``: the engine against itself without its
+    lean finish (LEAN FINISH in the script), both sending shared calls."""
     redis_url: str = request.getfixturevalue(server)
     rng = random.Random(seed)
     clock = SimpleNamespace(ms=1_800_000_000_000)
@@ -163,16 +222,13 @@ async def test_two_ways_of_calling_the_engine_store_the_same(
     together = Copy(redis_url, f"eq{tag}a", together=True)
     if pair == "shared":
         alone = Copy(redis_url, f"eq{tag}b", together=False)
+    elif pair == "lean":
+        alone = Copy(redis_url, f"eq{tag}b", together=True, script=GENERAL_ONLY)
     else:
         alone = Copy(await _without_functions(redis_url), f"eq{tag}b", together=True)
-    for copy in (together, alone):
-
-        @copy.app.task("eq.item")
-        async def item(msg: dict[str, Any]) -> int:
-            return 1
-
     n, cap = rng.randint(2, 12), rng.randint(1, 5)
     budget = rng.choice([None, 1, 2, 3])
+    is_open = rng.random() < 0.4  # items are added late (some with a priority), then closed
     r = aioredis.Redis.from_url(redis_url, decode_responses=True)
     r_bin = aioredis.Redis.from_url(redis_url)
     try:
@@ -180,8 +236,9 @@ async def test_two_ways_of_calling_the_engine_store_the_same(
             "eq.item",
             [{"i": i} for i in range(n)],
             config=SwarmConfig(max_concurrency=cap, stop_after_n_failures=budget),
-            is_swarm_closed=True,
+            is_swarm_closed=not is_open,
         )
+        wf = split_key(swarm.key)[0]
         await _copy_keys(r_bin, together.prefix, alone.prefix)
         for copy in (together, alone):
             await copy.app.engine.run(swarm.key, None)
@@ -195,10 +252,29 @@ async def test_two_ways_of_calling_the_engine_store_the_same(
             assert msgs == await alone.new_messages(r)
             outstanding.update((m["key"], m) for m in msgs)
             assert await together.state(r) == await alone.state(r), f"step {steps}"
-            if not outstanding and not held:
+            if not outstanding and not held and not is_open:
                 break
             steps += 1
             clock.ms += rng.randint(0, 3)
+            if is_open and not held and (not outstanding or rng.random() < 0.3):
+                if outstanding and rng.random() < 0.7:
+                    task = rng.choice(["eq.item", "eq.ranked"])
+                    added = await _add_late((together, alone), swarm.key, task, rng.randint(1, 6))
+                    assert added[0] == added[1]
+                else:
+                    closes = [
+                        _reply(await c.app.engine.close_swarm(swarm.key)) for c in (together, alone)
+                    ]
+                    assert closes[0] == closes[1]
+                    is_open = False
+                continue
+            waiting = await together.waiting(r, wf) if rng.random() < 0.1 else []
+            if waiting and not held:  # a client runs a waiting item on its own
+                item_key = f"{wf}.{rng.choice(waiting)}"
+                own = rng.choice(["", '{"own":1}'])
+                ran = [await _run_alone(c.app, item_key, own) for c in (together, alone)]
+                assert ran[0] == ran[1]
+                continue
             if not outstanding or rng.random() < 0.15:  # an operator acts, the same on both
                 target = rng.choice([swarm.key, *sorted(outstanding)]) if not held else swarm.key
                 outcomes = [await _operate(c.app, target, held) for c in (together, alone)]
@@ -231,4 +307,67 @@ async def test_two_ways_of_calling_the_engine_store_the_same(
         await r.aclose()
         await r_bin.aclose()
         for copy in (together, alone):
+            await copy.app.aclose()
+
+
+@pytest.mark.parametrize("case", ["priority", "run_alone"])
+async def test_lean_finish_leaves_the_queue_to_the_general_path(
+    case: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The queue states the lean finish must leave to the general path, built on purpose
+    (the random schedules reach them rarely), one slot at a time: ``priority``, items
+    with a priority, added late, wait ahead of the cursor's next item; ``run_alone``,
+    items added late and run on their own wait in the queue while the cursor passes
+    them, and once it passed them all. With and
+    without the lean finish, the same items go out in the same order and the store holds
+    the same after every finish."""
+    clock = SimpleNamespace(ms=1_800_000_000_000)
+    monkeypatch.setattr(ops, "time", SimpleNamespace(time=lambda: clock.ms / 1000))
+    tag = uuid.uuid4().hex[:6]
+    copies = (
+        Copy(redis_url, f"lq{tag}a", together=True),
+        Copy(redis_url, f"lq{tag}b", together=True, script=GENERAL_ONLY),
+    )
+    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    r_bin = aioredis.Redis.from_url(redis_url)
+    try:
+        swarm = await copies[0].app.swarm_of(
+            "eq.item",
+            [{"i": i} for i in range(4 if case == "priority" else 2)],
+            config=SwarmConfig(max_concurrency=1),
+        )
+        wf = split_key(swarm.key)[0]
+        await _copy_keys(r_bin, copies[0].prefix, copies[1].prefix)
+        for copy in copies:
+            await copy.app.engine.run(swarm.key, None)
+        task = "eq.ranked" if case == "priority" else "eq.item"
+        assert await _add_late(copies, swarm.key, task, 2) == ["added", "added"]
+        if case == "run_alone":  # the items added late (the others are queued already)
+            for sid in (await copies[0].waiting(r, wf))[-2:]:
+                ran = [await _run_alone(c.app, f"{wf}.{sid}", "") for c in copies]
+                assert ran[0] == ran[1] and ran[0][0] == "ran"
+        for copy in copies:
+            await copy.app.engine.close_swarm(swarm.key)
+        order = []
+        while True:
+            msgs = await copies[0].new_messages(r)
+            assert msgs == await copies[1].new_messages(r)
+            assert await copies[0].state(r) == await copies[1].state(r)
+            if not msgs:
+                break
+            (m,) = msgs  # one slot: one item at a time
+            order.append(m["payload"]["fold"]["kw"])
+            clock.ms += 1
+            replies = [await c.finish([(m["key"], True, "1", m["id"])]) for c in copies]
+            assert [_reply(t) for t in replies[0]] == [_reply(t) for t in replies[1]]
+        if case == "priority":
+            assert order == [{"i": 0}, {"late": 0}, {"late": 1}, {"i": 1}, {"i": 2}, {"i": 3}]
+        else:
+            assert order == [{"i": 0}, {"i": 1}, {"late": 0}, {"late": 1}]
+        record: Any = await r.hget(f"{copies[0].prefix}:{{{wf}}}", "r:x")
+        assert record.split("|")[0] == "done"
+    finally:
+        await r.aclose()
+        await r_bin.aclose()
+        for copy in copies:
             await copy.app.aclose()

@@ -73,8 +73,11 @@ class Engine:
         resend_after: float = DEFAULT_RESEND_AFTER,
         delivery: str = "",
         packed_state: bool = True,
+        script: Script = SCRIPT,
     ) -> None:
         self.store = store
+        self.script = script
+        """The engine script its calls run (a variant of :data:`SCRIPT` in tests only)."""
         self.resend_after = resend_after
         self.packed_state = packed_state
         """New workflows keep each node's run state in one record (see RUN RECORD in the
@@ -106,7 +109,7 @@ class Engine:
         stats = self.store.stats_key
         if stats is not None:
             keys.append(stats)
-        reply = await self.store.run_script(SCRIPT, keys, self._argv(op, args))
+        reply = await self.store.run_script(self.script, keys, self._argv(op, args))
         if not isinstance(reply, list) or not reply:
             raise EngineError(f"unexpected engine reply for {wf} ({op}): {reply!r}")
         return reply
@@ -323,7 +326,7 @@ class Engine:
         """Lease up to ``limit`` workflows due for a reconcile pass for ``lease`` s (no
         other sweeper takes them meanwhile)."""
         reply = await self.store.run_script(
-            SCRIPT,
+            self.script,
             [self.store.live_key],
             self._argv("claim", [str(int(lease * 1000)), str(limit)]),
         )

@@ -354,6 +354,13 @@ function M.set(sid, f, v)
   M.node_fields(sid)[f] = v
 end
 
+-- A plain field (not a run record's part, not status) written: v text or a number.
+function M.put(sid, f, v)
+  if type(v) == 'number' then v = string.format('%d', v) end
+  M.write(sid .. ':' .. f, v)
+  M.node_fields(sid)[f] = v
+end
+
 function M.del(sid, f)
   local t = M.node_fields(sid)
   if t[f] == false then return end -- read absent in this call: nothing to delete
@@ -448,7 +455,8 @@ end
 --   - H and the workflow-wide keys, with the root's refresh (every call checks it).
 -- So a busy swarm pays an EXPIRE per key it may create, not one per key it reads; a key
 -- is refreshed within REFRESH_MS of its node being used, as when every call refreshed it.
--- A call on a finished workflow refreshes everything it uses (TTL_DONE), as before.
+-- A call on a finished workflow refreshes everything it uses (TTL_DONE), as before, and
+-- writes no ttl_at (it reads none).
 M.NODE_AUX = { chain = { 'steps' }, swarm = { 'items', 'queue', 'running', 'prio', 'result' },
   graph = { 'nodes', 'sources', 'sinks', 'queue', 'running' } }
 
@@ -870,6 +878,20 @@ M.SWARM_FIELDS = { { 'outcome', 'n_failed', 'n_running', 'n_ended', 'closed', 'i
   'input_err', 'lazy', 'scanned', 'qend', 'qmid', 'qsa', 'qsb', 'ttl_at' }, { 'status', 'sent' } }
 M.NEXT_FIELDS = { { 'queued', 'own', 'rerun', 'kwargs', 'idents' }, { 'sent', 'status' } }
 
+-- Item c (0-based, before `stop`) of swarm s's H:items, its fields and definition read
+-- ahead: the call reads the list in windows, 2 items at first, then doubling.
+function M.item_at(s, c, stop)
+  local w = M.window[s]
+  if w == nil or c < w[1] or c >= w[1] + #w[2] then
+    local size = w and math.min(2 * #w[2], M.CURSOR_BATCH) or 2
+    w = { c, redis.call('LRANGE', M.aux('items', s), c, math.min(c + size, stop) - 1) }
+    M.window[s] = w
+  end
+  local x = w[2][c - w[1] + 1]
+  if M.node_fields(x).sent == nil then M.prefetch(x, M.NEXT_FIELDS, true) end
+  return x
+end
+
 -- Swarm s's next item past the cursor that waits (the cursor moves over those queued or
 -- started on their own), or nil: its index (0-based) and sid.
 function M.cursor_item(s)
@@ -877,14 +899,7 @@ function M.cursor_item(s)
   local stop = tonumber(M.get(s, 'qend') or '0')
   local skipped, it = 0, nil
   while c < stop do
-    local w = M.window[s]
-    if w == nil or c < w[1] or c >= w[1] + #w[2] then
-      local size = w and math.min(2 * #w[2], M.CURSOR_BATCH) or 2
-      w = { c, redis.call('LRANGE', M.aux('items', s), c, math.min(c + size, stop) - 1) }
-      M.window[s] = w
-    end
-    local x = w[2][c - w[1] + 1]
-    if M.node_fields(x).sent == nil then M.prefetch(x, M.NEXT_FIELDS, true) end
+    local x = M.item_at(s, c, stop)
     if not (M.get(x, 'queued') or M.get(x, 'sent')) then
       it = x
       break
@@ -1949,6 +1964,91 @@ function M.begin(KEYS, ARGV)
   M.due = {}       -- the nodes among them whose keys it refreshes
 end
 
+-- LEAN FINISH. Most finishes are one and the same transition: the first delivery (see
+-- FIRST DELIVERIES) of an item of a root swarm succeeded while nothing is held, and its
+-- slot goes to the item at the swarm's cursor, or to none. lean_finish makes exactly the
+-- changes the general path (start_task, settle, after, swarm_item_done, fill, dequeue)
+-- makes for it, without that path's walks and checks, once it has checked, on what the
+-- general path reads first, that the finish is that case whichever the running set's
+-- answer. Anything else (a redelivery, a failure, callbacks, a delay, an item first in
+-- the queue by priority, items to skip, more than one slot free, the swarm's completion)
+-- returns nil before it changes anything, and the general path runs. The same writes go
+-- through this call's copy (M.fields, M.write, M.touch_rec), so a later finish of the
+-- same call reads them. tests/core/test_batch_equivalence.py holds it to the general
+-- path (M.LEAN off) byte for byte.
+M.LEAN = true
+function M.lean_finish(sid, val, first)
+  local s = M.ROOT
+  if not M.PACKED or M.item_swarm(sid) ~= s then return nil end
+  local t = M.fields[sid]
+  if t.status ~= 'pending' or not t.sent or t.run_id or t.started or t.attempts or t.ended
+      or t.held_from or t.outcome or t.cont or t.lease or t.paused or t.waited then return nil end
+  local d = M.def(sid)
+  if d == nil or d.k ~= 'task' or d.p ~= s or d.ok or d.err then return nil end
+  local sd = M.def(s)
+  if sd == nil or sd.k ~= 'swarm' then return nil end
+  local st = M.fields[s]
+  if st.lazy == nil then M.prefetch(s, M.SWARM_FIELDS) end
+  if st.status ~= 'active' or st.outcome or st.lazy ~= '1' or not st.sent then return nil end
+  local mc = sd.mc
+  local n = tonumber(st.n_running or '0')
+  local c, stop = tonumber(st.scanned or '0'), tonumber(st.qend or '0')
+  -- the fill that follows dequeues when a slot is free: with sid in the running set
+  -- (n - 1 left running) or not (n)
+  local take_in, take_out = mc == nil or n - 1 < mc, mc == nil or n < mc
+  local x = nil
+  if take_in or take_out then
+    local top = redis.call('ZRANGE', M.aux('queue', s), 0, 0, 'WITHSCORES')
+    if c < stop then -- the cursor's item, taken as it is, and then the swarm is full
+      x = M.item_at(s, c, stop)
+      local tx = M.fields[x]
+      if tx.queued or tx.sent or tx.status ~= 'pending' or tx.rerun then return nil end
+      local xd = M.def(x)
+      if xd == nil or xd.k ~= 'task' or xd.p ~= s or xd.dl or xd.at or xd.nd then return nil end
+      local seq = c < tonumber(st.qmid or '0') and st.qsa or st.qsb
+      if top[1] ~= nil and tonumber(top[2]) <= M.PRIORITY_MAX * M.SEQ_SPAN + tonumber(seq or '0') then
+        return nil
+      end
+      if mc == nil or (take_in and n < mc) or (take_out and n + 1 < mc) then return nil end
+    elseif top[1] ~= nil then
+      return nil
+    end
+  end
+  if st.closed == '1'
+      and tonumber(st.n_ended or '0') + 1 >= redis.call('LLEN', M.aux('items', s)) then
+    return nil
+  end
+  -- its start (start_task, taken by the finish)
+  redis.call('ZREM', M.SENT, sid)
+  M.note(sid, 'started', 0, 'active')
+  M.stat('t:' .. d.t .. ':started', 1)
+  t.run_id, t.started, t.attempts = first, M.NOW_S, '1'
+  -- its end (settle)
+  M.stat_finished(sid, true)
+  M.put(sid, 'result', val)
+  t.status, t.ended = 'done', M.NOW_S
+  M.touch_rec(sid)
+  M.note(sid, 'done', 0, 'done')
+  M.events[#M.events + 1] = M.event_text('done', sid, 'task', M.NOW_S)
+  -- its swarm (swarm_item_done, fill)
+  if redis.call('SREM', M.aux('running', s), sid) == 1 then
+    n = n - 1
+    M.put(s, 'n_running', n)
+  end
+  M.put(s, 'n_ended', tonumber(st.n_ended or '0') + 1)
+  M.events[#M.events + 1] = M.event_text('item', s, sid, 'done')
+  if x and (mc == nil or n < mc) then
+    M.put(s, 'scanned', c + 1)
+    M.put(s, 'n_running', n + 1)
+    redis.call('SADD', M.aux_w('running', s), x)
+    M.fields[x].sent = M.NOW_S
+    M.touch_rec(x)
+    M.dispatch(x, M.payload(st.input, M.fields[x].own, st.input_ret, st.input_err))
+  end
+  M.record_owed(sid)
+  return M.transition_reply()
+end
+
 -- Task sid ended: ok with result val, or for good with error val on input inp.
 -- first ('' for none): the run id of a first delivery whose user code ran without a start
 -- transition (the worker trusted its message: see FIRST DELIVERIES); the start is taken
@@ -1960,6 +2060,10 @@ function M.finish_task(sid, ok, val, inp, first, stream, group, entry)
   if first == '' then first = nil end
   if entry ~= '' then M.acks[#M.acks + 1] = { stream, group, entry } end
   M.prefetch(sid, M.ENDING_FIELDS, true)
+  if ok and first and M.LEAN then
+    local reply = M.lean_finish(sid, val, first)
+    if reply then return reply end
+  end
   local d = M.def(sid)
   local taken = { 'run' }
   if first and d and d.k == 'task' then
@@ -2398,7 +2502,10 @@ function M.main(KEYS, ARGV)
   end
 
   if M.get(M.ROOT, 'status') then M.refresh(M.ROOT) end -- the workflow exists
-  if #M.write_list > 0 or #M.dirty_list > 0 then -- a call that changes nothing writes nothing
+  -- a call that changes nothing writes nothing; nor does one on a finished workflow, which
+  -- refreshes whatever it uses without reading ttl_at (so a shared call whose finish ends
+  -- the root writes the same ttl_at as its finishes one call each)
+  if not M.root_was_final and (#M.write_list > 0 or #M.dirty_list > 0) then
     for _, sid in ipairs(M.due) do M.write(sid .. ':ttl_at', M.NOW_S) end
   end
   M.flush()
