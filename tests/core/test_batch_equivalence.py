@@ -75,15 +75,15 @@ class Copy:
 
         self.read_to = "0"
 
-    async def finish(self, args: list[tuple[str, bool, str, str]]) -> list[Transition]:
+    async def finish(self, args: list[tuple[str, bool, str, str, int]]) -> list[Transition]:
         engine = self.app.engine
         if self.together:
             return list(
                 await asyncio.gather(
-                    *(engine.finish(k, ok, v, first_run=i) for k, ok, v, i in args)
+                    *(engine.finish(k, ok, v, first_run=i, began_ms=b) for k, ok, v, i, b in args)
                 )
             )
-        return [await engine.finish(k, ok, v, first_run=i) for k, ok, v, i in args]
+        return [await engine.finish(k, ok, v, first_run=i, began_ms=b) for k, ok, v, i, b in args]
 
     async def new_messages(self, r: aioredis.Redis) -> list[dict[str, Any]]:
         reply: Any = await r.xrange(self.stream, f"({self.read_to}" if self.read_to != "0" else "-")
@@ -285,7 +285,10 @@ async def test_two_ways_of_calling_the_engine_store_the_same(
             if rng.random() < 0.25:
                 keys.append(rng.choice(keys))  # the same finish twice (a redelivery)
             finishes = [(k, rng.random() < 0.75) for k in keys]
-            args = [(k, ok, "1" if ok else FAILED, outstanding[k]["id"]) for k, ok in finishes]
+            args = [
+                (k, ok, "1" if ok else FAILED, outstanding[k]["id"], clock.ms - rng.randint(0, 3))
+                for k, ok in finishes
+            ]
             before = await _fcalls(r)
             shared = await together.finish(args)
             middle = await _fcalls(r)
@@ -358,7 +361,8 @@ async def test_lean_finish_leaves_the_queue_to_the_general_path(
             (m,) = msgs  # one slot: one item at a time
             order.append(m["payload"]["fold"]["kw"])
             clock.ms += 1
-            replies = [await c.finish([(m["key"], True, "1", m["id"])]) for c in copies]
+            args = [(m["key"], True, "1", m["id"], clock.ms - 1)]
+            replies = [await c.finish(args) for c in copies]
             assert [_reply(t) for t in replies[0]] == [_reply(t) for t in replies[1]]
         if case == "priority":
             assert order == [{"i": 0}, {"late": 0}, {"late": 1}, {"i": 1}, {"i": 2}, {"i": 3}]

@@ -226,7 +226,7 @@ async def test_the_final_call_of_a_flat_swarm_costs_the_same_commands_at_any_siz
         wf, sid = split_key(last.key)
         start = await mf.engine._call(wf, "start", sid, last.run_id, "ft.echo")
         assert start[0] == "run"
-        (reply,) = await mf.engine._call(wf, "finish", sid, "1", '"last"', "{}", "", "", "", "")
+        (reply,) = await mf.engine._call(wf, "finish", sid, "1", '"last"', "{}", "", "", "", "", "")
         assert reply[0] == "ok", reply
         calls = 0
         while reply[4:] == ["1"]:  # part-assembled: go on, as the caller would

@@ -193,7 +193,7 @@ async def test_the_reconciler_finishes_a_result_its_caller_left_part_assembled(
     wf, sid = split_key(last.key)
     start = await app.engine._call(wf, "start", sid, last.run_id, "lz.tag")
     assert start[0] == "run"
-    (reply,) = await app.engine._call(wf, "finish", sid, "1", '"last"', "{}", "", "", "", "")
+    (reply,) = await app.engine._call(wf, "finish", sid, "1", '"last"', "{}", "", "", "", "", "")
     assert reply[4] == "1", "a result of this size is assembled in parts"
     assert await sw.get_status() is SignatureStatus.ACTIVE
     await reconcile.sweep_due(app)

@@ -189,3 +189,39 @@ async def test_a_short_first_delivery_costs_one_call_a_long_one_shows_as_running
     release.set()
     assert await running == "slow"
     assert (await sig.get_state()).status is SignatureStatus.DONE
+
+
+async def test_a_first_delivery_started_when_its_user_code_began(
+    app: Mageflow, redis_url: str
+) -> None:
+    """Its start is recorded by its finish, as of when its user code began: its started
+    time and its duration statistic are the run's, not zero. Alone (the general path) and
+    as a swarm's items (the lean finish for the first item, the general path for the one
+    that completes the swarm)."""
+
+    @app.task("fd.slow")
+    async def slow(msg: dict[str, Any]) -> int:
+        await asyncio.sleep(0.1)
+        return 1
+
+    sig = await app.sign("fd.slow")
+    swarm = await app.swarm_of("fd.slow", [{}, {}], is_swarm_closed=True)
+    await swarm.aio_run_no_wait({})
+    await sig.aio_run_no_wait({})
+    ran = 0
+    while ran < 3:
+        batch = await appended(app, redis_url)
+        assert batch, f"stalled after {ran} deliveries"
+        for sent in batch:
+            await deliver(app, sent, first=True)
+            ran += 1
+    assert await swarm.wait(timeout=5) == [1, 1]
+    items = (await swarm.get_state()).children
+    for key in [sig.key, *items]:
+        state = await (await app.load(key)).get_state()
+        assert state.started_at is not None and state.finished_at is not None
+        assert (state.finished_at - state.started_at).total_seconds() >= 0.09, key
+    stats = await app.stats()
+    slow_stats = stats.tasks["fd.slow"]
+    assert slow_stats.done == 3
+    assert slow_stats.mean_s is not None and slow_stats.mean_s >= 0.09

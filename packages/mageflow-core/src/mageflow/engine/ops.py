@@ -116,18 +116,28 @@ class Engine:
 
     # -- a worker's events ------------------------------------------------------------------
     async def start(
-        self, key: str, run_id: str, task_name: str | None = None, lease: float | None = None
+        self,
+        key: str,
+        run_id: str,
+        task_name: str | None = None,
+        lease: float | None = None,
+        *,
+        began_ms: int | None = None,
     ) -> StartOutcome:
         """A delivery of ``key`` under ``run_id``, for task ``task_name``, arrived: may its
         user code run? A delivery naming another task than the node's is a ``mismatch``
         and changes nothing (workers always pass the name; ``None`` skips the check).
         With ``lease`` (s, needs ``task_name``) the attempt that runs holds the task that
         long (:meth:`renew` extends it); a copy of the same run arriving meanwhile is
-        ``leased`` (``lease_until_ms``) and must not run user code."""
+        ``leased`` (``lease_until_ms``) and must not run user code. ``began_ms`` (needs
+        ``task_name`` and ``lease``): a first delivery whose user code runs already takes
+        its start, as of then (ms, this clock)."""
         wf, sid = split_key(key)
         named: tuple[str, ...] = () if task_name is None else (task_name,)
         if lease is not None and task_name is not None:
             named = (task_name, str(max(int(lease * 1000), 1)))
+            if began_ms is not None:
+                named = (*named, str(began_ms))
         reply = await self._call(wf, "start", sid, run_id, *named)
         action = reply[0]
         if action == "mismatch":
@@ -163,13 +173,15 @@ class Engine:
         original_input: str = "{}",
         *,
         first_run: str | None = None,
+        began_ms: int | None = None,
         ack: tuple[str, str, str] | None = None,
     ) -> Transition:
         """Record success (``value`` = result JSON) or final failure (``value`` = error JSON
         ``{"type","message"}``, ``original_input`` = the message the task received).
         ``first_run``: the run id of a first delivery whose user code ran without a
         :meth:`start`; its start is taken in the same call, and a delivery the start
-        would have refused (a copy, a canceled workflow) is a ``duplicate``.
+        would have refused (a copy, a canceled workflow) is a ``duplicate``; ``began_ms``:
+        when its user code began (ms, this clock; ``None``: now), the start's time.
         ``ack``: ``(stream, group, entry id)`` of the delivery, a stream entry on the
         store's Redis server: the same call acknowledges and deletes it, whatever it
         replies (a Redis store only: the in-process one has no streams to read).
@@ -183,6 +195,7 @@ class Engine:
             value,
             original_input,
             first_run or "",
+            "" if began_ms is None else str(began_ms),
             stream,
             group,
             entry,

@@ -313,12 +313,13 @@ function M.name_json(t)
   end
   return j
 end
-function M.note(sid, event, attempt, status)
+-- ms: when it happened (default: now; M.note_ms, while set, for a status change)
+function M.note(sid, event, attempt, status, ms)
   local d = M.def(sid)
   -- sids, event names, kinds and statuses are plain identifiers: concatenated as JSON
   M.stream[#M.stream + 1] = '["' .. sid .. '","' .. event .. '","' .. (d and d.k or 'task') .. '",'
-    .. M.name_json(d and d.t or '') .. ',' .. M.NOW_S .. ',' .. (attempt or 0) .. ',"'
-    .. (status or 'active') .. '"]'
+    .. M.name_json(d and d.t or '') .. ',' .. (ms or M.note_ms or M.NOW_S) .. ',' .. (attempt or 0)
+    .. ',"' .. (status or 'active') .. '"]'
 end
 
 -- An observer event of the hot paths as JSON: its parts are identifiers (sids, kinds,
@@ -872,7 +873,7 @@ end
 
 -- What the hot paths read of a task that ends (finish), of the swarm it belongs to, and
 -- of the next item that swarm starts: each list in one HMGET instead of a HGET per field.
-M.ENDING_FIELDS = { { 'held_from', 'outcome', 'cont', 'lease', 'paused', 'waited', 'kwargs', 'idents' },
+M.ENDING_FIELDS = { { 'held_from', 'outcome', 'cont', 'lease', 'paused', 'waited' },
   { 'status', 'run_id', 'sent', 'started' } }
 M.SWARM_FIELDS = { { 'outcome', 'n_failed', 'n_running', 'n_ended', 'closed', 'input', 'input_ret',
   'input_err', 'lazy', 'scanned', 'qend', 'qmid', 'qsa', 'qsb', 'ttl_at' }, { 'status', 'sent' } }
@@ -1869,8 +1870,9 @@ end
 -- (the start op's reply). lease_ms: how long the attempt that runs holds the task. ran:
 -- the user code already ran (a first delivery run before its start, see the finish op):
 -- a hold then lets it be taken and settled under the hold instead of holding a publish,
--- and a task this run already took is 'taken'.
-function M.start_task(sid, rid, name, lease_ms, ran)
+-- and a task this run already took is 'taken'. began: a first delivery's start is as
+-- of then (ms text, see M.began), not now.
+function M.start_task(sid, rid, name, lease_ms, ran, began)
   local d = M.def(sid)
   if d == nil or d.k ~= 'task' then return { 'missing' } end
   if name ~= nil and d.t ~= name then return { 'mismatch', d.t } end
@@ -1903,19 +1905,22 @@ function M.start_task(sid, rid, name, lease_ms, ran)
     M.hold(at, { 'pub', sid })
     return { 'held' }
   end
+  M.note_ms = began -- a first delivery's run started when its user code began
   if M.HOLDING[st] then M.set(sid, 'held_from', 'active') else M.set(sid, 'status', 'active') end
+  M.note_ms = nil
   M.set(sid, 'run_id', rid)
   M.unpause(sid)
   if not ran then -- taken by its finish, which ends it in the same call: never in flight
     redis.call('SADD', M.INFLIGHT, sid)
     M.touched[M.INFLIGHT] = true
   end
-  if not M.get(sid, 'started') then M.set(sid, 'started', M.NOW_S) end
+  if not M.get(sid, 'started') then M.set(sid, 'started', began or M.NOW_S) end
   local a = M.incr(sid, 'attempts', 1)
   M.stat('t:' .. d.t .. ':started', 1)
   if a > 1 then M.stat('t:' .. d.t .. ':retried', 1) end
   if a > 1 then M.note(sid, 'retried', a) end
   if lease_ms then M.set(sid, 'lease', M.NOW + lease_ms) end
+  if ran then return { 'run' } end -- its finish, which needs no message
   return { 'run', M.get(sid, 'kwargs') or '{}', tostring(a), M.get(sid, 'idents') or '{}' }
 end
 
@@ -1957,6 +1962,7 @@ function M.begin(KEYS, ARGV)
   M.result = nil
   M.final_ttl = nil
   M.acks = {} -- { stream, group, entry id } of deliveries acknowledged once the call wrote everything
+  M.note_ms = nil -- see M.note
   M.PACKED = false -- the workflow keeps run records (see RUN RECORD); read in main
   M.dirty, M.dirty_list = {}, {} -- nodes whose run record this call changed
   M.writes, M.write_list = {}, {} -- fields this call changed (see WRITE-BEHIND)
@@ -1977,7 +1983,7 @@ end
 -- same call reads them. tests/core/test_batch_equivalence.py holds it to the general
 -- path (M.LEAN off) byte for byte.
 M.LEAN = true
-function M.lean_finish(sid, val, first)
+function M.lean_finish(sid, val, first, began)
   local s = M.ROOT
   if not M.PACKED or M.item_swarm(sid) ~= s then return nil end
   local t = M.fields[sid]
@@ -2014,22 +2020,21 @@ function M.lean_finish(sid, val, first)
       return nil
     end
   end
-  if st.closed == '1'
-      and tonumber(st.n_ended or '0') + 1 >= redis.call('LLEN', M.aux('items', s)) then
-    return nil
-  end
-  -- its start (start_task, taken by the finish)
-  redis.call('ZREM', M.SENT, sid)
-  M.note(sid, 'started', 0, 'active')
+  -- its completion is the general path's: qend is the length of H:items at some time
+  -- and the list only grows, so before it nothing completes (no LLEN needed)
+  if st.closed == '1' and tonumber(st.n_ended or '0') + 1 >= stop then return nil end
+  -- its start (start_task, taken by the finish; its ZREM from H:sent follows the next
+  -- item's ZADD, so that a ZADD that created the key is known)
+  M.note(sid, 'started', 0, 'active', began)
   M.stat('t:' .. d.t .. ':started', 1)
-  t.run_id, t.started, t.attempts = first, M.NOW_S, '1'
+  t.run_id, t.started, t.attempts = first, began, '1'
   -- its end (settle)
   M.stat_finished(sid, true)
   M.put(sid, 'result', val)
   t.status, t.ended = 'done', M.NOW_S
   M.touch_rec(sid)
   M.note(sid, 'done', 0, 'done')
-  M.events[#M.events + 1] = M.event_text('done', sid, 'task', M.NOW_S)
+  M.events[#M.events + 1] = M.event_text('done', sid, 'task', began)
   -- its swarm (swarm_item_done, fill)
   if redis.call('SREM', M.aux('running', s), sid) == 1 then
     n = n - 1
@@ -2037,14 +2042,22 @@ function M.lean_finish(sid, val, first)
   end
   M.put(s, 'n_ended', tonumber(st.n_ended or '0') + 1)
   M.events[#M.events + 1] = M.event_text('item', s, sid, 'done')
-  if x and (mc == nil or n < mc) then
+  local took = x and (mc == nil or n < mc)
+  if took then
     M.put(s, 'scanned', c + 1)
     M.put(s, 'n_running', n + 1)
-    redis.call('SADD', M.aux_w('running', s), x)
+    -- n_running counts the running set's members: with some left, SADD creates no key
+    local running = M.aux('running', s)
+    redis.call('SADD', running, x)
+    if n == 0 then M.touched[running] = true end
     M.fields[x].sent = M.NOW_S
     M.touch_rec(x)
-    M.dispatch(x, M.payload(st.input, M.fields[x].own, st.input_ret, st.input_err))
+    M.send(x, M.payload(st.input, M.fields[x].own, st.input_ret, st.input_err))
+    M.sent_now[#M.sent_now + 1] = x
+    redis.call('ZADD', M.SENT, M.NOW + M.RESEND_AFTER, x)
   end
+  -- sid was on H:sent (dispatched, not started): then the ZADD above created no key
+  if redis.call('ZREM', M.SENT, sid) == 0 and took then M.touched[M.SENT] = true end
   M.record_owed(sid)
   return M.transition_reply()
 end
@@ -2052,22 +2065,24 @@ end
 -- Task sid ended: ok with result val, or for good with error val on input inp.
 -- first ('' for none): the run id of a first delivery whose user code ran without a start
 -- transition (the worker trusted its message: see FIRST DELIVERIES); the start is taken
--- here, in the same call, and a delivery the start would have refused (a copy, a canceled
--- workflow) changes nothing. stream, group, entry ('' for none): the delivery, an entry of
+-- here, in the same call, as of began (ms its user code began, by the caller's clock, as
+-- now is; '' or later than now: now), and a delivery the start would have refused (a
+-- copy, a canceled workflow) changes nothing. stream, group, entry ('' for none): the delivery, an entry of
 -- a stream on this server: acknowledged and deleted at the end of the call, whatever it
 -- replies (the worker then sends no XACK/XDEL of its own).
-function M.finish_task(sid, ok, val, inp, first, stream, group, entry)
+function M.finish_task(sid, ok, val, inp, first, began, stream, group, entry)
   if first == '' then first = nil end
   if entry ~= '' then M.acks[#M.acks + 1] = { stream, group, entry } end
   M.prefetch(sid, M.ENDING_FIELDS, true)
+  if first then began = M.began(began) end
   if ok and first and M.LEAN then
-    local reply = M.lean_finish(sid, val, first)
+    local reply = M.lean_finish(sid, val, first, began)
     if reply then return reply end
   end
   local d = M.def(sid)
   local taken = { 'run' }
   if first and d and d.k == 'task' then
-    taken = M.start_task(sid, first, nil, nil, true)
+    taken = M.start_task(sid, first, nil, nil, true, began)
   end
   if d == nil or d.k ~= 'task' then
     return { 'missing' }
@@ -2084,6 +2099,14 @@ function M.finish_task(sid, ok, val, inp, first, stream, group, entry)
   M.settle(sid, ok, val, inp)
   M.record_owed(sid)
   return M.transition_reply()
+end
+
+-- A first delivery's start time as its finish gives it (ms text), as a run record keeps
+-- it: a whole number of ms, no later than now.
+function M.began(t)
+  local ms = tonumber(t)
+  if ms == nil or ms ~= math.floor(ms) or ms < 0 or ms >= M.NOW then return M.NOW_S end
+  return string.format('%d', ms)
 end
 
 -- Acknowledge and delete the deliveries this call finished: one XACK and one XDEL per
@@ -2136,21 +2159,24 @@ function M.main(KEYS, ARGV)
     -- A delivery of task sid under run rid, as task ARGV[9]: run it, or say why not. A
     -- delivery under another task name than sid's is not this node's: 'mismatch' (its
     -- definition's task name), nothing changes.
-    M.result = M.start_task(ARGV[7], ARGV[8], ARGV[9], ARGV[10] and tonumber(ARGV[10]), false)
+    -- ARGV[10]: its lease (ms); ARGV[11]: a first delivery taking its start while it runs,
+    -- when its user code began (see M.began)
+    M.result = M.start_task(ARGV[7], ARGV[8], ARGV[9], ARGV[10] and tonumber(ARGV[10]), false,
+      ARGV[11] and M.began(ARGV[11]))
   elseif M.OP == 'finish' then
-    -- One or more finishes of tasks of this workflow, 8 arguments each from ARGV[7]: sid,
-    -- ok ('1'), val, inp, first ('' none), stream, group, entry ('' none) (see
+    -- One or more finishes of tasks of this workflow, 9 arguments each from ARGV[7]: sid,
+    -- ok ('1'), val, inp, first ('' none), began, stream, group, entry ('' none) (see
     -- M.finish_task). Each is the transition it would be alone, in the order given; the
     -- reply is one finish reply per finish. A worker sends the finishes of one workflow
     -- that ended while its previous call was in flight together: what the call itself
     -- costs (its round trip, the TTL refreshes, the events entry, the acknowledgements)
     -- is paid once, and the nodes they share (their swarm) are read once.
     local replies = {}
-    for i = 7, #ARGV, 8 do
+    for i = 7, #ARGV, 9 do
       M.pubs, M.events, M.sent_now, M.collecting = {}, {}, {}, {}
       M.wake_at, M.collect_more = nil, nil
       replies[#replies + 1] = M.finish_task(ARGV[i], ARGV[i + 1] == '1', ARGV[i + 2], ARGV[i + 3],
-        ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7])
+        ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8])
     end
     M.result = replies
   elseif M.OP == 'continue' then

@@ -31,13 +31,13 @@ def wait_for_lease(lease_until_ms: int, lease: float) -> float:
 
 
 async def _take_start(
-    mf: Runtime, key: str, run_id: str, task_name: str, lease: float
+    mf: Runtime, key: str, run_id: str, task_name: str, lease: float, began_ms: int | None
 ) -> bool | None:
     """The start of a first delivery that runs without one (see :func:`renewed`):
     ``True`` once recorded, ``False`` to try again (a store outage), ``None`` when refused
     (the user code runs on; its finish then changes nothing)."""
     try:
-        outcome = await mf.engine.start(key, run_id, task_name, lease)
+        outcome = await mf.engine.start(key, run_id, task_name, lease, began_ms=began_ms)
     except (MageflowError, OSError) as exc:  # a store outage: try again next period
         log.warning("%s: cannot record the start of run %s yet: %s", key, run_id, exc)
         return False
@@ -65,12 +65,17 @@ def _first_period(mf: Runtime, lease: float, unstarted: str | None) -> float:
 
 
 async def _renew_forever(
-    mf: Runtime, key: str, run_id: str, lease: float, unstarted: str | None = None
+    mf: Runtime,
+    key: str,
+    run_id: str,
+    lease: float,
+    unstarted: str | None = None,
+    began_ms: int | None = None,
 ) -> None:
     """The renewer of one delivery, from the end of its first period (:func:`renewed`)."""
     while True:
         if unstarted is not None:
-            taken = await _take_start(mf, key, run_id, unstarted, lease)
+            taken = await _take_start(mf, key, run_id, unstarted, lease, began_ms)
             if taken is None:
                 return  # not this run's task: nothing to renew
             if taken:
@@ -94,9 +99,15 @@ class _Renewal:
     __slots__ = ("args", "task", "timer")
 
     def __init__(
-        self, mf: Runtime, key: str, run_id: str, lease: float, unstarted: str | None
+        self,
+        mf: Runtime,
+        key: str,
+        run_id: str,
+        lease: float,
+        unstarted: str | None,
+        began_ms: int | None,
     ) -> None:
-        self.args = (mf, key, run_id, lease, unstarted)
+        self.args = (mf, key, run_id, lease, unstarted, began_ms)
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -105,7 +116,7 @@ class _Renewal:
         self.task = asyncio.get_running_loop().create_task(_renew_forever(*self.args))
 
     async def __aenter__(self) -> None:
-        mf, _, _, lease, unstarted = self.args
+        mf, _, _, lease, unstarted, _ = self.args
         self.timer = asyncio.get_running_loop().call_later(
             _first_period(mf, lease, unstarted), self._fire
         )
@@ -121,15 +132,20 @@ class _Renewal:
 
 
 def renewed(
-    mf: Runtime, key: str, run_id: str, unstarted: str | None = None
+    mf: Runtime,
+    key: str,
+    run_id: str,
+    unstarted: str | None = None,
+    began_ms: int | None = None,
 ) -> contextlib.AbstractAsyncContextManager[None]:
     """Renew the lease the start transition gave run ``run_id`` every third of
     ``mf.lease`` while the body runs (the attempt's user code and its finish).
     ``unstarted`` (the task name): a first delivery that runs without a start transition
     takes its start (and lease) once it has run :data:`FIRST_START_AFTER` seconds (at
     most a third of ``mf.lease`` and a quarter of ``resend_after``), so it shows as
-    running, and the reconciler never re-sends a task that is running."""
-    return _Renewal(mf, key, run_id, mf.lease, unstarted)
+    running, and the reconciler never re-sends a task that is running; as of
+    ``began_ms``, when its user code began."""
+    return _Renewal(mf, key, run_id, mf.lease, unstarted, began_ms)
 
 
 def retry_hold(backoff: Backoff | None, attempt: int) -> float:

@@ -159,9 +159,12 @@ async def run_task(mf: Runtime, task: RegisteredTask, payload: JSON, ctx: RunCon
         plain = payload if isinstance(payload, dict) else {}
         return _result(task, await task.call(plain))[0]
     first = _first_delivery(mf, task.name, key, payload, ctx, task.return_field)
-    if first is not None:
-        async with lease.renewed(mf, key, ctx.run_id, unstarted=task.name):
-            return await _run_started(mf, task, key, ctx, *first, first_run=ctx.run_id)
+    if first is not None:  # its start is recorded later, as of now
+        began = int(time.time() * 1000)
+        async with lease.renewed(mf, key, ctx.run_id, unstarted=task.name, began_ms=began):
+            return await _run_started(
+                mf, task, key, ctx, *first, first_run=ctx.run_id, began_ms=began
+            )
     started = await _start(mf, task.name, key, payload, ctx, task.return_field)
     if started is None:
         return None
@@ -211,9 +214,11 @@ async def _run_started(
     outcome: StartOutcome,
     *,
     first_run: str | None = None,
+    began_ms: int | None = None,
 ) -> JSON:
     """The user code of a delivery the start transition let run, then its finish
-    (``first_run``: a first delivery run before its start, which the finish takes)."""
+    (``first_run``: a first delivery run before its start, which the finish takes, as of
+    ``began_ms``)."""
     me = TaskContext(
         key=key,
         task_name=task.name,
@@ -243,11 +248,11 @@ async def _run_started(
         NonRetryableError,
         SignatureInUseError,
     ) as exc:
-        await _fail(mf, task.name, key, exc, data, ctx, first_run)
+        await _fail(mf, task.name, key, exc, data, ctx, first_run, began_ms)
         raise NonRetryableError(str(exc)) from exc
     except Exception as exc:
         if not ctx.is_final_attempt:
-            if first_run is not None and not await _take_start(mf, task.name, key, ctx):
+            if first_run is not None and not await _take_start(mf, task.name, key, ctx, began_ms):
                 raise NonRetryableError(f"{key}: not this run's task; no retry") from exc
             log.warning(
                 "%s (%s) attempt %d failed: %r; will retry", key, task.name, ctx.attempt, exc
@@ -262,15 +267,15 @@ async def _run_started(
             )
             await lease.release(mf, key, ctx.run_id, lease.retry_hold(task.backoff, ctx.attempt))
             raise
-        await _fail(mf, task.name, key, exc, data, ctx, first_run)
+        await _fail(mf, task.name, key, exc, data, ctx, first_run, began_ms)
         raise
     if continuation is not None:
-        if first_run is not None and not await _take_start(mf, task.name, key, ctx):
+        if first_run is not None and not await _take_start(mf, task.name, key, ctx, began_ms):
             return None
         transition = await continuation.start(task.name, data)
     else:
         transition = await _record_finish(
-            mf, task.name, key, ctx, True, result_json, "{}", first_run
+            mf, task.name, key, ctx, True, result_json, "{}", first_run, began_ms
         )
         if first_run is not None and transition.duplicate:
             _log_discarded(key, task.name, first_run)
@@ -420,11 +425,17 @@ def _input_json(data: dict[str, Any]) -> str:
         return "{}"
 
 
-async def _take_start(mf: Runtime, task_name: str, key: str, ctx: RunContext) -> bool:
-    """Record the start of a first delivery that ran without one, before what needs it
-    (a retry's attempt count, a continuation). ``False``: not this run's task."""
+async def _take_start(
+    mf: Runtime, task_name: str, key: str, ctx: RunContext, began_ms: int | None
+) -> bool:
+    """Record the start of a first delivery that ran without one (its user code began at
+    ``began_ms``), before what needs it (a retry's attempt count, a continuation).
+    ``False``: not this run's task."""
     outcome = await until_recorded(
-        "start", task_name, key, lambda: mf.engine.start(key, ctx.run_id, task_name, mf.lease)
+        "start",
+        task_name,
+        key,
+        lambda: mf.engine.start(key, ctx.run_id, task_name, mf.lease, began_ms=began_ms),
     )
     if outcome.action in ("run", "leased"):  # leased: this run took it already
         return True
@@ -441,6 +452,7 @@ async def _record_finish(
     value: str,
     original: str,
     first_run: str | None,
+    began_ms: int | None = None,
 ) -> Transition:
     """The finish transition, waited out through store outages. With stream delivery on
     (the broker's streams on the store's server) it also acknowledges the delivery's
@@ -453,7 +465,9 @@ async def _record_finish(
         "finish",
         task_name,
         key,
-        lambda: mf.engine.finish(key, ok, value, original, first_run=first_run, ack=ack),
+        lambda: mf.engine.finish(
+            key, ok, value, original, first_run=first_run, began_ms=began_ms, ack=ack
+        ),
     )
     if entry is not None:
         entry.acknowledged = True
@@ -478,11 +492,14 @@ async def _fail(
     data: dict[str, Any],
     ctx: RunContext,
     first_run: str | None = None,
+    began_ms: int | None = None,
 ) -> None:
     log.error("%s (%s) failed for good at attempt %d: %r", key, task_name, ctx.attempt, exc)
     original = _input_json(data)
     error = error_json(exc)
-    transition = await _record_finish(mf, task_name, key, ctx, False, error, original, first_run)
+    transition = await _record_finish(
+        mf, task_name, key, ctx, False, error, original, first_run, began_ms
+    )
     faults.check(faults.AFTER_FINISH, task_name)
     await _publish_after_finish(mf, key, transition.publishes)
     observe.emit(
