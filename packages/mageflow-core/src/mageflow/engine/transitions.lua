@@ -1021,6 +1021,7 @@ function M.maybe_complete(s)
   local from = tonumber(M.get(s, 'collected') or '0')
   local to = math.min(from + M.COLLECT_CHUNK, n)
   local items = redis.call('LRANGE', M.aux('items', s), from, to - 1)
+  M.read_outcomes(items)
   local out = {}
   for i, it in ipairs(items) do
     if M.get(it, 'status') == 'done' then
@@ -1051,6 +1052,36 @@ function M.maybe_complete(s)
   M.touched[M.COLLECT] = true
   M.del(s, 'collected')
   M.settle(s, true, '[' .. table.concat(whole, ',') .. ']', nil)
+end
+
+-- Read the status and result of `items` not read yet in this call: one HMGET (at most
+-- 2 x COLLECT_CHUNK fields) instead of two HGETs per item. A failed item's error is read
+-- on its own (failures are few).
+function M.read_outcomes(items)
+  local ks, ids, rec = {}, {}, {}
+  for _, it in ipairs(items) do
+    local t = M.node_fields(it)
+    if t.status == nil then
+      ks[#ks + 1] = it .. (M.PACKED and ':x' or ':status')
+      ids[#ks], rec[#ks] = it, true
+    end
+    if t.result == nil then
+      ks[#ks + 1] = it .. ':result'
+      ids[#ks] = it
+    end
+  end
+  if #ks == 0 then return end
+  local vs = redis.call('HMGET', M.H, unpack(ks))
+  for i = 1, #ks do
+    local t = M.fields[ids[i]]
+    if not rec[i] then
+      t.result = vs[i]
+    elseif M.PACKED then
+      M.unpack_rec(ids[i], t, vs[i])
+    else
+      t.status = vs[i]
+    end
+  end
 end
 
 -- Go on assembling the result of the swarm waiting longest in H:collect (one part).
@@ -1144,7 +1175,9 @@ M.start_node = function(sid, inl, own, ret, err)
 end
 
 -- Chain c reacts to its step sid ending: next step, or the chain settles.
+M.CHAIN_FIELDS = { { 'outcome', 'step', 'context', 'input' } }
 function M.chain_step_done(c, sid, ok, val)
+  if M.node_fields(c).step == nil then M.prefetch(c, M.CHAIN_FIELDS) end
   M.refresh(c)
   if M.TERMINAL[M.get(c, 'status')] or M.get(c, 'outcome') then return end
   local cur = tonumber(M.get(c, 'step') or '0')
@@ -1153,6 +1186,8 @@ function M.chain_step_done(c, sid, ok, val)
   if not ok then
     M.settle(c, false, val, M.get(c, 'input'))
   elseif nxt then
+    -- what its start reads (a task's message, a rerun mark), in one read
+    if M.node_fields(nxt).sent == nil then M.prefetch(nxt, M.NEXT_FIELDS, true) end
     M.set(c, 'step', cur + 1)
     M.events[#M.events + 1] = cjson.encode({ 'advanced', c, nxt })
     M.start_node(nxt, M.get(c, 'context'), nil, val, nil)
@@ -2147,13 +2182,14 @@ function M.main(KEYS, ARGV)
     for _, wf in ipairs(due) do redis.call('ZADD', M.H, M.NOW + tonumber(ARGV[7]), wf) end
     return due
   end
-  -- the layout, the root's status and its dispatch counter in one read
+  -- the layout, the root's status, dispatch counter and definition in one read
   local lr = redis.call('HMGET', M.H, 'L', M.ROOT .. ':x', M.ROOT .. ':status', M.ROOT .. ':nd',
-    M.ROOT .. ':ttl_at')
+    M.ROOT .. ':ttl_at', M.ROOT)
   M.PACKED = lr[1] == '2'
   local rt = M.node_fields(M.ROOT)
   if M.PACKED then M.unpack_rec(M.ROOT, rt, lr[2]) else rt.status = lr[3] end
   rt.nd, rt.ttl_at = lr[4], lr[5]
+  M.raw_defs[M.ROOT] = lr[6]
   M.root_was_final = M.TERMINAL[M.get(M.ROOT, 'status')] ~= nil
   if M.OP == 'start' then
     -- A delivery of task sid under run rid, as task ARGV[9]: run it, or say why not. A
