@@ -313,12 +313,12 @@ function M.name_json(t)
   end
   return j
 end
--- ms: when it happened (default: now; M.note_ms, while set, for a status change)
-function M.note(sid, event, attempt, status, ms)
+-- When it happened: now, or M.note_ms while a caller sets it (a first delivery's start)
+function M.note(sid, event, attempt, status)
   local d = M.def(sid)
   -- sids, event names, kinds and statuses are plain identifiers: concatenated as JSON
   M.stream[#M.stream + 1] = '["' .. sid .. '","' .. event .. '","' .. (d and d.k or 'task') .. '",'
-    .. M.name_json(d and d.t or '') .. ',' .. (ms or M.note_ms or M.NOW_S) .. ',' .. (attempt or 0)
+    .. M.name_json(d and d.t or '') .. ',' .. (M.note_ms or M.NOW_S) .. ',' .. (attempt or 0)
     .. ',"' .. (status or 'active') .. '"]'
 end
 
@@ -351,11 +351,11 @@ function M.set(sid, f, v)
     M.touch_rec(sid)
     return
   end
-  M.write(sid .. ':' .. f, v)
-  M.node_fields(sid)[f] = v
+  M.put(sid, f, v)
 end
 
--- A plain field (not a run record's part, not status) written: v text or a number.
+-- Field f of sid written as is (v text or a number), without set's status event and
+-- run-record handling: a plain field.
 function M.put(sid, f, v)
   if type(v) == 'number' then v = string.format('%d', v) end
   M.write(sid .. ':' .. f, v)
@@ -382,13 +382,7 @@ end
 -- plain field is written as M.set would, without its status and record checks.
 function M.incr(sid, f, by)
   local n = tonumber(M.get(sid, f) or '0') + by
-  if M.PACKED and M.REC[f] then
-    M.set(sid, f, n)
-  else
-    local v = string.format('%d', n)
-    M.node_fields(sid)[f] = v
-    M.write(sid .. ':' .. f, v)
-  end
+  if M.PACKED and M.REC[f] then M.set(sid, f, n) else M.put(sid, f, n) end
   return n
 end
 
@@ -2060,7 +2054,9 @@ function M.lean_finish(sid, val, first, began)
   if st.closed == '1' and tonumber(st.n_ended or '0') + 1 >= stop then return nil end
   -- its start (start_task, taken by the finish; its ZREM from H:sent follows the next
   -- item's ZADD, so that a ZADD that created the key is known)
-  M.note(sid, 'started', 0, 'active', began)
+  M.note_ms = began
+  M.note(sid, 'started', 0, 'active')
+  M.note_ms = nil
   M.stat('t:' .. d.t .. ':started', 1)
   t.run_id, t.started, t.attempts = first, began, '1'
   -- its end (settle)
