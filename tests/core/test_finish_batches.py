@@ -128,3 +128,82 @@ async def test_one_bad_item_fails_alone_and_an_outage_fails_the_batch() -> None:
     got = await asyncio.gather(batches("w1", "p"), batches("w2", "q"), batches("w1", "r"))
     assert got == ["w1:p", "w2:q", "w1:r"]
     assert sent == [["p"], ["q"], ["r"]]  # one key's calls wait only for that key's
+
+
+class _Gated:
+    """A ``send`` whose calls each wait for the test to let them return."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[str]] = []
+        self.gates: list[asyncio.Event] = []
+        self.arrived = asyncio.Event()
+
+    async def __call__(self, key: str, items: Sequence[str]) -> list[str]:
+        self.sent.append(list(items))
+        self.arrived.set()
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        await gate.wait()
+        return [f"{key}:{i}" for i in items]
+
+    async def until_sent(self, n: int) -> None:
+        while len(self.sent) < n:
+            self.arrived.clear()
+            await self.arrived.wait()
+
+
+async def _turns(n: int = 20) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_a_batch_of_calls_that_came_during_a_call_lingers_for_more() -> None:
+    send = _Gated()
+    batches = Coalescer(send, most=3, linger=60.0)
+    a = asyncio.create_task(batches("wf", "a"))
+    await send.until_sent(1)  # a lone call goes out at once, linger or not
+    b = asyncio.create_task(batches("wf", "b"))
+    await _turns()
+    send.gates[0].set()
+    assert await asyncio.wait_for(a, 5) == "wf:a"
+    await _turns()
+    assert send.sent == [["a"]]  # b came while a was in flight: it waits for more
+    c = asyncio.create_task(batches("wf", "c"))
+    d = asyncio.create_task(batches("wf", "d"))
+    await asyncio.wait_for(send.until_sent(2), 5)  # full (most=3): out before the linger
+    assert send.sent == [["a"], ["b", "c", "d"]]
+    send.gates[1].set()
+    assert await asyncio.wait_for(asyncio.gather(b, c, d), 5) == ["wf:b", "wf:c", "wf:d"]
+
+
+async def test_a_lingering_batch_goes_when_its_oldest_call_waited_the_linger() -> None:
+    send = _Gated()
+    batches = Coalescer(send, linger=0.05)
+    a = asyncio.create_task(batches("wf", "a"))
+    await send.until_sent(1)
+    b = asyncio.create_task(batches("wf", "b"))
+    await _turns()
+    send.gates[0].set()
+    await asyncio.wait_for(send.until_sent(2), 5)
+    assert send.sent == [["a"], ["b"]]
+    send.gates[1].set()
+    assert await asyncio.wait_for(asyncio.gather(a, b), 5) == ["wf:a", "wf:b"]
+
+
+async def test_without_linger_a_batch_goes_as_soon_as_the_call_before_returned() -> None:
+    send = _Gated()
+    batches = Coalescer(send)
+    a = asyncio.create_task(batches("wf", "a"))
+    await send.until_sent(1)
+    b = asyncio.create_task(batches("wf", "b"))
+    await _turns()
+    send.gates[0].set()
+    await _turns()
+    assert send.sent == [["a"], ["b"]]
+    c = asyncio.create_task(batches("wf", "c"))  # came while b was in flight
+    await _turns()
+    send.gates[1].set()
+    await asyncio.wait_for(send.until_sent(3), 5)
+    assert send.sent == [["a"], ["b"], ["c"]]
+    send.gates[2].set()
+    assert await asyncio.wait_for(asyncio.gather(a, b, c), 5) == ["wf:a", "wf:b", "wf:c"]

@@ -28,6 +28,9 @@ from mageflow.testing.manual import ManualBackend
         ("MAGEFLOW_FINISHED_TTL", "-5"),
         ("MAGEFLOW_RESEND_AFTER", "0"),
         ("MAGEFLOW_RESEND_AFTER", "nan"),
+        ("MAGEFLOW_FINISH_LINGER", "-0.001"),
+        ("MAGEFLOW_FINISH_LINGER", "2"),
+        ("MAGEFLOW_FINISH_LINGER", "soon"),
         ("MAGEFLOW_REDIS_URL", "http://x"),
         ("MAGEFLOW_REDIS_URL", "localhost:6379"),
     ],
@@ -40,6 +43,15 @@ def test_bad_settings_raise_configuration_error(
         MageflowSettings()
     with pytest.raises(ConfigurationError, match=name):
         Mageflow(backend=ManualBackend())
+
+
+def test_the_finish_linger_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Mageflow(backend=ManualBackend()).engine.finish_linger == 0.002
+    monkeypatch.setenv("MAGEFLOW_FINISH_LINGER", "0")
+    app = Mageflow(backend=ManualBackend())
+    assert app.engine.finish_linger == 0
+    app.use(store=MemoryStore())
+    assert app.engine.finish_linger == 0
 
 
 def test_bad_store_arguments_raise_configuration_error() -> None:

@@ -176,7 +176,10 @@ class Mageflow(WorkflowConstructors):
         self._store: StateStore = store
         self._defaulted_store = defaulted
         self._engine = Engine(
-            store, resend_after=self.resend_after, packed_state=settings.packed_state
+            store,
+            resend_after=self.resend_after,
+            packed_state=settings.packed_state,
+            finish_linger=settings.finish_linger,
         )
         self._sweeps = LoopSweeps(self)
         self._engine.on_wake = self._sweeps.wake
@@ -277,6 +280,7 @@ class Mageflow(WorkflowConstructors):
                 store,
                 resend_after=self.resend_after,
                 packed_state=self._engine.packed_state,
+                finish_linger=self._engine.finish_linger,
             )
             self._engine.on_wake = self._sweeps.wake
         if backend is not None:

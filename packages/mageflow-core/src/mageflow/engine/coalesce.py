@@ -5,6 +5,12 @@ the calls made for that key while it is in flight wait for it and then go out as
 batch (at most ``most`` per batch), and so on until none is waiting. An idle key costs
 nothing and a lone call waits for nothing; under load, what a call costs in itself (a
 round trip, the script's set-up) is shared by the batch.
+
+With ``linger`` (s), such a batch (calls that came while another was in flight: proof
+that this key's calls come concurrently) also waits for more, until it is full or its
+oldest call waited ``linger``, like Kafka's ``linger.ms``. A call that came alone still
+goes out at once: a chain's steps, whose next call cannot come before this one's reply,
+never wait.
 """
 
 from __future__ import annotations
@@ -20,6 +26,19 @@ Send = Callable[[str, Sequence[A]], Awaitable[Sequence[R]]]
 _Key = tuple[asyncio.AbstractEventLoop, str]
 
 
+class _Waiting(Generic[A, R]):
+    """The calls for one key waiting for the one in flight, oldest first."""
+
+    __slots__ = ("calls", "first", "full")
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[A, asyncio.Future[R]]] = []
+        self.first = 0.0
+        """When the oldest waiting call came (loop time)."""
+        self.full: asyncio.Future[None] | None = None
+        """Set once the lingering batch holds ``most`` calls."""
+
+
 class Coalescer(Generic[A, R]):
     """``await coalescer(key, item)`` runs ``send(key, [item, ...])`` and returns this
     item's reply. ``send`` must return one reply per item, in order. If a batch of
@@ -28,14 +47,20 @@ class Coalescer(Generic[A, R]):
     unreachable) is every item's."""
 
     def __init__(
-        self, send: Send[A, R], *, most: int = 64, shared: tuple[type[BaseException], ...] = ()
+        self,
+        send: Send[A, R],
+        *,
+        most: int = 64,
+        shared: tuple[type[BaseException], ...] = (),
+        linger: float = 0.0,
     ) -> None:
         self._send = send
         self._most = most
         self._shared = shared
+        self._linger = linger
         # Keyed by event loop too: a loop closed mid-call leaves its key behind, and a
         # call on another loop must not wait for what that loop will never send.
-        self._waiting: dict[_Key, list[tuple[A, asyncio.Future[R]]]] = {}
+        self._waiting: dict[_Key, _Waiting[A, R]] = {}
         self._drains: set[asyncio.Task[None]] = set()
 
     async def __call__(self, key: str, item: A) -> R:
@@ -43,9 +68,14 @@ class Coalescer(Generic[A, R]):
         waiting = self._waiting.get((loop, key))
         if waiting is not None:
             future: asyncio.Future[R] = loop.create_future()
-            waiting.append((item, future))
+            if not waiting.calls:
+                waiting.first = loop.time()
+            waiting.calls.append((item, future))
+            full = waiting.full
+            if full is not None and len(waiting.calls) >= self._most and not full.done():
+                full.set_result(None)
             return await future
-        self._waiting[loop, key] = []
+        self._waiting[loop, key] = _Waiting()
         try:
             return (await self._replies(key, [item]))[0]
         finally:
@@ -58,7 +88,7 @@ class Coalescer(Generic[A, R]):
         return replies
 
     def _hand_off(self, loop: asyncio.AbstractEventLoop, key: str) -> None:
-        if self._waiting[loop, key] and not loop.is_closed():
+        if self._waiting[loop, key].calls and not loop.is_closed():
             task = loop.create_task(self._drain(loop, key))
             self._drains.add(task)
             task.add_done_callback(self._drains.discard)
@@ -68,14 +98,32 @@ class Coalescer(Generic[A, R]):
     async def _drain(self, loop: asyncio.AbstractEventLoop, key: str) -> None:
         waiting = self._waiting[loop, key]
         try:
-            while waiting:
-                batch = waiting[: self._most]
-                del waiting[: self._most]
+            while waiting.calls:
+                if self._linger > 0:
+                    await self._linger_for_more(loop, waiting)
+                batch = waiting.calls[: self._most]
+                del waiting.calls[: self._most]
+                if waiting.calls:  # the rest came after the batch's calls: no earlier
+                    waiting.first = loop.time()
                 await self._settle(key, batch)
         finally:
             del self._waiting[loop, key]
-            for _, future in waiting:  # only when cancelled: nothing will send these
+            for _, future in waiting.calls:  # only when cancelled: nothing will send these
                 future.cancel()
+
+    async def _linger_for_more(
+        self, loop: asyncio.AbstractEventLoop, waiting: _Waiting[A, R]
+    ) -> None:
+        wait = waiting.first + self._linger - loop.time()
+        if wait <= 0 or len(waiting.calls) >= self._most:
+            return
+        full = waiting.full = loop.create_future()
+        alarm = loop.call_later(wait, _set, full)
+        try:
+            await full
+        finally:
+            alarm.cancel()
+            waiting.full = None
 
     async def _settle(self, key: str, batch: list[tuple[A, asyncio.Future[R]]]) -> None:
         try:
@@ -96,3 +144,8 @@ class Coalescer(Generic[A, R]):
         for (_, future), reply in zip(batch, replies, strict=True):
             if not future.done():
                 future.set_result(reply)
+
+
+def _set(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

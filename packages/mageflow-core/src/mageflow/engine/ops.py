@@ -74,6 +74,7 @@ class Engine:
         delivery: str = "",
         packed_state: bool = True,
         script: Script = SCRIPT,
+        finish_linger: float = 0.0,
     ) -> None:
         self.store = store
         self.script = script
@@ -89,9 +90,11 @@ class Engine:
         self.on_wake: Callable[[int], None] | None = None
         """Told the time a transition delayed a node to (the process's sweep loop)."""
         self._finishes: Coalescer[tuple[str, ...], list[str]] = Coalescer(
-            self._send_finishes, shared=(StoreUnavailableError,)
+            self._send_finishes, shared=(StoreUnavailableError,), linger=finish_linger
         )
-        """Finishes of one workflow made while one is in flight go out in one call."""
+        """Finishes of one workflow made while one is in flight go out in one call, which
+        waits up to ``finish_linger`` (s) for more to join it."""
+        self.finish_linger = finish_linger
 
     def _argv(self, op: str, args: Sequence[str]) -> list[str]:
         return [
