@@ -502,14 +502,27 @@ M.STATS_TTL = '3660'
 M.STATS_BOUNDS = { 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000 }
 
 
-M.BY = { [1] = '1', [-1] = '-1' } -- increments as text: Redis 7.0 formats a number with snprintf
+M.BY = { [1] = '1' } -- increments as text: Redis 7.0 formats a number with snprintf
+-- An event's counts are summed in the call and written at its end: one HINCRBY per field
+-- per call, so the finishes of a shared call count their task's fields once.
 function M.stat(field, by)
   if not M.STATS then return end
-  M.stats_bucket = M.stats_bucket or (M.STATS .. ':' .. string.format('%d', math.floor(M.NOW / 60000)))
-  -- a bucket is created with its first field, so a field created now may be the bucket's
-  if redis.call('HINCRBY', M.stats_bucket, field, M.BY[by] or string.format('%d', by)) == by then
-    M.stats_new = true
+  local sum = M.stat_sums[field]
+  if sum == nil then M.stat_list[#M.stat_list + 1] = field end
+  M.stat_sums[field] = (sum or 0) + by
+end
+
+function M.flush_stats()
+  if #M.stat_list == 0 then return end
+  local bucket = M.STATS .. ':' .. string.format('%d', math.floor(M.NOW / 60000))
+  local created = false -- a bucket is created with its first field: its TTL is set then
+  for _, field in ipairs(M.stat_list) do
+    local by = M.stat_sums[field]
+    if redis.call('HINCRBY', bucket, field, M.BY[by] or string.format('%d', by)) == by then
+      created = true
+    end
   end
+  if created then redis.call('EXPIRE', bucket, M.STATS_TTL) end
 end
 
 -- Task sid's final outcome: counted with its duration since its first attempt.
@@ -1980,8 +1993,7 @@ function M.begin(KEYS, ARGV)
   M.EVENTS = M.H .. ':events'
   M.stream = {}
   M.STATS = KEYS[2]
-  M.stats_bucket = nil -- this minute's bucket, once written
-  M.stats_new = false  -- a field of it created by this call: its TTL is set at the end
+  M.stat_sums, M.stat_list = {}, {} -- statistics fields this call adds to, and by how much
   M.WF = string.match(M.H, '{([^{}]*)}$')
   M.delivered = {} -- sids whose message this call appended itself
   M.window = {}        -- swarm -> { index of its first item, items } read in this call
@@ -2583,7 +2595,7 @@ function M.main(KEYS, ARGV)
   for k, _ in pairs(M.touched) do
     redis.call('EXPIRE', k, M.final_ttl)
   end
-  if M.stats_new then redis.call('EXPIRE', M.stats_bucket, M.STATS_TTL) end
+  M.flush_stats()
   if #M.acks > 0 then M.acknowledge() end
   return M.result
 end
