@@ -137,13 +137,15 @@ class _Gated:
         self.sent: list[list[str]] = []
         self.gates: list[asyncio.Event] = []
         self.arrived = asyncio.Event()
+        self.open = False
 
     async def __call__(self, key: str, items: Sequence[str]) -> list[str]:
         self.sent.append(list(items))
         self.arrived.set()
         gate = asyncio.Event()
         self.gates.append(gate)
-        await gate.wait()
+        if not self.open:
+            await gate.wait()
         return [f"{key}:{i}" for i in items]
 
     async def until_sent(self, n: int) -> None:
@@ -176,7 +178,7 @@ async def test_a_batch_of_calls_that_came_during_a_call_lingers_for_more() -> No
     assert await asyncio.wait_for(asyncio.gather(b, c, d), 5) == ["wf:b", "wf:c", "wf:d"]
 
 
-async def test_a_lingering_batch_goes_when_its_oldest_call_waited_the_linger() -> None:
+async def test_a_lingering_batch_goes_once_calls_stop_coming() -> None:
     send = _Gated()
     batches = Coalescer(send, linger=0.05)
     a = asyncio.create_task(batches("wf", "a"))
@@ -207,3 +209,27 @@ async def test_without_linger_a_batch_goes_as_soon_as_the_call_before_returned()
     assert send.sent == [["a"], ["b"], ["c"]]
     send.gates[2].set()
     assert await asyncio.wait_for(asyncio.gather(a, b, c), 5) == ["wf:a", "wf:b", "wf:c"]
+
+
+async def test_a_lingering_batch_goes_after_the_linger_while_calls_keep_coming() -> None:
+    """Calls every 10 ms, well within the 200 ms gap that keeps a batch waiting: the
+    batch still goes once its oldest call waited the linger (1 s), long before they stop."""
+    send = _Gated()
+    batches = Coalescer(send, most=1000, linger=1.0)
+    calls = [asyncio.create_task(batches("wf", "a"))]
+    await send.until_sent(1)
+    calls.append(asyncio.create_task(batches("wf", "b")))
+    await _turns()
+    send.gates[0].set()
+    for i in range(500):  # 5 s of calls, if the batch waited for them to stop
+        if len(send.sent) > 1:
+            break
+        await asyncio.sleep(0.01)
+        calls.append(asyncio.create_task(batches("wf", f"c{i}")))
+    assert len(send.sent) == 2, "the batch waited for calls to stop coming"
+    assert send.sent[1][0] == "b" and len(send.sent[1]) > 2
+    send.open = True
+    for gate in send.gates:
+        gate.set()
+    got = await asyncio.wait_for(asyncio.gather(*calls), 5)
+    assert got == [f"wf:{c}" for c in ["a", "b", *(f"c{i}" for i in range(len(calls) - 2))]]

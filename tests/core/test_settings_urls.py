@@ -46,7 +46,7 @@ def test_bad_settings_raise_configuration_error(
 
 
 def test_the_finish_linger_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert Mageflow(backend=ManualBackend()).engine.finish_linger == 0.002
+    assert Mageflow(backend=ManualBackend()).engine.finish_linger == 0.005
     monkeypatch.setenv("MAGEFLOW_FINISH_LINGER", "0")
     app = Mageflow(backend=ManualBackend())
     assert app.engine.finish_linger == 0

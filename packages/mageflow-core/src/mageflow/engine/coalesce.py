@@ -7,8 +7,9 @@ nothing and a lone call waits for nothing; under load, what a call costs in itse
 round trip, the script's set-up) is shared by the batch.
 
 With ``linger`` (s), such a batch (calls that came while another was in flight: proof
-that this key's calls come concurrently) also waits for more, until it is full or its
-oldest call waited ``linger``, like Kafka's ``linger.ms``. A call that came alone still
+that this key's calls come concurrently) also waits for more, like Kafka's
+``linger.ms``: while they keep coming (each within a fifth of ``linger`` of the one
+before), until it is full or its oldest call waited ``linger``. A call that came alone still
 goes out at once: a chain's steps, whose next call cannot come before this one's reply,
 never wait.
 """
@@ -29,12 +30,14 @@ _Key = tuple[asyncio.AbstractEventLoop, str]
 class _Waiting(Generic[A, R]):
     """The calls for one key waiting for the one in flight, oldest first."""
 
-    __slots__ = ("calls", "first", "full")
+    __slots__ = ("calls", "first", "full", "latest")
 
     def __init__(self) -> None:
         self.calls: list[tuple[A, asyncio.Future[R]]] = []
         self.first = 0.0
         """When the oldest waiting call came (loop time)."""
+        self.latest = 0.0
+        """When the newest came."""
         self.full: asyncio.Future[None] | None = None
         """Set once the lingering batch holds ``most`` calls."""
 
@@ -68,8 +71,9 @@ class Coalescer(Generic[A, R]):
         waiting = self._waiting.get((loop, key))
         if waiting is not None:
             future: asyncio.Future[R] = loop.create_future()
+            waiting.latest = loop.time()
             if not waiting.calls:
-                waiting.first = loop.time()
+                waiting.first = waiting.latest
             waiting.calls.append((item, future))
             full = waiting.full
             if full is not None and len(waiting.calls) >= self._most and not full.done():
@@ -114,16 +118,21 @@ class Coalescer(Generic[A, R]):
     async def _linger_for_more(
         self, loop: asyncio.AbstractEventLoop, waiting: _Waiting[A, R]
     ) -> None:
-        wait = waiting.first + self._linger - loop.time()
-        if wait <= 0 or len(waiting.calls) >= self._most:
-            return
-        full = waiting.full = loop.create_future()
-        alarm = loop.call_later(wait, _set, full)
-        try:
-            await full
-        finally:
-            alarm.cancel()
-            waiting.full = None
+        """Wait while calls keep coming: until none came for a fifth of ``linger``, the
+        batch is full, or its oldest call waited ``linger``."""
+        last = waiting.first + self._linger
+        gap = self._linger / 5
+        while len(waiting.calls) < self._most:
+            wake = min(waiting.latest + gap, last)
+            if wake <= loop.time():
+                return
+            full = waiting.full = loop.create_future()
+            alarm = loop.call_at(wake, _set, full)
+            try:
+                await full
+            finally:
+                alarm.cancel()
+                waiting.full = None
 
     async def _settle(self, key: str, batch: list[tuple[A, asyncio.Future[R]]]) -> None:
         try:

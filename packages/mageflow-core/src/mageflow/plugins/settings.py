@@ -22,11 +22,11 @@ class MageflowSettings(BaseSettings):
     task may stay unstarted before the reconciler re-sends it), ``MAGEFLOW_LEASE``
     (seconds, more than 0, a running attempt holds its task between two renewals: a copy
     of the same run waits that long after the attempt's worker died before taking over),
-    ``MAGEFLOW_FINISH_LINGER`` (seconds, 0 to 1, default 0.002: how long finishes of one
-    workflow that came while its previous engine call was in flight wait for more to share
-    their call; 0: not at all), ``MAGEFLOW_PACKED_STATE`` (default on; ``0`` while workers
-    older than the run record still serve the store, see "Upgrading while workflows run"
-    in the configuration docs).
+    ``MAGEFLOW_FINISH_LINGER`` (seconds, 0 to 1, default 0.005: how long at most finishes
+    of one workflow that came while its previous engine call was in flight wait for more
+    to share their call, as long as more come within a fifth of it; 0: not at all),
+    ``MAGEFLOW_PACKED_STATE`` (default on; ``0`` while workers older than the run record
+    still serve the store, see "Upgrading while workflows run" in the configuration docs).
 
     Raises :class:`ConfigurationError` naming the variable for a value out of range or
     of the wrong type."""
@@ -40,7 +40,7 @@ class MageflowSettings(BaseSettings):
     finished_ttl: int = Field(default=24 * 3600, ge=1)
     resend_after: float = Field(default=30.0, gt=0, allow_inf_nan=False)
     lease: float = Field(default=10.0, gt=0, allow_inf_nan=False)
-    finish_linger: float = Field(default=0.002, ge=0, le=1, allow_inf_nan=False)
+    finish_linger: float = Field(default=0.005, ge=0, le=1, allow_inf_nan=False)
     packed_state: bool = True
 
     def __init__(self, **values: Any) -> None:
