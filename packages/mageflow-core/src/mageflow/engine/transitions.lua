@@ -2002,6 +2002,7 @@ function M.begin(KEYS, ARGV)
   M.collect_more = nil  -- '1': this call left a swarm's result part-assembled
   M.result = nil
   M.final_ttl = nil
+  M.queue_top = nil -- the root swarm's queue zset's first entry, as lean finishes read it
   M.acks = {} -- { stream, group, entry id } of deliveries acknowledged once the call wrote everything
   M.note_ms = nil -- see M.note
   M.PACKED = false -- the workflow keeps run records (see RUN RECORD); read in main
@@ -2045,7 +2046,12 @@ function M.lean_finish(sid, val, first, began)
   local take_in, take_out = mc == nil or n - 1 < mc, mc == nil or n < mc
   local x = nil
   if take_in or take_out then
-    local top = redis.call('ZRANGE', M.aux('queue', s), 0, 0, 'WITHSCORES')
+    -- read once per run of lean finishes in a call: they leave the queue zset as it is
+    local top = M.queue_top
+    if top == nil then
+      top = redis.call('ZRANGE', M.aux('queue', s), 0, 0, 'WITHSCORES')
+      M.queue_top = top
+    end
     if c < stop then -- the cursor's item, taken as it is, and then the swarm is full
       x = M.item_at(s, c, stop)
       local tx = M.fields[x]
@@ -2122,6 +2128,9 @@ function M.finish_task(sid, ok, val, inp, first, began, stream, group, entry)
     local reply = M.lean_finish(sid, val, first, began)
     if reply then return reply end
   end
+  -- the general path may take the queue's first entry (entries are added by client ops
+  -- only, so a stale one would only send a lean finish the general way): read it again
+  M.queue_top = nil
   local d = M.def(sid)
   local taken = { 'run' }
   if first and d and d.k == 'task' then
