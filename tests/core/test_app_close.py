@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -50,3 +52,15 @@ async def test_tasks_drained_during_close_do_not_restart_the_reconciler(app: Mag
     await asyncio.wait_for(closing, 10)
     assert sorted(ran) == [1, 2]  # the drain let both finish
     assert [t for t in reconcilers() if not t.done()] == []
+
+
+async def test_closing_before_the_sweep_began_leaves_no_coroutine_unawaited() -> None:
+    """The reconciler's task cancelled before its first step (an app closed right after a
+    delivery started it) must not leave its loop's coroutine behind, never awaited."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        mf = Mageflow(backend=LocalBackend(workers=1, concurrency=1))
+        mf.start_reconciler()
+        await mf.aclose()
+        gc.collect()
+    assert not [w for w in seen if "never awaited" in str(w.message)]

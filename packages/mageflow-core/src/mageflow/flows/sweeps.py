@@ -33,7 +33,9 @@ class LoopSweeps:
             stop = asyncio.Event()
             alarm = reconcile.Alarm()
             task = loop.create_task(
-                workers.with_heartbeat(self._rt, stop, reconcile.run_until(self._rt, stop, alarm)),
+                workers.with_heartbeat(
+                    self._rt, stop, lambda: reconcile.run_until(self._rt, stop, alarm)
+                ),
                 name="mageflow-reconciler",
             )
             self._running[loop] = (task, stop, alarm)

@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -109,11 +109,14 @@ async def live_workers(rt: Readable) -> list[WorkerInfo]:
     return sorted(live, key=lambda w: (w.host, w.pid, w.id))
 
 
-async def with_heartbeat(rt: Runtime, stop: asyncio.Event, main: Awaitable[None]) -> None:
-    """Run ``main`` (a worker's reconciler loop) with this worker's heartbeat beside it."""
+async def with_heartbeat(
+    rt: Runtime, stop: asyncio.Event, main: Callable[[], Awaitable[None]]
+) -> None:
+    """Run ``main()`` (a worker's reconciler loop) with this worker's heartbeat beside it.
+    A factory, not a coroutine: a task cancelled before it began leaves none unawaited."""
     beat = asyncio.ensure_future(heartbeat(rt, stop))
     try:
-        await main
+        await main()
     finally:
         stop.set()
         try:
